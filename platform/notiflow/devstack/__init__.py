@@ -1,0 +1,20 @@
+"""Embedded Redis and PostgreSQL, a process supervisor, and the DevStack behind `notiflow dev` and the tests."""
+
+from notiflow.devstack._proc import DevStackError, free_port, free_port_range
+from notiflow.devstack.embedded import EmbeddedPostgres, EmbeddedRedis, psql
+from notiflow.devstack.stack import DevStack, run_dev, settings_env
+from notiflow.devstack.supervisor import ProcessSpec, Supervisor
+
+__all__ = [
+    "DevStack",
+    "DevStackError",
+    "EmbeddedPostgres",
+    "EmbeddedRedis",
+    "ProcessSpec",
+    "Supervisor",
+    "free_port",
+    "free_port_range",
+    "psql",
+    "run_dev",
+    "settings_env",
+]

@@ -1,0 +1,272 @@
+"""DevStack: Redis, PostgreSQL, gateways and workers on one machine, for `notiflow dev` and the tests."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from notiflow.config import Settings
+from notiflow.devstack._proc import DevStackError
+from notiflow.devstack.embedded import EmbeddedPostgres, EmbeddedRedis
+from notiflow.devstack.supervisor import ProcessSpec, Supervisor
+
+__all__ = ["DevStack", "run_dev", "settings_env"]
+
+log = logging.getLogger(__name__)
+
+# Set per process by the stack itself, never copied from the caller's settings.
+_PER_PROCESS = frozenset({"redis_url", "database_url", "node_id", "port"})
+_ROLES = ("gateway", "stream-worker", "retry-worker")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as the NOTIFLOW_* environment a child process reads back into the same Settings."""
+    env: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if name in _PER_PROCESS or value is None:
+            continue
+        if isinstance(value, list | tuple):
+            text = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            text = str(value)
+        env[f"NOTIFLOW_{name.upper()}"] = text
+    return env
+
+
+class DevStack:
+    """Every notiflow part as child processes, on loopback.
+
+    Embedded Redis and PostgreSQL start only where ``settings.redis_url`` / ``settings.database_url``
+    are unset. Gateways take consecutive ports from ``base_port`` (default ``settings.port``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        gateways: int = 1,
+        stream_workers: int = 1,
+        retry_workers: int = 1,
+        base_port: int | None = None,
+        extra_env: dict[str, str] | None = None,
+        workdir: Path | None = None,
+        ready_timeout_s: float = 60.0,
+    ) -> None:
+        self.settings = settings
+        self.base_port = settings.port if base_port is None else base_port
+        self.gateway_urls = [f"http://127.0.0.1:{self.base_port + i}" for i in range(gateways)]
+        counts = dict(zip(_ROLES, (gateways, stream_workers, retry_workers), strict=True))
+        self.process_names = [f"{role}-{i}" for role in _ROLES for i in range(counts[role])]
+        self.extra_env = dict(extra_env or {})
+        self.ready_timeout_s = ready_timeout_s
+        self._own_workdir = workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="notiflow-dev-")) if workdir is None else workdir
+        self.supervisor = Supervisor(self.workdir)
+        self.embedded_redis: EmbeddedRedis | None = None
+        self.embedded_postgres: EmbeddedPostgres | None = None
+        self.node_ids: dict[str, str] = {}
+        self._redis_url = settings.redis_url
+        self._database_url = settings.database_url
+        self._started = False
+
+    @property
+    def redis_url(self) -> str:
+        if self._redis_url is None:
+            raise DevStackError("the stack is not started: no Redis yet")
+        return self._redis_url
+
+    @property
+    def database_url(self) -> str:
+        if self._database_url is None:
+            raise DevStackError("the stack is not started: no PostgreSQL yet")
+        return self._database_url
+
+    @property
+    def log_dir(self) -> Path:
+        return self.supervisor.log_dir
+
+    @property
+    def grace_s(self) -> float:
+        # Longer than the children's own drain time, so SIGKILL only ever hits a process that hung.
+        return self.settings.shutdown_grace_s + 5.0
+
+    def start(self) -> None:
+        """Stores, migrations, then every process; returns once each gateway's /readyz answers 200."""
+        if self._started:
+            raise DevStackError("the stack is already started")
+        self._started = True
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            if self._redis_url is None:
+                self.embedded_redis = EmbeddedRedis(self.workdir)
+                self.embedded_redis.start()
+                self._redis_url = self.embedded_redis.url
+            if self._database_url is None:
+                self.embedded_postgres = EmbeddedPostgres(self.workdir)
+                self.embedded_postgres.start()
+                self._database_url = self.embedded_postgres.url
+            self.migrate()
+            for name in self.process_names:
+                self.start_process(name, wait=False)
+            self.supervisor.wait_ready(self.ready_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def migrate(self) -> None:
+        """Run `python -m notiflow migrate` against the stack's database."""
+        env = {**os.environ, "NOTIFLOW_DATABASE_URL": self.database_url}
+        done = subprocess.run(
+            [sys.executable, "-m", "notiflow", "migrate"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).decode(errors="replace").strip()
+            raise DevStackError(f"`python -m notiflow migrate` failed ({done.returncode}):\n{output}")
+
+    def start_process(self, name: str, *, wait: bool = True) -> None:
+        """(Re)start ``name`` with a fresh NOTIFLOW_NODE_ID; for a gateway, ``wait`` for its /readyz."""
+        if name not in self.process_names:
+            raise DevStackError(f"no process named {name!r}; known: {', '.join(self.process_names)}")
+        role, index = name.rsplit("-", 1)
+        node_id = f"{name}-{secrets.token_hex(3)}"
+        argv = [sys.executable, "-m", "notiflow", role]
+        ready_url = None
+        if role == "gateway":
+            port = self.base_port + int(index)
+            argv += ["--port", str(port)]
+            ready_url = f"http://127.0.0.1:{port}/readyz"
+        env = {
+            **os.environ,
+            **settings_env(self.settings),
+            "NOTIFLOW_REDIS_URL": self.redis_url,
+            "NOTIFLOW_DATABASE_URL": self.database_url,
+            # Unbuffered, so that a log file shows what a killed process last did.
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+            "NOTIFLOW_NODE_ID": node_id,
+        }
+        self.node_ids[name] = node_id
+        self.supervisor.start(ProcessSpec(name, argv, env, ready_url))
+        if wait and ready_url is not None:
+            self.supervisor.wait_ready(self.ready_timeout_s, names=[name])
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        self.supervisor.kill(name, sig)
+
+    def alive(self, name: str) -> bool:
+        return self.supervisor.alive(name)
+
+    def stop(self) -> None:
+        """Processes first (SIGTERM, grace, SIGKILL), so none of them sees its stores vanish; then the stores."""
+        self.supervisor.stop_all(self.grace_s)
+        for server in (self.embedded_redis, self.embedded_postgres):
+            if server is not None:
+                server.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _banner(stack: DevStack) -> str:
+    first = stack.gateway_urls[0]
+    lines = ["", "notiflow dev is up", ""]
+    lines += [f"  gateway     {url}" for url in stack.gateway_urls]
+    lines += [
+        f"  redis       {stack.redis_url}" + ("  (embedded)" if stack.embedded_redis else ""),
+        f"  postgresql  {stack.database_url}" + ("  (embedded)" if stack.embedded_postgres else ""),
+        f"  processes   {', '.join(stack.process_names)}",
+        f"  logs        {stack.log_dir}",
+        "",
+        "Try:",
+        f"  curl -X POST {first}/notifications -H 'content-type: application/json' \\",
+        """       -d '{"user_id":"alice","event":"hello","payload":{"text":"hi"}}'""",
+        f"  curl {first}/notifications/offline/alice",
+        f"  websocat {first.replace('http://', 'ws://')}/ws/alice",
+        "",
+        "Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# A child that dies this often within the window is crash-looping: stop instead of restarting forever.
+_MAX_RESTARTS = 5
+_RESTART_WINDOW_S = 60.0
+
+
+def run_dev(
+    settings: Settings,
+    *,
+    gateways: int,
+    stream_workers: int,
+    retry_workers: int,
+    stop: threading.Event,
+    workdir: Path | None = None,
+) -> int:
+    """Run a DevStack until ``stop`` is set; restart children that die. Returns the exit code."""
+    workdir = Path.cwd() / ".notiflow" / "dev" if workdir is None else workdir
+    stack = DevStack(
+        settings,
+        gateways=gateways,
+        stream_workers=stream_workers,
+        retry_workers=retry_workers,
+        workdir=workdir,
+    )
+    try:
+        stack.start()
+    except DevStackError as exc:
+        log.error("notiflow dev failed to start: %s", exc)
+        return 1
+    print(_banner(stack), flush=True)
+    restarts: dict[str, list[float]] = {}
+    code = 0
+    try:
+        while not stop.wait(0.2):
+            for name in stack.supervisor.unexpected_exits():
+                now = time.monotonic()
+                recent = [t for t in restarts.get(name, []) if now - t < _RESTART_WINDOW_S] + [now]
+                restarts[name] = recent
+                returncode = stack.supervisor.returncode(name)
+                if len(recent) > _MAX_RESTARTS:
+                    log.error(
+                        "%s exited with %s %d times in %.0fs; giving up (log %s)",
+                        name, returncode, len(recent), _RESTART_WINDOW_S, stack.supervisor.log_path(name),
+                    )  # fmt: skip
+                    code = 1
+                    stop.set()
+                    break
+                log.warning(
+                    "%s exited unexpectedly with %s; restarting it (log %s)",
+                    name, returncode, stack.supervisor.log_path(name),
+                )  # fmt: skip
+                stack.start_process(name, wait=False)
+    finally:
+        stack.stop()
+    return code
