@@ -1,0 +1,191 @@
+"""Commands: gateway, stream-worker, retry-worker, migrate, dev, dlq. Signal handling lives only here.
+
+Settings come from the environment (NOTIFLOW_*); flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import orjson
+
+from notiflow import logs
+from notiflow.config import Settings
+
+log = logging.getLogger("notiflow")
+
+_FLAG_SETTINGS = {
+    "redis_url": str, "database_url": str, "host": str, "port": int, "node_id": str, "max_retries": int,
+    "retry_base_ms": int, "retry_cap_ms": int, "presence_ttl_s": float, "stream_max_backlog": int,
+    "webhook_allowed_hosts": str, "log_level": str,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    for name, kind in _FLAG_SETTINGS.items():
+        common.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
+                            help=f"overrides NOTIFLOW_{name.upper()}")
+    p = argparse.ArgumentParser(prog="notiflow", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("gateway", parents=[common], help="HTTP API and WebSocket endpoint")
+    sub.add_parser("stream-worker", parents=[common], help="consume the notifications stream")
+    sub.add_parser("retry-worker", parents=[common], help="move due retries; run the reconciler")
+    sub.add_parser("migrate", parents=[common], help="apply the SQL migrations")
+    dev = sub.add_parser("dev", parents=[common], help="everything on one machine (embedded stores if no URLs)")
+    dev.add_argument("--gateways", type=int, default=1)
+    dev.add_argument("--stream-workers", type=int, default=1)
+    dev.add_argument("--retry-workers", type=int, default=1)
+    dlq = sub.add_parser("dlq", parents=[common], help="operate on the dead-letter queue")
+    dlq.add_argument("action", choices=["list", "replay", "purge"])
+    dlq.add_argument("ids", nargs="*", type=int, help="entry ids (replay)")
+    dlq.add_argument("--limit", type=int, default=100)
+    dlq.add_argument("--user-id", default=None)
+    dlq.add_argument("--event", default=None)
+    return p
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in _FLAG_SETTINGS if getattr(args, k, None) is not None}
+    return Settings(**overrides)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(loop: asyncio.AbstractEventLoop, on_stop: Callable[[], None]) -> Iterator[None]:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_stop)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _run_async(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    async def runner() -> None:
+        stop = asyncio.Event()
+        with _stop_on_signals(asyncio.get_running_loop(), stop.set):
+            await main(stop)
+
+    try:
+        import uvloop
+
+        uvloop.run(runner())
+    except ImportError:
+        asyncio.run(runner())
+    return 0
+
+
+def cmd_gateway(settings: Settings) -> int:
+    import uvicorn
+
+    from notiflow.gateway.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+        ws="websockets", ws_ping_interval=settings.ws_ping_interval_s, ws_ping_timeout=settings.ws_ping_timeout_s,
+        log_config=None, timeout_graceful_shutdown=int(settings.shutdown_grace_s), backlog=4096,
+    )
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:  # signals are ours (set below), not uvicorn's
+            yield
+
+    server = Server(config)
+
+    async def main(stop: asyncio.Event) -> None:
+        serving = asyncio.create_task(server.serve())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True  # stage 1: stop accepting; uvicorn drains within the grace, then closes
+        await serving
+        stopping.cancel()
+
+    return _run_async(main)
+
+
+def cmd_stream_worker(settings: Settings) -> int:
+    from notiflow.worker.factory import stream_worker
+
+    async def main(stop: asyncio.Event) -> None:
+        async with stream_worker(settings) as worker:
+            log.info("stream worker started", extra={"consumer": settings.node_id})
+            await worker.run(stop)
+
+    return _run_async(main)
+
+
+def cmd_retry_worker(settings: Settings) -> int:
+    from notiflow.worker.factory import retry_worker
+
+    async def main(stop: asyncio.Event) -> None:
+        async with retry_worker(settings) as worker:
+            log.info("retry worker started")
+            await worker.run(stop)
+
+    return _run_async(main)
+
+
+def cmd_migrate(settings: Settings) -> int:
+    from notiflow.store.migrate import apply_migrations
+
+    applied = asyncio.run(apply_migrations(settings.database_url_required))
+    print(orjson.dumps({"applied": applied}).decode())
+    return 0
+
+
+def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from notiflow.devstack import run_dev
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return run_dev(settings, gateways=args.gateways, stream_workers=args.stream_workers,
+                   retry_workers=args.retry_workers, stop=stop)
+
+
+def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from notiflow.worker.factory import query_service
+
+    async def main() -> Any:
+        async with query_service(settings) as queries:
+            if args.action == "list":
+                return await queries.dlq_list(0, args.user_id, args.event, args.limit)
+            if args.action == "replay":
+                return [await queries.dlq_replay(i) for i in args.ids]
+            return {"purged": await queries.dlq_purge()}
+
+    print(orjson.dumps(asyncio.run(main()), option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = build_settings(args)
+    except Exception as exc:  # noqa: BLE001 - a bad setting is reported plainly, not as a traceback
+        print(f"notiflow: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.node_id)
+    commands: dict[str, Callable[[], int]] = {
+        "gateway": lambda: cmd_gateway(settings),
+        "stream-worker": lambda: cmd_stream_worker(settings),
+        "retry-worker": lambda: cmd_retry_worker(settings),
+        "migrate": lambda: cmd_migrate(settings),
+        "dev": lambda: cmd_dev(settings, args),
+        "dlq": lambda: cmd_dlq(settings, args),
+    }
+    try:
+        return commands[args.command]()
+    except RuntimeError as exc:
+        print(f"notiflow: {exc}", file=sys.stderr)
+        return 2

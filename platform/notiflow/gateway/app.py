@@ -1,0 +1,126 @@
+"""The gateway application: create_app() and the lifespan that opens and closes every resource."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from notiflow import metrics
+from notiflow.config import Settings
+from notiflow.errors import ApiError, BackpressureError, StoreUnavailable
+from notiflow.gateway import http, ws
+from notiflow.gateway.deps import Services
+from notiflow.gateway.hub import Hub
+from notiflow.service.ingest import IngestService
+from notiflow.service.queries import QueryService
+from notiflow.service.sessions import SessionService
+from notiflow.store.pool import connect_pool
+from notiflow.streams.client import connect_redis
+from notiflow.streams.presence import Presence
+from notiflow.streams.work import WorkStream
+
+log = logging.getLogger(__name__)
+
+MAX_HEADER_BYTES = 16 * 1024
+_OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+def _error(
+    status: int, code: str, message: str, details: object = None, headers: dict[str, str] | None = None
+) -> Response:
+    return http.JSON({"error": {"code": code, "message": message, "details": details}}, status_code=status,
+                     headers=headers)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    pool = await connect_pool(settings.database_url_required, max_size=settings.pg_pool_max)
+    redis = connect_redis(settings.redis_url_required)
+    work = WorkStream(redis, settings)
+    hub = Hub(drop_every=settings.fault_drop_ws_every)
+    queries = QueryService(settings, pool, work)
+    ingest = IngestService(settings, pool, work)
+    sessions = SessionService(settings, redis, Presence(redis, settings), queries, hub)
+    app.state.services = Services(settings, pool, redis, ingest, queries, sessions, hub)
+    queries.start()
+    await ingest.start()
+    await sessions.start()
+    log.info("gateway ready", extra={"host": settings.host, "port": settings.port})
+    try:
+        yield
+    finally:
+        # Stop intake first (no new accepts), drain what is queued, then release the stores.
+        await ingest.close(settings.shutdown_grace_s)
+        await queries.close(settings.shutdown_grace_s)
+        await sessions.close()
+        await redis.aclose()
+        await pool.close()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = FastAPI(title="notiflow", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+    app.include_router(http.router)
+    app.include_router(ws.router)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        size = sum(len(k) + len(v) for k, v in request.headers.raw)
+        if size > MAX_HEADER_BYTES:
+            return _error(431, "headers_too_large", f"request headers exceed {MAX_HEADER_BYTES} bytes")
+        if settings.api_keys and request.url.path not in _OPEN_PATHS:
+            token = request.headers.get("authorization", "")
+            if not token.startswith("Bearer "):
+                return _error(401, "unauthorized", "missing bearer token", headers={"www-authenticate": "Bearer"})
+            if token.removeprefix("Bearer ") not in settings.api_keys:
+                return _error(403, "forbidden", "unknown token")
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.HTTP_REQUESTS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        if request.url.path == "/notifications" and request.method == "POST" and response.status_code == 202:
+            metrics.ACCEPTED.inc()
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> Response:
+        return http.JSON(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(BackpressureError)
+    async def backpressure(_: Request, exc: BackpressureError) -> Response:
+        retry = str(max(1, round(exc.retry_after_s or 1)))
+        return _error(429, "backlog_full", str(exc), headers={"retry-after": retry})
+
+    @app.exception_handler(StoreUnavailable)
+    async def unavailable(_: Request, exc: StoreUnavailable) -> Response:
+        log.warning("store unavailable", extra={"error": str(exc)})
+        return _error(503, "unavailable", "a store is unavailable; retry", headers={"retry-after": "1"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> Response:
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
+        return _error(422, "invalid_request", "request is invalid", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def crash(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return _error(500, "internal_error", "internal error")
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        metrics.SOCKETS.set(len(app.state.services.hub.connections()))
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,158 @@
+"""HTTP routes (SPEC §2). Each route validates, calls one service use case, and shapes the answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from notiflow.errors import ApiError
+from notiflow.gateway.deps import services
+from notiflow.gateway.schemas import MAX_PAYLOAD_BYTES, AckIn, NotificationIn, parse_uuid
+from notiflow.models import NewNotification, user_id_problem
+from notiflow.service.ingest import request_hash
+
+router = APIRouter()
+
+_JSON_OPTS = orjson.OPT_NON_STR_KEYS
+
+
+class JSON(Response):
+    """orjson rendering: UUIDs, datetimes and pre-encoded payload fragments pass through."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=_JSON_OPTS)
+
+
+def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+async def read_json(request: Request) -> Any:
+    """The body as JSON, within the size bound; 415, 413 and 400 otherwise."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
+    limit = services(request).settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"request body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+
+
+def check_user_id(user_id: str) -> str:
+    if problem := user_id_problem(user_id):
+        raise ApiError(422, "invalid_user_id", f"user id {problem}")
+    return user_id
+
+
+@router.post("/notifications", status_code=202)
+async def create_notification(request: Request) -> Response:
+    raw = await read_json(request)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (1 <= len(key) <= 255 and key.isprintable()):
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable characters")
+    try:
+        body = NotificationIn.model_validate(raw)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", "request body is invalid", validation_details(exc)) from None
+    payload_json = orjson.dumps(body.payload)
+    if len(payload_json) > MAX_PAYLOAD_BYTES:
+        raise ApiError(413, "payload_too_large", f"payload is larger than {MAX_PAYLOAD_BYTES} bytes serialised")
+    svc = services(request)
+    item = NewNotification(
+        id=svc.new_id(),
+        user_ids=body.recipients(),
+        event=body.event,
+        payload_json=payload_json.decode(),
+        ttl_seconds=body.ttl_seconds,
+        webhook_url=body.webhook_url,
+        idempotency_key=key,
+        request_hash=request_hash(body.model_dump()) if key else None,
+    )
+    status, answer = await svc.ingest.accept(item)
+    return JSON(answer, status_code=status)
+
+
+@router.get("/notifications/offline/{user_id}")
+async def offline_queue(
+    request: Request, user_id: str, limit: int = Query(100, ge=1, le=1000), after_seq: int = Query(0, ge=0)
+) -> Response:
+    page = await services(request).queries.offline(check_user_id(user_id), after_seq, limit)
+    return JSON(page)
+
+
+@router.post("/notifications/offline/{user_id}/ack")
+async def ack(request: Request, user_id: str) -> Response:
+    check_user_id(user_id)
+    raw = await read_json(request)
+    try:
+        body = AckIn.model_validate(raw)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", "request body is invalid", validation_details(exc)) from None
+    n = await services(request).queries.ack(user_id, body.uuids(), body.up_to_seq)
+    return JSON({"acknowledged": n})
+
+
+@router.get("/notifications/{notification_id}")
+async def get_notification(
+    request: Request, notification_id: str, user_id: str | None = None, limit: int = Query(100, ge=1, le=1000)
+) -> Response:
+    nid = parse_uuid(notification_id, "id")
+    if user_id is not None:
+        check_user_id(user_id)
+    return JSON(await services(request).queries.notification(nid, user_id, limit))
+
+
+@router.get("/dlq")
+async def dlq_list(
+    request: Request,
+    limit: int = Query(100, ge=1, le=1000),
+    after: int = Query(0, ge=0),
+    user_id: str | None = None,
+    event: str | None = Query(None, max_length=128),
+) -> Response:
+    if user_id is not None:
+        check_user_id(user_id)
+    return JSON(await services(request).queries.dlq_list(after, user_id, event, limit))
+
+
+@router.post("/dlq/{entry_id}/replay", status_code=202)
+async def dlq_replay(request: Request, entry_id: int) -> Response:
+    return JSON(await services(request).queries.dlq_replay(entry_id), status_code=202)
+
+
+@router.delete("/dlq/{entry_id}", status_code=204)
+async def dlq_delete(request: Request, entry_id: int) -> Response:
+    await services(request).queries.dlq_delete(entry_id)
+    return Response(status_code=204)
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    return JSON({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    checks = await services(request).readiness()
+    ok = all(v == "ok" for v in checks.values())
+    return JSON({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)

@@ -1,0 +1,69 @@
+"""Request bodies of the HTTP API, validated strictly: unknown fields and wrong types are rejected."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from notiflow.errors import ApiError
+from notiflow.models import EVENT_RE, user_id_problem
+
+MAX_RECIPIENTS = 10_000
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_TTL_S = 30 * 86_400
+
+
+class NotificationIn(BaseModel):
+    """POST /notifications."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user_id: str | None = None
+    user_ids: list[str] | None = Field(None, min_length=1, max_length=MAX_RECIPIENTS)
+    event: str = Field(pattern=EVENT_RE.pattern)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    ttl_seconds: int | None = Field(None, ge=1, le=MAX_TTL_S)
+    webhook_url: str | None = Field(None, min_length=1, max_length=2048)
+
+    @model_validator(mode="after")
+    def _recipients(self) -> NotificationIn:
+        if (self.user_id is None) == (self.user_ids is None):
+            raise ValueError("give exactly one of user_id and user_ids")
+        for uid in self.recipients():
+            if problem := user_id_problem(uid):
+                raise ValueError(f"user id {uid[:64]!r} {problem}")
+        if self.user_ids is not None and len(set(self.user_ids)) != len(self.user_ids):
+            raise ValueError("user_ids must be distinct")
+        return self
+
+    def recipients(self) -> list[str]:
+        return [self.user_id] if self.user_id is not None else list(self.user_ids or [])
+
+
+class AckIn(BaseModel):
+    """POST /notifications/offline/{user_id}/ack: exactly one of ``ids`` and ``up_to_seq``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    ids: list[str] | None = Field(None, max_length=MAX_RECIPIENTS)
+    up_to_seq: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _one(self) -> AckIn:
+        if (self.ids is None) == (self.up_to_seq is None):
+            raise ValueError("give exactly one of ids and up_to_seq")
+        return self
+
+    def uuids(self) -> list[uuid.UUID] | None:
+        if self.ids is None:
+            return None
+        return [parse_uuid(i, "ids") for i in self.ids]
+
+
+def parse_uuid(value: str, field: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        raise ApiError(422, "invalid_id", f"{field}: {str(value)[:64]!r} is not a UUID") from None

@@ -1,0 +1,129 @@
+"""The WebSocket endpoint (SPEC §3): one reader loop and one writer task per socket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import suppress
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from notiflow.errors import StoreUnavailable
+from notiflow.gateway.deps import services
+from notiflow.gateway.hub import Connection
+from notiflow.gateway.protocol import MAX_ACK_IDS, PONG, ClientFrame, CloseCode, FrameError
+from notiflow.models import user_id_problem
+
+router = APIRouter()
+log = logging.getLogger(__name__)
+
+# Fire-and-forget tasks (closes, acks) are kept referenced until done, so they are not collected midway.
+_background: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+def parse_client_frame(text: str) -> ClientFrame:
+    try:
+        msg = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise FrameError("frame is not valid JSON") from None
+    if not isinstance(msg, dict):
+        raise FrameError("frame must be a JSON object")
+    kind = msg.get("type")
+    if kind == "ping":
+        return ClientFrame("ping")
+    if kind == "ack":
+        ids = msg.get("ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > MAX_ACK_IDS:
+            raise FrameError(f"ack needs 'ids': a list of at most {MAX_ACK_IDS} strings")
+        return ClientFrame("ack", tuple(ids))
+    raise FrameError("type must be 'ack' or 'ping'")
+
+
+def _error_frame(message: str) -> str:
+    return orjson.dumps({"type": "error", "code": "bad_frame", "message": message}).decode()
+
+
+@router.websocket("/ws/{user_id}")
+async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
+    svc = services(ws)
+    await ws.accept()
+    if user_id_problem(user_id):
+        await ws.close(CloseCode.BAD_USER_ID, "invalid user id")
+        return
+    keys = svc.settings.api_keys
+    if keys:
+        token = ws.query_params.get("token") or ws.headers.get("authorization", "").removeprefix("Bearer ")
+        if token not in keys:
+            await ws.close(CloseCode.UNAUTHORIZED, "unauthorized")
+            return
+
+    def close_soon(code: CloseCode) -> None:
+        _spawn(_close(ws, code))
+
+    conn = Connection(user_id, svc.settings.ws_queue_max, close_soon)
+    try:
+        await svc.sessions.opened(user_id)
+    except StoreUnavailable:
+        await ws.close(CloseCode.INTERNAL_ERROR, "presence unavailable, retry")
+        return
+    svc.hub.add(conn)
+    writer = asyncio.create_task(_write(ws, conn))
+    try:
+        while True:
+            text = await ws.receive_text()
+            try:
+                frame = parse_client_frame(text)
+            except FrameError as exc:
+                conn.push(_error_frame(str(exc)))
+                continue
+            if frame.kind == "ping":
+                conn.push(PONG)
+                continue
+            ids: list[uuid.UUID] = []
+            for raw in frame.ids:
+                try:
+                    ids.append(uuid.UUID(raw))
+                except ValueError:
+                    conn.push(_error_frame(f"not a notification id: {raw[:64]!r}"))
+            if ids:
+                # Not awaited inline: a slow commit must not stop this socket from reading pings.
+                _spawn(_ack(svc.queries.ack_from_socket, user_id, ids))
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # RuntimeError: receive after our own close (slow consumer); either way the socket is gone
+    finally:
+        writer.cancel()
+        svc.hub.remove(conn)
+        await svc.sessions.closed(user_id)
+
+
+async def _write(ws: WebSocket, conn: Connection) -> None:
+    with suppress(WebSocketDisconnect, RuntimeError, OSError):
+        while True:
+            frame = await conn.queue.get()
+            await ws.send_text(frame)
+
+
+async def _close(ws: WebSocket, code: CloseCode) -> None:
+    if ws.application_state == WebSocketState.CONNECTED:
+        with suppress(RuntimeError, OSError):
+            await ws.close(code, code.name.lower())
+
+
+async def _ack(
+    submit: Callable[[str, list[uuid.UUID]], Awaitable[None]], user_id: str, ids: list[uuid.UUID]
+) -> None:
+    try:
+        await submit(user_id, ids)
+    except Exception as exc:  # noqa: BLE001 - the notification stays in the offline queue; the client may re-ack
+        log.warning("socket ack failed", extra={"user_id": user_id, "error": str(exc)})

@@ -1,0 +1,172 @@
+"""Data of the delivery domain: states, rows and stream entries. No I/O here."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+USER_ID_MAX = 255
+EVENT_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def user_id_problem(user_id: object) -> str | None:
+    """Why ``user_id`` is not a valid user id (SPEC §2), or None when it is."""
+    if not isinstance(user_id, str):
+        return "must be a string"
+    if not 1 <= len(user_id) <= USER_ID_MAX:
+        return f"must be 1-{USER_ID_MAX} characters"
+    if "/" in user_id:
+        return "must not contain '/'"
+    if _CONTROL.search(user_id):
+        return "must not contain control characters"
+    return None
+
+
+class DeliveryStatus(StrEnum):
+    """Socket-channel state of one recipient's delivery (SPEC §4)."""
+
+    PENDING = "pending"
+    DISPATCHED = "dispatched"
+    OFFLINE = "offline"
+    RETRYING = "retrying"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+    EXPIRED = "expired"
+
+
+#: States in which a delivery is still in the user's offline queue (not acknowledged, not terminal).
+OPEN_STATUSES: tuple[str, ...] = ("pending", "dispatched", "offline", "retrying")
+TERMINAL_STATUSES: tuple[str, ...] = ("delivered", "dead", "expired")
+
+
+class WebhookStatus(StrEnum):
+    """Webhook-channel state of one recipient's delivery (SPEC §4)."""
+
+    PENDING = "pending"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+
+
+class Channel(StrEnum):
+    """What a stream entry asks the worker to do for its recipients."""
+
+    SOCKET = "socket"
+    WEBHOOK = "webhook"
+
+
+@dataclass(slots=True)
+class NewNotification:
+    """A validated ingest request, before it is stored."""
+
+    id: uuid.UUID
+    user_ids: list[str]
+    event: str
+    payload_json: str
+    ttl_seconds: int | None
+    webhook_url: str | None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class StreamEntry:
+    """One unit of work on the stream: a notification for a chunk of its recipients."""
+
+    notification_id: uuid.UUID
+    user_ids: tuple[str, ...]
+    channel: Channel = Channel.SOCKET
+
+    def fields(self) -> dict[str, str]:
+        return {"n": str(self.notification_id), "u": "\x1f".join(self.user_ids), "c": self.channel.value}
+
+    @classmethod
+    def parse(cls, fields: dict[Any, Any]) -> StreamEntry:
+        """Parse raw stream fields; raises ValueError (a poison entry) when they are malformed."""
+        raw = {_text(k): _text(v) for k, v in fields.items()}
+        users = tuple(raw["u"].split("\x1f")) if raw.get("u") else ()
+        if not users or any(user_id_problem(u) for u in users):
+            raise ValueError(f"bad recipients in stream entry: {raw.get('u')!r:.200}")
+        return cls(uuid.UUID(raw["n"]), users, Channel(raw.get("c", "socket")))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes | bytearray) else str(value)
+
+
+@dataclass(slots=True)
+class DeliveryWork:
+    """A delivery loaded for processing: its row joined with its notification."""
+
+    notification_id: uuid.UUID
+    user_id: str
+    seq: int
+    status: str
+    webhook_status: str | None
+    attempts: int
+    webhook_attempts: int
+    event: str
+    payload_json: str
+    created_at: datetime
+    expired: bool
+    webhook_url: str | None
+
+    @property
+    def key(self) -> tuple[uuid.UUID, str]:
+        return (self.notification_id, self.user_id)
+
+    def frame_json(self) -> str:
+        """The SPEC §3 server-to-client frame as compact JSON."""
+        return notification_frame(self.notification_id, self.seq, self.event, self.payload_json, self.created_at)
+
+    def webhook_body(self) -> bytes:
+        """The downstream's JSON body: the notification for this one recipient."""
+        head = orjson.dumps(
+            {"id": str(self.notification_id), "user_id": self.user_id, "seq": self.seq, "event": self.event}
+        )[:-1].decode()
+        created = orjson.dumps(self.created_at).decode()
+        return f'{head},"payload":{_compact(self.payload_json)},"created_at":{created}}}'.encode()
+
+
+def notification_frame(nid: uuid.UUID, seq: int, event: str, payload_json: str, created_at: datetime) -> str:
+    """``{"type": "notification", "id", "seq", "event", "payload", "created_at"}``; the payload is
+    spliced in as stored, never decoded and re-encoded on the hot path."""
+    head = orjson.dumps({"type": "notification", "id": str(nid), "seq": seq, "event": event})[:-1].decode()
+    created = orjson.dumps(created_at).decode()
+    return f'{head},"payload":{_compact(payload_json)},"created_at":{created}}}'
+
+
+def _compact(payload_json: str) -> str:
+    # jsonb text may contain newlines inside nothing but whitespace; frames must be single-line.
+    return payload_json if "\n" not in payload_json else orjson.dumps(orjson.loads(payload_json)).decode()
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one attempt on one channel decided for one delivery; recorded in one batch statement."""
+
+    notification_id: uuid.UUID
+    user_id: str
+    channel: str  # "socket" | "webhook"
+    attempt: int  # 1-based number of this attempt on this channel
+    outcome: str  # attempt row: dispatched | offline | succeeded | failed | expired | poison
+    status: str  # the channel's new state: dispatched | offline | retrying | dead | expired | succeeded
+    node_id: str
+    started_at: datetime
+    finished_at: datetime
+    error: str | None = None
+    next_attempt_at: datetime | None = None
+    dlq_reason: str | None = None  # set when status is dead: a DLQ row is written
+
+    @property
+    def retry_at_ms(self) -> int | None:
+        if self.next_attempt_at is None:
+            return None
+        return int(self.next_attempt_at.timestamp() * 1000)

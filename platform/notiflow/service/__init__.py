@@ -1,0 +1,1 @@
+"""The service layer: use cases called by the transports and the workers; it calls the adapters."""

@@ -1,0 +1,183 @@
+"""Processing deliveries: presence, routing, webhook calls, and the durable record of each outcome.
+
+Every method here records outcomes in PostgreSQL (one statement per batch) and schedules retries
+before it returns; the caller acknowledges stream entries only after that. An exception means
+nothing was recorded, and the entries stay pending to be processed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from notiflow.backoff import compute_backoff_ms
+from notiflow.config import Settings
+from notiflow.errors import DownstreamError, NotiflowError, StoreUnavailable
+from notiflow.models import Channel, DeliveryWork, Outcome, StreamEntry
+from notiflow.store import deliveries as sql
+from notiflow.store.pool import Pool, pg_errors
+from notiflow.streams.presence import Presence
+from notiflow.streams.pubsub import Router
+from notiflow.streams.work import WorkStream, retry_member
+from notiflow.webhook import WebhookClient
+
+log = logging.getLogger(__name__)
+
+_WORK_STATES = ("pending", "retrying")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class DeliveryService:
+    """The deliver, schedule_retry and dead_letter use cases."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: Pool,
+        work: WorkStream,
+        presence: Presence,
+        router: Router,
+        webhooks: WebhookClient,
+    ) -> None:
+        self._s = settings
+        self._pool = pool
+        self._work = work
+        self._presence = presence
+        self._router = router
+        self._webhooks = webhooks
+        self._node = settings.node_id
+        self._hook_slots = asyncio.Semaphore(settings.webhook_concurrency)
+
+    # --- outcomes ---------------------------------------------------------------------------
+
+    def failure(
+        self, w: DeliveryWork, channel: Channel, error: str, *, permanent: bool = False,
+        retry_after_s: float | None = None, started: datetime | None = None,
+    ) -> Outcome:
+        """A failed attempt: retrying at its backoff time, or dead once retries are used up."""
+        attempt = (w.attempts if channel is Channel.SOCKET else w.webhook_attempts) + 1
+        now = _now()
+        base = Outcome(w.notification_id, w.user_id, channel.value, attempt, "failed", "dead",
+                       self._node, started or now, now, error=error[:2000])
+        if permanent:
+            base.dlq_reason = "rejected"
+        elif attempt > self._s.max_retries:
+            base.dlq_reason = "max_retries_exceeded"
+        else:
+            delay_ms = compute_backoff_ms(
+                attempt - 1, base_ms=self._s.retry_base_ms, cap_ms=self._s.retry_cap_ms,
+                retry_after_ms=None if retry_after_s is None else int(retry_after_s * 1000),
+            )
+            base.status = "retrying"
+            base.next_attempt_at = now + timedelta(milliseconds=delay_ms)
+        return base
+
+    def _done(self, w: DeliveryWork, channel: Channel, outcome: str, status: str, started: datetime) -> Outcome:
+        attempt = (w.attempts if channel is Channel.SOCKET else w.webhook_attempts) + 1
+        return Outcome(w.notification_id, w.user_id, channel.value, attempt, outcome, status,
+                       self._node, started, _now())
+
+    async def record(self, outcomes: list[Outcome]) -> None:
+        """Make the outcomes durable, then put the retries on the schedule.
+
+        If the ZADD fails after the commit, the reconciler's stuck-work sweep schedules the retry
+        from the row's next_attempt_at; nothing depends on the ZADD succeeding here.
+        """
+        # One outcome per delivery and channel: a batch may name a delivery twice (a duplicate entry).
+        unique = list({(o.notification_id, o.user_id, o.channel): o for o in outcomes}.values())
+        if not unique:
+            return
+        async with pg_errors("record outcomes"), self._pool.acquire() as conn:
+            await sql.record_outcomes(conn, unique, self._node)
+        retries = [
+            (retry_member(o.notification_id, o.user_id, Channel(o.channel)), o.retry_at_ms or 0)
+            for o in unique if o.status == "retrying"
+        ]
+        try:
+            await self._work.schedule(retries)
+        except StoreUnavailable as exc:
+            log.warning("retry schedule write failed; the reconciler will reschedule", extra={"error": str(exc)})
+
+    async def load(self, entries: Iterable[StreamEntry]) -> dict[tuple[uuid.UUID, str], DeliveryWork]:
+        keys = [(e.notification_id, u) for e in entries for u in e.user_ids]
+        async with pg_errors("load work"), self._pool.acquire() as conn:
+            return await sql.load_work(conn, keys)
+
+    # --- the socket channel -----------------------------------------------------------------
+
+    async def deliver_socket(self, entries: list[StreamEntry]) -> list[Outcome]:
+        """Route a batch to the gateway nodes of its online recipients; the rest are offline."""
+        started = _now()
+        works = await self.load(entries)
+        todo = [w for w in works.values() if w.status in _WORK_STATES]
+        outcomes = [self._done(w, Channel.SOCKET, "expired", "expired", started) for w in todo if w.expired]
+        live = [w for w in todo if not w.expired]
+        try:
+            nodes = await self._presence.live_nodes(sorted({w.user_id for w in live}))
+            per_node: dict[str, list[tuple[str, str]]] = defaultdict(list)
+            for w in live:
+                frame = w.frame_json()
+                for node in nodes.get(w.user_id, ()):
+                    per_node[node].append((w.user_id, frame))
+            receivers = await self._router.publish(per_node)
+        except StoreUnavailable as exc:
+            outcomes += [self.failure(w, Channel.SOCKET, str(exc), started=started) for w in live]
+        else:
+            for w in live:
+                reached = any(receivers.get(n, 0) > 0 for n in nodes.get(w.user_id, ()))
+                status = "dispatched" if reached else "offline"
+                outcomes.append(self._done(w, Channel.SOCKET, status, status, started))
+        await self.record(outcomes)
+        return outcomes
+
+    # --- the webhook channel ----------------------------------------------------------------
+
+    async def deliver_webhook(self, entries: list[StreamEntry]) -> list[Outcome]:
+        """Call the downstream once per recipient, concurrently within the worker's bound."""
+        works = await self.load(entries)
+        todo = [w for w in works.values() if w.webhook_status in _WORK_STATES]
+        outcomes = await asyncio.gather(*(self._call(w) for w in todo))
+        await self.record(list(outcomes))
+        return list(outcomes)
+
+    async def _call(self, w: DeliveryWork) -> Outcome:
+        started = _now()
+        if w.expired:
+            return self._done(w, Channel.WEBHOOK, "expired", "expired", started)
+        async with self._hook_slots:
+            try:
+                await self._webhooks.send(w)
+            except DownstreamError as exc:
+                return self.failure(w, Channel.WEBHOOK, str(exc), retry_after_s=exc.retry_after_s, started=started)
+            except NotiflowError as exc:
+                return self.failure(w, Channel.WEBHOOK, str(exc), permanent=True, started=started)
+        return self._done(w, Channel.WEBHOOK, "succeeded", "succeeded", started)
+
+    # --- poison -----------------------------------------------------------------------------
+
+    async def park_poison(
+        self, entry_id: str, fields: dict[str, str], entry: StreamEntry | None, reason: str
+    ) -> None:
+        """Dead-letter what an entry names (or keep the raw entry when it names nothing usable)."""
+        if entry is None:
+            async with pg_errors("park poison"), self._pool.acquire() as conn:
+                await sql.record_poison(conn, [(entry_id, orjson.dumps(fields).decode(), reason[:2000])])
+            return
+        works = await self.load([entry])
+        outcomes = []
+        for w in works.values():
+            state = w.status if entry.channel is Channel.SOCKET else w.webhook_status
+            if state in _WORK_STATES:
+                o = self.failure(w, entry.channel, reason, permanent=True)
+                o.outcome, o.dlq_reason = "poison", "poison"
+                outcomes.append(o)
+        await self.record(outcomes)

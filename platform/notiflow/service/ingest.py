@@ -1,0 +1,144 @@
+"""Accepting notifications: bounded, idempotent, group-committed, then handed to the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from typing import Any
+
+import orjson
+
+from notiflow.batching import Batcher
+from notiflow.config import Settings
+from notiflow.errors import BackpressureError, IdempotencyConflict, StoreUnavailable
+from notiflow.models import Channel, NewNotification, StreamEntry
+from notiflow.store import ingest as sql
+from notiflow.store.pool import Pool, pg_errors
+from notiflow.streams.work import WorkStream
+from notiflow.webhook import check_webhook_url
+
+log = logging.getLogger(__name__)
+
+Accepted = tuple[int, dict[str, Any]]  # (HTTP status, body)
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    """A stable digest of a validated request: the same request always hashes the same."""
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def stream_entries(items: list[NewNotification], chunk: int) -> list[StreamEntry]:
+    """Each notification's recipients in chunks: one entry per chunk and channel."""
+    out: list[StreamEntry] = []
+    for item in items:
+        channels = [Channel.SOCKET, Channel.WEBHOOK] if item.webhook_url else [Channel.SOCKET]
+        for start in range(0, len(item.user_ids), chunk):
+            users = tuple(item.user_ids[start : start + chunk])
+            out.extend(StreamEntry(item.id, users, ch) for ch in channels)
+    return out
+
+
+class IngestService:
+    """The accept use case. One per gateway process."""
+
+    def __init__(self, settings: Settings, pool: Pool, work: WorkStream) -> None:
+        self._s = settings
+        self._pool = pool
+        self._work = work
+        self._batcher: Batcher[NewNotification, Accepted] = Batcher(
+            self._flush, max_batch=settings.ingest_batch_max, name="ingest"
+        )
+        self._backlog = 0
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._batcher.start()
+        self._refresher = asyncio.create_task(self._refresh_backlog(), name="backlog-refresh")
+
+    async def close(self, grace_s: float) -> None:
+        if self._refresher:
+            self._refresher.cancel()
+        await self._batcher.close(grace_s)
+
+    async def accept(self, item: NewNotification) -> Accepted:
+        if item.webhook_url:
+            check_webhook_url(item.webhook_url, self._s.webhook_allowed_hosts)
+        if self._backlog >= self._s.stream_max_backlog:
+            raise BackpressureError(f"backlog {self._backlog} is over its bound", retry_after_s=1)
+        return await self._batcher.submit(item)
+
+    async def _refresh_backlog(self) -> None:
+        # A cached figure keeps XLEN off the request path; when Redis is unreachable the last figure
+        # stands, and PostgreSQL keeps accepting (the reconciler enqueues once Redis is back).
+        while True:
+            with contextlib.suppress(StoreUnavailable):
+                self._backlog = await self._work.backlog()
+            await asyncio.sleep(0.1)
+
+    async def _flush(self, items: list[NewNotification]) -> list[Accepted | BaseException]:
+        try:
+            return await self._commit(items)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            if len(items) == 1:
+                raise
+            # One bad item must not fail its neighbours: commit them one by one to isolate it.
+            log.exception("ingest batch failed; retrying its items one by one")
+            results: list[Accepted | BaseException] = []
+            for item in items:
+                try:
+                    results.extend(await self._commit([item]))
+                except Exception as exc:  # noqa: BLE001 - handed to that item's caller
+                    results.append(exc)
+            return results
+
+    async def _commit(self, items: list[NewNotification]) -> list[Accepted | BaseException]:
+        # Within a batch the first request with a key is its primary; repeats follow its fate.
+        primary: dict[str, NewNotification] = {}
+        for item in items:
+            if item.idempotency_key and item.idempotency_key not in primary:
+                primary[item.idempotency_key] = item
+        keyed = list(primary.values())
+        async with pg_errors("ingest"), self._pool.acquire() as conn, conn.transaction():
+            claim = await sql.claim_idempotency_keys(conn, keyed)
+            fresh = [i for i in items if self._is_fresh(i, primary, claim)]
+            await sql.insert_notifications(conn, fresh)
+        await self._enqueue(fresh)
+        return [self._result(item, primary, claim) for item in items]
+
+    @staticmethod
+    def _is_fresh(item: NewNotification, primary: dict[str, NewNotification], claim: sql.KeyClaim) -> bool:
+        """True when this request creates a notification (no key, or the first holder of a new key)."""
+        key = item.idempotency_key
+        return not key or (primary[key] is item and key in claim.won)
+
+    @staticmethod
+    def _result(
+        item: NewNotification, primary: dict[str, NewNotification], claim: sql.KeyClaim
+    ) -> Accepted | BaseException:
+        key = item.idempotency_key
+        if not key:
+            return 202, sql.accepted_body(item)
+        first = primary[key]
+        if key in claim.won:
+            if item.request_hash != first.request_hash:
+                return IdempotencyConflict()
+            return 202, sql.accepted_body(first)
+        stored_hash, response = claim.existing[key]
+        if item.request_hash != stored_hash:
+            return IdempotencyConflict()
+        return 202, response
+
+    async def _enqueue(self, fresh: list[NewNotification]) -> None:
+        """After the commit: XADD, then clear the outbox flag. A failure here loses nothing: the
+        reconciler finds the committed notification still flagged and enqueues it."""
+        if not fresh:
+            return
+        try:
+            await self._work.add(stream_entries(fresh, self._s.fanout_chunk))
+            await sql.mark_enqueued(self._pool, [i.id for i in fresh])
+        except Exception as exc:  # noqa: BLE001 - the outbox covers every failure after the commit
+            log.warning("enqueue after commit failed; the reconciler will enqueue", extra={"error": str(exc)})

@@ -1,0 +1,111 @@
+"""Reads and acknowledgements: a notification's state, a user's offline queue, acks, the DLQ."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import orjson
+
+from notiflow.batching import Batcher
+from notiflow.config import Settings
+from notiflow.errors import NotFound
+from notiflow.models import Channel, StreamEntry
+from notiflow.store import dlq as dlq_sql
+from notiflow.store import queries as sql
+from notiflow.store.pool import Pool, pg_errors
+from notiflow.streams.work import WorkStream
+
+log = logging.getLogger(__name__)
+
+
+def _payload(row: dict[str, Any]) -> dict[str, Any]:
+    row["payload"] = orjson.Fragment(row["payload"])  # spliced into the response as stored
+    return row
+
+
+class QueryService:
+    """Use cases behind the read, ack and DLQ endpoints, and the socket ack path."""
+
+    def __init__(self, settings: Settings, pool: Pool, work: WorkStream) -> None:
+        self._s = settings
+        self._pool = pool
+        self._work = work
+        self._acks: Batcher[tuple[str, uuid.UUID], int] = Batcher(
+            self._flush_acks, max_batch=2000, name="socket-acks"
+        )
+
+    def start(self) -> None:
+        self._acks.start()
+
+    async def close(self, grace_s: float) -> None:
+        await self._acks.close(grace_s)
+
+    async def notification(self, nid: uuid.UUID, user_id: str | None, limit: int) -> dict[str, Any]:
+        async with pg_errors("get notification"), self._pool.acquire() as conn:
+            found = await sql.get_notification(conn, nid, user_id, limit)
+        if found is None:
+            raise NotFound("notification")
+        return _payload(found)
+
+    async def offline(self, user_id: str, after_seq: int, limit: int) -> dict[str, Any]:
+        async with pg_errors("offline queue"), self._pool.acquire() as conn:
+            rows = await sql.offline_page(conn, user_id, after_seq, limit)
+        return {
+            "user_id": user_id,
+            "notifications": [_payload(r) for r in rows],
+            "next_after_seq": rows[-1]["seq"] if len(rows) == limit else None,
+        }
+
+    async def ack(self, user_id: str, ids: list[uuid.UUID] | None, up_to_seq: int | None) -> int:
+        async with pg_errors("ack"), self._pool.acquire() as conn:
+            if ids is not None:
+                return await sql.ack_ids(conn, user_id, ids)
+            return await sql.ack_up_to(conn, user_id, up_to_seq or 0)
+
+    async def ack_from_socket(self, user_id: str, ids: list[uuid.UUID]) -> None:
+        """Acks arriving over sockets are batched across sockets into one statement."""
+        for nid in ids:
+            await self._acks.submit((user_id, nid))
+
+    async def _flush_acks(self, pairs: list[tuple[str, uuid.UUID]]) -> list[int | BaseException]:
+        async with pg_errors("socket acks"), self._pool.acquire() as conn:
+            await sql.ack_pairs(conn, list(dict.fromkeys(pairs)))
+        return [1] * len(pairs)
+
+    async def open_for_users(self, user_ids: list[str], per_user: int) -> list[dict[str, Any]]:
+        async with pg_errors("resync"), self._pool.acquire() as conn:
+            return await sql.open_for_users(conn, user_ids, per_user)
+
+    # --- the DLQ ----------------------------------------------------------------------------
+
+    async def dlq_list(self, after: int, user_id: str | None, event: str | None, limit: int) -> dict[str, Any]:
+        async with pg_errors("dlq list"), self._pool.acquire() as conn:
+            rows = await dlq_sql.list_entries(conn, after=after, user_id=user_id, event=event, limit=limit)
+        return {"entries": rows, "next_after": rows[-1]["id"] if len(rows) == limit else None}
+
+    async def dlq_replay(self, entry_id: int) -> dict[str, Any]:
+        """Reset the delivery's channel and put it back on the stream; a second replay does nothing."""
+        async with pg_errors("dlq replay"), self._pool.acquire() as conn, conn.transaction():
+            taken = await dlq_sql.take_for_replay(conn, entry_id)
+        if taken is None:
+            raise NotFound("dlq entry")
+        if taken is False:
+            return {"id": entry_id, "replayed": False}
+        assert not isinstance(taken, bool)
+        nid, uid, channel = taken
+        try:
+            await self._work.add([StreamEntry(nid, (uid,), Channel(channel))])
+        except Exception as exc:  # noqa: BLE001 - committed as pending: the stuck-work sweep enqueues it
+            log.warning("replay enqueue failed; the reconciler will enqueue", extra={"error": str(exc)})
+        return {"id": entry_id, "replayed": True}
+
+    async def dlq_delete(self, entry_id: int) -> None:
+        async with pg_errors("dlq delete"), self._pool.acquire() as conn:
+            if not await dlq_sql.delete_entry(conn, entry_id):
+                raise NotFound("dlq entry")
+
+    async def dlq_purge(self) -> int:
+        async with pg_errors("dlq purge"), self._pool.acquire() as conn:
+            return await dlq_sql.purge(conn)

@@ -1,0 +1,93 @@
+"""The reconciler: PostgreSQL is the record, Redis only carries work; this puts back what Redis lacks.
+
+Each round (under a PostgreSQL advisory lock, so any number of retry workers may run it):
+1. Epoch: when Redis lost its data (restart without persistence, FLUSHALL) the epoch key is gone;
+   the round that recreates it rebuilds the stream and the retry schedule from every open delivery.
+2. Outbox: notifications committed but never marked enqueued (a crash between commit and XADD).
+3. Stuck work: deliveries still pending or retrying long after they should have been processed
+   (a lost ZADD, a replay whose XADD failed).
+4. Expiry, and forgetting idempotency keys older than 24 h.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from notiflow.config import Settings
+from notiflow.models import Channel, StreamEntry
+from notiflow.store import reconcile as sql
+from notiflow.store.ingest import mark_enqueued
+from notiflow.store.pool import Pool, pg_errors
+from notiflow.streams.work import WorkStream, retry_member
+
+log = logging.getLogger(__name__)
+
+PAGE = 2000
+
+
+class Reconciler:
+    """One round at a time; ``run_once`` returns what it did, for logs and tests."""
+
+    def __init__(self, settings: Settings, pool: Pool, work: WorkStream) -> None:
+        self._s = settings
+        self._pool = pool
+        self._work = work
+
+    async def run_once(self) -> dict[str, int]:
+        done = {"rebuilt": 0, "outbox": 0, "stuck": 0, "expired": 0, "keys_forgotten": 0}
+        async with pg_errors("reconcile"), self._pool.acquire() as conn, conn.transaction():
+            if not await sql.try_lock(conn):
+                return done
+            if await self._work.claim_epoch():
+                await self._work.ensure_group()
+                done["rebuilt"] = await self._requeue(conn, notification_ids=None, stale_s=0)
+                log.warning("redis had no epoch: rebuilt work from postgresql", extra={"entries": done["rebuilt"]})
+            outbox = await sql.outbox(conn, self._s.outbox_grace_s, PAGE)
+            if outbox:
+                done["outbox"] = await self._requeue(conn, notification_ids=outbox, stale_s=0)
+                await mark_enqueued(self._pool, outbox)
+            done["stuck"] = await self._requeue(conn, notification_ids=None, stale_s=self._s.stuck_after_s)
+            done["expired"] = await sql.expire_due(conn, PAGE)
+            done["keys_forgotten"] = await sql.forget_old_keys(conn, PAGE)
+        return done
+
+    async def _requeue(self, conn: Any, *, notification_ids: list[uuid.UUID] | None, stale_s: float) -> int:
+        """Put open work back: pending channels on the stream, retrying ones on the schedule."""
+        moved = 0
+        after: tuple[uuid.UUID, str] | None = None
+        while True:
+            rows = await sql.work_page(conn, after=after, notification_ids=notification_ids,
+                                       stale_s=stale_s, limit=PAGE)
+            if not rows:
+                return moved
+            after = (rows[-1]["notification_id"], rows[-1]["user_id"])
+            pending: dict[tuple[uuid.UUID, Channel], list[str]] = defaultdict(list)
+            schedule: list[tuple[str, int]] = []
+            now_ms = int(time.time() * 1000)
+            for r in rows:
+                nid, uid = r["notification_id"], r["user_id"]
+                for channel, state, due in (
+                    (Channel.SOCKET, r["status"], r["next_attempt_at"]),
+                    (Channel.WEBHOOK, r["webhook_status"], r["webhook_next_at"]),
+                ):
+                    if state == "pending":
+                        pending[(nid, channel)].append(uid)
+                    elif state == "retrying":
+                        schedule.append((retry_member(nid, uid, channel), sql.due_ms(due) or now_ms))
+            entries = [
+                StreamEntry(nid, tuple(users[i : i + self._s.fanout_chunk]), channel)
+                for (nid, channel), users in pending.items()
+                for i in range(0, len(users), self._s.fanout_chunk)
+            ]
+            await self._work.add(entries)
+            await self._work.schedule(schedule)
+            if stale_s > 0:
+                # So that the next sweep does not take the same rows again before they had a chance.
+                await sql.touch(conn, [(r["notification_id"], r["user_id"]) for r in rows])
+            moved += len(entries) + len(schedule)
+            if len(rows) < PAGE:
+                return moved

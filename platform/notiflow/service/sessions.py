@@ -1,0 +1,104 @@
+"""Sessions of one gateway node: presence of its sockets, its Pub/Sub feed, and resynchronisation.
+
+The node's liveness key is refreshed every third of the presence TTL. A node killed with SIGKILL stops
+refreshing it and its users count as offline within ``presence_ttl_s`` (SPEC I7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from notiflow.config import Settings
+from notiflow.errors import StoreUnavailable
+from notiflow.models import notification_frame
+from notiflow.service.queries import QueryService
+from notiflow.streams.client import Redis
+from notiflow.streams.presence import Presence
+from notiflow.streams.pubsub import NodeListener, Router
+
+log = logging.getLogger(__name__)
+
+RESYNC_USERS_PER_QUERY = 500
+RESYNC_PER_USER = 200
+
+
+class LocalSockets(Protocol):
+    """What the service needs of the transport's socket registry."""
+
+    def counts(self) -> dict[str, int]: ...
+    def users(self) -> list[str]: ...
+    def push(self, user_id: str, frame: str) -> None: ...
+    def deliver(self, message: str) -> None: ...
+
+
+class SessionService:
+    def __init__(
+        self, settings: Settings, redis: Redis, presence: Presence, queries: QueryService, sockets: LocalSockets
+    ) -> None:
+        self._s = settings
+        self.node_id = settings.node_id
+        self._presence = presence
+        self._queries = queries
+        self._sockets = sockets
+        self._listener = NodeListener(
+            redis, Router(redis, settings).channel(self.node_id), sockets.deliver, self.resync
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self.resyncs = 0
+
+    async def start(self) -> None:
+        await self._presence.heartbeat(self.node_id, {})
+        self._tasks = [
+            asyncio.create_task(self._listener.run(), name="pubsub"),
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+        ]
+        # Sockets may register only once frames can reach them.
+        await asyncio.wait_for(self._listener.subscribed.wait(), timeout=10)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self._presence.leave(self.node_id, self._sockets.users())
+        except StoreUnavailable as exc:
+            log.warning("presence leave failed; entries expire with the node key", extra={"error": str(exc)})
+
+    async def opened(self, user_id: str) -> None:
+        await self._presence.connect(self.node_id, user_id)
+
+    async def closed(self, user_id: str) -> None:
+        try:
+            await self._presence.disconnect(self.node_id, user_id)
+        except StoreUnavailable as exc:
+            # The count stays one too high until the next re-assertion; at worst a notification is
+            # published here, finds no socket, and waits in the offline queue as it would anyway.
+            log.warning("presence disconnect failed", extra={"user_id": user_id, "error": str(exc)})
+
+    async def _heartbeat(self) -> None:
+        period_s = self._s.presence_ttl_s / 3
+        while True:
+            try:
+                if await self._presence.heartbeat(self.node_id, self._sockets.counts()):
+                    log.warning("node key had expired: presence re-asserted", extra={"node_id": self.node_id})
+                    await self.resync()
+            except StoreUnavailable as exc:
+                log.warning("heartbeat failed", extra={"error": str(exc)})
+            await asyncio.sleep(period_s)
+
+    async def resync(self) -> None:
+        """Push every open notification of this node's users again: Pub/Sub messages published while
+        the subscription (or presence) was gone were lost. Clients de-duplicate by id."""
+        self.resyncs += 1
+        users = self._sockets.users()
+        for i in range(0, len(users), RESYNC_USERS_PER_QUERY):
+            try:
+                rows = await self._queries.open_for_users(users[i : i + RESYNC_USERS_PER_QUERY], RESYNC_PER_USER)
+            except StoreUnavailable as exc:
+                log.warning("resync failed; clients can read their offline queue", extra={"error": str(exc)})
+                return
+            for r in rows:
+                frame = notification_frame(r["id"], r["seq"], r["event"], r["payload"], r["created_at"])
+                self._sockets.push(r["user_id"], frame)

@@ -1,0 +1,120 @@
+"""SQL of processing: load a batch of deliveries, record every outcome of the batch at once."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from notiflow.models import DeliveryWork, Outcome
+
+_LOAD_WORK = """
+SELECT d.notification_id, d.user_id, d.seq, d.status, d.webhook_status, d.attempts, d.webhook_attempts,
+       n.event, n.payload::text AS payload, n.created_at, n.webhook_url,
+       (n.expires_at IS NOT NULL AND n.expires_at <= now()) AS expired
+FROM unnest($1::uuid[], $2::text[]) AS k(nid, uid)
+JOIN deliveries d ON d.notification_id = k.nid AND d.user_id = k.uid
+JOIN notifications n ON n.id = d.notification_id
+"""
+
+# One statement per batch: the state changes of both channels, the attempt rows and the DLQ rows.
+# A channel's state only moves forward from a state that still expects work, so a late or
+# duplicate outcome can never undo an acknowledgement or resurrect a dead delivery.
+_RECORD_OUTCOMES = """
+WITH o AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[],
+                         $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text)
+        AS o(nid, uid, channel, attempt, outcome, status, error, started_at, finished_at, next_at, dlq_reason, node)
+), sock AS (
+    UPDATE deliveries d
+    SET status = o.status, attempts = greatest(d.attempts, o.attempt), next_attempt_at = o.next_at,
+        last_error = coalesce(o.error, d.last_error), updated_at = now()
+    FROM o
+    WHERE o.channel = 'socket' AND d.notification_id = o.nid AND d.user_id = o.uid
+      AND d.status IN ('pending', 'retrying')
+    RETURNING d.notification_id
+), hook AS (
+    UPDATE deliveries d
+    SET webhook_status = o.status, webhook_attempts = greatest(d.webhook_attempts, o.attempt),
+        webhook_next_at = o.next_at, last_error = coalesce(o.error, d.last_error), updated_at = now()
+    FROM o
+    WHERE o.channel = 'webhook' AND d.notification_id = o.nid AND d.user_id = o.uid
+      AND d.webhook_status IN ('pending', 'retrying')
+    RETURNING d.notification_id
+), att AS (
+    INSERT INTO delivery_attempts (notification_id, user_id, channel, attempt, outcome, error, node_id,
+                                   started_at, finished_at)
+    SELECT nid, uid, channel, attempt, outcome, error, node, started_at, finished_at FROM o
+    RETURNING id
+), dead AS (
+    INSERT INTO dlq AS q (notification_id, user_id, channel, reason, last_error, attempts)
+    SELECT nid, uid, channel, dlq_reason, error, attempt FROM o WHERE dlq_reason IS NOT NULL
+    ON CONFLICT (notification_id, user_id, channel) DO UPDATE
+        SET reason = EXCLUDED.reason, last_error = EXCLUDED.last_error, attempts = EXCLUDED.attempts,
+            failed_at = now(), replayed_at = NULL
+        WHERE q.replayed_at IS NOT NULL
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM sock) AS socket_rows, (SELECT count(*) FROM hook) AS webhook_rows,
+       (SELECT count(*) FROM att) AS attempt_rows, (SELECT count(*) FROM dead) AS dlq_rows
+"""
+
+_INSERT_POISON = """
+INSERT INTO poison_entries (stream_id, fields, reason) SELECT * FROM unnest($1::text[], $2::jsonb[], $3::text[])
+"""
+
+
+async def load_work(conn: Any, keys: Iterable[tuple[uuid.UUID, str]]) -> dict[tuple[uuid.UUID, str], DeliveryWork]:
+    """The named deliveries joined with their notifications; unknown keys are simply absent."""
+    pairs = list(dict.fromkeys(keys))
+    if not pairs:
+        return {}
+    rows = await conn.fetch(_LOAD_WORK, [p[0] for p in pairs], [p[1] for p in pairs])
+    out: dict[tuple[uuid.UUID, str], DeliveryWork] = {}
+    for r in rows:
+        work = DeliveryWork(
+            notification_id=r["notification_id"],
+            user_id=r["user_id"],
+            seq=r["seq"],
+            status=r["status"],
+            webhook_status=r["webhook_status"],
+            attempts=r["attempts"],
+            webhook_attempts=r["webhook_attempts"],
+            event=r["event"],
+            payload_json=r["payload"],
+            created_at=r["created_at"],
+            expired=r["expired"],
+            webhook_url=r["webhook_url"],
+        )
+        out[work.key] = work
+    return out
+
+
+async def record_outcomes(conn: Any, outcomes: list[Outcome], node_id: str) -> dict[str, int]:
+    """Record a batch's outcomes in one statement; returns how many rows each part touched."""
+    if not outcomes:
+        return {"socket_rows": 0, "webhook_rows": 0, "attempt_rows": 0, "dlq_rows": 0}
+    row = await conn.fetchrow(
+        _RECORD_OUTCOMES,
+        [o.notification_id for o in outcomes],
+        [o.user_id for o in outcomes],
+        [o.channel for o in outcomes],
+        [o.attempt for o in outcomes],
+        [o.outcome for o in outcomes],
+        [o.status for o in outcomes],
+        [o.error for o in outcomes],
+        [o.started_at for o in outcomes],
+        [o.finished_at for o in outcomes],
+        [o.next_attempt_at for o in outcomes],
+        [o.dlq_reason for o in outcomes],
+        node_id,
+    )
+    return dict(row)
+
+
+async def record_poison(conn: Any, entries: list[tuple[str, str, str]]) -> None:
+    """Park unparseable stream entries: (stream id, fields as JSON, reason)."""
+    if entries:
+        await conn.execute(
+            _INSERT_POISON, [e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries]
+        )

@@ -1,0 +1,51 @@
+"""Versioned SQL migrations: ``migrations/NNN_name.sql`` applied once each, in order, under a lock."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import asyncpg
+
+# Any constant works; it only has to be the same for every process that migrates.
+_MIGRATION_LOCK = 0x6E6F7469
+
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    text PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def migration_files() -> list[tuple[str, str]]:
+    """(version, sql) of every shipped migration, oldest first."""
+    folder = resources.files("notiflow.store").joinpath("migrations")
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
+    return [(p.name.removesuffix(".sql"), p.read_text(encoding="utf-8")) for p in files]
+
+
+async def apply_migrations(dsn: str) -> list[str]:
+    """Apply the migrations this database lacks; returns the versions applied now.
+
+    Concurrent callers (several processes starting at once) serialise on an advisory lock, so each
+    migration runs exactly once.
+    """
+    conn = await asyncpg.connect(dsn, timeout=30)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        try:
+            await conn.execute(_CREATE_TABLE)
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, sql in migration_files():
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+                applied.append(version)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    finally:
+        await conn.close()
+    return applied

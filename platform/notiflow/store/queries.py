@@ -1,0 +1,98 @@
+"""SQL behind the read and acknowledge endpoints: a notification, a user's offline queue, acks."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+_OPEN = "('pending', 'dispatched', 'offline', 'retrying')"
+
+_NOTIFICATION = "SELECT id, event, payload::text AS payload, created_at, recipients FROM notifications WHERE id = $1"
+_STATUS_COUNTS = "SELECT status, count(*) AS n FROM deliveries WHERE notification_id = $1 GROUP BY status"
+_DELIVERIES = """
+SELECT user_id, seq, status, webhook_status, delivered_at FROM deliveries
+WHERE notification_id = $1 AND ($2::text IS NULL OR user_id = $2) ORDER BY seq, user_id LIMIT $3
+"""
+_ATTEMPTS = """
+SELECT user_id, channel, attempt, outcome, error, node_id, started_at, finished_at FROM delivery_attempts
+WHERE notification_id = $1 AND user_id = ANY($2::text[]) ORDER BY id
+"""
+
+# Expired notifications leave the queue at once, before the sweeper marks them.
+_OFFLINE = f"""
+SELECT d.notification_id AS id, d.seq, n.event, n.payload::text AS payload, n.created_at
+FROM deliveries d JOIN notifications n ON n.id = d.notification_id
+WHERE d.user_id = $1 AND d.seq > $2 AND d.status IN {_OPEN}
+  AND (n.expires_at IS NULL OR n.expires_at > now())
+ORDER BY d.seq LIMIT $3
+"""
+
+_ACK_IDS = f"""
+UPDATE deliveries SET status = 'delivered', delivered_at = now(), updated_at = now()
+WHERE user_id = $1 AND notification_id = ANY($2::uuid[]) AND status IN {_OPEN}
+"""
+_ACK_UP_TO = f"""
+UPDATE deliveries SET status = 'delivered', delivered_at = now(), updated_at = now()
+WHERE user_id = $1 AND seq <= $2 AND status IN {_OPEN}
+"""
+_ACK_PAIRS = f"""
+UPDATE deliveries d SET status = 'delivered', delivered_at = now(), updated_at = now()
+FROM unnest($1::text[], $2::uuid[]) AS a(uid, nid)
+WHERE d.user_id = a.uid AND d.notification_id = a.nid AND d.status IN {_OPEN}
+"""
+
+# For a gateway resynchronising its sockets after its Pub/Sub subscription was lost.
+_OPEN_FOR_USERS = f"""
+SELECT u.uid AS user_id, x.id, x.seq, x.event, x.payload, x.created_at
+FROM unnest($1::text[]) AS u(uid)
+CROSS JOIN LATERAL (
+    SELECT d.notification_id AS id, d.seq, n.event, n.payload::text AS payload, n.created_at
+    FROM deliveries d JOIN notifications n ON n.id = d.notification_id
+    WHERE d.user_id = u.uid AND d.status IN {_OPEN} AND (n.expires_at IS NULL OR n.expires_at > now())
+    ORDER BY d.seq LIMIT $2
+) AS x
+ORDER BY u.uid, x.seq
+"""
+
+
+def _affected(status: str) -> int:
+    # asyncpg returns the command tag, e.g. "UPDATE 3".
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def get_notification(conn: Any, nid: uuid.UUID, user_id: str | None, limit: int) -> dict[str, Any] | None:
+    row = await conn.fetchrow(_NOTIFICATION, nid)
+    if row is None:
+        return None
+    counts = {r["status"]: r["n"] for r in await conn.fetch(_STATUS_COUNTS, nid)}
+    deliveries = [dict(r) for r in await conn.fetch(_DELIVERIES, nid, user_id, limit)]
+    attempts: dict[str, list[dict[str, Any]]] = {}
+    for a in await conn.fetch(_ATTEMPTS, nid, [d["user_id"] for d in deliveries]):
+        item = dict(a)
+        attempts.setdefault(item.pop("user_id"), []).append(item)
+    for d in deliveries:
+        d["attempts"] = attempts.get(d["user_id"], [])
+    return {**dict(row), "status_counts": counts, "deliveries": deliveries}
+
+
+async def offline_page(conn: Any, user_id: str, after_seq: int, limit: int) -> list[dict[str, Any]]:
+    return [dict(r) for r in await conn.fetch(_OFFLINE, user_id, after_seq, limit)]
+
+
+async def ack_ids(conn: Any, user_id: str, ids: list[uuid.UUID]) -> int:
+    return _affected(await conn.execute(_ACK_IDS, user_id, ids))
+
+
+async def ack_up_to(conn: Any, user_id: str, up_to_seq: int) -> int:
+    return _affected(await conn.execute(_ACK_UP_TO, user_id, up_to_seq))
+
+
+async def ack_pairs(conn: Any, pairs: list[tuple[str, uuid.UUID]]) -> int:
+    """Acknowledge many users' deliveries in one statement (socket acks, batched across sockets)."""
+    if not pairs:
+        return 0
+    return _affected(await conn.execute(_ACK_PAIRS, [p[0] for p in pairs], [p[1] for p in pairs]))
+
+
+async def open_for_users(conn: Any, user_ids: list[str], per_user: int) -> list[dict[str, Any]]:
+    return [dict(r) for r in await conn.fetch(_OPEN_FOR_USERS, user_ids, per_user)]

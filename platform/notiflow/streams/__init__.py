@@ -1,0 +1,1 @@
+"""The Redis adapter: every Redis command notiflow sends lives in this package."""

@@ -1,0 +1,47 @@
+"""Redis connections, and the mapping of redis-py errors onto notiflow's transient/permanent split."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from notiflow.errors import StoreUnavailable
+
+Redis = aioredis.Redis
+
+
+def connect_redis(url: str, *, max_connections: int = 64) -> Redis:
+    """A client that fails fast and retries nothing itself: retries are the caller's policy."""
+    return aioredis.from_url(
+        url,
+        decode_responses=True,
+        max_connections=max_connections,
+        socket_connect_timeout=5,
+        socket_timeout=15,
+        health_check_interval=10,
+    )
+
+
+def is_nogroup(exc: BaseException) -> bool:
+    """The consumer group (or the stream) is gone: Redis restarted without its data."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
+
+
+@asynccontextmanager
+async def redis_errors(what: str) -> AsyncIterator[None]:
+    """Re-raise connection-level Redis errors (and LOADING/BUSY answers) as StoreUnavailable."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+        raise StoreUnavailable(f"redis: {what}: {type(exc).__name__}: {exc}") from exc
+    except ResponseError as exc:
+        if str(exc).startswith(("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY")):
+            raise StoreUnavailable(f"redis: {what}: {exc}") from exc
+        raise
+    except RedisError as exc:
+        raise StoreUnavailable(f"redis: {what}: {type(exc).__name__}: {exc}") from exc

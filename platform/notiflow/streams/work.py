@@ -1,0 +1,168 @@
+"""The work log: the notifications stream with its consumer group, and the retry schedule ZSET."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from notiflow.config import Settings
+from notiflow.models import Channel, StreamEntry
+from notiflow.streams.client import Redis, is_nogroup, redis_errors
+
+GROUP = "notiflow-workers"
+
+# Takes the due members, re-adds each to the stream and removes it from the ZSET, all in one atomic
+# script: two retry workers never move the same member, and a crash mid-move leaves each member in
+# exactly one of the two places.
+_MOVE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+    local e = cjson.decode(member)
+    redis.call('XADD', KEYS[2], '*', 'n', e.n, 'u', e.u, 'c', e.c)
+    redis.call('ZREM', KEYS[1], member)
+end
+return #due
+"""
+
+
+@dataclass(slots=True, frozen=True)
+class Pending:
+    """A stream entry delivered to a consumer but not acknowledged."""
+
+    entry_id: str
+    consumer: str
+    idle_ms: int
+    deliveries: int
+
+
+def retry_member(nid: uuid.UUID, user_id: str, channel: Channel) -> str:
+    """The ZSET member of one delivery's retry: unique per delivery and channel, so rescheduling
+    the same retry moves it rather than duplicating it."""
+    return orjson.dumps({"n": str(nid), "u": user_id, "c": channel.value}).decode()
+
+
+class WorkStream:
+    """Commands on the notifications stream and the retry ZSET."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._r = redis
+        self.stream = settings.stream_key
+        self.retry_key = settings.key("retry")
+        self.epoch_key = settings.key("epoch")
+        self._move_due = redis.register_script(_MOVE_DUE)
+
+    async def add(self, entries: list[StreamEntry]) -> list[str]:
+        """XADD every entry in one pipeline; returns their ids."""
+        if not entries:
+            return []
+        async with redis_errors("xadd"):
+            pipe = self._r.pipeline(transaction=False)
+            for e in entries:
+                pipe.xadd(self.stream, e.fields())  # type: ignore[arg-type]
+            return [str(i) for i in await pipe.execute()]
+
+    async def ensure_group(self) -> None:
+        """Create the consumer group (and the stream) if missing; a no-op when both exist."""
+        async with redis_errors("xgroup create"):
+            try:
+                await self._r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+            except Exception as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def read(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+        """New entries for this consumer; recreates the group if Redis lost it."""
+        async with redis_errors("xreadgroup"):
+            try:
+                resp: Any = await self._r.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=count, block=block_ms)
+            except Exception as exc:
+                if not is_nogroup(exc):
+                    raise
+                await self.ensure_group()
+                return []
+        out: list[tuple[str, dict[str, str]]] = []
+        for _stream, entries in resp or []:
+            out.extend((str(i), dict(f)) for i, f in entries)
+        return out
+
+    async def ack(self, entry_ids: list[str]) -> None:
+        """XACK and XDEL in one round trip: the stream then holds only unfinished work, so its length
+        is the backlog."""
+        if not entry_ids:
+            return
+        async with redis_errors("xack"):
+            pipe = self._r.pipeline(transaction=False)
+            pipe.xack(self.stream, GROUP, *entry_ids)
+            pipe.xdel(self.stream, *entry_ids)
+            await pipe.execute()
+
+    async def idle(self, min_idle_ms: int, count: int) -> list[Pending]:
+        """Entries that some consumer has held unacknowledged for at least ``min_idle_ms``."""
+        async with redis_errors("xpending"):
+            try:
+                rows = await self._r.xpending_range(
+                    self.stream, GROUP, min="-", max="+", count=count, idle=min_idle_ms
+                )
+            except Exception as exc:
+                if is_nogroup(exc):
+                    return []
+                raise
+        return [
+            Pending(str(r["message_id"]), str(r["consumer"]), int(r["time_since_delivered"]),
+                    int(r["times_delivered"]))
+            for r in rows
+        ]
+
+    async def claim(
+        self, consumer: str, min_idle_ms: int, entry_ids: list[str]
+    ) -> list[tuple[str, dict[str, str] | None]]:
+        """Take over idle entries; an entry deleted meanwhile comes back with ``None`` fields."""
+        if not entry_ids:
+            return []
+        async with redis_errors("xclaim"):
+            rows: Any = await self._r.xclaim(self.stream, GROUP, consumer, min_idle_ms, list[Any](entry_ids))
+        got: dict[str, dict[str, str] | None] = {str(i): f for i, f in rows}
+        return [(i, got.get(i)) for i in entry_ids]
+
+    async def backlog(self) -> int:
+        async with redis_errors("xlen"):
+            return int(await self._r.xlen(self.stream))
+
+    # --- the retry schedule -----------------------------------------------------------------
+
+    async def schedule(self, items: list[tuple[str, int]]) -> None:
+        """ZADD (member, due time in ms) pairs in one command."""
+        if not items:
+            return
+        async with redis_errors("zadd"):
+            await self._r.zadd(self.retry_key, {m: due for m, due in items})
+
+    async def move_due(self, limit: int, now_ms: int | None = None) -> int:
+        """Move up to ``limit`` due retries back into the stream; returns how many moved."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        async with redis_errors("move due retries"):
+            return int(await self._move_due(keys=[self.retry_key, self.stream], args=[now, limit]))
+
+    async def scheduled(self) -> int:
+        async with redis_errors("zcard"):
+            return int(await self._r.zcard(self.retry_key))
+
+    # --- the epoch: tells whether Redis lost its data ------------------------------------------
+
+    async def claim_epoch(self) -> bool:
+        """True when the epoch key was missing and this call created it: Redis is new or lost its data,
+        and the caller must rebuild the stream and the schedule from PostgreSQL."""
+        async with redis_errors("epoch"):
+            return bool(await self._r.set(self.epoch_key, uuid.uuid4().hex, nx=True))
+
+    async def info(self) -> dict[str, Any]:
+        async with redis_errors("info"):
+            pipe = self._r.pipeline(transaction=False)
+            pipe.xlen(self.stream)
+            pipe.zcard(self.retry_key)
+            length, scheduled = await pipe.execute()
+        return {"stream_length": int(length), "retry_scheduled": int(scheduled)}

@@ -1,0 +1,49 @@
+"""The retry worker: moves due retries from the ZSET back into the stream, and runs the reconciler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from notiflow.config import Settings
+from notiflow.errors import StoreUnavailable
+from notiflow.service.reconciler import Reconciler
+from notiflow.streams.work import WorkStream
+from notiflow.worker.lifecycle import drain, pause
+
+log = logging.getLogger(__name__)
+
+
+class RetryWorker:
+    def __init__(self, settings: Settings, work: WorkStream, reconciler: Reconciler) -> None:
+        self._s = settings
+        self._work = work
+        self._reconciler = reconciler
+        self.moved = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        reconcile = asyncio.create_task(self._reconcile_loop(stop), name="reconcile")
+        poll_s = self._s.retry_poll_ms / 1000
+        while not stop.is_set():
+            try:
+                n = await self._work.move_due(self._s.retry_batch)
+            except StoreUnavailable as exc:
+                log.warning("moving due retries failed", extra={"error": str(exc)})
+                await pause(stop, 1.0)
+                continue
+            self.moved += n
+            if n < self._s.retry_batch:  # a full batch means more are due: go again at once
+                await pause(stop, poll_s)
+        await drain([reconcile], self._s.shutdown_grace_s)
+
+    async def _reconcile_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                done = await self._reconciler.run_once()
+                if any(done.values()):
+                    log.info("reconciled", extra=done)
+            except StoreUnavailable as exc:
+                log.warning("reconcile failed", extra={"error": str(exc)})
+            except Exception:
+                log.exception("reconcile crashed")
+            await pause(stop, self._s.reconcile_interval_s)

@@ -1,0 +1,147 @@
+"""The stream worker: reads the notifications stream in batches and acknowledges only after the
+outcome of every entry in the batch is durable in PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from notiflow.config import Settings
+from notiflow.errors import StoreUnavailable
+from notiflow.models import Channel, Outcome, StreamEntry
+from notiflow.service.delivery import DeliveryService
+from notiflow.streams.work import WorkStream
+from notiflow.worker.lifecycle import drain, pause
+
+log = logging.getLogger(__name__)
+
+Raw = tuple[str, dict[str, str]]
+Parsed = tuple[str, StreamEntry]
+Process = Callable[[list[StreamEntry]], Awaitable[list[Outcome]]]
+
+
+class StreamWorker:
+    def __init__(self, settings: Settings, deliveries: DeliveryService, work: WorkStream) -> None:
+        self._s = settings
+        self._d = deliveries
+        self._work = work
+        self._consumer = settings.node_id
+        self._hooks: set[asyncio.Task[None]] = set()
+        self._hook_slots = asyncio.Semaphore(settings.webhook_concurrency)
+        self.processed = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._work.ensure_group()
+        reclaimer = asyncio.create_task(self._reclaim_loop(stop), name="reclaim")
+        delay_s = 0.1
+        while not stop.is_set():
+            try:
+                raw = await self._work.read(self._consumer, self._s.worker_batch, self._s.worker_block_ms)
+                delay_s = 0.1
+            except StoreUnavailable as exc:
+                log.warning("stream read failed", extra={"error": str(exc)})
+                await pause(stop, delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+                continue
+            if raw:
+                await self.handle(raw)
+        # Intake has stopped; let webhook calls in flight finish within the grace period.
+        reclaimer.cancel()
+        await drain([reclaimer, *self._hooks], self._s.shutdown_grace_s)
+
+    async def handle(self, raw: list[Raw]) -> None:
+        sockets: list[Parsed] = []
+        for entry_id, fields in raw:
+            try:
+                entry = StreamEntry.parse(fields)
+            except (KeyError, ValueError) as exc:
+                await self._poison(entry_id, fields, None, f"malformed entry: {exc}")
+                continue
+            if entry.channel is Channel.WEBHOOK:
+                # Webhook calls may take seconds: they run beside the loop, bounded in number.
+                await self._hook_slots.acquire()
+                task = asyncio.create_task(self._hook((entry_id, entry)))
+                self._hooks.add(task)
+                task.add_done_callback(self._hooks.discard)
+            else:
+                sockets.append((entry_id, entry))
+        if sockets:
+            await self._process(sockets, self._d.deliver_socket)
+
+    async def _hook(self, item: Parsed) -> None:
+        try:
+            await self._process([item], self._d.deliver_webhook)
+        finally:
+            self._hook_slots.release()
+
+    async def _process(self, items: list[Parsed], process: Process) -> None:
+        try:
+            await process([e for _, e in items])
+        except StoreUnavailable as exc:
+            # Not acknowledged: the entries stay pending and are reclaimed once PostgreSQL is back.
+            log.warning("batch not processed; left pending", extra={"error": str(exc), "entries": len(items)})
+            return
+        except Exception as exc:
+            if len(items) > 1:
+                # Bisect: find the entry that fails, so that its neighbours still get through.
+                half = len(items) // 2
+                await self._process(items[:half], process)
+                await self._process(items[half:], process)
+                return
+            entry_id, entry = items[0]
+            log.exception("entry failed; parked as poison", extra={"entry_id": entry_id})
+            await self._poison(entry_id, entry.fields(), entry, f"{type(exc).__name__}: {exc}")
+            return
+        await self._ack([i for i, _ in items])
+        self.processed += len(items)
+
+    async def _ack(self, entry_ids: list[str]) -> None:
+        try:
+            await self._work.ack(entry_ids)
+        except StoreUnavailable as exc:
+            # Outcomes are durable; a reclaimed entry finds its deliveries done and changes nothing.
+            log.warning("ack failed; entries will be reclaimed", extra={"error": str(exc)})
+
+    async def _poison(self, entry_id: str, fields: dict[str, str], entry: StreamEntry | None, reason: str) -> None:
+        try:
+            await self._d.park_poison(entry_id, fields, entry, reason)
+        except Exception as exc:  # noqa: BLE001 - left pending: the next reclaim tries again
+            log.warning("could not park poison entry", extra={"entry_id": entry_id, "error": str(exc)})
+            return
+        await self._ack([entry_id])
+
+    async def _reclaim_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await pause(stop, self._s.reclaim_interval_s)
+            try:
+                await self.reclaim()
+            except StoreUnavailable as exc:
+                log.warning("reclaim failed", extra={"error": str(exc)})
+            except Exception:
+                log.exception("reclaim crashed")
+
+    async def reclaim(self) -> int:
+        """Take over entries another consumer (likely dead) left unacknowledged for too long. An entry
+        already claimed too often crashes whoever takes it: it is parked instead of processed."""
+        idle = await self._work.idle(self._s.reclaim_idle_ms, self._s.worker_batch)
+        if not idle:
+            return 0
+        times = {p.entry_id: p.deliveries for p in idle}
+        claimed = await self._work.claim(self._consumer, self._s.reclaim_idle_ms, list(times))
+        fresh: list[Raw] = []
+        for entry_id, fields in claimed:
+            if fields is None:
+                await self._ack([entry_id])  # deleted meanwhile: nothing left to do
+            elif times[entry_id] >= self._s.poison_max_deliveries:
+                try:
+                    entry: StreamEntry | None = StreamEntry.parse(fields)
+                except (KeyError, ValueError):
+                    entry = None
+                await self._poison(entry_id, fields, entry, f"claimed {times[entry_id]} times without an outcome")
+            else:
+                fresh.append((entry_id, fields))
+        if fresh:
+            log.info("reclaimed idle entries", extra={"entries": len(fresh)})
+            await self.handle(fresh)
+        return len(claimed)
