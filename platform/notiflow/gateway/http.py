@@ -26,7 +26,14 @@ class JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=_JSON_OPTS)
+        return orjson.dumps(content, option=_JSON_OPTS, default=_fallback)
+
+
+def _fallback(value: Any) -> str:
+    # asyncpg's own UUID type is not a uuid.UUID subclass orjson knows; its str() is the canonical form.
+    if type(value).__name__ == "UUID":
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def validation_details(exc: ValidationError) -> list[dict[str, Any]]:

@@ -23,8 +23,8 @@ JOIN notifications n ON n.id = d.notification_id
 _RECORD_OUTCOMES = """
 WITH o AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[],
-                         $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text)
-        AS o(nid, uid, channel, attempt, outcome, status, error, started_at, finished_at, next_at, dlq_reason, node)
+                         $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::text[])
+        AS o(nid, uid, channel, attempt, outcome, status, error, started_at, finished_at, next_at, dlq_reason)
 ), sock AS (
     UPDATE deliveries d
     SET status = o.status, attempts = greatest(d.attempts, o.attempt), next_attempt_at = o.next_at,
@@ -44,7 +44,7 @@ WITH o AS (
 ), att AS (
     INSERT INTO delivery_attempts (notification_id, user_id, channel, attempt, outcome, error, node_id,
                                    started_at, finished_at)
-    SELECT nid, uid, channel, attempt, outcome, error, node, started_at, finished_at FROM o
+    SELECT nid, uid, channel, attempt, outcome, error, $12::text, started_at, finished_at FROM o
     RETURNING id
 ), dead AS (
     INSERT INTO dlq AS q (notification_id, user_id, channel, reason, last_error, attempts)
