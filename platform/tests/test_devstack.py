@@ -305,8 +305,16 @@ def test_run_dev_restarts_a_dead_child_and_stops_on_request(
     try:
         readyz = f"http://127.0.0.1:{port}/readyz"
         wait_for_sync(lambda: _get_status(readyz) == 200, timeout_s=30)
-        banner = capsys.readouterr().out
-        assert f"http://127.0.0.1:{port}" in banner and "curl -X POST" in banner and "websocat" in banner
+        printed: list[str] = []
+
+        def banner_printed() -> bool:
+            printed.append(capsys.readouterr().out)
+            return "Ctrl-C stops everything" in "".join(printed)
+
+        wait_for_sync(banner_printed, timeout_s=10)
+        banner = "".join(printed)
+        assert f"gateway     http://127.0.0.1:{port}" in banner
+        assert "curl -X POST" in banner and "websocat ws://" in banner and str(tmp_path / "logs") in banner
 
         [gateway_pid] = _pids_running("gateway", "--port", str(port))
         os.kill(gateway_pid, signal.SIGKILL)
