@@ -1,0 +1,52 @@
+# notiflow developer entry points. Needs only Python 3.11+ and make: everything else comes from PyPI
+# into .venv (embedded Redis and PostgreSQL included), so a fresh machine works without apt.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Reinstall only when the dependencies (pyproject.toml) changed since the last install.
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+PYTEST_ARGS ?=
+
+SYSTEM_REDIS_URL    ?= redis://127.0.0.1:6379/0
+SYSTEM_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+
+LINT_PATHS := platform conformance chaos loadtests
+
+.PHONY: run test test-system lint bench clean distclean venv
+
+venv: $(STAMP)
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "notiflow needs Python 3.11+, $(PYTHON) is " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/notiflow dev $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The same suite against the machine's own Redis and PostgreSQL instead of the embedded ones.
+test-system: lint
+	NOTIFLOW_TEST_REDIS_URL=$(SYSTEM_REDIS_URL) NOTIFLOW_TEST_DATABASE_URL=$(SYSTEM_DATABASE_URL) \
+		$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python loadtests/bench.py $(ARGS)
+
+clean:
+	rm -rf .notiflow .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) platform/*.egg-info
