@@ -141,9 +141,7 @@ def _check_final_state(tl: Timeline, v: Verdict) -> None:
                 continue
             final = tl.final_sweep.get(user)
             if final is None:
-                v.lost[key] = (
-                    "accepted; never acknowledged, dead or expired; its user's queue was never swept"
-                )
+                v.lost[key] = "accepted; never acknowledged, dead or expired; its user's queue was never swept"
             elif ing.id not in final.ids:
                 v.lost[key] = (
                     f"accepted; not acknowledged, dead or expired, and absent from the final sweep of {user}"
@@ -196,8 +194,7 @@ def _check_sweeps(tl: Timeline, v: Verdict) -> None:
         later = [t for t in d.listed_at_ns if t > d.acked_ok_ns]
         if later:
             v.resurrected[key] = (
-                f"acknowledged at {d.acked_ok_ns / 1e9:.3f}s, listed again by a read begun at"
-                f" {later[0] / 1e9:.3f}s"
+                f"acknowledged at {d.acked_ok_ns / 1e9:.3f}s, listed again by a read begun at {later[0] / 1e9:.3f}s"
             )
 
 

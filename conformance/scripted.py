@@ -19,9 +19,7 @@ class Script:
         self.t_ns += 1_000_000
         return self.t_ns
 
-    def ingest(
-        self, cid: str, users: list[str], outcome: str = "ok", process: str = "p0", ttl: bool = False
-    ) -> str:
+    def ingest(self, cid: str, users: list[str], outcome: str = "ok", process: str = "p0", ttl: bool = False) -> str:
         """Send ``cid`` to ``users``; returns the notification id the server answered (``n-<cid>``)."""
         nid = f"n-{cid}"
         self.cids[nid] = cid
@@ -61,9 +59,7 @@ class Script:
         inv = self.history.invoke(f"fetcher-{user}", "fetch", user_id=user, after_seq=after_seq, limit=100)
         inv.ok(items=self._items(items), next=None)
 
-    def ack(
-        self, user: str, ids: list[str] | None = None, up_to_seq: int | None = None, acknowledged: int = 0
-    ) -> None:
+    def ack(self, user: str, ids: list[str] | None = None, up_to_seq: int | None = None, acknowledged: int = 0) -> None:
         value: dict[str, Any] = {"user_id": user}
         if up_to_seq is not None:
             value["up_to_seq"] = up_to_seq

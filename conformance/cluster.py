@@ -1,0 +1,140 @@
+"""What the checks run against: a deployment given by URL, or clusters this suite starts and stops itself.
+
+Self-started clusters come from the project's dev stack. One Redis and one PostgreSQL serve every cluster of
+a session: embedded ones, or the servers named by ``NOTIFLOW_TEST_REDIS_URL`` / ``NOTIFLOW_TEST_DATABASE_URL``.
+Each cluster gets a fresh database and its own Redis key prefix, so clusters never see each other's state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+
+@dataclass
+class Target:
+    """A deployment under test. ``stack`` is the DevStack when this suite started it, else None."""
+
+    urls: list[str]
+    stack: Any | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    database_url: str | None = None
+
+    @property
+    def controllable(self) -> bool:
+        return self.stack is not None
+
+    def require_control(self, why: str) -> None:
+        """Skip the calling check against a deployment this suite did not start (it cannot kill or reconfigure)."""
+        if not self.controllable:
+            pytest.skip(f"needs a cluster started by the suite ({why}); --base-url targets are not controlled")
+
+    def require_nodes(self, count: int) -> None:
+        if len(self.urls) < count:
+            pytest.skip(f"needs {count} gateway nodes; give --base-url {count} times")
+
+
+class Stores:
+    """The session's Redis and PostgreSQL, and the per-cluster databases and key prefixes made on them."""
+
+    def __init__(self) -> None:
+        self.redis_url = os.environ.get("NOTIFLOW_TEST_REDIS_URL") or None
+        self.admin_db_url = os.environ.get("NOTIFLOW_TEST_DATABASE_URL") or None
+        self._embedded: list[Any] = []
+        self._databases: list[str] = []
+        self._prefixes: list[str] = []
+
+    def start(self) -> None:
+        from notiflow.devstack import EmbeddedPostgres, EmbeddedRedis
+
+        if self.redis_url is None:
+            redis = EmbeddedRedis()
+            redis.start()
+            self._embedded.append(redis)
+            self.redis_url = redis.url
+        if self.admin_db_url is None:
+            pg = EmbeddedPostgres()
+            pg.start()
+            self._embedded.append(pg)
+            self.admin_db_url = pg.url
+
+    def new_database(self) -> str:
+        from notiflow.devstack import psql
+
+        assert self.admin_db_url is not None
+        name = f"notiflow_conf_{secrets.token_hex(4)}"
+        psql(self.admin_db_url, f'CREATE DATABASE "{name}"')
+        self._databases.append(name)
+        parts = urlsplit(self.admin_db_url)
+        return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+    def new_prefix(self) -> str:
+        prefix = f"nfconf{secrets.token_hex(4)}"
+        self._prefixes.append(prefix)
+        return prefix
+
+    def stop(self) -> None:
+        from notiflow.devstack import psql
+
+        for name in self._databases:
+            with contextlib.suppress(Exception):
+                psql(str(self.admin_db_url), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if self._prefixes and self.redis_url:
+            with contextlib.suppress(Exception):
+                import redis
+
+                client = redis.Redis.from_url(self.redis_url)
+                for prefix in self._prefixes:
+                    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+                        client.delete(key)
+                client.close()
+        for server in reversed(self._embedded):
+            with contextlib.suppress(Exception):
+                server.stop()
+
+
+class Clusters:
+    """Starts dev-stack clusters on the session's stores; stops every one of them at the end."""
+
+    def __init__(self, stores: Stores) -> None:
+        self.stores = stores
+        self._stacks: list[Any] = []
+
+    def start(
+        self, *, gateways: int = 2, stream_workers: int = 2, retry_workers: int = 1, env: dict[str, str] | None = None
+    ) -> Target:
+        from notiflow.config import Settings
+        from notiflow.devstack import DevStack, free_port_range
+
+        prefix = self.stores.new_prefix()
+        database_url = self.stores.new_database()
+        extra_env = {
+            "NOTIFLOW_KEY_PREFIX": prefix,
+            "NOTIFLOW_STREAM_KEY": f"{prefix}:stream",
+            "NOTIFLOW_LOG_LEVEL": "WARNING",
+            **(env or {}),
+        }
+        settings = Settings(redis_url=self.stores.redis_url, database_url=database_url)
+        stack = DevStack(
+            settings,
+            gateways=gateways,
+            stream_workers=stream_workers,
+            retry_workers=retry_workers,
+            base_port=free_port_range(gateways),
+            extra_env=extra_env,
+        )
+        stack.start()
+        self._stacks.append(stack)
+        return Target(list(stack.gateway_urls), stack, extra_env, database_url)
+
+    def stop_all(self) -> None:
+        for stack in reversed(self._stacks):
+            with contextlib.suppress(Exception):
+                stack.stop()
+        self._stacks.clear()

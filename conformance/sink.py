@@ -1,0 +1,77 @@
+"""A webhook downstream in the test process: answers by path and records every call with its arrival time.
+
+``/ok/<tag>`` answers 200, ``/fail/<tag>`` 500 (transient), ``/reject/<tag>`` 400 (permanent).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_STATUS = {"ok": 200, "fail": 500, "reject": 400}
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    path: str
+    at_s: float  # time.monotonic() at arrival
+    body: Any
+
+
+class WebhookSink:
+    """A threaded HTTP server on 127.0.0.1; ``host`` is what NOTIFLOW_WEBHOOK_ALLOWED_HOSTS must allow."""
+
+    def __init__(self) -> None:
+        self._calls: list[Call] = []
+        self._lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw or b"null")
+                except ValueError:
+                    body = raw.decode("utf-8", "replace")
+                with sink._lock:
+                    sink._calls.append(Call(self.path, time.monotonic(), body))
+                kind = self.path.strip("/").split("/", 1)[0]
+                status = _STATUS.get(kind, 404)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-sink", daemon=True)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def url(self, kind: str, tag: str) -> str:
+        return f"http://{self.host}/{kind}/{tag}"
+
+    def calls(self, kind: str, tag: str) -> list[Call]:
+        path = f"/{kind}/{tag}"
+        with self._lock:
+            return [c for c in self._calls if c.path == path]
+
+    def start(self) -> WebhookSink:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
