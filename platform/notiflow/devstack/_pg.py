@@ -8,6 +8,7 @@ As a normal user nothing changes hands.
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import stat
@@ -15,6 +16,8 @@ import subprocess
 from pathlib import Path
 
 from notiflow.devstack._proc import DevStackError, package_dir
+
+log = logging.getLogger(__name__)
 
 # The same account pgserver creates, so a machine that ran pgserver before gains no second user.
 _SERVER_ACCOUNT = "pgserver"
@@ -98,6 +101,22 @@ def _make_install_readable() -> None:
 def _allow_traversal(path: Path) -> None:
     for parent in path.resolve().parents:
         _add_mode(parent, stat.S_IXGRP | stat.S_IXOTH)
+
+
+def cluster_parent(wanted: Path | None, account: pwd.struct_passwd | None) -> Path | None:
+    """Where the cluster's temp dir goes: ``wanted``, unless the server account could not reach it.
+
+    Opening up somebody's home directory to other users just to hold a throwaway cluster is not worth
+    it, so then the system temp dir is used instead (the server's log moves with it).
+    """
+    if wanted is None or account is None:
+        return wanted
+    wanted = wanted.resolve()
+    blocked = [p for p in (wanted, *wanted.parents) if p.exists() and not p.stat().st_mode & stat.S_IXOTH]
+    if not blocked:
+        return wanted
+    log.info("%s is closed to %s; the embedded cluster goes to the temp dir", blocked[-1], account.pw_name)
+    return None
 
 
 def prepare_root(root: Path, account: pwd.struct_passwd | None) -> None:

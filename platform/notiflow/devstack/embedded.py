@@ -7,7 +7,6 @@ stop at interpreter exit (atexit) and, when started from the main thread, die wi
 from __future__ import annotations
 
 import atexit
-import contextlib
 import re
 import shutil
 import signal
@@ -68,10 +67,10 @@ class _Embedded:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
-    def _make_root(self) -> Path:
-        if self._parent_dir is not None:
-            self._parent_dir.mkdir(parents=True, exist_ok=True)
-        self._root = Path(tempfile.mkdtemp(prefix=f"notiflow-{self._kind}-", dir=self._parent_dir))
+    def _make_root(self, parent: Path | None = None) -> Path:
+        if parent is not None:
+            parent.mkdir(parents=True, exist_ok=True)
+        self._root = Path(tempfile.mkdtemp(prefix=f"notiflow-{self._kind}-", dir=parent))
         atexit.register(self.stop)
         return self._root
 
@@ -139,7 +138,7 @@ class EmbeddedRedis(_Embedded):
         """Start redis-server; returns once it answers PING."""
         if self._proc is not None:
             raise DevStackError("embedded redis is already running")
-        root = self._root if self._root is not None else self._make_root()
+        root = self._root if self._root is not None else self._make_root(self._parent_dir)
         argv = [
             str(_redis_server_binary()),
             "--bind", "127.0.0.1",
@@ -192,7 +191,7 @@ class EmbeddedPostgres(_Embedded):
         if self._proc is not None:
             raise DevStackError("embedded postgres is already running")
         if self._root is None:
-            root = self._make_root()
+            root = self._make_root(_pg.cluster_parent(self._parent_dir, self._account))
             _pg.prepare_root(root, self._account)
             _pg.initdb(self.data_dir, self._account, log_path=self.log_path)
         self._proc = spawn(
@@ -218,8 +217,7 @@ class EmbeddedPostgres(_Embedded):
     def stop(self) -> None:
         # SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions and disconnect clients,
         # where SIGTERM ("smart") would wait for every client to leave on its own.
-        with contextlib.suppress(DevStackError):
-            self._kill_process(sig=signal.SIGINT, grace_s=15.0)
+        self._kill_process(sig=signal.SIGINT, grace_s=15.0)
         super().stop()
 
     def create_database(self, name: str) -> str:
