@@ -295,9 +295,16 @@ class Socket:
         )  # fmt: skip
 
     async def wait_for_cids(self, cids: set[str], timeout_s: float) -> bool:
-        """Wait until every ``cid`` arrived (or the socket closed); bounded by ``timeout_s``."""
+        """Wait until every ``cid`` arrived; False if the socket closed or ``timeout_s`` passed first."""
+        return await self._wait(lambda: cids <= self.cids, timeout_s)
+
+    async def wait_for_ids(self, ids: set[str], timeout_s: float) -> bool:
+        """Wait until every notification id arrived; False if the socket closed or ``timeout_s`` passed."""
+        return await self._wait(lambda: ids <= self.received.keys(), timeout_s)
+
+    async def _wait(self, done: Callable[[], bool], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
-        while not cids <= self.cids:
+        while not done():
             if self.closed_by is not None or time.monotonic() >= deadline:
                 return False
             self._changed.clear()
