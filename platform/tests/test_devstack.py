@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import wait_for_sync
+import redis.asyncio
+from helpers import wait_for, wait_for_sync
 
 from notiflow.config import Settings
 from notiflow.devstack import (
@@ -325,3 +326,30 @@ def test_run_dev_restarts_a_dead_child_and_stops_on_request(
         runner.join(timeout=30)
     assert result == [0]
     assert _pids_running("gateway", "--port", str(port)) == []
+
+
+async def test_settings_fixture_points_at_migrated_stores_with_its_own_namespace(settings: Settings) -> None:
+    assert settings.key_prefix.startswith("t") and settings.stream_key == f"{settings.key_prefix}:stream"
+    assert settings.database_url is not None and settings.redis_url is not None
+    assert psql(settings.database_url, "SELECT count(*) > 0 FROM schema_migrations").strip() == "t"
+    client = redis.asyncio.Redis.from_url(settings.redis_url)
+    try:
+        assert await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def test_wait_for_returns_the_value_and_explains_a_timeout() -> None:
+    calls: list[int] = []
+
+    async def third_time_lucky() -> int | None:
+        calls.append(1)
+        return len(calls) if len(calls) >= 3 else None
+
+    assert await wait_for(third_time_lucky, timeout_s=5) == 3
+
+    def never() -> bool:
+        raise AssertionError("still 0 rows")
+
+    with pytest.raises(AssertionError, match=r"timed out after 0.1s waiting for: .*never.*still 0 rows"):
+        await wait_for(never, timeout_s=0.1)
