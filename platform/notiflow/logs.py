@@ -41,3 +41,5 @@ def configure(level: str, node_id: str) -> None:
     root.setLevel(level.upper())
     # uvicorn's own access log would double every request line; errors still come through.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # One info line per socket open/close is noise at thousands of sockets; warnings still come through.
+    logging.getLogger("uvicorn.error").setLevel(max(root.level, logging.WARNING))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -18,6 +18,7 @@ from notiflow.errors import ApiError, BackpressureError, StoreUnavailable
 from notiflow.gateway import http, ws
 from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
+from notiflow.gateway.middleware import Guard
 from notiflow.service.ingest import IngestService
 from notiflow.service.queries import QueryService
 from notiflow.service.sessions import SessionService
@@ -28,15 +29,7 @@ from notiflow.streams.work import WorkStream
 
 log = logging.getLogger(__name__)
 
-MAX_HEADER_BYTES = 16 * 1024
-_OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
-
-
-def _error(
-    status: int, code: str, message: str, details: object = None, headers: dict[str, str] | None = None
-) -> Response:
-    return http.JSON({"error": {"code": code, "message": message, "details": details}}, status_code=status,
-                     headers=headers)
+_error = http.error_response
 
 
 @asynccontextmanager
@@ -70,24 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.include_router(http.router)
     app.include_router(ws.router)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        size = sum(len(k) + len(v) for k, v in request.headers.raw)
-        if size > MAX_HEADER_BYTES:
-            return _error(431, "headers_too_large", f"request headers exceed {MAX_HEADER_BYTES} bytes")
-        if settings.api_keys and request.url.path not in _OPEN_PATHS:
-            token = request.headers.get("authorization", "")
-            if not token.startswith("Bearer "):
-                return _error(401, "unauthorized", "missing bearer token", headers={"www-authenticate": "Bearer"})
-            if token.removeprefix("Bearer ") not in settings.api_keys:
-                return _error(403, "forbidden", "unknown token")
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.HTTP_REQUESTS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
-        if request.url.path == "/notifications" and request.method == "POST" and response.status_code == 202:
-            metrics.ACCEPTED.inc()
-        return response
+    app.add_middleware(Guard, settings=settings)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> Response:

@@ -36,6 +36,13 @@ def _fallback(value: Any) -> str:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def error_response(
+    status: int, code: str, message: str, details: object = None, headers: dict[str, str] | None = None
+) -> Response:
+    """The SPEC §2 error body."""
+    return JSON({"error": {"code": code, "message": message, "details": details}}, status_code=status, headers=headers)
+
+
 def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
     return [
         {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}

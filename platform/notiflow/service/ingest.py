@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 Accepted = tuple[int, dict[str, Any]]  # (HTTP status, body)
 
+ENQUEUE_BATCH = 2000  # notifications per XADD pipeline
+ENQUEUE_QUEUE_MAX = 100_000  # committed notifications held for XADD before the outbox sweep takes over
+
 
 def request_hash(body: dict[str, Any]) -> str:
     """A stable digest of a validated request: the same request always hashes the same."""
@@ -52,15 +55,28 @@ class IngestService:
         )
         self._backlog = 0
         self._refresher: asyncio.Task[None] | None = None
+        # Committed notifications waiting for their XADD, in commit order. Bounded: past the bound they
+        # are left to the outbox sweep rather than held in memory while Redis is away.
+        self._to_enqueue: list[NewNotification] = []
+        self._enqueue_wake = asyncio.Event()
+        self._enqueue_idle = asyncio.Event()
+        self._enqueuer: asyncio.Task[None] | None = None
+        self.enqueue_dropped = 0
 
     async def start(self) -> None:
         self._batcher.start()
         self._refresher = asyncio.create_task(self._refresh_backlog(), name="backlog-refresh")
+        self._enqueuer = asyncio.create_task(self._enqueue_loop(), name="enqueue")
 
     async def close(self, grace_s: float) -> None:
         if self._refresher:
             self._refresher.cancel()
         await self._batcher.close(grace_s)
+        if self._enqueuer:
+            # Whatever is not enqueued by now is found by the outbox sweep: nothing is lost by stopping.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained(), timeout=grace_s)
+            self._enqueuer.cancel()
 
     async def accept(self, item: NewNotification) -> Accepted:
         if item.webhook_url:
@@ -106,7 +122,7 @@ class IngestService:
             claim = await sql.claim_idempotency_keys(conn, keyed)
             fresh = [i for i in items if self._is_fresh(i, primary, claim)]
             await sql.insert_notifications(conn, fresh)
-        await self._enqueue(fresh)
+        self._queue_for_stream(fresh)
         return [self._result(item, primary, claim) for item in items]
 
     @staticmethod
@@ -132,13 +148,31 @@ class IngestService:
             return IdempotencyConflict()
         return 202, response
 
-    async def _enqueue(self, fresh: list[NewNotification]) -> None:
-        """After the commit: XADD, then clear the outbox flag. A failure here loses nothing: the
-        reconciler finds the committed notification still flagged and enqueues it."""
-        if not fresh:
+    def _queue_for_stream(self, fresh: list[NewNotification]) -> None:
+        if len(self._to_enqueue) >= ENQUEUE_QUEUE_MAX:
+            self.enqueue_dropped += len(fresh)
             return
-        try:
-            await self._work.add(stream_entries(fresh, self._s.fanout_chunk))
-            await sql.mark_enqueued(self._pool, [i.id for i in fresh])
-        except Exception as exc:  # noqa: BLE001 - the outbox covers every failure after the commit
-            log.warning("enqueue after commit failed; the reconciler will enqueue", extra={"error": str(exc)})
+        self._to_enqueue.extend(fresh)
+        self._enqueue_idle.clear()
+        self._enqueue_wake.set()
+
+    async def _drained(self) -> None:
+        await self._enqueue_idle.wait()
+
+    async def _enqueue_loop(self) -> None:
+        """After the commit, off the request path: XADD, then clear the outbox flag. One task, so entries
+        reach the stream in commit order. A failure loses nothing: the reconciler finds the committed
+        notifications still flagged and enqueues them."""
+        while True:
+            await self._enqueue_wake.wait()
+            self._enqueue_wake.clear()
+            while self._to_enqueue:
+                self._enqueue_idle.clear()
+                batch, self._to_enqueue = self._to_enqueue[:ENQUEUE_BATCH], self._to_enqueue[ENQUEUE_BATCH:]
+                try:
+                    await self._work.add(stream_entries(batch, self._s.fanout_chunk))
+                    await sql.mark_enqueued(self._pool, [i.id for i in batch])
+                except Exception as exc:  # noqa: BLE001 - the outbox covers every failure after the commit
+                    log.warning("enqueue after commit failed; the reconciler will enqueue",
+                                extra={"error": str(exc), "notifications": len(batch)})
+            self._enqueue_idle.set()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,27 +26,29 @@ RETURNING key
 
 _EXISTING_KEYS = "SELECT key, request_hash, response FROM idempotency_keys WHERE key = ANY($1::text[])"
 
-_INSERT_NOTIFICATIONS = """
-INSERT INTO notifications (id, event, payload, webhook_url, expires_at, recipients)
-SELECT id, event, payload, hook, CASE WHEN ttl IS NULL THEN NULL ELSE now() + ttl * interval '1 second' END, n
-FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[], $6::int[])
-    AS t(id, event, payload, hook, ttl, n)
-"""
-
-_BUMP_SEQS = """
-INSERT INTO user_seqs AS s (user_id, last_seq)
-SELECT u, c FROM unnest($1::text[], $2::bigint[]) AS t(u, c) ORDER BY u
-ON CONFLICT (user_id) DO UPDATE SET last_seq = s.last_seq + EXCLUDED.last_seq
-RETURNING user_id, last_seq
-"""
-
-_INSERT_DELIVERIES = """
+# One statement (one round trip, one implicit transaction) inserts the notifications, bumps each user's
+# seq counter by the number of new deliveries (rows locked in user order: no deadlocks between batches),
+# and inserts the deliveries numbered in batch order below the new counter value.
+_INSERT_BATCH = """
+WITH n AS (
+    INSERT INTO notifications (id, event, payload, webhook_url, expires_at, recipients)
+    SELECT id, event, payload, hook, CASE WHEN ttl IS NULL THEN NULL ELSE now() + ttl * interval '1 second' END, cnt
+    FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[], $6::int[])
+        AS t(id, event, payload, hook, ttl, cnt)
+), d AS (
+    SELECT nid, uid, hook, ord FROM unnest($7::uuid[], $8::text[], $9::text[]) WITH ORDINALITY AS t(nid, uid, hook, ord)
+), per_user AS (
+    SELECT uid, count(*) AS cnt FROM d GROUP BY uid
+), bump AS (
+    INSERT INTO user_seqs AS s (user_id, last_seq)
+    SELECT uid, cnt FROM per_user ORDER BY uid
+    ON CONFLICT (user_id) DO UPDATE SET last_seq = s.last_seq + EXCLUDED.last_seq
+    RETURNING user_id, last_seq
+)
 INSERT INTO deliveries (notification_id, user_id, seq, webhook_status)
-SELECT nid, uid, seq, hook FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[]) AS t(nid, uid, seq, hook)
+SELECT d.nid, d.uid, b.last_seq - p.cnt + row_number() OVER (PARTITION BY d.uid ORDER BY d.ord), d.hook
+FROM d JOIN per_user p ON p.uid = d.uid JOIN bump b ON b.user_id = d.uid
 """
-
-_MARK_ENQUEUED = "UPDATE notifications SET enqueued = true WHERE id = ANY($1::uuid[]) AND NOT enqueued"
-
 
 @dataclass(slots=True)
 class KeyClaim:
@@ -84,43 +85,41 @@ async def claim_idempotency_keys(conn: Any, items: list[NewNotification]) -> Key
 
 
 async def insert_notifications(conn: Any, items: list[NewNotification]) -> None:
-    """Insert the notifications and one delivery per recipient, assigning per-user seqs in batch order."""
+    """Insert the notifications and one delivery per recipient, with per-user seqs in batch order."""
     if not items:
         return
-    await conn.execute(
-        _INSERT_NOTIFICATIONS,
-        [i.id for i in items],
-        [i.event for i in items],
-        [i.payload_json for i in items],
-        [i.webhook_url for i in items],
-        [i.ttl_seconds for i in items],
-        [len(i.user_ids) for i in items],
-    )
-    counts = Counter(u for i in items for u in i.user_ids)
-    users = sorted(counts)
-    rows = await conn.fetch(_BUMP_SEQS, users, [counts[u] for u in users])
-    # The counter now ends at last_seq; this batch owns the `count` values just below it.
-    next_seq = {r["user_id"]: r["last_seq"] - counts[r["user_id"]] + 1 for r in rows}
     nids: list[uuid.UUID] = []
     uids: list[str] = []
-    seqs: list[int] = []
     hooks: list[str | None] = []
     for item in items:
         hook = "pending" if item.webhook_url else None
         for user in item.user_ids:
             nids.append(item.id)
             uids.append(user)
-            seqs.append(next_seq[user])
-            next_seq[user] += 1
             hooks.append(hook)
-    await conn.execute(_INSERT_DELIVERIES, nids, uids, seqs, hooks)
+    await conn.execute(
+        _INSERT_BATCH,
+        [i.id for i in items],
+        [i.event for i in items],
+        [i.payload_json for i in items],
+        [i.webhook_url for i in items],
+        [i.ttl_seconds for i in items],
+        [len(i.user_ids) for i in items],
+        nids,
+        uids,
+        hooks,
+    )
 
 
 async def mark_enqueued(pool: Any, notification_ids: list[uuid.UUID]) -> None:
-    """Clear the outbox flag after XADD. Losing this write only causes a harmless re-enqueue, so
-    it does not wait for fsync."""
+    """Clear the outbox flag after XADD. Losing this write only causes a harmless re-enqueue, so it does
+    not wait for fsync. The ids are our own UUIDs (their text form cannot carry SQL), inlined so that the
+    SET LOCAL and the UPDATE travel as one simple-protocol message: one round trip, one transaction."""
     if not notification_ids:
         return
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SET LOCAL synchronous_commit TO off")
-        await conn.execute(_MARK_ENQUEUED, notification_ids)
+    ids = ",".join(str(uuid.UUID(str(i))) for i in notification_ids)
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "SET LOCAL synchronous_commit TO off; "
+            f"UPDATE notifications SET enqueued = true WHERE id = ANY('{{{ids}}}'::uuid[]) AND NOT enqueued"
+        )

@@ -1,0 +1,53 @@
+"""A plain ASGI middleware (no per-request task, unlike BaseHTTPMiddleware): header bound, bearer auth
+and request metrics, before any route runs."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from notiflow import metrics
+from notiflow.config import Settings
+from notiflow.gateway.http import error_response
+
+MAX_HEADER_BYTES = 16 * 1024
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.keys = set(settings.api_keys)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+            msg = f"request headers exceed {MAX_HEADER_BYTES} bytes"
+            await error_response(431, "headers_too_large", msg)(scope, receive, send)
+            return
+        if self.keys and scope["path"] not in OPEN_PATHS:
+            token = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            if not token.startswith("Bearer "):
+                challenge = {"www-authenticate": "Bearer"}
+                resp = error_response(401, "unauthorized", "missing bearer token", headers=challenge)
+                await resp(scope, receive, send)
+                return
+            if token.removeprefix("Bearer ") not in self.keys:
+                await error_response(403, "forbidden", "unknown token")(scope, receive, send)
+                return
+        status = 500
+
+        async def send_and_count(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_count)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics.HTTP_REQUESTS.labels(route, str(status)).inc()
+            if status == 202 and route == "/notifications":
+                metrics.ACCEPTED.inc()
