@@ -1,0 +1,51 @@
+"""Settings: every field documented (in code and in the README), env parsing, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from notiflow.config import Settings
+
+README = Path(__file__).resolve().parents[3] / "README.md"
+
+
+@pytest.mark.parametrize("name", sorted(Settings.model_fields))
+def test_every_setting_is_documented(name: str) -> None:
+    field = Settings.model_fields[name]
+    assert field.description, f"{name} has no description"
+    assert f"NOTIFLOW_{name.upper()}" in README.read_text(encoding="utf-8"), f"README lacks NOTIFLOW_{name.upper()}"
+
+
+def test_csv_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFLOW_WEBHOOK_ALLOWED_HOSTS", " hooks.example , 127.0.0.1:9000,,")
+    monkeypatch.setenv("NOTIFLOW_MAX_RETRIES", "2")
+    s = Settings()
+    assert s.webhook_allowed_hosts == ["hooks.example", "127.0.0.1:9000"]
+    assert s.max_retries == 2
+
+
+def test_spec_defaults() -> None:
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (s.host, s.port, s.max_retries, s.retry_base_ms, s.retry_cap_ms) == ("127.0.0.1", 8000, 5, 1000, 300_000)
+    assert (s.presence_ttl_s, s.stream_max_backlog, s.webhook_allowed_hosts) == (15, 100_000, [])
+
+
+def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFLOW_PORT", "not-a-port")
+    with pytest.raises(ValidationError, match="port"):
+        Settings()
+
+
+def test_node_ids_are_unique_per_process_settings() -> None:
+    assert Settings().node_id != Settings().node_id
+
+
+def test_missing_store_urls_say_which() -> None:
+    s = Settings(redis_url=None, database_url=None)
+    with pytest.raises(RuntimeError, match="NOTIFLOW_REDIS_URL"):
+        _ = s.redis_url_required
+    with pytest.raises(RuntimeError, match="NOTIFLOW_DATABASE_URL"):
+        _ = s.database_url_required
