@@ -18,7 +18,7 @@ class CloseCode(IntEnum):
     """Why the server closed a socket. ``RECONNECT`` below says what a client should do."""
 
     NORMAL = 1000  # the client asked to close
-    GOING_AWAY = 1001  # the gateway node is shutting down: reconnect (another node will serve)
+    SERVICE_RESTART = 1012  # the gateway node is shutting down or restarting (uvicorn sends it): reconnect
     INTERNAL_ERROR = 1011  # the node could not register the socket (Redis down): reconnect with backoff
     SLOW_CONSUMER = 4008  # the client read too slowly and its send queue overflowed: reconnect
     BAD_USER_ID = 4400  # the user id in the path is invalid: do not reconnect
@@ -27,7 +27,7 @@ class CloseCode(IntEnum):
 
 RECONNECT: dict[CloseCode, bool] = {
     CloseCode.NORMAL: False,
-    CloseCode.GOING_AWAY: True,
+    CloseCode.SERVICE_RESTART: True,
     CloseCode.INTERNAL_ERROR: True,
     CloseCode.SLOW_CONSUMER: True,
     CloseCode.BAD_USER_ID: False,

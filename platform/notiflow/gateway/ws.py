@@ -72,12 +72,15 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
         _spawn(_close(ws, code))
 
     conn = Connection(user_id, svc.settings.ws_queue_max, close_soon)
+    # In the hub before presence says so: a frame routed here the moment presence is written must find
+    # the socket, not an empty hub.
+    svc.hub.add(conn)
     try:
         await svc.sessions.opened(user_id)
     except StoreUnavailable:
+        svc.hub.remove(conn)
         await ws.close(CloseCode.INTERNAL_ERROR, "presence unavailable, retry")
         return
-    svc.hub.add(conn)
     writer = asyncio.create_task(_write(ws, conn))
     try:
         while True:

@@ -32,8 +32,8 @@ class QueryService:
         self._s = settings
         self._pool = pool
         self._work = work
-        self._acks: Batcher[tuple[str, uuid.UUID], int] = Batcher(
-            self._flush_acks, max_batch=2000, name="socket-acks"
+        self._acks: Batcher[tuple[str, list[uuid.UUID]], int] = Batcher(
+            self._flush_acks, max_batch=500, name="socket-acks"
         )
 
     def start(self) -> None:
@@ -66,13 +66,13 @@ class QueryService:
 
     async def ack_from_socket(self, user_id: str, ids: list[uuid.UUID]) -> None:
         """Acks arriving over sockets are batched across sockets into one statement."""
-        for nid in ids:
-            await self._acks.submit((user_id, nid))
+        await self._acks.submit((user_id, ids))
 
-    async def _flush_acks(self, pairs: list[tuple[str, uuid.UUID]]) -> list[int | BaseException]:
+    async def _flush_acks(self, frames: list[tuple[str, list[uuid.UUID]]]) -> list[int | BaseException]:
+        pairs = list(dict.fromkeys((user, nid) for user, ids in frames for nid in ids))
         async with pg_errors("socket acks"), self._pool.acquire() as conn:
-            await sql.ack_pairs(conn, list(dict.fromkeys(pairs)))
-        return [1] * len(pairs)
+            await sql.ack_pairs(conn, pairs)
+        return [len(ids) for _, ids in frames]
 
     async def open_for_users(self, user_ids: list[str], per_user: int) -> list[dict[str, Any]]:
         async with pg_errors("resync"), self._pool.acquire() as conn:
