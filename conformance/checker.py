@@ -239,7 +239,7 @@ def _collect_stats(tl: Timeline, v: Verdict) -> None:
                 v.latencies_ms.append((d.first_recv_ns - ing.invoke_ns) / 1e6)
         elif d.listed_at_ns:
             offline += 1
-        dead += d.terminal == "dead"
+        dead += d.terminal == "dead" or bool(d.dlq_channels)
         expired += d.terminal == "expired"
         dups += sum(n - 1 for n in d.recv_count.values() if n > 1)
     v.stats = {

@@ -16,6 +16,21 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+#: Settings of the shared cluster: few and fast retries (I6). Its presence TTL is short too (I7).
+MAX_RETRIES, RETRY_BASE_MS, RETRY_CAP_MS, PRESENCE_TTL_S = 2, 200, 1000, 3
+
+
+def shared_env(webhook_host: str) -> dict[str, str]:
+    """The environment of the shared cluster; ``webhook_host`` is the suite's webhook sink."""
+    return {
+        "NOTIFLOW_PRESENCE_TTL_S": str(PRESENCE_TTL_S),
+        "NOTIFLOW_MAX_RETRIES": str(MAX_RETRIES),
+        "NOTIFLOW_RETRY_BASE_MS": str(RETRY_BASE_MS),
+        "NOTIFLOW_RETRY_CAP_MS": str(RETRY_CAP_MS),
+        "NOTIFLOW_WEBHOOK_ALLOWED_HOSTS": webhook_host,
+        "NOTIFLOW_WEBHOOK_TIMEOUT_S": "2",
+    }
+
 
 @dataclass
 class Target:

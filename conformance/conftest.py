@@ -16,14 +16,11 @@ import pytest
 import pytest_asyncio
 
 from conformance import report
-from conformance.cluster import Clusters, Stores, Target
+from conformance.cluster import Clusters, Stores, Target, shared_env
 from conformance.history import History
 from conformance.profile import PROFILES, Profile
 from conformance.sink import WebhookSink
 from conformance.workload import MixedRun, run_mixed
-
-#: Settings of the shared cluster: short presence TTL (I7), few and fast retries (I6), the test webhook sink.
-RETRY_BASE_MS, RETRY_CAP_MS, MAX_RETRIES = 200, 1000, 2
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -91,14 +88,7 @@ def target(base_urls: list[str], clusters: Clusters | None, sink: WebhookSink) -
         gateways=2,
         stream_workers=2,
         retry_workers=1,
-        env={
-            "NOTIFLOW_PRESENCE_TTL_S": "3",
-            "NOTIFLOW_MAX_RETRIES": str(MAX_RETRIES),
-            "NOTIFLOW_RETRY_BASE_MS": str(RETRY_BASE_MS),
-            "NOTIFLOW_RETRY_CAP_MS": str(RETRY_CAP_MS),
-            "NOTIFLOW_WEBHOOK_ALLOWED_HOSTS": sink.host,
-            "NOTIFLOW_WEBHOOK_TIMEOUT_S": "2",
-        },
+        env=shared_env(sink.host),
     )
 
 

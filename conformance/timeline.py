@@ -58,6 +58,7 @@ class Delivery:
     ws_acked_ns: int | None = None
     ack_invoked_ns: list[int] = field(default_factory=list)
     terminal: str | None = None
+    dlq_channels: set[str] = field(default_factory=set)
     events: list[tuple[int, str]] = field(default_factory=list)
 
     def ack_invoked_before(self, ns: int | None) -> bool:
@@ -270,6 +271,7 @@ class Timeline:
     def _obs_dlq(self, op: Op) -> None:
         for entry in op.value["entries"]:
             d = self.deliveries[(str(entry["notification_id"]), entry["user_id"])]
+            d.dlq_channels.add(str(entry.get("channel")))
             if entry.get("channel", "socket") != "webhook":
                 d.terminal = "dead"
             d.events.append((op.time_ns, f"in the DLQ (channel {entry.get('channel')})"))
