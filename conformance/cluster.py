@@ -50,6 +50,12 @@ class Target:
         if not self.controllable:
             pytest.skip(f"needs a cluster started by the suite ({why}); --base-url targets are not controlled")
 
+    def stop(self) -> None:
+        """Stop a self-started cluster now (its stores stay for the session). Safe to call twice."""
+        stack, self.stack = self.stack, None
+        if stack is not None:
+            stack.stop()
+
     def require_nodes(self, count: int) -> None:
         if len(self.urls) < count:
             pytest.skip(f"needs {count} gateway nodes; give --base-url {count} times")
@@ -119,7 +125,7 @@ class Clusters:
 
     def __init__(self, stores: Stores) -> None:
         self.stores = stores
-        self._stacks: list[Any] = []
+        self._targets: list[Target] = []
 
     def start(
         self, *, gateways: int = 2, stream_workers: int = 2, retry_workers: int = 1, env: dict[str, str] | None = None
@@ -145,11 +151,12 @@ class Clusters:
             extra_env=extra_env,
         )
         stack.start()
-        self._stacks.append(stack)
-        return Target(list(stack.gateway_urls), stack, extra_env, database_url)
+        target = Target(list(stack.gateway_urls), stack, extra_env, database_url)
+        self._targets.append(target)
+        return target
 
     def stop_all(self) -> None:
-        for stack in reversed(self._stacks):
+        for target in reversed(self._targets):
             with contextlib.suppress(Exception):
-                stack.stop()
-        self._stacks.clear()
+                target.stop()
+        self._targets.clear()
