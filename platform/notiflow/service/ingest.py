@@ -60,6 +60,7 @@ class IngestService:
         self._to_enqueue: list[NewNotification] = []
         self._enqueue_wake = asyncio.Event()
         self._enqueue_idle = asyncio.Event()
+        self._enqueue_idle.set()  # nothing queued yet: shutting down now must not wait
         self._enqueuer: asyncio.Task[None] | None = None
         self.enqueue_dropped = 0
 
