@@ -1,4 +1,5 @@
-"""Run sizes. ``default`` finishes in a few minutes on a 2-core box; ``soak`` is the long run."""
+"""Run sizes. ``default`` finishes in a few minutes on a 2-core box; ``soak`` is the long run; ``selftest`` is
+what the self-tests use when they run check modules against a broken target."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ class Profile:
     notifications: int  # total ingests of the mixed run
     max_recipients: int  # each ingest names 1..max_recipients users
     drain_timeout_s: float  # how long live sockets may take to receive everything at the end
+    settle_s: float  # how long a scenario waits for something that must arrive
     timeout_factor: float  # multiplies every test's timeout
 
 
@@ -30,6 +32,7 @@ PROFILES: dict[str, Profile] = {
         notifications=2500,
         max_recipients=4,
         drain_timeout_s=60,
+        settle_s=30,
         timeout_factor=1.0,
     ),
     "soak": Profile(
@@ -42,6 +45,21 @@ PROFILES: dict[str, Profile] = {
         notifications=60_000,
         max_recipients=6,
         drain_timeout_s=300,
+        settle_s=60,
         timeout_factor=20.0,
+    ),
+    # The self-tests run check modules against deliberately broken targets: small, and quick to give up.
+    "selftest": Profile(
+        name="selftest",
+        online_users=6,
+        multi_device_users=3,
+        offline_users=6,
+        churn_users=3,
+        producers=3,
+        notifications=150,
+        max_recipients=3,
+        drain_timeout_s=5,
+        settle_s=5,
+        timeout_factor=1.0,
     ),
 }

@@ -56,10 +56,26 @@ def summary_lines() -> list[str]:
     return lines
 
 
-def judge(test: str, history: History, *, limit: int = 25, require_ok: bool = True, latency: bool = True) -> Verdict:
-    """Check ``history``, add it to the summary, and fail with the readable report if it is not clean."""
+def judge(
+    test: str,
+    history: History,
+    *,
+    limit: int = 25,
+    require_ok: bool = True,
+    latency: bool = True,
+    problems: list[str] | None = None,
+) -> Verdict:
+    """Check ``history``, add it to the summary, and fail with the readable report if it is not clean.
+
+    ``problems`` are the scenario's own findings; they fail the test too, after the checker has reported, so
+    that a failure always names the notifications and users involved.
+    """
     verdict = check(history)
     record(test, verdict, latency)
     good = verdict.ok if require_ok else verdict.valid
-    assert good, f"{test}: the checker found violations\n{verdict.report(limit)}"
+    found = "\n".join(f"  - {p}" for p in problems or [])
+    assert good and not problems, (
+        f"{test}: {'the checker found violations' if not good else 'the checker found nothing'}\n"
+        f"{verdict.report(limit)}" + (f"\nscenario problems:\n{found}" if problems else "")
+    )
     return verdict
