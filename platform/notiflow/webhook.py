@@ -19,11 +19,16 @@ from notiflow.models import DeliveryWork
 
 def check_webhook_url(url: str, allowed_hosts: list[str]) -> None:
     """Only hosts named in configuration: the platform must not be a way to reach arbitrary addresses."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on an out-of-range port
+        httpx.URL(url)  # what the client would refuse to send (control characters) is refused here
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise ApiError(422, "invalid_webhook_url", f"webhook_url is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApiError(422, "invalid_webhook_url", "webhook_url must be an absolute http(s) URL")
     host = parts.hostname.lower()
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    netloc = f"{host}:{port}" if port else host
     allowed = {h.lower() for h in allowed_hosts}
     if host not in allowed and netloc not in allowed:
         raise ApiError(
