@@ -28,8 +28,9 @@ def connect_redis(url: str, *, max_connections: int = 64) -> Redis:
 
 
 def is_nogroup(exc: BaseException) -> bool:
-    """The consumer group (or the stream) is gone: Redis restarted without its data."""
-    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
+    """The consumer group (or the stream) is gone: Redis restarted without its data. Redis 7 answers a
+    reader blocked on the stream when that happens with ``UNBLOCKED``, the others with ``NOGROUP``."""
+    return isinstance(exc, ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED"))
 
 
 @asynccontextmanager
