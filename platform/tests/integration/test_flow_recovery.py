@@ -1,0 +1,181 @@
+"""Recovery without losing anything, in process on real Redis and PostgreSQL: a crash between the commit
+and the XADD (the outbox), stream entries lost after the XADD (the stuck-work sweep), and Redis losing
+its data under running workers (NOGROUP, the epoch rebuild), on the shared server and by a real restart."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from helpers import wait_for
+from integration_support import (
+    Gateways,
+    SocketFactory,
+    Workers,
+    notify,
+    offline_ids,
+    settled,
+    status_of,
+    users,
+    wipe_namespace,
+)
+
+from notiflow.config import Settings
+from notiflow.devstack import EmbeddedRedis
+from notiflow.models import NewNotification
+from notiflow.store import ingest as ingest_sql
+from notiflow.streams.work import GROUP
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def commit_without_xadd(db: asyncpg.Pool, user_ids: list[str], *, enqueued: bool = False) -> str:
+    """What a gateway that dies right after its commit leaves behind: the notification and its deliveries
+    in PostgreSQL, nothing in Redis. With ``enqueued`` the outbox flag says it was XADDed (the entry was
+    then lost with Redis's data). Uses the store's own ingest SQL."""
+    item = NewNotification(
+        id=uuid.uuid4(), user_ids=user_ids, event="crash.window", payload_json='{"lost": false}',
+        ttl_seconds=None, webhook_url=None,
+    )  # fmt: skip
+    async with db.acquire() as conn, conn.transaction():
+        await ingest_sql.insert_notifications(conn, [item])
+        if enqueued:
+            await conn.execute("UPDATE notifications SET enqueued = true WHERE id = $1", item.id)
+    return str(item.id)
+
+
+async def test_crash_between_commit_and_xadd_is_recovered_by_the_outbox(
+    gateways: Gateways, workers: Workers, socket: SocketFactory, http: httpx.AsyncClient, db: asyncpg.Pool,
+    rds: aioredis.Redis, settings: Settings,
+) -> None:
+    gw = await gateways.start()
+    await workers.stream()
+    await workers.retry()  # runs the reconciler
+    # Its first round finds no epoch and rebuilds everything; the outbox is what matters after that.
+    await wait_for(lambda: rds.exists(settings.key("epoch")), timeout_s=5, message="first reconciler round")
+    online, away = users(2)
+    sock = await socket(gw, online)
+    nid = await commit_without_xadd(db, [online, away])
+    assert await rds.xlen(settings.stream_key) == 0
+    assert await status_of(db, nid, online) == "pending"
+
+    # After outbox_grace_s (1 s here) the reconciler enqueues it, and clears the outbox flag.
+    [frame] = await sock.wait_ids([nid], timeout_s=15)
+    assert frame["payload"] == {"lost": False} and frame["seq"] == 1
+    assert await settled(db, nid) == {online: "dispatched", away: "offline"}
+
+    async def flag_cleared() -> bool:
+        return bool(await db.fetchval("SELECT enqueued FROM notifications WHERE id = $1", uuid.UUID(nid)))
+
+    await wait_for(flag_cleared, timeout_s=5)
+    assert await offline_ids(http, gw.url, away) == [nid]
+    # Enqueued once: no duplicate frame follows.
+    assert await sock.quiet(0.5) == []
+
+
+async def test_stream_entries_lost_after_xadd_are_recovered_by_the_stuck_sweep(
+    gateways: Gateways, workers: Workers, http: httpx.AsyncClient, db: asyncpg.Pool, rds: aioredis.Redis,
+    settings: Settings,
+) -> None:
+    gw = await gateways.start()
+    await workers.retry(stuck_after_s=1)
+    # Its first round finds no epoch and rebuilds everything; the stuck sweep is what matters after that.
+    await wait_for(lambda: rds.exists(settings.key("epoch")), timeout_s=5, message="first reconciler round")
+    [rosa] = users(1)
+    ids = [await notify(http, gw.url, [rosa], payload={"i": i}) for i in range(3)]
+
+    async def enqueued() -> bool:
+        flagged = await db.fetchval("SELECT count(*) FROM notifications WHERE enqueued")
+        return flagged == 3 and await rds.xlen(settings.stream_key) == 3
+
+    await wait_for(enqueued, timeout_s=5)
+    await rds.xtrim(settings.stream_key, maxlen=0)  # the entries vanish after the outbox flag was cleared
+    await workers.stream()
+
+    for nid in ids:
+        assert await settled(db, nid, timeout_s=15) == {rosa: "offline"}
+    assert await offline_ids(http, gw.url, rosa) == ids
+
+
+async def test_redis_losing_its_data_under_running_workers(
+    gateways: Gateways, workers: Workers, socket: SocketFactory, http: httpx.AsyncClient, db: asyncpg.Pool,
+    rds: aioredis.Redis, settings: Settings,
+) -> None:
+    """The stream, its consumer group, the epoch, presence: all gone at once while a stream worker is
+    blocked reading. The worker recreates the group (NOGROUP), the reconciler rebuilds the work that was
+    in the stream from PostgreSQL, and the gateway re-asserts its users' presence."""
+    gw = await gateways.start()
+    sw = await workers.stream()
+    sam, tess = users(2)
+    sock = await socket(gw, sam)
+    before = await notify(http, gw.url, [tess])
+    assert await settled(db, before) == {tess: "offline"}
+
+    in_flight = await commit_without_xadd(db, [tess], enqueued=True)  # in the stream when Redis loses it
+    await asyncio.sleep(0.3)  # the worker is now blocked in XREADGROUP
+    assert await wipe_namespace(rds, settings) >= 1
+    after = await notify(http, gw.url, [tess])
+
+    # No reconciler runs yet: the stream worker alone must notice the lost group and recreate it.
+    assert await settled(db, after, timeout_s=15) == {tess: "offline"}
+    sw.check()
+    groups = await rds.xinfo_groups(settings.stream_key)
+    assert [g["name"] for g in groups] == [GROUP]
+    assert await status_of(db, in_flight, tess) == "pending"
+
+    # The reconciler finds the epoch gone and rebuilds the lost work (stuck_after_s is 120 here).
+    await workers.retry()
+    assert await settled(db, in_flight, timeout_s=15) == {tess: "offline"}
+    assert await offline_ids(http, gw.url, tess) == [before, in_flight, after]
+    sw.check()
+
+    # Presence comes back with the node's next heartbeat; live delivery resumes.
+    await wait_for(lambda: rds.exists(settings.key("node", gw.node_id, "alive")), timeout_s=5)
+    live = await notify(http, gw.url, [sam])
+    await sock.wait_ids([live], timeout_s=10)
+    assert await settled(db, live) == {sam: "dispatched"}
+
+
+@pytest.mark.timeout(90)
+async def test_redis_restart_without_persistence(
+    gateways: Gateways, workers: Workers, socket: SocketFactory, http: httpx.AsyncClient, db: asyncpg.Pool,
+    settings: Settings, tmp_path: Path,
+) -> None:
+    """A real Redis process (this test's own) killed and restarted empty on the same port: connections
+    break, every key is gone. Nothing accepted is lost, and the whole path works again afterwards."""
+    with EmbeddedRedis(workdir=tmp_path) as own:
+        gw = await gateways.start(redis_url=own.url)
+        sw = await workers.stream(redis_url=own.url)
+        rw = await workers.retry(redis_url=own.url)
+        uma, vic = users(2)
+        sock = await socket(gw, uma)
+        first = await notify(http, gw.url, [uma, vic])
+        await sock.wait_ids([first])
+        assert await settled(db, first) == {uma: "dispatched", vic: "offline"}
+
+        in_flight = await commit_without_xadd(db, [vic], enqueued=True)
+        await asyncio.to_thread(own.restart)
+        # Accepted while the consumers are still reconnecting: PostgreSQL takes it; Redis gets it after.
+        during = await notify(http, gw.url, [vic])
+
+        for nid in (in_flight, during):
+            assert await settled(db, nid, timeout_s=30) == {vic: "offline"}
+        sw.check()
+        rw.check()
+        assert await offline_ids(http, gw.url, vic) == [first, in_flight, during]
+
+        check = aioredis.from_url(own.url, decode_responses=True)
+        try:
+            await wait_for(lambda: check.exists(settings.key("node", gw.node_id, "alive")), timeout_s=10)
+        finally:
+            await check.aclose()
+        live = await notify(http, gw.url, [uma])
+        await sock.wait_ids([live], timeout_s=15)
+        assert await settled(db, live) == {uma: "dispatched"}
+        await workers.stop_all()
+        await gateways.stop_all()
