@@ -164,7 +164,8 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
                 return [await queries.dlq_replay(i) for i in args.ids]
             return {"purged": await queries.dlq_purge()}
 
-    print(orjson.dumps(asyncio.run(main()), option=orjson.OPT_INDENT_2).decode())
+    # default=str: asyncpg's own UUID type (notification_id) is not one orjson knows.
+    print(orjson.dumps(asyncio.run(main()), option=orjson.OPT_INDENT_2, default=str).decode())
     return 0
 
 
