@@ -1,0 +1,183 @@
+"""Proof that the suite can fail: the checker and the check modules, run against deliberately broken targets,
+report the loss, and name exactly the notifications and users that were lost.
+
+The broken targets are (a) a fault proxy in front of the gateways that drops socket frames or hides queue
+entries and writes down exactly which, and (b) the platform's own TEST-ONLY switch
+``NOTIFLOW_FAULT_DROP_WS_EVERY``, on a dedicated cluster (skipped against --base-url targets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conformance.checker import check
+from conformance.client import Api, Socket, until
+from conformance.cluster import Target
+from conformance.history import History
+from conformance.profile import PROFILES
+from conformance.selftest.proxy import FaultProxy
+from conformance.workload import bounded, run_mixed
+
+ROOT = Path(__file__).resolve().parents[2]
+SECTION = re.compile(r"^E?\s*(LOST|UNEXPECTED|MISSED LIVE|GAPS|RESURRECTED|DUPLICATED) \(\d+\):")
+ROW = re.compile(r"^E?\s*notification (\S+) user (\S+):")
+SUMMARY = re.compile(r"(\d+) (passed|failed|error|errors|skipped)")
+
+Pairs = set[tuple[str, str]]
+
+
+@pytest.fixture
+def proxies(target: Target) -> Iterator[Callable[..., list[FaultProxy]]]:
+    started: list[FaultProxy] = []
+
+    def start(**faults: int | str) -> list[FaultProxy]:
+        started.extend(FaultProxy(url, **faults).start() for url in target.urls)  # type: ignore[arg-type]
+        return started
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+def _union(proxies: list[FaultProxy], what: str) -> Pairs:
+    return {pair for p in proxies for pair in getattr(p, what)}
+
+
+def reported(output: str) -> dict[str, Pairs]:
+    """The (notification, user) rows of each section of the failure reports in a pytest run's output."""
+    found: dict[str, Pairs] = {}
+    section = None
+    for line in output.splitlines():
+        if m := SECTION.match(line):
+            section = m.group(1)
+        elif section and (m := ROW.match(line)):
+            found.setdefault(section, set()).add((m.group(1), m.group(2)))
+        elif not line.strip().startswith(("E", "history:")):
+            section = None
+    return found
+
+
+async def run_suite(modules: list[str], urls: list[str]) -> tuple[dict[str, int], str]:
+    """Run check modules in a pytest subprocess against ``urls``; returns the outcome counts and the output."""
+    cmd = [sys.executable, "-m", "pytest", *modules, "--profile", "selftest", "--report-limit", "100000"]
+    cmd += ["-p", "no:cacheprovider", "-q", "-o", "addopts="]
+    for url in urls:
+        cmd += ["--base-url", url]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 200)
+    except TimeoutError:
+        proc.kill()
+        raise
+    text = out.decode(errors="replace")
+    counts = {kind: int(n) for n, kind in SUMMARY.findall(text.splitlines()[-1] if text else "")}
+    return counts, text
+
+
+@pytest.mark.timeout(120)
+async def test_the_checker_names_exactly_the_frames_a_broken_gateway_dropped(
+    proxies: Callable[..., list[FaultProxy]], http: httpx.AsyncClient, run_id: str
+) -> None:
+    broken = proxies(drop_ws_every=7)
+    run = await run_mixed([p.url for p in broken], http, PROFILES["selftest"], run_id, seed=1)
+    dropped = _union(broken, "dropped")
+    assert dropped, "the proxy dropped nothing, so this self-test would prove nothing"
+    assert set(run.verdict.missed_live) == dropped, run.verdict.report(1000)
+    # What was dropped on the wire is still in the offline queue: no loss, and I1 must not cry wolf.
+    assert run.verdict.valid, run.verdict.report(1000)
+    text = run.verdict.report(100_000)
+    assert all(f"notification {nid} user {user}:" in text for nid, user in dropped)
+
+
+@pytest.mark.timeout(120)
+async def test_the_checker_names_exactly_what_a_broken_offline_queue_lost(
+    proxies: Callable[..., list[FaultProxy]], http: httpx.AsyncClient, run_id: str
+) -> None:
+    broken = proxies(hide_every=4)
+    run = await run_mixed([p.url for p in broken], http, PROFILES["selftest"], run_id, seed=2)
+    hidden = _union(broken, "hidden")
+    assert hidden, "the proxy hid nothing, so this self-test would prove nothing"
+    assert not run.verdict.valid
+    assert set(run.verdict.lost) == hidden, run.verdict.report(1000)
+    assert set(run.verdict.gaps) == hidden
+    text = run.verdict.report(100_000)
+    assert all(f"notification {nid} user {user}:" in text for nid, user in hidden)
+
+
+@pytest.mark.timeout(240)
+async def test_the_no_loss_and_offline_modules_fail_naming_the_lost_ids(
+    proxies: Callable[..., list[FaultProxy]],
+) -> None:
+    broken = proxies(hide_every=4)
+    counts, out = await run_suite(
+        ["conformance/test_i01_no_loss.py", "conformance/test_i03_offline.py"], [p.url for p in broken]
+    )
+    hidden = _union(broken, "hidden")
+    assert hidden, "the proxy hid nothing"
+    assert counts.get("failed", 0) >= 3, f"the modules did not fail against a lossy queue: {counts}\n{out[-3000:]}"
+    assert reported(out).get("LOST") == hidden, out[-5000:]
+
+
+@pytest.mark.timeout(240)
+async def test_the_live_module_fails_naming_the_dropped_frames_and_no_loss_does_not(
+    proxies: Callable[..., list[FaultProxy]],
+) -> None:
+    broken = proxies(drop_ws_every=5)
+    counts, out = await run_suite(
+        ["conformance/test_i01_no_loss.py", "conformance/test_i02_live.py"], [p.url for p in broken]
+    )
+    dropped = _union(broken, "dropped")
+    assert dropped, "the proxy dropped nothing"
+    assert counts == {"failed": 3, "passed": 3}, f"expected I2 to fail and I1 to pass: {counts}\n{out[-3000:]}"
+    sections = reported(out)
+    assert sections.get("MISSED LIVE") == dropped, out[-5000:]
+    assert "LOST" not in sections
+
+
+@pytest.mark.timeout(120)
+async def test_the_platform_fault_switch_is_caught_with_the_right_ids(
+    start_cluster: Callable[..., Target], http: httpx.AsyncClient, history: History, run_id: str
+) -> None:
+    every = 5
+    target = start_cluster(
+        "it turns on NOTIFLOW_FAULT_DROP_WS_EVERY", gateways=1, stream_workers=1, retry_workers=1,
+        env={"NOTIFLOW_FAULT_DROP_WS_EVERY": str(every)},
+    )  # fmt: skip
+    try:
+        url = target.urls[0]
+        users = [f"{run_id}-live{i}" for i in range(6)]
+        sockets = await bounded(6, [Socket(url, u, history, f"ws-{u}").open() for u in users])
+        api = Api(http, url, history, "api")
+        rng = random.Random(3)
+        want: dict[str, set[str]] = {u: set() for u in users}
+        for k in range(60):
+            result = await api.ingest(rng.sample(users, 2), event="selftest.fault", payload={"k": k})
+            assert result.id is not None, result.body
+            for u in result.user_ids:
+                want[u].add(result.id)
+        frames = sum(len(ids) for ids in want.values())
+        # The gateway drops every Nth frame it pushes: exactly frames // N never arrive, and no more.
+        arrived = await until(lambda: sum(len(s.received) for s in sockets) >= frames - frames // every, 20)
+        assert arrived, f"{sum(len(s.received) for s in sockets)} of {frames - frames // every} frames arrived"
+        await bounded(6, [s.close() for s in sockets])
+        queues = {u: {i["id"] for i in await api.as_process(f"sweep-{u}").sweep(u)} for u in users}
+    finally:
+        target.stop()
+    missing = {(nid, s.user) for s in sockets for nid in want[s.user] - set(s.received)}
+    verdict = check(history)
+    assert len(missing) == frames // every
+    assert set(verdict.missed_live) == missing, verdict.report(1000)
+    assert all(nid in queues[user] for nid, user in missing), "a dropped frame is not in the offline queue"
+    assert verdict.valid, verdict.report(1000)
+    text = verdict.report(100_000)
+    assert all(f"notification {nid} user {user}:" in text for nid, user in missing)
