@@ -276,7 +276,6 @@ async def test_expired_before_processing_is_never_pushed(
     assert await offline_ids(http, gw.url, kate) == []
 
 
-@pytest.mark.timeout(90)
 async def test_fan_out_to_3000_recipients(
     gateways: Gateways, workers: Workers, socket: SocketFactory, http: httpx.AsyncClient, db: asyncpg.Pool
 ) -> None:
@@ -303,15 +302,21 @@ async def test_fan_out_to_3000_recipients(
     for sock in online:
         await sock.wait_ids([nid])
 
-    # Every recipient's offline queue holds it, with seq 1 (their first notification).
-    sem = asyncio.Semaphore(32)
+    # Every recipient's offline queue holds it, with seq 1 (their first notification): read through the
+    # gateway's query use case for all 3000 (HTTP in the same event loop costs ~2.5 ms a request) and over
+    # HTTP for a sample.
+    queries = gw.services.queries
+    sem = asyncio.Semaphore(8)
 
     async def check(user: str) -> None:
         async with sem:
-            page = await offline_page(http, gw.url, user)
-        assert [(n["id"], n["seq"]) for n in page["notifications"]] == [(nid, 1)], user
+            page = await queries.offline(user, 0, 100)
+        assert [(str(n["id"]), n["seq"]) for n in page["notifications"]] == [(nid, 1)], user
 
     await asyncio.gather(*(check(u) for u in recipients))
+    for user in recipients[::60]:
+        page = await offline_page(http, gw.url, user)
+        assert [(n["id"], n["seq"]) for n in page["notifications"]] == [(nid, 1)], user
 
 
 async def test_slow_consumer_is_closed_with_4008_and_keeps_its_queue(
