@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from notiflow import metrics
 from notiflow.gateway.protocol import CloseCode
 from notiflow.streams.pubsub import decode_frames
 
@@ -79,6 +80,7 @@ class Hub:
                     continue
             conn.push(frame)
             self.frames_pushed += 1
+            metrics.FRAMES.inc()
 
     def deliver(self, message: str) -> None:
         """A Pub/Sub message for this node: a batch of (user, frame)."""
