@@ -24,12 +24,12 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "default": Profile(
         name="default",
-        online_users=120,
+        online_users=160,
         multi_device_users=40,
-        offline_users=80,
+        offline_users=100,
         churn_users=40,
         producers=8,
-        notifications=2500,
+        notifications=4000,
         max_recipients=4,
         drain_timeout_s=60,
         settle_s=30,
