@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from redis.client import NEVER_DECODE
 
 from notiflow.config import Settings
 from notiflow.models import Channel, StreamEntry
@@ -27,6 +28,20 @@ for _, member in ipairs(due) do
 end
 return #due
 """
+
+
+# Stream entries are read undecoded and decoded here, entry by entry: one entry whose bytes are not UTF-8
+# must not fail the whole read (it would fail every read, and kill the worker each time). Its text gets
+# replacement characters, it fails parsing, and it is parked like any other malformed entry.
+_RAW: dict[str, Any] = {NEVER_DECODE: []}
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else str(value)
+
+
+def _fields(raw: Any) -> dict[str, str] | None:
+    return None if raw is None else {_text(k): _text(v) for k, v in dict(raw).items()}
 
 
 @dataclass(slots=True, frozen=True)
@@ -78,7 +93,10 @@ class WorkStream:
         """New entries for this consumer; recreates the group if Redis lost it."""
         async with redis_errors("xreadgroup"):
             try:
-                resp: Any = await self._r.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=count, block=block_ms)
+                resp: Any = await self._r.execute_command(  # type: ignore[no-untyped-call]
+                    "XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, "BLOCK", block_ms,
+                    "STREAMS", self.stream, ">", **_RAW,
+                )
             except Exception as exc:
                 if not is_nogroup(exc):
                     raise
@@ -86,7 +104,7 @@ class WorkStream:
                 return []
         out: list[tuple[str, dict[str, str]]] = []
         for _stream, entries in resp or []:
-            out.extend((str(i), dict(f)) for i, f in entries)
+            out.extend((_text(i), _fields(f) or {}) for i, f in entries)
         return out
 
     async def ack(self, entry_ids: list[str]) -> None:
@@ -124,8 +142,10 @@ class WorkStream:
         if not entry_ids:
             return []
         async with redis_errors("xclaim"):
-            rows: Any = await self._r.xclaim(self.stream, GROUP, consumer, min_idle_ms, list[Any](entry_ids))
-        got: dict[str, dict[str, str] | None] = {str(i): f for i, f in rows}
+            rows: Any = await self._r.execute_command(  # type: ignore[no-untyped-call]
+                "XCLAIM", self.stream, GROUP, consumer, str(min_idle_ms), *entry_ids, **_RAW
+            )
+        got: dict[str, dict[str, str] | None] = {_text(i): _fields(f) for i, f in rows if i is not None}
         return [(i, got.get(i)) for i in entry_ids]
 
     async def backlog(self) -> int:
