@@ -158,7 +158,7 @@ class Workers:
         worker_settings = self.settings.model_copy(update={"node_id": node_id, **overrides})
         exit_stack = contextlib.AsyncExitStack()
         factory = stream_worker if kind == "sw" else retry_worker
-        worker: Any = await exit_stack.enter_async_context(factory(worker_settings))  # type: ignore[operator]
+        worker: Any = await exit_stack.enter_async_context(factory(worker_settings))
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop), name=node_id)
         running = RunningWorker(worker, stop, task, node_id, exit_stack)

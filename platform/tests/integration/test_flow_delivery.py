@@ -171,16 +171,25 @@ async def test_ack_of_foreign_or_unknown_ids_changes_nothing(
     # Over the socket too: frank's id acknowledged on erin's socket changes nothing.
     sock = await socket(gw, erin)
     await sock.ack([theirs, unknown])
-    await sock.sync()  # the ack frame was read before the pong
+    assert await offline_ids(http, gw.url, frank) == [theirs]
+    # Socket acks commit in order, off the read loop: once erin's own later ack has landed, the foreign
+    # one has been handled too.
+    await sock.ack([mine])
 
-    await asyncio.sleep(0.3)  # socket acks commit off the read loop; give a wrong one time to show
+    async def own_ack_landed() -> bool:
+        return await status_of(db, mine, erin) == "delivered"
+
+    await wait_for(own_ack_landed, timeout_s=5)
     assert await offline_ids(http, gw.url, frank) == [theirs]
-    assert await offline_ids(http, gw.url, erin) == [mine]
     assert await status_of(db, theirs, frank) in ("pending", "offline")
-    # A user's up_to_seq never reaches another user's queue.
-    await http.post(f"{gw.url}/notifications/offline/{erin}/ack", json={"up_to_seq": 100})
-    assert await offline_ids(http, gw.url, frank) == [theirs]
     assert await offline_ids(http, gw.url, erin) == []
+    # A user's up_to_seq never reaches another user's queue.
+    again = await notify(http, gw.url, [erin])
+    ack_all = await http.post(f"{gw.url}/notifications/offline/{erin}/ack", json={"up_to_seq": 100})
+    assert ack_all.json() == {"acknowledged": 1}
+    assert await offline_ids(http, gw.url, erin) == []
+    assert await offline_ids(http, gw.url, frank) == [theirs]
+    assert await status_of(db, again, erin) == "delivered"
 
 
 async def test_two_sockets_of_one_user_on_two_nodes_each_get_it(

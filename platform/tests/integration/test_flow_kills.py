@@ -64,8 +64,8 @@ async def test_entries_of_a_worker_dead_between_read_and_ack_are_reclaimed_and_d
 
     await wait_for(all_in_stream, timeout_s=5)
     # The dead worker's state: it read every entry (XREADGROUP as its consumer) and acknowledged none.
-    taken = await rds.xreadgroup(GROUP, dead, {settings.stream_key: ">"}, count=1000)
-    assert sum(len(entries) for _, entries in taken) == len(ids)
+    taken: Any = await rds.xreadgroup(GROUP, dead, {settings.stream_key: ">"}, count=1000)
+    assert sum(len(entries) for _stream, entries in taken) == len(ids)
     assert await _pending_of(rds, settings.stream_key, dead) == len(ids)
     assert await status_of(db, ids[0], online) == "pending"
 
@@ -129,7 +129,7 @@ async def test_stream_worker_sigkilled_under_load_loses_nothing(
 
     async def drained() -> bool:
         left = await db.fetchval("SELECT count(*) FROM deliveries WHERE status IN ('pending', 'retrying')")
-        return left == 0 and (await rds.xpending(settings.stream_key, GROUP))["pending"] == 0
+        return left == 0 and int((await rds.xpending(settings.stream_key, GROUP))["pending"]) == 0
 
     await wait_for(drained, timeout_s=45, interval_s=0.1)
     # I1: every recipient of every accepted notification has it waiting in its offline queue, in seq order.
