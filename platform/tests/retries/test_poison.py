@@ -1,0 +1,172 @@
+"""Poison entries: whatever an entry does to the worker, it reaches the DLQ (or the poison_entries table)
+with its reason, and the entries behind it are still delivered. Nothing loops forever."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+from harness import Platform, PlatformFactory
+from helpers import wait_for
+
+from notiflow.models import StreamEntry
+from notiflow.streams.work import GROUP
+from notiflow.worker.stream import StreamWorker
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def users(n: int) -> list[str]:
+    return [f"p{i}-{secrets.token_hex(3)}" for i in range(n)]
+
+
+async def wait_status(plat: Platform, pairs: list[tuple[uuid.UUID, str]], status: str) -> None:
+    async def reached() -> bool:
+        got = [(await plat.delivery(n, u))["status"] for n, u in pairs]
+        assert got == [status] * len(pairs), got
+        return True
+
+    await wait_for(reached, 15, interval_s=0.05)
+
+
+async def wait_stream_drained(plat: Platform) -> None:
+    """Every entry acknowledged and deleted: nothing left to loop on."""
+
+    async def drained() -> bool:
+        pending = await plat.redis.xpending(plat.settings.stream_key, GROUP)
+        return await plat.stream_length() == 0 and pending["pending"] == 0
+
+    await wait_for(drained, 10)
+
+
+async def enqueued(plat: Platform, count: int) -> None:
+    """Ingest XADDs after the commit, off the request path: wait until ``count`` entries are there."""
+    await wait_for(lambda: plat.redis.xlen(plat.settings.stream_key), 10)
+    await wait_for(lambda: _at_least(plat, count), 10)
+
+
+async def _at_least(plat: Platform, count: int) -> bool:
+    return await plat.stream_length() >= count
+
+
+async def test_malformed_entries_are_parked_at_once_and_the_stream_moves_on(platform: PlatformFactory) -> None:
+    plat = await platform()
+    stream = plat.settings.stream_key
+    garbage: list[dict[str, str]] = [
+        {"garbage": "1"},
+        {"n": "not-a-uuid", "u": "alice"},
+        {"n": str(uuid.uuid4()), "u": "a/b"},
+        {"n": str(uuid.uuid4()), "u": "alice", "c": "carrier-pigeon"},
+        {"n": str(uuid.uuid4())},
+    ]
+    for fields in garbage:
+        await plat.redis.xadd(stream, fields)  # type: ignore[arg-type]
+    behind = users(3)
+    nids = [await plat.notify(user_id=u) for u in behind]
+
+    await wait_status(plat, list(zip(nids, behind, strict=True)), "offline")
+    await wait_stream_drained(plat)
+    rows = await plat.db.fetch("SELECT fields::text AS fields, reason FROM poison_entries ORDER BY id")
+    assert len(rows) == len(garbage)
+    assert all(r["reason"].startswith("malformed entry") for r in rows)
+    assert '"carrier-pigeon"' in rows[3]["fields"]
+    assert await plat.dlq() == []
+
+
+async def test_undecodable_bytes_are_parked_and_do_not_kill_the_worker(platform: PlatformFactory) -> None:
+    # Regression: one entry that is not UTF-8 made every XREADGROUP (and XCLAIM) that returned it raise,
+    # killing the worker each time and stranding the entries read with it.
+    plat = await platform(stream_workers=0)
+    stream = plat.settings.stream_key
+    raw = aioredis.from_url(plat.settings.redis_url_required)  # bytes in, bytes out
+    try:
+        await raw.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        # One was read by a worker that then died (the survivor takes it over with XCLAIM), one was not.
+        await raw.xadd(stream, {b"n": b"\xff\xfe\xfd", b"u": b"al\xffice"})
+        await raw.xreadgroup(GROUP, "doomed", {stream: ">"}, count=10)
+        await raw.xadd(stream, {b"n": b"\xc3\x28", b"u": b"bob", b"c": b"socket"})
+    finally:
+        await raw.aclose()
+    behind = users(2)
+    nids = [await plat.notify(user_id=u) for u in behind]
+    await plat.start_stream_worker(reclaim_idle_ms=200, reclaim_interval_s=0.2)
+
+    await wait_status(plat, list(zip(nids, behind, strict=True)), "offline")
+    await wait_stream_drained(plat)
+    assert not plat.crashed()
+    rows = await plat.db.fetch("SELECT reason FROM poison_entries")
+    assert len(rows) == 2 and all(r["reason"].startswith("malformed entry") for r in rows), rows
+
+
+POISON_USER = "poison-pill"
+
+
+def crash_on_poison(worker: StreamWorker) -> None:
+    """Fault injection: a bug in processing that fails every time an entry names POISON_USER (a
+    non-transient exception, as a real bug would raise)."""
+    deliveries = worker._d  # the worker's own DeliveryService: the fault sits under the real loop
+    real = deliveries.deliver_socket
+
+    async def deliver_socket(entries: list[StreamEntry]) -> list[object]:
+        if any(POISON_USER in e.user_ids for e in entries):
+            raise RuntimeError("injected bug: this entry crashes whoever processes it")
+        return list(await real(entries))
+
+    deliveries.deliver_socket = deliver_socket  # type: ignore[method-assign,assignment]
+
+
+async def test_an_entry_that_always_crashes_processing_is_bisected_out_and_dead_lettered(
+    platform: PlatformFactory,
+) -> None:
+    plat = await platform(stream_workers=0)
+    fine = users(6)
+    order = [*fine[:3], POISON_USER, *fine[3:]]  # one entry each, read as one batch
+    nids = {u: await plat.notify(user_id=u) for u in order}
+    await enqueued(plat, len(order))
+    worker = await plat.start_stream_worker(prepare=crash_on_poison)
+
+    await wait_status(plat, [(nids[u], u) for u in fine], "offline")
+    await wait_status(plat, [(nids[POISON_USER], POISON_USER)], "dead")
+    await wait_stream_drained(plat)
+    (entry,) = await plat.dlq()
+    assert (entry["notification_id"], entry["user_id"]) == (nids[POISON_USER], POISON_USER)
+    assert (entry["channel"], entry["reason"]) == ("socket", "poison")
+    assert "RuntimeError: injected bug" in entry["last_error"]
+    assert [r["outcome"] for r in await plat.attempts(nids[POISON_USER], POISON_USER, "socket")] == ["poison"]
+    assert worker.processed == len(fine)
+    assert not plat.crashed()
+
+
+async def test_an_entry_whose_workers_keep_dying_is_parked_on_reclaim(platform: PlatformFactory) -> None:
+    # The state a worker SIGKILLed between read and ack leaves behind, made directly: the entry sits
+    # unacknowledged with other consumers; every takeover counts one more delivery.
+    plat = await platform(stream_workers=0)
+    stream, r = plat.settings.stream_key, plat.redis
+    await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    victim, survivor, *behind = users(4)
+
+    victim_nid = await plat.notify(user_id=victim)
+    await enqueued(plat, 1)
+    ((_, [(victim_entry, _)]),) = await r.xreadgroup(GROUP, "doomed-1", {stream: ">"}, count=10)
+    for consumer in ("doomed-2", "doomed-3"):
+        claimed = await r.xclaim(stream, GROUP, consumer, 0, [victim_entry])  # counts a delivery (JUSTID would not)
+        assert [i for i, _ in claimed] == [victim_entry]
+
+    survivor_nid = await plat.notify(user_id=survivor)  # its worker died once: it is simply reclaimed
+    await enqueued(plat, 2)
+    ((_, [(survivor_entry, _)]),) = await r.xreadgroup(GROUP, "doomed-4", {stream: ">"}, count=10)
+    behind_nids = [await plat.notify(user_id=u) for u in behind]
+    await enqueued(plat, 2 + len(behind))
+    pending = {p["message_id"]: p["times_delivered"] for p in await r.xpending_range(stream, GROUP, "-", "+", 10)}
+    assert pending == {victim_entry: 3, survivor_entry: 1}
+
+    await plat.start_stream_worker(poison_max_deliveries=3, reclaim_idle_ms=200, reclaim_interval_s=0.2)
+    await wait_status(plat, [*zip(behind_nids, behind, strict=True), (survivor_nid, survivor)], "offline")
+    await wait_status(plat, [(victim_nid, victim)], "dead")
+    await wait_stream_drained(plat)
+    (entry,) = await plat.dlq()
+    assert (entry["user_id"], entry["channel"], entry["reason"]) == (victim, "socket", "poison")
+    assert "claimed 3 times" in entry["last_error"]
+    assert [r["outcome"] for r in await plat.attempts(victim_nid, victim, "socket")] == ["poison"]
