@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import httpx
+from websockets.exceptions import WebSocketException
 
 from conformance.checker import Verdict, check
 from conformance.client import Api, IngestResult, Socket
@@ -96,11 +97,14 @@ async def run_mixed(
             churn_count += 1
             sock = Socket(urls[crng.randrange(n)], user, history, f"churn-{c}-{churn_count}", live=False,
                           auto_ack=crng.random() < 0.5)  # fmt: skip
-            with contextlib.suppress(Exception):
+            try:
                 await sock.open()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(crng.uniform(0.2, 1.5)):
-                        await done.wait()
+                hold_s = crng.uniform(0.2, 1.5)
+            except (OSError, TimeoutError, WebSocketException):
+                hold_s = 0.1  # refused: try again shortly, never in a tight loop
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(hold_s):
+                    await done.wait()
             await sock.close()
 
     per = [profile.notifications // profile.producers] * profile.producers
