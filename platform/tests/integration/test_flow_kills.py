@@ -90,16 +90,20 @@ async def test_entries_of_a_worker_dead_between_read_and_ack_are_reclaimed_and_d
 async def test_stream_worker_sigkilled_under_load_loses_nothing(
     stack: StackFactory, http: httpx.AsyncClient, db: asyncpg.Pool, rds: aioredis.Redis, settings: Settings
 ) -> None:
-    dev = await _start(stack, gateways=1, stream_workers=1, retry_workers=1, worker_batch=10)
+    # No retry worker: the reconciler could re-enqueue the work; here only the reclaim may recover it.
+    dev = await _start(stack, gateways=1, stream_workers=1, retry_workers=0, worker_batch=10)
     gw = dev.gateway_urls[0]
+    await _ensure_group(rds, settings.stream_key)  # the worker process may not have created it yet
     group = users(8, "load")
     accepted: list[tuple[str, list[str]]] = []
 
-    async def producer(worker_id: int) -> None:
+    async def send(tag: int, i: int) -> None:
+        chosen = list(dict.fromkeys([group[(tag + i) % 8], group[(tag + 3 * i + 1) % 8]]))
+        accepted.append((await notify(http, gw, chosen, payload={"p": tag, "i": i}), chosen))
+
+    async def producer(tag: int) -> None:
         for i in range(60):
-            chosen = [group[(worker_id + i) % 8], group[(worker_id + 3 * i + 1) % 8]]
-            chosen = list(dict.fromkeys(chosen))
-            accepted.append((await notify(http, gw, chosen, payload={"p": worker_id, "i": i}), chosen))
+            await send(tag, i)
 
     load = [asyncio.create_task(producer(p)) for p in range(6)]
 
@@ -107,10 +111,14 @@ async def test_stream_worker_sigkilled_under_load_loses_nothing(
     # entries are still pending, then SIGKILL it. That is "killed between read and ack", for certain.
     victim = dev.node_ids["stream-worker-0"]
     killed_holding = 0
-    deadline = time.monotonic() + 20
+    extra = 0
+    deadline = time.monotonic() + 30
     while not killed_holding:
         assert time.monotonic() < deadline, "never caught the stream worker holding unacknowledged entries"
         if await _pending_of(rds, settings.stream_key, victim) == 0:
+            if all(t.done() for t in load):  # the load ended first: keep it coming
+                await asyncio.gather(*(send(99, extra + j) for j in range(20)))
+                extra += 20
             await asyncio.sleep(0.002)
             continue
         dev.kill("stream-worker-0", signal.SIGSTOP)
@@ -125,7 +133,7 @@ async def test_stream_worker_sigkilled_under_load_loses_nothing(
     await asyncio.sleep(0.5)  # more accepts while no stream worker runs
     dev.start_process("stream-worker-0")
     await asyncio.gather(*load)
-    assert len(accepted) == 360
+    assert len(accepted) == 360 + extra
 
     async def drained() -> bool:
         left = await db.fetchval("SELECT count(*) FROM deliveries WHERE status IN ('pending', 'retrying')")
