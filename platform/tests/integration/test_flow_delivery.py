@@ -245,7 +245,7 @@ async def test_expired_notification_leaves_the_offline_queue(
     await workers.stream()
     await workers.retry()  # the reconciler marks expired deliveries
     [jack] = users(1)
-    short = await notify(http, gw.url, [jack], ttl_seconds=1)
+    short = await notify(http, gw.url, [jack], ttl_seconds=2)
     lasting = await notify(http, gw.url, [jack], ttl_seconds=3600)
     assert await offline_ids(http, gw.url, jack) == [short, lasting]
 
