@@ -66,11 +66,6 @@ async def test_cross_node_delivery_and_per_node_traffic(
     judge("I8 cross-node routing", history, limit=report_limit)
 
 
-@pytest.mark.xfail(
-    reason="platform defect: notiflow_ws_frames_sent_total is declared in notiflow/metrics.py but never"
-    " incremented, so a node's socket traffic cannot be observed from outside",
-    strict=False,
-)
 @pytest.mark.timeout(120)
 async def test_each_node_sends_frames_only_for_its_own_sockets(
     target: Target, http: httpx.AsyncClient, history: History, run_id: str
