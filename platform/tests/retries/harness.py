@@ -24,6 +24,8 @@ from helpers import wait_for
 from notiflow.config import Settings
 from notiflow.devstack import free_port
 from notiflow.gateway.app import create_app
+from notiflow.service.reconciler import Reconciler
+from notiflow.streams.work import WorkStream
 from notiflow.worker.factory import retry_worker, stream_worker
 from notiflow.worker.retry import RetryWorker
 from notiflow.worker.stream import StreamWorker
@@ -204,6 +206,10 @@ async def start_platform(
         raise
     plat = Platform(settings, http, db, client, exit_stack)
     try:
+        # One reconciler round first, as on a platform that has been running: it finds no epoch in this
+        # fresh namespace and "rebuilds" (nothing, on a clean database). Left to the retry worker, that
+        # rebuild could race the test's first notifications and enqueue them twice.
+        await Reconciler(settings, db, WorkStream(client, settings)).run_once()
         for _ in range(stream_workers):
             await plat.start_stream_worker()
         for _ in range(retry_workers):

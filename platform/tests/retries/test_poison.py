@@ -12,7 +12,7 @@ from harness import Platform, PlatformFactory
 from helpers import wait_for
 
 from notiflow.models import StreamEntry
-from notiflow.streams.work import GROUP
+from notiflow.streams.work import GROUP, WorkStream
 from notiflow.worker.stream import StreamWorker
 
 pytestmark = pytest.mark.timeout(60)
@@ -82,7 +82,7 @@ async def test_undecodable_bytes_are_parked_and_do_not_kill_the_worker(platform:
     stream = plat.settings.stream_key
     raw = aioredis.from_url(plat.settings.redis_url_required)  # bytes in, bytes out
     try:
-        await raw.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        await WorkStream(plat.redis, plat.settings).ensure_group()
         # One was read by a worker that then died (the survivor takes it over with XCLAIM), one was not.
         await raw.xadd(stream, {b"n": b"\xff\xfe\xfd", b"u": b"al\xffice"})
         await raw.xreadgroup(GROUP, "doomed", {stream: ">"}, count=10)
@@ -144,7 +144,7 @@ async def test_an_entry_whose_workers_keep_dying_is_parked_on_reclaim(platform: 
     # unacknowledged with other consumers; every takeover counts one more delivery.
     plat = await platform(stream_workers=0)
     stream, r = plat.settings.stream_key, plat.redis
-    await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    await WorkStream(r, plat.settings).ensure_group()
     victim, survivor, *behind = users(4)
 
     victim_nid = await plat.notify(user_id=victim)
