@@ -48,7 +48,9 @@ class Reconciler:
                 log.warning("redis had no epoch: rebuilt work from postgresql", extra={"entries": done["rebuilt"]})
             outbox = await sql.outbox(conn, self._s.outbox_grace_s, PAGE)
             if outbox:
-                done["outbox"] = await self._requeue(conn, notification_ids=outbox, stale_s=0)
+                # After a rebuild their open work is on the stream already; only the flag is left to clear.
+                if not done["rebuilt"]:
+                    done["outbox"] = await self._requeue(conn, notification_ids=outbox, stale_s=0)
                 await mark_enqueued(self._pool, outbox)
             done["stuck"] = await self._requeue(conn, notification_ids=None, stale_s=self._s.stuck_after_s)
             done["expired"] = await sql.expire_due(conn, PAGE)
