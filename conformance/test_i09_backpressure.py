@@ -69,7 +69,8 @@ async def _scenario(target: Target, http: httpx.AsyncClient, history: History, r
         assert r.headers is not None and "retry-after" in r.headers, f"{r.status} without Retry-After: {r.body}"
         assert int(r.headers["retry-after"]) >= 1, r.headers["retry-after"]
         assert isinstance(r.body, dict) and "error" in r.body, r.body
-    assert BACKLOG // 2 <= len(accepted) <= BACKLOG * 4, f"{len(accepted)} accepted with a bound of {BACKLOG}"
+    # The gateway reads the backlog every ~100 ms, so concurrent producers may overshoot a little; never a lot.
+    assert BACKLOG // 2 <= len(accepted) <= BACKLOG * 5, f"{len(accepted)} accepted with a bound of {BACKLOG}"
 
     await asyncio.to_thread(stack.start_process, "stream-worker-0")
     api = Api(http, url, history, "after")
