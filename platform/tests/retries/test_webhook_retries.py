@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 import uuid
 
+import httpx
 import pytest
 from harness import PlatformFactory
 from helpers import wait_for
@@ -19,6 +21,7 @@ from sinkserver import Sink
 
 from notiflow.backoff import backoff_ceiling_ms
 from notiflow.devstack import free_port
+from notiflow.webhook import sign
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -253,3 +256,25 @@ async def test_ttl_expired_is_neither_delivered_nor_retried(platform: PlatformFa
     for user in (early, late):
         resp = await plat.http.get(f"/notifications/offline/{user}")
         assert resp.json()["notifications"] == []
+
+
+async def test_the_sink_verifier_is_not_a_rubber_stamp(sink: Sink) -> None:
+    # The signature checks above mean something only if the sink rejects what is not signed right.
+    body, stamp = b'{"a":1}', str(int(time.time()))
+    good = sign(sink.secret, "m1", int(stamp), body)
+    cases = {
+        "good": {"webhook-id": "m1", "webhook-timestamp": stamp, "webhook-signature": good},
+        "several": {"webhook-id": "m1", "webhook-timestamp": stamp, "webhook-signature": f"v1,bm90 {good}"},
+        "other-id": {"webhook-id": "m2", "webhook-timestamp": stamp, "webhook-signature": good},
+        "stale": {"webhook-id": "m1", "webhook-timestamp": str(int(stamp) - 3600),
+                  "webhook-signature": sign(sink.secret, "m1", int(stamp) - 3600, body)},
+        "other-secret": {"webhook-id": "m1", "webhook-timestamp": stamp,
+                         "webhook-signature": sign("not-the-secret", "m1", int(stamp), body)},
+        "unsigned": {"webhook-id": "m1", "webhook-timestamp": stamp},
+    }
+    async with httpx.AsyncClient(trust_env=False) as client:
+        for tag, headers in cases.items():
+            await client.post(sink.url("ok", tag), content=body, headers=headers)
+    assert {tag: sink.hits(tag)[0].signature_ok for tag in cases} == {
+        "good": True, "several": True, "other-id": False, "stale": False, "other-secret": False, "unsigned": False
+    }
