@@ -61,6 +61,10 @@ class Settings(BaseSettings):
         "notiflow-dev-secret", description="HMAC-SHA256 key for the webhook-signature header."
     )
     webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook call, seconds. Default 5.")
+    webhook_retry_rate_per_host: int = Field(
+        20, ge=1, description="Webhook retries per second per downstream host, across all workers; first "
+        "attempts are not limited, retries over it wait without using an attempt. Default 20.",
+    )
     webhook_concurrency: int = Field(
         64, ge=1, description="Webhook calls in flight per stream worker. Default 64."
     )

@@ -117,6 +117,8 @@ class DeliveryWork:
     created_at: datetime
     expired: bool
     webhook_url: str | None
+    socket_not_due: bool = False
+    webhook_not_due: bool = False
 
     @property
     def key(self) -> tuple[uuid.UUID, str]:

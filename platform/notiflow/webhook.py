@@ -36,6 +36,17 @@ def check_webhook_url(url: str, allowed_hosts: list[str]) -> None:
         )
 
 
+def host_of(url: str) -> str:
+    """The downstream a URL names, as retry budgets count it: ``host`` or ``host:port``, lower-case."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{host}:{port}" if port else host
+
+
 def sign(secret: str, msg_id: str, timestamp_s: int, body: bytes) -> str:
     """Standard Webhooks signature: ``v1,`` + base64(HMAC-SHA256(secret, "{id}.{timestamp}.{body}"))."""
     mac = hmac.new(secret.encode(), f"{msg_id}.{timestamp_s}.".encode() + body, hashlib.sha256)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
@@ -22,10 +23,11 @@ from notiflow.errors import DownstreamError, NotiflowError, StoreUnavailable
 from notiflow.models import Channel, DeliveryWork, Outcome, StreamEntry
 from notiflow.store import deliveries as sql
 from notiflow.store.pool import Pool, pg_errors
+from notiflow.streams.budget import HostBudget
 from notiflow.streams.presence import Presence
 from notiflow.streams.pubsub import Router
 from notiflow.streams.work import WorkStream, retry_member
-from notiflow.webhook import WebhookClient
+from notiflow.webhook import WebhookClient, host_of
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class DeliveryService:
         presence: Presence,
         router: Router,
         webhooks: WebhookClient,
+        budget: HostBudget,
     ) -> None:
         self._s = settings
         self._pool = pool
@@ -56,6 +59,8 @@ class DeliveryService:
         self._webhooks = webhooks
         self._node = settings.node_id
         self._hook_slots = asyncio.Semaphore(settings.webhook_concurrency)
+        self._budget = budget
+        self.held_back = 0  # retries deferred by the per-host budget, for logs and tests
 
     # --- outcomes ---------------------------------------------------------------------------
 
@@ -118,7 +123,7 @@ class DeliveryService:
         """Route a batch to the gateway nodes of its online recipients; the rest are offline."""
         started = _now()
         works = await self.load(entries)
-        todo = [w for w in works.values() if w.status in _WORK_STATES]
+        todo = [w for w in works.values() if w.status in _WORK_STATES and not w.socket_not_due]
         outcomes = [self._done(w, Channel.SOCKET, "expired", "expired", started) for w in todo if w.expired]
         live = [w for w in todo if not w.expired]
         try:
@@ -144,10 +149,37 @@ class DeliveryService:
     async def deliver_webhook(self, entries: list[StreamEntry]) -> list[Outcome]:
         """Call the downstream once per recipient, concurrently within the worker's bound."""
         works = await self.load(entries)
-        todo = [w for w in works.values() if w.webhook_status in _WORK_STATES]
+        todo = [w for w in works.values() if w.webhook_status in _WORK_STATES and not w.webhook_not_due]
+        todo = await self._within_budget(todo)
         outcomes = await asyncio.gather(*(self._call(w) for w in todo))
         await self.record(list(outcomes))
         return list(outcomes)
+
+    async def _within_budget(self, todo: list[DeliveryWork]) -> list[DeliveryWork]:
+        """Keep retries to each downstream host within its per-second budget (SPEC I6: a failing
+        downstream never sees a retry storm). Retries over it go back on the schedule a little later,
+        without using an attempt; first attempts are never held back."""
+        retries: dict[str, list[DeliveryWork]] = defaultdict(list)
+        for w in todo:
+            if w.webhook_attempts > 0 and not w.expired and w.webhook_url:
+                retries[host_of(w.webhook_url)].append(w)
+        if not retries:
+            return todo
+        wanted = {h: len(ws) for h, ws in retries.items()}
+        granted = await self._budget.take(wanted, self._s.webhook_retry_rate_per_host)
+        held = [w for host, ws in retries.items() for w in ws[granted.get(host, 0):]]
+        if not held:
+            return todo
+        now_ms = int(_now().timestamp() * 1000)
+        # Spread over the next seconds so that held retries do not come back as one wave.
+        spread_ms = max(1000, 1000 * len(held) // self._s.webhook_retry_rate_per_host)
+        await self._work.schedule([
+            (retry_member(w.notification_id, w.user_id, Channel.WEBHOOK), now_ms + random.randint(1000, spread_ms))
+            for w in held
+        ])
+        self.held_back += len(held)
+        held_keys = {w.key for w in held}
+        return [w for w in todo if w.key not in held_keys]
 
     async def _call(self, w: DeliveryWork) -> Outcome:
         started = _now()

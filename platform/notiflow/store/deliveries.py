@@ -11,7 +11,12 @@ from notiflow.models import DeliveryWork, Outcome
 _LOAD_WORK = """
 SELECT d.notification_id, d.user_id, d.seq, d.status, d.webhook_status, d.attempts, d.webhook_attempts,
        n.event, n.payload::text AS payload, n.created_at, n.webhook_url,
-       (n.expires_at IS NOT NULL AND n.expires_at <= now()) AS expired
+       (n.expires_at IS NOT NULL AND n.expires_at <= now()) AS expired,
+       -- A retry that is not due yet came from a duplicate entry (a reclaim after a crash between
+       -- recording and acknowledging): it must wait for its scheduled time, not jump the backoff.
+       coalesce(d.status = 'retrying' AND d.next_attempt_at > now() + interval '1 second', false) AS socket_not_due,
+       coalesce(d.webhook_status = 'retrying' AND d.webhook_next_at > now() + interval '1 second', false)
+           AS webhook_not_due
 FROM unnest($1::uuid[], $2::text[]) AS k(nid, uid)
 JOIN deliveries d ON d.notification_id = k.nid AND d.user_id = k.uid
 JOIN notifications n ON n.id = d.notification_id
@@ -84,6 +89,8 @@ async def load_work(conn: Any, keys: Iterable[tuple[uuid.UUID, str]]) -> dict[tu
             payload_json=r["payload"],
             created_at=r["created_at"],
             expired=r["expired"],
+            socket_not_due=r["socket_not_due"],
+            webhook_not_due=r["webhook_not_due"],
             webhook_url=r["webhook_url"],
         )
         out[work.key] = work

@@ -10,6 +10,7 @@ from notiflow.service.delivery import DeliveryService
 from notiflow.service.queries import QueryService
 from notiflow.service.reconciler import Reconciler
 from notiflow.store.pool import connect_pool
+from notiflow.streams.budget import HostBudget
 from notiflow.streams.client import connect_redis
 from notiflow.streams.presence import Presence
 from notiflow.streams.pubsub import Router
@@ -27,7 +28,8 @@ async def stream_worker(settings: Settings) -> AsyncIterator[StreamWorker]:
     work = WorkStream(redis, settings)
     try:
         deliveries = DeliveryService(
-            settings, pool, work, Presence(redis, settings), Router(redis, settings), webhooks
+            settings, pool, work, Presence(redis, settings), Router(redis, settings), webhooks,
+            HostBudget(redis, settings),
         )
         yield StreamWorker(settings, deliveries, work)
     finally:
