@@ -8,9 +8,14 @@ offline queue is swept and the checker reads the whole history.
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
+from conformance.client import Api, until
 from conformance.cluster import Target
+from conformance.history import History
+from conformance.profile import Profile
+from conformance.report import judge
 from conformance.workload import MixedRun
 
 
@@ -48,3 +53,30 @@ async def test_the_mixed_run_used_every_node_and_every_kind_of_user(mixed: Mixed
     assert mixed.verdict.stats["delivered_live"] > 0 and mixed.verdict.stats["delivered_offline"] > 0
     assert mixed.churn_sockets > 0 or not mixed.users["churn"]
     assert all(mixed.users.values())
+
+
+@pytest.mark.timeout(120)
+async def test_expired_notifications_leave_the_queue_and_are_accounted_as_expired(
+    target: Target, http: httpx.AsyncClient, history: History, run_id: str, report_limit: int, profile: Profile
+) -> None:
+    api = Api(http, target.urls[0], history, "api")
+    user = f"{run_id}-off-ttl"
+    short = [await api.ingest([user], event="ttl.short", ttl_seconds=1) for _ in range(5)]
+    kept = [await api.ingest([user], event="ttl.none") for _ in range(5)]
+    assert all(r.outcome == "ok" for r in short + kept), [r.status for r in short + kept]
+    kept_ids = {str(r.id) for r in kept}
+
+    async def only_unexpiring_left() -> bool:
+        return {str(i["id"]) for i in await api.as_process("poll").sweep(user)} == kept_ids
+
+    async def all_expired() -> bool:
+        reads = [await api.as_process("poll").status(str(r.id), user) for r in short]
+        return all(d and d["deliveries"][0]["status"] == "expired" for d in reads)
+
+    problems = []
+    if not await until(only_unexpiring_left, 10 + profile.settle_s, 0.25):
+        problems.append("notifications past their TTL are still in the offline queue")
+    if not await until(all_expired, 10 + profile.settle_s, 0.25):
+        problems.append("notifications past their TTL never reached the state expired")
+    await api.sweep(user)
+    judge("I1 TTL expiry", history, limit=report_limit, problems=problems)
