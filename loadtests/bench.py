@@ -66,37 +66,43 @@ _RETRY_AFTER_CAP_S = 0.5  # producers honour Retry-After, but never stall a whol
 # --- CPU accounting from /proc --------------------------------------------------------------------
 
 
-def _proc_stat(pid: int) -> tuple[int, float] | None:
-    """(ppid, cpu seconds incl. reaped children) of a live process, or None."""
+def _proc_stat(pid: int) -> tuple[int, float, float, str] | None:
+    """(ppid, cpu seconds incl. reaped children, own cpu seconds, command name) of a live process."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name is in parentheses and may hold spaces: split after the last ')'.
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
     fields = raw[raw.rindex(")") + 2 :].split()
     # fields[0] is field 3 (state): ppid is field 4, utime..cstime are fields 14..17.
     ppid = int(fields[1])
-    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
-    return ppid, ticks / _CLK_TCK
+    own = int(fields[11]) + int(fields[12])
+    children = int(fields[13]) + int(fields[14])
+    return ppid, (own + children) / _CLK_TCK, own / _CLK_TCK, comm
 
 
-def _children_map() -> dict[int, list[int]]:
+def _scan() -> tuple[dict[int, list[int]], dict[int, tuple[str, float]]]:
+    """Every process: the children of each pid, and each pid's (command, own cpu seconds)."""
     children: dict[int, list[int]] = {}
+    own: dict[int, tuple[str, float]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         stat = _proc_stat(int(entry.name))
         if stat is not None:
             children.setdefault(stat[0], []).append(int(entry.name))
-    return children
+            own[int(entry.name)] = (stat[3], stat[2])
+    return children, own
 
 
-def tree_cpu_s(root: int, children: dict[int, list[int]]) -> float:
+def tree_cpu_s(root: int, children: dict[int, list[int]], seen: set[int] | None = None) -> float:
     """CPU seconds of ``root`` and every live descendant. Each live process counts its own time plus
-    that of its reaped children, so exited PostgreSQL backends are counted once and live ones once."""
+    that of its reaped children, so exited PostgreSQL backends are counted once and live ones once.
+    The pids visited are added to ``seen``."""
     total = 0.0
     todo = [root]
-    seen: set[int] = set()
+    seen = set() if seen is None else seen
     while todo:
         pid = todo.pop()
         if pid in seen:
@@ -143,22 +149,30 @@ class CpuMeter:
                 out[role] = [server.pid]
         return out
 
-    def snapshot(self) -> dict[str, float]:
-        children = _children_map()
-        snap = {role: sum(tree_cpu_s(p, children) for p in pids) for role, pids in self.groups().items()}
-        snap["loadgen"] = self_cpu_s() + sum(tree_cpu_s(p, children) for p in self.loadgen_pids)
+    def snapshot(self) -> dict[str, Any]:
+        children, own = _scan()
+        ours: set[int] = {os.getpid()}
+        snap: dict[str, Any] = {
+            role: sum(tree_cpu_s(p, children, ours) for p in pids) for role, pids in self.groups().items()
+        }
+        snap["loadgen"] = self_cpu_s() + sum(tree_cpu_s(p, children, ours) for p in self.loadgen_pids)
         busy, total = machine_cpu()
         snap["_machine_busy"], snap["_machine_total"] = busy, total
         snap["_wall"] = time.monotonic()
+        snap["_others"] = {pid: v for pid, v in own.items() if pid not in ours}
         return snap
 
     @staticmethod
-    def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, Any]:
+    def delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         wall = b["_wall"] - a["_wall"]
         roles = {k: round(b[k] - a.get(k, 0.0), 2) for k in b if not k.startswith("_")}
         server = round(sum(v for k, v in roles.items() if k != "loadgen"), 2)
         machine_busy = b["_machine_busy"] - a["_machine_busy"]
         machine_total = b["_machine_total"] - a["_machine_total"]
+        # Which other programs ran meanwhile (by command name), so a noisy run can be recognised.
+        others: Counter[str] = Counter()
+        for pid, (comm, cpu) in b["_others"].items():
+            others[comm] += cpu - a["_others"].get(pid, (comm, 0.0))[1]
         return {
             "wall_s": round(wall, 2),
             "cpu_s": roles,
@@ -169,6 +183,7 @@ class CpuMeter:
             # Busy time neither side's processes account for: kernel work (loopback softirqs) and any
             # other program running on the machine meanwhile (which skews every figure: check it is ~0).
             "other_cores": round(machine_busy / wall - (server + roles.get("loadgen", 0.0)) / wall, 2) if wall else 0.0,
+            "other_top": {k: round(v / wall, 2) for k, v in others.most_common(3) if v > 0} if wall else {},
             "cores": os.cpu_count(),
         }
 
@@ -580,6 +595,11 @@ async def run(args: argparse.Namespace, stack: DevStack, database_url: str) -> d
         if procs is not None:
             await procs.ready(args.connect_timeout)
             meter.loadgen_pids = procs.pids
+        # The machine is shared: how busy it is with the stack idle tells whether the figures are clean.
+        busy0, total0 = machine_cpu()
+        await asyncio.sleep(1.0)
+        busy1, total1 = machine_cpu()
+        idle_busy_pct = round(100 * (busy1 - busy0) / max(total1 - total0, 1e-9), 1)
         start = time.monotonic()
         end = start + args.duration
         stats.window = (start, end)
@@ -638,6 +658,7 @@ async def run(args: argparse.Namespace, stack: DevStack, database_url: str) -> d
             e2e.append(t - sent.t0)
             after_202.append(t - sent.t202)
     window = args.duration
+    cpu = CpuMeter.delta(before, after)
     accepted_total = sum(1 for _ in stats.accepted)
     errors = dict(stats.errors)
     other = {str(k): v for k, v in stats.statuses.items() if k not in (202, 429, 503)}
@@ -679,7 +700,12 @@ async def run(args: argparse.Namespace, stack: DevStack, database_url: str) -> d
         "arrived_before_202": sum(1 for v in after_202 if v < 0),
         "socket_open_s": round(open_s, 2),
         "drain_s": round(drain_s, 2),
-        "cpu": CpuMeter.delta(before, after),
+        "cpu": cpu,
+        # CPU cost per accepted notification, by role: unlike rates, barely moved by other load on the machine.
+        "cpu_ms_per_notification": {
+            k: round(1000 * v / max(stats.accepted_in_window, 1), 3) for k, v in cpu["cpu_s"].items()
+        },
+        "busy_before_load_pct": idle_busy_pct,
         "db_status": db_status_counts(database_url),
     }
 
@@ -717,8 +743,11 @@ def print_table(r: dict[str, Any]) -> None:
                                 f"closed sockets {r['closed_sockets']} {r['closed_reasons'] or ''}"),
         ("drain after stop", f"{r['drain_s']} s"),
         ("CPU cores (server/loadgen)", f"{cpu['server_cores']} / {cpu['loadgen_cores']} of {cpu['cores']}  "
-                                       f"machine busy {cpu['machine_busy_pct']}%, other {cpu['other_cores']} cores"),
+                                       f"machine busy {cpu['machine_busy_pct']}%, other {cpu['other_cores']} cores; "
+                                       f"busy before load {r['busy_before_load_pct']}%"),
+        ("other programs (cores)", " ".join(f"{k}={v}" for k, v in cpu["other_top"].items()) or "-"),
         ("CPU s by role", " ".join(f"{k}={v}" for k, v in sorted(cpu["cpu_s"].items()))),
+        ("CPU ms per notification", " ".join(f"{k}={v}" for k, v in sorted(r["cpu_ms_per_notification"].items()))),
         ("deliveries in PostgreSQL", " ".join(f"{k}={v}" for k, v in r["db_status"].items())),
     ]  # fmt: skip
     width = max(len(k) for k, _ in rows)
