@@ -18,6 +18,8 @@ import pytest
 
 #: Settings of the shared cluster: few and fast retries (I6). Its presence TTL is short too (I7).
 MAX_RETRIES, RETRY_BASE_MS, RETRY_CAP_MS, PRESENCE_TTL_S = 2, 200, 1000, 3
+#: Webhook retries per second per downstream host (the platform's guard against retry storms).
+RETRY_RATE_PER_HOST = 10
 
 
 def shared_env(webhook_host: str) -> dict[str, str]:
@@ -29,6 +31,7 @@ def shared_env(webhook_host: str) -> dict[str, str]:
         "NOTIFLOW_RETRY_CAP_MS": str(RETRY_CAP_MS),
         "NOTIFLOW_WEBHOOK_ALLOWED_HOSTS": webhook_host,
         "NOTIFLOW_WEBHOOK_TIMEOUT_S": "2",
+        "NOTIFLOW_WEBHOOK_RETRY_RATE_PER_HOST": str(RETRY_RATE_PER_HOST),
     }
 
 

@@ -51,8 +51,13 @@ class WebhookSink:
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            # A burst of webhook calls must not overflow the listen queue (the default is 5): a dropped SYN
+            # costs the caller a one-second retransmit that would look like the platform's delay.
+            request_queue_size = 256
+            daemon_threads = True
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-sink", daemon=True)
 
