@@ -12,8 +12,6 @@ import contextlib
 import importlib.util
 import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 
+from notiflow import devstack
 from notiflow.config import Settings
-from notiflow.devstack import DevStack, EmbeddedPostgres, EmbeddedRedis, free_port_range, psql
+from notiflow.devstack import DevStack, DevStackError, EmbeddedPostgres, EmbeddedRedis, free_port_range, psql
 
 MIGRATIONS_TABLE = "schema_migrations"
 
@@ -64,17 +63,10 @@ def migrate(database_url: str) -> None:
     """Apply the migrations the way a deployment does: ``python -m notiflow migrate``."""
     if importlib.util.find_spec("notiflow.__main__") is None:
         _unavailable("`python -m notiflow` does not exist yet: cannot apply the migrations")
-    done = subprocess.run(
-        [sys.executable, "-m", "notiflow", "migrate"],
-        env={**os.environ, "NOTIFLOW_DATABASE_URL": database_url},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        output = (done.stdout + done.stderr).decode(errors="replace").strip()
-        pytest.fail(f"`python -m notiflow migrate` failed ({done.returncode}):\n{output}", pytrace=False)
+    try:
+        devstack.migrate(database_url)
+    except DevStackError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")

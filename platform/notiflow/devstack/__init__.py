@@ -2,7 +2,7 @@
 
 from notiflow.devstack._proc import DevStackError, free_port, free_port_range
 from notiflow.devstack.embedded import EmbeddedPostgres, EmbeddedRedis, psql
-from notiflow.devstack.stack import DevStack, run_dev, settings_env
+from notiflow.devstack.stack import DevStack, migrate, run_dev, settings_env
 from notiflow.devstack.supervisor import ProcessSpec, Supervisor
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Supervisor",
     "free_port",
     "free_port_range",
+    "migrate",
     "psql",
     "run_dev",
     "settings_env",

@@ -47,6 +47,21 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def migrate(database_url: str) -> None:
+    """Apply the migrations the way a deployment does: ``python -m notiflow migrate``, in a child process."""
+    done = subprocess.run(
+        [sys.executable, "-m", "notiflow", "migrate"],
+        env={**os.environ, "NOTIFLOW_DATABASE_URL": database_url},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).decode(errors="replace").strip()
+        raise DevStackError(f"`python -m notiflow migrate` failed ({done.returncode}):\n{output}")
+
+
 class DevStack:
     """Every notiflow part as child processes, on loopback.
 
@@ -129,18 +144,7 @@ class DevStack:
 
     def migrate(self) -> None:
         """Run `python -m notiflow migrate` against the stack's database."""
-        env = {**os.environ, "NOTIFLOW_DATABASE_URL": self.database_url}
-        done = subprocess.run(
-            [sys.executable, "-m", "notiflow", "migrate"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
-        if done.returncode != 0:
-            output = (done.stdout + done.stderr).decode(errors="replace").strip()
-            raise DevStackError(f"`python -m notiflow migrate` failed ({done.returncode}):\n{output}")
+        migrate(self.database_url)
 
     def start_process(self, name: str, *, wait: bool = True) -> None:
         """(Re)start ``name`` with a fresh NOTIFLOW_NODE_ID; for a gateway, ``wait`` for its /readyz."""
