@@ -34,6 +34,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -205,6 +206,7 @@ class Stats:
     accepted: dict[str, Sent] = field(default_factory=dict)
     accepted_in_window: int = 0
     recipients_accepted: int = 0
+    recipients_in_window: int = 0
     post_latency: list[float] = field(default_factory=list)  # POST round trip of 202s
     arrivals: dict[tuple[str, str], float] = field(default_factory=dict)  # (id, user) -> first arrival
     arrivals_in_window: int = 0
@@ -377,6 +379,7 @@ async def producer(
             stats.post_latency.append(t1 - t0)
             if t1 <= stats.window[1]:
                 stats.accepted_in_window += 1
+                stats.recipients_in_window += len(users)
         elif resp.status_code in (429, 503):
             try:
                 wait = float(resp.headers.get("retry-after", "0.1"))
@@ -445,6 +448,7 @@ def _client_proc(
             "accepted": [(nid, s.t0, s.t202, s.online) for nid, s in stats.accepted.items()],
             "accepted_in_window": stats.accepted_in_window,
             "recipients_accepted": stats.recipients_accepted,
+            "recipients_in_window": stats.recipients_in_window,
             "post_latency": stats.post_latency,
         }
     )
@@ -500,6 +504,7 @@ class ClientProcs:
                 stats.accepted[nid] = Sent(t0, t202, tuple(online))
             stats.accepted_in_window += r["accepted_in_window"]
             stats.recipients_accepted += r["recipients_accepted"]
+            stats.recipients_in_window += r["recipients_in_window"]
             stats.post_latency.extend(r["post_latency"])
 
     def stop(self) -> None:
@@ -556,7 +561,7 @@ def start_profilers(stack: DevStack, seconds: float, out_dir: Path) -> list[subp
         pid = stack.supervisor.pid(name)
         if pid is None or name.startswith("retry"):
             continue
-        argv = [spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "67", "--nonblocking",
+        argv = [spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "67",
                 "-f", "raw", "-o", str(out_dir / f"{name}.txt")]  # fmt: skip
         procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return procs
@@ -568,6 +573,49 @@ def db_status_counts(database_url: str) -> dict[str, int]:
     except Exception as exc:  # noqa: BLE001 - a figure for the report, not a check
         return {"error": str(exc)[:200]}  # type: ignore[dict-item]
     return {s: int(n) for s, n in (line.split("|") for line in out.splitlines() if "|" in line)}
+
+
+def count_status(database_url: str, status: str) -> int | None:
+    try:
+        return int(psql(database_url, f"SELECT count(*) FROM deliveries WHERE status = '{status}'", timeout_s=30))
+    except Exception:  # noqa: BLE001 - a figure for the report, not a check
+        return None
+
+
+async def settled_dispatched(database_url: str, timeout_s: float) -> int | None:
+    """Deliveries still `dispatched` once socket acks stop landing: every frame was acked, so each one left
+    is an acknowledgement the server dropped. Waits (bounded) while the count still falls."""
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + timeout_s
+    last = await loop.run_in_executor(None, count_status, database_url, "dispatched")
+    while last and time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
+        now = await loop.run_in_executor(None, count_status, database_url, "dispatched")
+        if now is None or now >= last:
+            return now
+        last = now
+    return last
+
+
+def server_warnings(log_dir: Path, top: int = 8) -> dict[str, int]:
+    """Warnings and errors the stack's processes logged (JSON lines), by process and message."""
+    seen: Counter[str] = Counter()
+    for path in sorted(log_dir.glob("*.log")):
+        with contextlib.suppress(OSError), open(path, "rb") as fh:
+            for line in fh:
+                if not line.startswith(b"{"):
+                    continue
+                try:
+                    rec = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if str(rec.get("level", "")).lower() in ("warning", "error", "critical"):
+                    # The error's kind (e.g. "postgresql: socket acks: DeadlockDetectedError"), not its detail.
+                    error = str(rec.get("error") or "").split("\n")[0]
+                    kind = re.match(r"^[^:]*(?::[^:]*)?: \w+", error)
+                    why = f" ({kind.group(0) if kind else error[:60]})" if error else ""
+                    seen[f"{path.stem}: {rec.get('msg')}{why}"] += 1
+    return dict(seen.most_common(top))
 
 
 async def run(args: argparse.Namespace, stack: DevStack, database_url: str) -> dict[str, Any]:
@@ -643,8 +691,8 @@ async def run(args: argparse.Namespace, stack: DevStack, database_url: str) -> d
         if procs is not None:
             procs.stop()
 
-    # Let the last acks commit before reading the server's view.
-    await asyncio.sleep(0.5 if sockets else 0)
+    # Every received frame was acked: once the acks settle, nothing should be left `dispatched`.
+    acks_dropped = await settled_dispatched(database_url, 15.0) if sockets else 0
     for s in sockets:
         await s.close()
 
@@ -679,12 +727,14 @@ async def run(args: argparse.Namespace, stack: DevStack, database_url: str) -> d
         },
         "accepted": accepted_total,
         "accepted_per_s": round(stats.accepted_in_window / window, 1),
-        "recipients_per_s": round(stats.recipients_accepted / window, 1),
+        "recipients_per_s": round(stats.recipients_in_window / window, 1),
         "deliveries_per_s": round(stats.arrivals_in_window / window, 1),
         "deliveries_total": len(stats.arrivals),
         "expected_live": len(expected),
         "missing": len(lost),
         "missing_on_closed_sockets": on_closed,
+        "acks_dropped": acks_dropped,
+        "server_warnings": server_warnings(stack.log_dir),
         "duplicates": stats.duplicates,
         "acks_sent": stats.acks_sent,
         "closed_sockets": len(stats.closed_sockets),
@@ -741,6 +791,8 @@ def print_table(r: dict[str, Any]) -> None:
                                         f"{r['errors'] or 0}"),
         ("missing (must be 0)", f"{r['missing']}  of {r['expected_live']} expected; duplicates {r['duplicates']}; "
                                 f"closed sockets {r['closed_sockets']} {r['closed_reasons'] or ''}"),
+        ("acks not applied (must be 0)", f"{r['acks_dropped']}  (left `dispatched` though every frame was acked)"),
+        ("server warnings", " ".join(f"[{k}]={v}" for k, v in r["server_warnings"].items()) or "none"),
         ("drain after stop", f"{r['drain_s']} s"),
         ("CPU cores (server/loadgen)", f"{cpu['server_cores']} / {cpu['loadgen_cores']} of {cpu['cores']}  "
                                        f"machine busy {cpu['machine_busy_pct']}%, other {cpu['other_cores']} cores; "
@@ -778,6 +830,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", default="WARNING", help="NOTIFLOW_LOG_LEVEL of the stack (default WARNING)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra NOTIFLOW_* for the stack")
     p.add_argument("--profile", metavar="DIR", help="py-spy raw profiles of gateways and stream workers into DIR")
+    p.add_argument("--workdir", metavar="DIR", help="keep the stack's logs in DIR (default: a temp dir, removed)")
     p.add_argument("--json-out", metavar="FILE", help="also write the JSON figures to FILE")
     args = p.parse_args(argv)
     if args.gateways < 1 or args.producers < 1 or args.duration <= 0:
@@ -814,6 +867,7 @@ def main(argv: list[str] | None = None) -> int:
         retry_workers=args.retry_workers,
         base_port=free_port_range(args.gateways),
         extra_env=extra_env,
+        workdir=Path(args.workdir) if args.workdir else None,
     )
     t0 = time.monotonic()
     try:
@@ -832,7 +886,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         Path(args.json_out).write_text(line + "\n")
     print(line, flush=True)
-    return 0 if result["missing"] == 0 else 1
+    return 0 if result["missing"] == 0 and not result["acks_dropped"] else 1
 
 
 if __name__ == "__main__":
