@@ -240,3 +240,17 @@ def test_a_process_runs_one_operation_at_a_time() -> None:
     inv.ok(id="x")
     with pytest.raises(RuntimeError, match="already completed"):
         inv.fail()
+
+
+def test_the_report_tells_what_happened_to_each_lost_delivery() -> None:
+    s = Script()
+    s.open("c1", "alice")
+    a = s.ingest("1", ["alice"], process="producer-7")
+    s.recv("c1", "alice", a, seq=4)
+    s.ack("mallory", ids=[a], acknowledged=0)
+    s.sweep("alice", [])
+    text = check(s.history).report()
+    story = next(line for line in text.splitlines() if line.strip().startswith("history:"))
+    assert "producer-7 sent 1 via gw0" in story and "ingest ok" in story
+    assert "received on c1 (seq 4)" in story
+    assert story.index("sent 1") < story.index("received on c1")
