@@ -53,7 +53,12 @@ class IngestService:
         self._batcher: Batcher[NewNotification, Accepted] = Batcher(
             self._flush, max_batch=settings.ingest_batch_max, name="ingest"
         )
+        # The backlog estimate: stream length at the last XLEN, plus the entries this node XADDed since,
+        # plus the entries it committed that still wait for their XADD.
         self._backlog = 0
+        self._xadded = 0
+        self._unstreamed = 0
+        self._in_flight = 0  # entries of requests admitted but not answered yet
         self._refresher: asyncio.Task[None] | None = None
         # Committed notifications waiting for their XADD, in commit order. Bounded: past the bound they
         # are left to the outbox sweep rather than held in memory while Redis is away.
@@ -82,15 +87,24 @@ class IngestService:
     async def accept(self, item: NewNotification) -> Accepted:
         if item.webhook_url:
             check_webhook_url(item.webhook_url, self._s.webhook_allowed_hosts)
-        if self._backlog >= self._s.stream_max_backlog:
-            raise BackpressureError(f"backlog {self._backlog} is over its bound", retry_after_s=1)
-        return await self._batcher.submit(item)
+        # What this node accepted since the last XLEN counts at once, so that a burst cannot overshoot
+        # the bound by a whole refresh period's worth; other nodes' bursts show at the next refresh.
+        backlog = self._backlog + self._xadded + self._unstreamed + self._in_flight
+        if backlog >= self._s.stream_max_backlog:
+            raise BackpressureError(f"backlog {backlog} is over its bound", retry_after_s=1)
+        entries = self._entry_count(item)
+        self._in_flight += entries
+        try:
+            return await self._batcher.submit(item)
+        finally:
+            self._in_flight -= entries
 
     async def _refresh_backlog(self) -> None:
         # A cached figure keeps XLEN off the request path; when Redis is unreachable the last figure
         # stands, and PostgreSQL keeps accepting (the reconciler enqueues once Redis is back).
         while True:
             with contextlib.suppress(StoreUnavailable):
+                self._xadded = 0  # reset before the read: an XADD racing it is counted twice, never missed
                 self._backlog = await self._work.backlog()
             await asyncio.sleep(0.1)
 
@@ -149,10 +163,15 @@ class IngestService:
             return IdempotencyConflict()
         return 202, response
 
+    def _entry_count(self, item: NewNotification) -> int:
+        chunks = -(-len(item.user_ids) // self._s.fanout_chunk)
+        return chunks * (2 if item.webhook_url else 1)
+
     def _queue_for_stream(self, fresh: list[NewNotification]) -> None:
         if len(self._to_enqueue) >= ENQUEUE_QUEUE_MAX:
             self.enqueue_dropped += len(fresh)
             return
+        self._unstreamed += sum(self._entry_count(i) for i in fresh)
         self._to_enqueue.extend(fresh)
         self._enqueue_idle.clear()
         self._enqueue_wake.set()
@@ -170,8 +189,11 @@ class IngestService:
             while self._to_enqueue:
                 self._enqueue_idle.clear()
                 batch, self._to_enqueue = self._to_enqueue[:ENQUEUE_BATCH], self._to_enqueue[ENQUEUE_BATCH:]
+                entries = stream_entries(batch, self._s.fanout_chunk)
+                self._unstreamed -= len(entries)
                 try:
-                    await self._work.add(stream_entries(batch, self._s.fanout_chunk))
+                    await self._work.add(entries)
+                    self._xadded += len(entries)
                     await sql.mark_enqueued(self._pool, [i.id for i in batch])
                 except Exception as exc:  # noqa: BLE001 - the outbox covers every failure after the commit
                     log.warning("enqueue after commit failed; the reconciler will enqueue",
