@@ -582,18 +582,20 @@ def count_status(database_url: str, status: str) -> int | None:
         return None
 
 
-async def settled_dispatched(database_url: str, timeout_s: float) -> int | None:
+async def settled_dispatched(database_url: str, timeout_s: float, quiet_s: float = 3.0) -> int | None:
     """Deliveries still `dispatched` once socket acks stop landing: every frame was acked, so each one left
-    is an acknowledgement the server dropped. Waits (bounded) while the count still falls."""
+    is an acknowledgement the server dropped. Waits (bounded) until the count has not moved for ``quiet_s``."""
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + timeout_s
     last = await loop.run_in_executor(None, count_status, database_url, "dispatched")
-    while last and time.monotonic() < deadline:
-        await asyncio.sleep(1.0)
+    still_since = time.monotonic()
+    while last and time.monotonic() < deadline and time.monotonic() - still_since < quiet_s:
+        await asyncio.sleep(0.5)
         now = await loop.run_in_executor(None, count_status, database_url, "dispatched")
-        if now is None or now >= last:
-            return now
-        last = now
+        if now is None:
+            return None
+        if now != last:
+            last, still_since = now, time.monotonic()
     return last
 
 
@@ -692,7 +694,7 @@ async def run(args: argparse.Namespace, stack: DevStack, database_url: str) -> d
             procs.stop()
 
     # Every received frame was acked: once the acks settle, nothing should be left `dispatched`.
-    acks_dropped = await settled_dispatched(database_url, 15.0) if sockets else 0
+    acks_dropped = await settled_dispatched(database_url, 20.0) if sockets else 0
     for s in sockets:
         await s.close()
 
