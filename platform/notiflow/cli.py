@@ -91,7 +91,8 @@ def cmd_gateway(settings: Settings) -> int:
 
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-        ws="websockets-sansio", ws_ping_interval=settings.ws_ping_interval_s, ws_ping_timeout=settings.ws_ping_timeout_s,
+        ws="websockets-sansio", ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_timeout_s,
         log_config=None, timeout_graceful_shutdown=int(settings.shutdown_grace_s), backlog=4096,
     )
 

@@ -1,7 +1,9 @@
 """The WebSocket protocol: frames and close codes, documented in this one place.
 
 Server to client: ``{"type": "notification", "id", "seq", "event", "payload", "created_at"}``,
-``{"type": "pong"}``, ``{"type": "error", "code", "message"}`` (the socket stays open).
+``{"type": "pong"}``, ``{"type": "error", "code", "message"}`` (the socket stays open): ``bad_frame`` for
+a frame that does not follow this protocol, ``ack_failed`` (with ``ids``) when an acknowledgement could not
+be applied: those notifications are still in the offline queue, and the client should ack them again.
 Client to server: ``{"type": "ack", "ids": [...]}``, ``{"type": "ping"}``.
 
 Whatever the close code, nothing a client missed is lost: every notification it did not acknowledge

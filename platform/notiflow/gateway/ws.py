@@ -101,7 +101,7 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
                     conn.push(_error_frame(f"not a notification id: {raw[:64]!r}"))
             if ids:
                 # Not awaited inline: a slow commit must not stop this socket from reading pings.
-                _spawn(_ack(svc.queries.ack_from_socket, user_id, ids))
+                _spawn(_ack(svc.queries.ack_from_socket, conn, ids))
     except (WebSocketDisconnect, RuntimeError):
         pass  # RuntimeError: receive after our own close (slow consumer); either way the socket is gone
     finally:
@@ -124,9 +124,15 @@ async def _close(ws: WebSocket, code: CloseCode) -> None:
 
 
 async def _ack(
-    submit: Callable[[str, list[uuid.UUID]], Awaitable[None]], user_id: str, ids: list[uuid.UUID]
+    submit: Callable[[str, list[uuid.UUID]], Awaitable[None]], conn: Connection, ids: list[uuid.UUID]
 ) -> None:
     try:
-        await submit(user_id, ids)
-    except Exception as exc:  # noqa: BLE001 - the notification stays in the offline queue; the client may re-ack
-        log.warning("socket ack failed", extra={"user_id": user_id, "error": str(exc)})
+        await submit(conn.user_id, ids)
+    except Exception as exc:  # noqa: BLE001 - answered to the client, who may ack again
+        log.warning("socket ack failed", extra={"user_id": conn.user_id, "error": str(exc)})
+        # Nothing is lost (the notifications stay in the offline queue), but the client must know
+        # that its ack did not take, or it would believe them delivered.
+        conn.push(orjson.dumps({
+            "type": "error", "code": "ack_failed", "message": "acknowledgement not applied; send it again",
+            "ids": [str(i) for i in ids],
+        }).decode())

@@ -22,7 +22,7 @@ from notiflow.config import Settings
 from notiflow.errors import DownstreamError, NotiflowError, StoreUnavailable
 from notiflow.models import Channel, DeliveryWork, Outcome, StreamEntry
 from notiflow.store import deliveries as sql
-from notiflow.store.pool import Pool, pg_errors
+from notiflow.store.pool import Pool, pg_errors, retry_conflicts
 from notiflow.streams.budget import HostBudget
 from notiflow.streams.presence import Presence
 from notiflow.streams.pubsub import Router
@@ -101,8 +101,11 @@ class DeliveryService:
         unique = list({(o.notification_id, o.user_id, o.channel): o for o in outcomes}.values())
         if not unique:
             return
-        async with pg_errors("record outcomes"), self._pool.acquire() as conn:
-            await sql.record_outcomes(conn, unique, self._node)
+        async def write() -> None:
+            async with pg_errors("record outcomes"), self._pool.acquire() as conn:
+                await sql.record_outcomes(conn, unique, self._node)
+
+        await retry_conflicts(write)
         retries = [
             (retry_member(o.notification_id, o.user_id, Channel(o.channel)), o.retry_at_ms or 0)
             for o in unique if o.status == "retrying"

@@ -133,10 +133,17 @@ class IngestService:
             if item.idempotency_key and item.idempotency_key not in primary:
                 primary[item.idempotency_key] = item
         keyed = list(primary.values())
-        async with pg_errors("ingest"), self._pool.acquire() as conn, conn.transaction():
-            claim = await sql.claim_idempotency_keys(conn, keyed)
-            fresh = [i for i in items if self._is_fresh(i, primary, claim)]
-            await sql.insert_notifications(conn, fresh)
+        async with pg_errors("ingest"), self._pool.acquire() as conn:
+            if keyed:
+                async with conn.transaction():
+                    claim = await sql.claim_idempotency_keys(conn, keyed)
+                    fresh = [i for i in items if self._is_fresh(i, primary, claim)]
+                    await sql.insert_notifications(conn, fresh)
+            else:
+                # One statement is its own transaction: no BEGIN/COMMIT round trips around it.
+                claim = sql.KeyClaim(set(), {})
+                fresh = items
+                await sql.insert_notifications(conn, fresh)
         self._queue_for_stream(fresh)
         return [self._result(item, primary, claim) for item in items]
 

@@ -14,7 +14,7 @@ from notiflow.errors import NotFound
 from notiflow.models import Channel, StreamEntry
 from notiflow.store import dlq as dlq_sql
 from notiflow.store import queries as sql
-from notiflow.store.pool import Pool, pg_errors
+from notiflow.store.pool import Pool, pg_errors, retry_conflicts
 from notiflow.streams.work import WorkStream
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,13 @@ class QueryService:
         }
 
     async def ack(self, user_id: str, ids: list[uuid.UUID] | None, up_to_seq: int | None) -> int:
-        async with pg_errors("ack"), self._pool.acquire() as conn:
-            if ids is not None:
-                return await sql.ack_ids(conn, user_id, ids)
-            return await sql.ack_up_to(conn, user_id, up_to_seq or 0)
+        async def write() -> int:
+            async with pg_errors("ack"), self._pool.acquire() as conn:
+                if ids is not None:
+                    return await sql.ack_ids(conn, user_id, ids)
+                return await sql.ack_up_to(conn, user_id, up_to_seq or 0)
+
+        return await retry_conflicts(write)
 
     async def ack_from_socket(self, user_id: str, ids: list[uuid.UUID]) -> None:
         """Acks arriving over sockets are batched across sockets into one statement."""
@@ -70,8 +73,12 @@ class QueryService:
 
     async def _flush_acks(self, frames: list[tuple[str, list[uuid.UUID]]]) -> list[int | BaseException]:
         pairs = list(dict.fromkeys((user, nid) for user, ids in frames for nid in ids))
-        async with pg_errors("socket acks"), self._pool.acquire() as conn:
-            await sql.ack_pairs(conn, pairs)
+
+        async def write() -> None:
+            async with pg_errors("socket acks"), self._pool.acquire() as conn:
+                await sql.ack_pairs(conn, pairs)
+
+        await retry_conflicts(write)
         return [len(ids) for _, ids in frames]
 
     async def open_for_users(self, user_ids: list[str], per_user: int) -> list[dict[str, Any]]:

@@ -30,11 +30,17 @@ WITH o AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[],
                          $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::text[])
         AS o(nid, uid, channel, attempt, outcome, status, error, started_at, finished_at, next_at, dlq_reason)
+), locked AS (
+    -- LOCK_IN_KEY_ORDER: take the row locks in primary-key order before updating, as every
+    -- multi-row update of deliveries does; two such statements on overlapping rows cannot deadlock.
+    SELECT d.notification_id, d.user_id FROM deliveries d
+    WHERE (d.notification_id, d.user_id) IN (SELECT nid, uid FROM o)
+    ORDER BY d.notification_id, d.user_id FOR UPDATE
 ), sock AS (
     UPDATE deliveries d
     SET status = o.status, attempts = greatest(d.attempts, o.attempt), next_attempt_at = o.next_at,
         last_error = coalesce(o.error, d.last_error), updated_at = now()
-    FROM o
+    FROM o JOIN locked l ON l.notification_id = o.nid AND l.user_id = o.uid
     WHERE o.channel = 'socket' AND d.notification_id = o.nid AND d.user_id = o.uid
       AND d.status IN ('pending', 'retrying')
     RETURNING d.notification_id
@@ -42,7 +48,7 @@ WITH o AS (
     UPDATE deliveries d
     SET webhook_status = o.status, webhook_attempts = greatest(d.webhook_attempts, o.attempt),
         webhook_next_at = o.next_at, last_error = coalesce(o.error, d.last_error), updated_at = now()
-    FROM o
+    FROM o JOIN locked l ON l.notification_id = o.nid AND l.user_id = o.uid
     WHERE o.channel = 'webhook' AND d.notification_id = o.nid AND d.user_id = o.uid
       AND d.webhook_status IN ('pending', 'retrying')
     RETURNING d.notification_id

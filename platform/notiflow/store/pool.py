@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -12,7 +14,13 @@ from asyncpg.pool import Pool
 
 from notiflow.errors import StoreUnavailable
 
-__all__ = ["Pool", "connect_pool", "pg_errors"]
+__all__ = ["Pool", "connect_pool", "pg_errors", "retry_conflicts"]
+
+T = TypeVar("T")
+
+# Lost a deadlock or a serialization race: the statement did nothing and may simply run again.
+_CONFLICT_SQLSTATES = ("40P01", "40001")
+CONFLICT_ATTEMPTS = 4
 
 # Errors after which the same statement may well succeed: the server went away, failed over,
 # was too busy, or our transaction lost a deadlock or serialization race.
@@ -39,6 +47,26 @@ async def pg_errors(what: str) -> AsyncIterator[None]:
         raise
 
 
+async def retry_conflicts(run: Callable[[], Awaitable[T]]) -> T:
+    """Run ``run`` again (a few times, with a short random pause) when PostgreSQL aborted it as the
+    victim of a deadlock or a serialization conflict; other errors pass through at once."""
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            return await run()
+        except Exception as exc:
+            cause = exc.__cause__ if isinstance(exc, StoreUnavailable) else exc
+            if attempt == CONFLICT_ATTEMPTS or getattr(cause, "sqlstate", None) not in _CONFLICT_SQLSTATES:
+                raise
+            await asyncio.sleep(random.uniform(0.001, 0.01 * attempt))
+    raise AssertionError("unreachable")
+
+
+async def _keep_session(conn: Any) -> None:
+    """Release without asyncpg's default reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL),
+    a round trip per release: notiflow keeps no session state (only SET LOCAL and transaction-scoped
+    advisory locks), and asyncpg still rolls back a transaction left open before calling this."""
+
+
 async def _init_connection(conn: Any) -> None:
     # jsonb comes back as text so that payloads can be spliced into frames without a decode/encode.
     await conn.set_type_codec("jsonb", encoder=lambda v: v, decoder=lambda v: v, schema="pg_catalog")
@@ -55,6 +83,7 @@ async def connect_pool(dsn: str, *, max_size: int, min_size: int = 1) -> Pool:
             min_size=min(min_size, max_size),
             max_size=max_size,
             init=_init_connection,
+            reset=_keep_session,
             command_timeout=30,
             timeout=10,
             max_inactive_connection_lifetime=60,

@@ -27,19 +27,24 @@ WHERE d.user_id = $1 AND d.seq > $2 AND d.status IN {_OPEN}
 ORDER BY d.seq LIMIT $3
 """
 
-_ACK_IDS = f"""
-UPDATE deliveries SET status = 'delivered', delivered_at = now(), updated_at = now()
-WHERE user_id = $1 AND notification_id = ANY($2::uuid[]) AND status IN {_OPEN}
-"""
-_ACK_UP_TO = f"""
-UPDATE deliveries SET status = 'delivered', delivered_at = now(), updated_at = now()
-WHERE user_id = $1 AND seq <= $2 AND status IN {_OPEN}
-"""
-_ACK_PAIRS = f"""
+# Every statement that updates several deliveries first locks them in primary-key order (see
+# LOCK_IN_KEY_ORDER in store/deliveries.py): acks racing the stream worker's outcome writes on the same
+# rows then queue behind each other instead of deadlocking.
+_ACK = f"""
+WITH locked AS (
+    SELECT notification_id, user_id FROM deliveries d
+    WHERE {{where}} AND d.status IN {_OPEN}
+    ORDER BY notification_id, user_id FOR UPDATE
+)
 UPDATE deliveries d SET status = 'delivered', delivered_at = now(), updated_at = now()
-FROM unnest($1::text[], $2::uuid[]) AS a(uid, nid)
-WHERE d.user_id = a.uid AND d.notification_id = a.nid AND d.status IN {_OPEN}
+FROM locked l
+WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id AND d.status IN {_OPEN}
 """
+_ACK_IDS = _ACK.format(where="d.user_id = $1 AND d.notification_id = ANY($2::uuid[])")
+_ACK_UP_TO = _ACK.format(where="d.user_id = $1 AND d.seq <= $2")
+_ACK_PAIRS = _ACK.format(
+    where="(d.user_id, d.notification_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))"
+)
 
 # For a gateway resynchronising its sockets after its Pub/Sub subscription was lost.
 _OPEN_FOR_USERS = f"""

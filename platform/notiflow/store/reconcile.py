@@ -30,9 +30,13 @@ LIMIT $5
 """
 
 _TOUCH = """
-UPDATE deliveries SET updated_at = now()
-FROM unnest($1::uuid[], $2::text[]) AS k(nid, uid)
-WHERE notification_id = k.nid AND user_id = k.uid
+WITH locked AS (
+    SELECT notification_id, user_id FROM deliveries
+    WHERE (notification_id, user_id) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))
+    ORDER BY notification_id, user_id FOR UPDATE
+)
+UPDATE deliveries d SET updated_at = now()
+FROM locked l WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id
 """
 
 _EXPIRE = """
@@ -41,7 +45,9 @@ WITH due AS (
     WHERE n.expires_at <= now()
       AND (d.status IN ('pending', 'dispatched', 'offline', 'retrying')
            OR d.webhook_status IN ('pending', 'retrying'))
+    ORDER BY d.notification_id, d.user_id
     LIMIT $1
+    FOR UPDATE OF d
 )
 UPDATE deliveries d
 SET status = CASE WHEN d.status IN ('pending', 'dispatched', 'offline', 'retrying') THEN 'expired' ELSE d.status END,
