@@ -35,7 +35,6 @@ import multiprocessing
 import os
 import random
 import re
-import secrets
 import shutil
 import signal
 import subprocess
@@ -47,10 +46,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import orjson
+from stores import Stores
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -518,37 +517,6 @@ class ClientProcs:
 # --- the run --------------------------------------------------------------------------------------
 
 
-class Stores:
-    """Fresh database / key prefix on given servers, or nothing to do for embedded ones."""
-
-    def __init__(self) -> None:
-        self.redis_url = os.environ.get("NOTIFLOW_REDIS_URL") or None
-        self.admin_db = os.environ.get("NOTIFLOW_DATABASE_URL") or None
-        self.database_url: str | None = None
-        self.db_name: str | None = None
-        self.prefix = f"nfbench{secrets.token_hex(4)}"
-
-    def prepare(self) -> None:
-        if self.admin_db:
-            self.db_name = f"notiflow_bench_{secrets.token_hex(4)}"
-            psql(self.admin_db, f'CREATE DATABASE "{self.db_name}"')
-            parts = urlsplit(self.admin_db)
-            self.database_url = urlunsplit((parts.scheme, parts.netloc, f"/{self.db_name}", parts.query, ""))
-
-    def cleanup(self) -> None:
-        if self.admin_db and self.db_name:
-            with contextlib.suppress(Exception):
-                psql(self.admin_db, f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-        if self.redis_url:
-            with contextlib.suppress(Exception):
-                import redis
-
-                client = redis.Redis.from_url(self.redis_url)
-                for key in client.scan_iter(match=f"{self.prefix}*", count=1000):
-                    client.delete(key)
-                client.close()
-
-
 def start_profilers(stack: DevStack, seconds: float, out_dir: Path) -> list[subprocess.Popen[bytes]]:
     """py-spy record on every gateway and stream worker during the load window (if py-spy is installed)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -849,7 +817,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    stores = Stores()
+    stores = Stores("bench")
     extra_env = {
         "NOTIFLOW_KEY_PREFIX": stores.prefix,
         "NOTIFLOW_STREAM_KEY": f"{stores.prefix}:stream",

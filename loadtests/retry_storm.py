@@ -25,22 +25,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-import os
-import secrets
 import signal
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from stores import Stores
 
 from notiflow.config import Settings
-from notiflow.devstack import DevStack, free_port, psql
+from notiflow.devstack import DevStack, free_port
 
 log = logging.getLogger("retry_storm")
 
@@ -100,37 +97,6 @@ class DeadSink:
 # --- stores -------------------------------------------------------------------------------------------
 
 
-class Stores:
-    """Fresh database and key prefix on given servers; nothing to prepare for embedded ones."""
-
-    def __init__(self) -> None:
-        self.redis_url = os.environ.get("NOTIFLOW_REDIS_URL") or None
-        self.admin_db = os.environ.get("NOTIFLOW_DATABASE_URL") or None
-        self.database_url: str | None = None
-        self.db_name: str | None = None
-        self.prefix = f"nfstorm{secrets.token_hex(4)}"
-
-    def prepare(self) -> None:
-        if self.admin_db:
-            self.db_name = f"notiflow_storm_{secrets.token_hex(4)}"
-            psql(self.admin_db, f'CREATE DATABASE "{self.db_name}"')
-            parts = urlsplit(self.admin_db)
-            self.database_url = urlunsplit((parts.scheme, parts.netloc, f"/{self.db_name}", parts.query, ""))
-
-    def cleanup(self) -> None:
-        if self.admin_db and self.db_name:
-            with contextlib.suppress(Exception):
-                psql(self.admin_db, f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-        if self.redis_url:
-            with contextlib.suppress(Exception):
-                import redis
-
-                client = redis.Redis.from_url(self.redis_url)
-                for key in client.scan_iter(match=f"{self.prefix}*", count=1000):
-                    client.delete(key)
-                client.close()
-
-
 # --- the run ------------------------------------------------------------------------------------------
 
 
@@ -168,7 +134,7 @@ def rate(count: int, seconds: float) -> float:
 async def run(args: argparse.Namespace) -> dict[str, object]:
     sink = DeadSink()
     await sink.start()
-    stores = Stores()
+    stores = Stores("storm")
     stores.prepare()
     settings = Settings(
         redis_url=stores.redis_url,
