@@ -9,9 +9,9 @@ from notiflow.config import Settings
 from notiflow.service.delivery import DeliveryService
 from notiflow.service.queries import QueryService
 from notiflow.service.reconciler import Reconciler
-from notiflow.store.pool import connect_pool
+from notiflow.store.pool import Pool, connect_pool
 from notiflow.streams.budget import HostBudget
-from notiflow.streams.client import connect_redis
+from notiflow.streams.client import Redis, connect_redis
 from notiflow.streams.presence import Presence
 from notiflow.streams.pubsub import Router
 from notiflow.streams.work import WorkStream
@@ -21,41 +21,39 @@ from notiflow.worker.stream import StreamWorker
 
 
 @asynccontextmanager
-async def stream_worker(settings: Settings) -> AsyncIterator[StreamWorker]:
-    pool = await connect_pool(settings.database_url_required, max_size=settings.pg_pool_max)
+async def _stores(settings: Settings, *, pg_max: int) -> AsyncIterator[tuple[Pool, Redis]]:
+    pool = await connect_pool(settings.database_url_required, max_size=pg_max)
     redis = connect_redis(settings.redis_url_required)
-    webhooks = WebhookClient(settings)
-    work = WorkStream(redis, settings)
     try:
-        deliveries = DeliveryService(
-            settings, pool, work, Presence(redis, settings), Router(redis, settings), webhooks,
-            HostBudget(redis, settings),
-        )
-        yield StreamWorker(settings, deliveries, work)
+        yield pool, redis
     finally:
-        await webhooks.aclose()
         await redis.aclose()
         await pool.close()
+
+
+@asynccontextmanager
+async def stream_worker(settings: Settings) -> AsyncIterator[StreamWorker]:
+    async with _stores(settings, pg_max=settings.pg_pool_max) as (pool, redis):
+        webhooks = WebhookClient(settings)
+        work = WorkStream(redis, settings)
+        try:
+            deliveries = DeliveryService(
+                settings, pool, work, Presence(redis, settings), Router(redis, settings), webhooks,
+                HostBudget(redis, settings),
+            )
+            yield StreamWorker(settings, deliveries, work)
+        finally:
+            await webhooks.aclose()
 
 
 @asynccontextmanager
 async def retry_worker(settings: Settings) -> AsyncIterator[RetryWorker]:
-    pool = await connect_pool(settings.database_url_required, max_size=2)
-    redis = connect_redis(settings.redis_url_required)
-    work = WorkStream(redis, settings)
-    try:
+    async with _stores(settings, pg_max=2) as (pool, redis):
+        work = WorkStream(redis, settings)
         yield RetryWorker(settings, work, Reconciler(settings, pool, work))
-    finally:
-        await redis.aclose()
-        await pool.close()
 
 
 @asynccontextmanager
 async def query_service(settings: Settings) -> AsyncIterator[QueryService]:
-    pool = await connect_pool(settings.database_url_required, max_size=2)
-    redis = connect_redis(settings.redis_url_required)
-    try:
+    async with _stores(settings, pg_max=2) as (pool, redis):
         yield QueryService(settings, pool, WorkStream(redis, settings))
-    finally:
-        await redis.aclose()
-        await pool.close()
