@@ -37,10 +37,6 @@ class DownstreamRejected(PermanentError):
     """A webhook answered with a 4xx other than 429: retrying will not help."""
 
 
-class PoisonEntry(PermanentError):
-    """A stream entry that cannot be processed: malformed, or it crashed the worker repeatedly."""
-
-
 class ApiError(PermanentError):
     """A client error answered with ``status`` and the SPEC §2 error body."""
 

@@ -11,7 +11,7 @@ HTTP_REQUESTS = Counter(
 )
 ACCEPTED = Counter("notiflow_notifications_accepted_total", "Notifications accepted (202)", registry=REGISTRY)
 REJECTED = Counter(
-    "notiflow_notifications_rejected_total", "Ingest requests answered with an error", ["code"], registry=REGISTRY
+    "notiflow_notifications_rejected_total", "Ingest requests answered with an error", ["status"], registry=REGISTRY
 )
 INGEST_SECONDS = Histogram(
     "notiflow_ingest_seconds", "Time from request to 202", registry=REGISTRY,

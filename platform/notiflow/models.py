@@ -41,18 +41,17 @@ class DeliveryStatus(StrEnum):
     EXPIRED = "expired"
 
 
-#: States in which a delivery is still in the user's offline queue (not acknowledged, not terminal).
-OPEN_STATUSES: tuple[str, ...] = ("pending", "dispatched", "offline", "retrying")
-TERMINAL_STATUSES: tuple[str, ...] = ("delivered", "dead", "expired")
+#: Socket-channel states in which a delivery is in the user's offline queue (not acknowledged, not final).
+OPEN_STATUSES: tuple[DeliveryStatus, ...] = (
+    DeliveryStatus.PENDING, DeliveryStatus.DISPATCHED, DeliveryStatus.OFFLINE, DeliveryStatus.RETRYING
+)
+#: States (of either channel) in which a delivery still expects a worker to process it.
+WORK_STATUSES: tuple[str, ...] = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)
 
 
-class WebhookStatus(StrEnum):
-    """Webhook-channel state of one recipient's delivery (SPEC §4)."""
-
-    PENDING = "pending"
-    RETRYING = "retrying"
-    SUCCEEDED = "succeeded"
-    DEAD = "dead"
+def sql_list(values: tuple[str, ...]) -> str:
+    """``('a', 'b')`` for an SQL IN list of fixed, known identifiers (never user input)."""
+    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
 class Channel(StrEnum):

@@ -3,6 +3,8 @@ and request metrics, before any route runs."""
 
 from __future__ import annotations
 
+import time
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from notiflow import metrics
@@ -37,6 +39,7 @@ class Guard:
                 await error_response(403, "forbidden", "unknown token")(scope, receive, send)
                 return
         status = 500
+        started = time.perf_counter()
 
         async def send_and_count(message: Message) -> None:
             nonlocal status
@@ -49,5 +52,9 @@ class Guard:
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             metrics.HTTP_REQUESTS.labels(route, str(status)).inc()
-            if status == 202 and route == "/notifications":
-                metrics.ACCEPTED.inc()
+            if route == "/notifications" and scope["method"] == "POST":
+                if status == 202:
+                    metrics.ACCEPTED.inc()
+                    metrics.INGEST_SECONDS.observe(time.perf_counter() - started)
+                else:
+                    metrics.REJECTED.labels(str(status)).inc()

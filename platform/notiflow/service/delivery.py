@@ -20,7 +20,7 @@ import orjson
 from notiflow.backoff import compute_backoff_ms
 from notiflow.config import Settings
 from notiflow.errors import DownstreamError, NotiflowError, StoreUnavailable
-from notiflow.models import Channel, DeliveryWork, Outcome, StreamEntry
+from notiflow.models import WORK_STATUSES, Channel, DeliveryWork, Outcome, StreamEntry
 from notiflow.store import deliveries as sql
 from notiflow.store.pool import Pool, pg_errors, retry_conflicts
 from notiflow.streams.budget import HostBudget
@@ -31,7 +31,7 @@ from notiflow.webhook import WebhookClient, host_of
 
 log = logging.getLogger(__name__)
 
-_WORK_STATES = ("pending", "retrying")
+_WORK_STATES = WORK_STATUSES
 
 
 def _now() -> datetime:

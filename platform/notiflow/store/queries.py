@@ -5,7 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-_OPEN = "('pending', 'dispatched', 'offline', 'retrying')"
+from notiflow.models import OPEN_STATUSES, sql_list
+
+_OPEN = sql_list(OPEN_STATUSES)
 
 _NOTIFICATION = "SELECT id, event, payload::text AS payload, created_at, recipients FROM notifications WHERE id = $1"
 _STATUS_COUNTS = "SELECT status, count(*) AS n FROM deliveries WHERE notification_id = $1 GROUP BY status"

@@ -319,6 +319,13 @@ async def test_health_readiness_and_metrics(gateways: Gateways, http: httpx.Asyn
     accepted = [line for line in text.splitlines() if line.startswith("notiflow_notifications_accepted_total ")]
     assert accepted and float(accepted[0].split()[1]) >= 1
     assert "notiflow_websockets " in text
+    # The ingest latency histogram and the rejection counter move too (a 422 here).
+    bad = await http.post(f"{gw.url}/notifications", json={"user_id": "", "event": "x"})
+    assert bad.status_code == 422
+    text = (await http.get(f"{gw.url}/metrics")).text
+    count = [line for line in text.splitlines() if line.startswith("notiflow_ingest_seconds_count ")]
+    assert count and float(count[0].split()[1]) >= 1
+    assert 'notiflow_notifications_rejected_total{status="422"} 1.0' in text
 
 
 async def test_readiness_follows_redis(gateways: Gateways, http: httpx.AsyncClient, tmp_path: Path) -> None:
