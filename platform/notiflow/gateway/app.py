@@ -29,9 +29,6 @@ from notiflow.streams.work import WorkStream
 
 log = logging.getLogger(__name__)
 
-_error = http.error_response
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -72,27 +69,27 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(BackpressureError)
     async def backpressure(_: Request, exc: BackpressureError) -> Response:
         retry = str(max(1, round(exc.retry_after_s or 1)))
-        return _error(429, "backlog_full", str(exc), headers={"retry-after": retry})
+        return http.error_response(429, "backlog_full", str(exc), headers={"retry-after": retry})
 
     @app.exception_handler(StoreUnavailable)
     async def unavailable(_: Request, exc: StoreUnavailable) -> Response:
         log.warning("store unavailable", extra={"error": str(exc)})
-        return _error(503, "unavailable", "a store is unavailable; retry", headers={"retry-after": "1"})
+        return http.error_response(503, "unavailable", "a store is unavailable; retry", headers={"retry-after": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> Response:
         details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
-        return _error(422, "invalid_request", "request is invalid", details)
+        return http.error_response(422, "invalid_request", "request is invalid", details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return http.error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def crash(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error")
-        return _error(500, "internal_error", "internal error")
+        return http.error_response(500, "internal_error", "internal error")
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:

@@ -28,7 +28,9 @@ class StreamWorker:
         self._work = work
         self._consumer = settings.node_id
         self._hooks: set[asyncio.Task[None]] = set()
-        self._hook_slots = asyncio.Semaphore(settings.webhook_concurrency)
+        # Bounds webhook *entries* in flight (each may name up to fanout_chunk recipients), so the read loop
+        # stops taking work while they run; DeliveryService separately bounds the HTTP calls themselves.
+        self._hook_entries = asyncio.Semaphore(settings.webhook_concurrency)
         self.processed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -60,7 +62,7 @@ class StreamWorker:
                 continue
             if entry.channel is Channel.WEBHOOK:
                 # Webhook calls may take seconds: they run beside the loop, bounded in number.
-                await self._hook_slots.acquire()
+                await self._hook_entries.acquire()
                 task = asyncio.create_task(self._hook((entry_id, entry)))
                 self._hooks.add(task)
                 task.add_done_callback(self._hooks.discard)
@@ -73,7 +75,7 @@ class StreamWorker:
         try:
             await self._process([item], self._d.deliver_webhook)
         finally:
-            self._hook_slots.release()
+            self._hook_entries.release()
 
     async def _process(self, items: list[Parsed], process: Process) -> None:
         try:
