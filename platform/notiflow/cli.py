@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from notiflow import logs
+from notiflow import logs, metrics
 from notiflow.config import Settings
 
 log = logging.getLogger("notiflow")
@@ -25,7 +25,7 @@ log = logging.getLogger("notiflow")
 _FLAG_SETTINGS = {
     "redis_url": str, "database_url": str, "host": str, "port": int, "node_id": str, "max_retries": int,
     "retry_base_ms": int, "retry_cap_ms": int, "presence_ttl_s": float, "stream_max_backlog": int,
-    "webhook_allowed_hosts": str, "log_level": str,
+    "webhook_allowed_hosts": str, "log_level": str, "metrics_port": int,
 }
 
 
@@ -122,7 +122,8 @@ def cmd_stream_worker(settings: Settings) -> int:
             log.info("stream worker started", extra={"consumer": settings.node_id})
             await worker.run(stop)
 
-    return _run_async(main)
+    with metrics.serve(settings.host, settings.metrics_port):
+        return _run_async(main)
 
 
 def cmd_retry_worker(settings: Settings) -> int:
@@ -133,7 +134,8 @@ def cmd_retry_worker(settings: Settings) -> int:
             log.info("retry worker started")
             await worker.run(stop)
 
-    return _run_async(main)
+    with metrics.serve(settings.host, settings.metrics_port):
+        return _run_async(main)
 
 
 def cmd_migrate(settings: Settings) -> int:

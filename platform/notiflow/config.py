@@ -113,6 +113,26 @@ class Settings(BaseSettings):
     ws_ping_interval_s: float = Field(20.0, gt=0, description="WebSocket ping frame period, s. Default 20.")
     ws_ping_timeout_s: float = Field(20.0, gt=0, description="Pong wait before a peer is dead, s. Default 20.")
 
+    # --- operators: metrics, the dashboard, retention -----------------------------------------
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="Port of a stream or retry worker's /metrics (gateways use their HTTP "
+        "port). One per process; 0 turns it off; `notiflow dev` gives each worker a free port. Default 9464.",
+    )
+    stats_interval_s: float = Field(
+        1.0, gt=0, description="Period of the telemetry task: store gauges refreshed and this node's figures "
+        "published for the dashboard, s. Default 1.",
+    )
+    retention_days: float = Field(
+        30, gt=0, description="Age after which finished deliveries, their attempts, finished notifications and "
+        "replayed DLQ rows are removed, days. Default 30.",
+    )
+    retention_batch: int = Field(
+        5000, ge=1, description="Rows removed per retention statement (one short transaction each). Default 5000.",
+    )
+    retention_interval_s: float = Field(
+        60.0, gt=0, description="Pause between retention rounds when nothing is left to remove, s. Default 60.",
+    )
+
     # --- process lifecycle ------------------------------------------------------------------
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="Drain time for in-flight work at shutdown before cancelling, s. Default 10."

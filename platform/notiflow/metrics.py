@@ -1,21 +1,189 @@
-"""Prometheus metrics of a gateway process, served at GET /metrics."""
+"""Prometheus metrics of every notiflow process (one registry per process).
+
+Gateways serve them at ``GET /metrics`` on their HTTP port; stream and retry workers on their own
+``NOTIFLOW_METRICS_PORT`` (see ``serve``). Counters end in ``_total``, durations are ``_seconds``
+histograms. Gauges read from the stores (stream length, lag, retry depth, DLQ size) are set by the
+periodic telemetry task (``service/telemetry.py``), never per scrape.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Metric,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+# No *_created series: they double the exposition and no dashboard of ours reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+# Accept to frame written: most deliveries take milliseconds, a queued one seconds, a resync minutes.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+# --- gateway: HTTP and ingest --------------------------------------------------------------------
 HTTP_REQUESTS = Counter(
     "notiflow_http_requests_total", "HTTP requests by route and status", ["route", "status"], registry=REGISTRY
 )
 ACCEPTED = Counter("notiflow_notifications_accepted_total", "Notifications accepted (202)", registry=REGISTRY)
-REJECTED = Counter(
-    "notiflow_notifications_rejected_total", "Ingest requests answered with an error", ["status"], registry=REGISTRY
+REFUSED = Counter(
+    "notiflow_notifications_refused_total",
+    "Ingest requests answered with an error, by the error body's code (backlog_full, invalid_request, ...)",
+    ["reason"], registry=REGISTRY,
 )
 INGEST_SECONDS = Histogram(
     "notiflow_ingest_seconds", "Time from request to 202", registry=REGISTRY,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+
+# --- gateway: sockets ----------------------------------------------------------------------------
 SOCKETS = Gauge("notiflow_websockets", "Open WebSockets on this node", registry=REGISTRY)
-FRAMES = Counter("notiflow_ws_frames_sent_total", "Notification frames queued to sockets", registry=REGISTRY)
+USERS = Gauge("notiflow_connected_users", "Distinct users with at least one socket on this node", registry=REGISTRY)
+FRAMES = Counter("notiflow_ws_frames_sent_total", "Notification frames written to sockets", registry=REGISTRY)
+ACKS = Counter(
+    "notiflow_acks_total", "Deliveries acknowledged, by where the ack came from (socket, http)", ["via"],
+    registry=REGISTRY,
+)
+DELIVERY_LATENCY = Histogram(
+    "notiflow_delivery_latency_seconds",
+    "From accept (the frame's created_at) to the frame written to a socket", registry=REGISTRY,
+    buckets=LATENCY_BUCKETS,
+)
+
+# --- stream worker ------------------------------------------------------------------------------
+ATTEMPTS = Counter(
+    "notiflow_delivery_attempts_total",
+    "Delivery attempts recorded, by channel (socket, webhook) and outcome (dispatched, offline, succeeded, "
+    "failed, expired, poison)", ["channel", "outcome"], registry=REGISTRY,
+)
+ENTRIES = Counter(
+    "notiflow_stream_entries_processed_total", "Stream entries processed and acknowledged", registry=REGISTRY
+)
+WEBHOOK_SECONDS = Histogram(
+    "notiflow_webhook_call_seconds", "Duration of one webhook call, by result (ok, retry, rejected)", ["result"],
+    registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+# --- retry worker and reconciler ---------------------------------------------------------------
+RETRIES_MOVED = Counter(
+    "notiflow_retries_moved_total", "Due retries moved from the schedule back into the stream", registry=REGISTRY
+)
+REPAIRS = Counter(
+    "notiflow_reconciler_repairs_total",
+    "Work the reconciler put back or closed, by kind (rebuilt, outbox, stuck, expired, keys_forgotten)", ["kind"],
+    registry=REGISTRY,
+)
+RETENTION_REMOVED = Counter(
+    "notiflow_retention_removed_total", "Rows removed by retention, by table", ["table"], registry=REGISTRY
+)
+
+# --- store figures (set by the telemetry task) -------------------------------------------------
+STORE_GAUGES = {
+    "stream_length": ("notiflow_stream_length", "Entries in the notifications stream (the backlog)"),
+    "stream_pending": ("notiflow_stream_pending", "Stream entries read by a worker and not yet acknowledged"),
+    "group_lag": ("notiflow_consumer_group_lag", "Stream entries not yet read by the consumer group"),
+    "retry_scheduled": ("notiflow_retry_scheduled", "Retries waiting in the retry schedule (ZSET)"),
+    "dlq_entries": ("notiflow_dlq_entries", "DLQ entries not replayed"),
+}
+
+
+class StoreFigures(Collector):
+    """The store gauges, exported only by processes whose telemetry reads them (gateways, retry workers):
+    a stream worker exports none rather than zeros that would read as an empty backlog."""
+
+    def __init__(self) -> None:
+        self.figures: dict[str, int] = {}
+
+    def update(self, figures: dict[str, int]) -> None:
+        self.figures = dict(figures)
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # unchecked: the set of families depends on whether figures were read yet
+
+    def collect(self) -> Iterable[Metric]:
+        for key, value in self.figures.items():
+            if key in STORE_GAUGES:
+                name, doc = STORE_GAUGES[key]
+                yield GaugeMetricFamily(name, doc, value=value)
+
+
+STORE = StoreFigures()
+REGISTRY.register(STORE)
+
+# --- store errors (every process) --------------------------------------------------------------
+PG_ERRORS = Counter(
+    "notiflow_postgres_errors_total", "PostgreSQL calls that failed as unavailable, by operation", ["operation"],
+    registry=REGISTRY,
+)
+REDIS_ERRORS = Counter(
+    "notiflow_redis_errors_total", "Redis calls that failed as unavailable, by operation", ["operation"],
+    registry=REGISTRY,
+)
+
+
+def value(name: str, **labels: str) -> float:
+    """The current value of one sample of this process's registry (0 when absent)."""
+    found = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if found is None else float(found)
+
+
+def total(name: str) -> float:
+    """The sum of a metric's samples over every label set (``name`` is the sample name, e.g. ``_total``)."""
+    out = 0.0
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.name == name:
+                out += sample.value
+    return out
+
+
+def buckets(name: str) -> list[tuple[float, float]]:
+    """A histogram's cumulative buckets as (upper bound, count), ``+Inf`` last; summed over labels."""
+    out: dict[float, float] = {}
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.name == f"{name}_bucket":
+                bound = float(sample.labels["le"])
+                out[bound] = out.get(bound, 0.0) + sample.value
+    return sorted(out.items())
+
+
+@contextmanager
+def serve(host: str, port: int) -> Iterator[int | None]:
+    """Serve this process's registry at ``http://host:port/metrics`` from a thread, for a worker.
+
+    Port 0 turns it off. A port already in use is logged and the worker runs on without metrics:
+    an observability problem must not stop delivery. Yields the port served, or None.
+    """
+    if port == 0:
+        yield None
+        return
+    try:
+        server: Any
+        server, thread = start_http_server(port, addr=host, registry=REGISTRY)
+    except OSError as exc:
+        log.warning("metrics port unavailable; metrics are off", extra={"port": port, "error": str(exc)})
+        yield None
+        return
+    log.info("metrics served", extra={"url": f"http://{host}:{port}/metrics"})
+    try:
+        yield port
+    finally:
+        server.shutdown()
+        server.server_close()
+        if isinstance(thread, threading.Thread):
+            thread.join(timeout=2)

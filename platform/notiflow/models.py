@@ -144,6 +144,23 @@ def notification_frame(nid: uuid.UUID, seq: int, event: str, payload_json: str, 
     return f'{head},"payload":{_compact(payload_json)},"created_at":{created}}}'
 
 
+_CREATED = '"created_at":"'
+
+
+def frame_created_at(frame: str) -> float | None:
+    """The accept time (epoch seconds) of a notification frame built by ``notification_frame``, found
+    without decoding the payload: created_at is the frame's last field. None for any other frame."""
+    if not frame.startswith('{"type":"notification"'):
+        return None
+    at = frame.rfind(_CREATED)
+    if at < 0:
+        return None
+    try:
+        return datetime.fromisoformat(frame[at + len(_CREATED) : frame.index('"', at + len(_CREATED))]).timestamp()
+    except ValueError:
+        return None
+
+
 def _compact(payload_json: str) -> str:
     # jsonb text may contain newlines inside nothing but whitespace; frames must be single-line.
     return payload_json if "\n" not in payload_json else orjson.dumps(orjson.loads(payload_json)).decode()

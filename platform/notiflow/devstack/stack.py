@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Self
 
 from notiflow.config import Settings
-from notiflow.devstack._proc import DevStackError
+from notiflow.devstack._proc import DevStackError, free_port
 from notiflow.devstack.embedded import EmbeddedPostgres, EmbeddedRedis
 from notiflow.devstack.supervisor import ProcessSpec, Supervisor
 
@@ -26,7 +26,7 @@ __all__ = ["DevStack", "run_dev", "settings_env"]
 log = logging.getLogger(__name__)
 
 # Set per process by the stack itself, never copied from the caller's settings.
-_PER_PROCESS = frozenset({"redis_url", "database_url", "node_id", "port"})
+_PER_PROCESS = frozenset({"redis_url", "database_url", "node_id", "port", "metrics_port"})
 _ROLES = ("gateway", "stream-worker", "retry-worker")
 
 
@@ -94,6 +94,8 @@ class DevStack:
         self.embedded_redis: EmbeddedRedis | None = None
         self.embedded_postgres: EmbeddedPostgres | None = None
         self.node_ids: dict[str, str] = {}
+        # Each worker's /metrics: a free port per start (0 in the settings turns them all off).
+        self.metrics_urls: dict[str, str] = {}
         self._redis_url = settings.redis_url
         self._database_url = settings.database_url
         self._started = False
@@ -158,6 +160,12 @@ class DevStack:
             port = self.base_port + int(index)
             argv += ["--port", str(port)]
             ready_url = f"http://127.0.0.1:{port}/readyz"
+            self.metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"
+            metrics_port = 0
+        else:
+            metrics_port = free_port() if self.settings.metrics_port else 0
+            if metrics_port:
+                self.metrics_urls[name] = f"http://127.0.0.1:{metrics_port}/metrics"
         env = {
             **os.environ,
             **settings_env(self.settings),
@@ -167,6 +175,7 @@ class DevStack:
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
             "NOTIFLOW_NODE_ID": node_id,
+            "NOTIFLOW_METRICS_PORT": str(metrics_port),
         }
         self.node_ids[name] = node_id
         self.supervisor.start(ProcessSpec(name, argv, env, ready_url))
@@ -206,6 +215,8 @@ def _banner(stack: DevStack) -> str:
         f"  redis       {stack.redis_url}" + ("  (embedded)" if stack.embedded_redis else ""),
         f"  postgresql  {stack.database_url}" + ("  (embedded)" if stack.embedded_postgres else ""),
         f"  processes   {', '.join(stack.process_names)}",
+        *(f"  metrics     {name:<16} {url}" for name, url in stack.metrics_urls.items()),
+        f"  dashboard   {first}/dashboard",
         f"  logs        {stack.log_dir}",
         "",
         "Try:",

@@ -15,16 +15,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from notiflow import metrics
 from notiflow.config import Settings
 from notiflow.errors import ApiError, BackpressureError, StoreUnavailable
-from notiflow.gateway import http, ws
+from notiflow.gateway import dashboard, http, ws
 from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
+from notiflow.service.dashboard import DashboardService
 from notiflow.service.ingest import IngestService
 from notiflow.service.queries import QueryService
 from notiflow.service.sessions import SessionService
+from notiflow.service.telemetry import Telemetry
 from notiflow.store.pool import connect_pool
 from notiflow.streams.client import connect_redis
 from notiflow.streams.presence import Presence
+from notiflow.streams.stats import StatsBoard
 from notiflow.streams.work import WorkStream
 
 log = logging.getLogger(__name__)
@@ -39,15 +42,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     queries = QueryService(settings, pool, work)
     ingest = IngestService(settings, pool, work)
     sessions = SessionService(settings, redis, Presence(redis, settings), queries, hub)
-    app.state.services = Services(settings, pool, redis, ingest, queries, sessions, hub)
+    telemetry = Telemetry(settings, work, pool, StatsBoard(redis, settings), role="gateway", read_stores=True,
+                          sockets=hub)
+    dashboard_service = DashboardService(telemetry, queries)
+    app.state.services = Services(settings, pool, redis, ingest, queries, sessions, hub, telemetry, dashboard_service)
     queries.start()
     await ingest.start()
     await sessions.start()
+    telemetry.start()
     log.info("gateway ready", extra={"host": settings.host, "port": settings.port})
     try:
         yield
     finally:
         # Stop intake first (no new accepts), drain what is queued, then release the stores.
+        await telemetry.close()
         await ingest.close(settings.shutdown_grace_s)
         await queries.close(settings.shutdown_grace_s)
         await sessions.close()
@@ -60,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.include_router(http.router)
     app.include_router(ws.router)
+    app.include_router(dashboard.router)
     app.add_middleware(Guard, settings=settings)
 
     @app.exception_handler(ApiError)
@@ -93,7 +102,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
-        metrics.SOCKETS.set(len(app.state.services.hub.connections()))
+        hub = app.state.services.hub
+        metrics.SOCKETS.set(hub.sockets())
+        metrics.USERS.set(len(hub.users()))
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app

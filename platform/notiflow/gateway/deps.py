@@ -10,9 +10,11 @@ from starlette.requests import HTTPConnection
 
 from notiflow.config import Settings
 from notiflow.gateway.hub import Hub
+from notiflow.service.dashboard import DashboardService
 from notiflow.service.ingest import IngestService
 from notiflow.service.queries import QueryService
 from notiflow.service.sessions import SessionService
+from notiflow.service.telemetry import Telemetry
 from notiflow.store.pool import Pool
 from notiflow.streams.client import Redis
 
@@ -26,6 +28,8 @@ class Services:
     queries: QueryService
     sessions: SessionService
     hub: Hub
+    telemetry: Telemetry
+    dashboard: DashboardService
 
     @staticmethod
     def new_id() -> uuid.UUID:

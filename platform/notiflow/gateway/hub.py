@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from notiflow import metrics
 from notiflow.gateway.protocol import CloseCode
 from notiflow.streams.pubsub import decode_frames
 
@@ -66,6 +65,9 @@ class Hub:
     def counts(self) -> dict[str, int]:
         return {u: len(c) for u, c in self._users.items()}
 
+    def sockets(self) -> int:
+        return sum(len(c) for c in self._users.values())
+
     def users(self) -> list[str]:
         return list(self._users)
 
@@ -80,7 +82,6 @@ class Hub:
                     continue
             conn.push(frame)
             self.frames_pushed += 1
-            metrics.FRAMES.inc()
 
     def deliver(self, message: str) -> None:
         """A Pub/Sub message for this node: a batch of (user, frame)."""

@@ -3,6 +3,7 @@ and request metrics, before any route runs."""
 
 from __future__ import annotations
 
+import re
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -13,6 +14,9 @@ from notiflow.gateway.http import error_response
 
 MAX_HEADER_BYTES = 16 * 1024
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+INGEST_PATHS = ("/notifications", "/notifications/batch")
+# Error codes are short snake_case words (a closed set in the code), so the label set stays bounded.
+_CODE = re.compile(rb'"code":"([a-z_]{1,40})"')
 
 
 class Guard:
@@ -39,12 +43,16 @@ class Guard:
                 await error_response(403, "forbidden", "unknown token")(scope, receive, send)
                 return
         status = 500
+        code = b""
         started = time.perf_counter()
+        ingest = scope["method"] == "POST" and scope["path"] in INGEST_PATHS
 
         async def send_and_count(message: Message) -> None:
-            nonlocal status
+            nonlocal status, code
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif ingest and status >= 400 and not code and message["type"] == "http.response.body":
+                code = message.get("body", b"")[:400]
             await send(message)
 
         try:
@@ -52,9 +60,14 @@ class Guard:
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             metrics.HTTP_REQUESTS.labels(route, str(status)).inc()
-            if route == "/notifications" and scope["method"] == "POST":
+            if ingest:
                 if status == 202:
-                    metrics.ACCEPTED.inc()
                     metrics.INGEST_SECONDS.observe(time.perf_counter() - started)
                 else:
-                    metrics.REJECTED.labels(str(status)).inc()
+                    metrics.REFUSED.labels(refusal_reason(status, code)).inc()
+
+
+def refusal_reason(status: int, body: bytes) -> str:
+    """The error body's ``code`` (SPEC §2 errors), or ``http_<status>`` when there is none."""
+    match = _CODE.search(body)
+    return match.group(1).decode() if match else f"http_{status}"

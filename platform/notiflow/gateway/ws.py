@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import suppress
@@ -13,11 +14,12 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
+from notiflow import metrics
 from notiflow.errors import StoreUnavailable
 from notiflow.gateway.deps import services
 from notiflow.gateway.hub import Connection
 from notiflow.gateway.protocol import MAX_ACK_IDS, PONG, ClientFrame, CloseCode, FrameError
-from notiflow.models import user_id_problem
+from notiflow.models import frame_created_at, user_id_problem
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -115,6 +117,10 @@ async def _write(ws: WebSocket, conn: Connection) -> None:
         while True:
             frame = await conn.queue.get()
             await ws.send_text(frame)
+            accepted_at = frame_created_at(frame)
+            if accepted_at is not None:
+                metrics.FRAMES.inc()
+                metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - accepted_at))
 
 
 async def _close(ws: WebSocket, code: CloseCode) -> None:

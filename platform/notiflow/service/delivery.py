@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from notiflow import metrics
 from notiflow.backoff import compute_backoff_ms
 from notiflow.config import Settings
 from notiflow.errors import DownstreamError, NotiflowError, StoreUnavailable
@@ -106,6 +108,8 @@ class DeliveryService:
                 await sql.record_outcomes(conn, unique, self._node)
 
         await retry_conflicts(write)
+        for o in unique:
+            metrics.ATTEMPTS.labels(o.channel, o.outcome).inc()
         retries = [
             (retry_member(o.notification_id, o.user_id, Channel(o.channel)), o.retry_at_ms or 0)
             for o in unique if o.status == "retrying"
@@ -189,12 +193,16 @@ class DeliveryService:
         if w.expired:
             return self._done(w, Channel.WEBHOOK, "expired", "expired", started)
         async with self._hook_slots:
+            clock = time.perf_counter()
             try:
                 await self._webhooks.send(w)
             except DownstreamError as exc:
+                metrics.WEBHOOK_SECONDS.labels("retry").observe(time.perf_counter() - clock)
                 return self.failure(w, Channel.WEBHOOK, str(exc), retry_after_s=exc.retry_after_s, started=started)
             except NotiflowError as exc:
+                metrics.WEBHOOK_SECONDS.labels("rejected").observe(time.perf_counter() - clock)
                 return self.failure(w, Channel.WEBHOOK, str(exc), permanent=True, started=started)
+            metrics.WEBHOOK_SECONDS.labels("ok").observe(time.perf_counter() - clock)
         return self._done(w, Channel.WEBHOOK, "succeeded", "succeeded", started)
 
     # --- poison -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from notiflow import metrics
 from notiflow.batching import Batcher
 from notiflow.config import Settings
 from notiflow.errors import BackpressureError, IdempotencyConflict, StoreUnavailable
@@ -95,7 +96,9 @@ class IngestService:
         entries = self._entry_count(item)
         self._in_flight += entries
         try:
-            return await self._batcher.submit(item)
+            answer = await self._batcher.submit(item)
+            metrics.ACCEPTED.inc()
+            return answer
         finally:
             self._in_flight -= entries
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from notiflow import metrics
 from notiflow.batching import Batcher
 from notiflow.config import Settings
 from notiflow.errors import NotFound
@@ -65,7 +66,9 @@ class QueryService:
                     return await sql.ack_ids(conn, user_id, ids)
                 return await sql.ack_up_to(conn, user_id, up_to_seq or 0)
 
-        return await retry_conflicts(write)
+        n = await retry_conflicts(write)
+        metrics.ACKS.labels("http").inc(n)
+        return n
 
     async def ack_from_socket(self, user_id: str, ids: list[uuid.UUID]) -> None:
         """Acks arriving over sockets are batched across sockets into one statement."""
@@ -74,11 +77,11 @@ class QueryService:
     async def _flush_acks(self, frames: list[tuple[str, list[uuid.UUID]]]) -> list[int | BaseException]:
         pairs = list(dict.fromkeys((user, nid) for user, ids in frames for nid in ids))
 
-        async def write() -> None:
+        async def write() -> int:
             async with pg_errors("socket acks"), self._pool.acquire() as conn:
-                await sql.ack_pairs(conn, pairs)
+                return await sql.ack_pairs(conn, pairs)
 
-        await retry_conflicts(write)
+        metrics.ACKS.labels("socket").inc(await retry_conflicts(write))
         return [len(ids) for _, ids in frames]
 
     async def open_for_users(self, user_ids: list[str], per_user: int) -> list[dict[str, Any]]:

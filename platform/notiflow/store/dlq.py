@@ -30,6 +30,7 @@ UPDATE deliveries SET webhook_status = 'pending', webhook_attempts = 0, webhook_
 WHERE notification_id = $1 AND user_id = $2 AND webhook_status = 'dead'
 """
 _DELETE = "DELETE FROM dlq WHERE id = $1"
+_COUNT_OPEN = "SELECT count(*) FROM dlq WHERE replayed_at IS NULL"
 _PURGE = "DELETE FROM dlq WHERE ($1::timestamptz IS NULL OR failed_at < $1)"
 
 
@@ -56,3 +57,8 @@ async def delete_entry(conn: Any, entry_id: int) -> bool:
 
 async def purge(conn: Any, older_than: Any = None) -> int:
     return int(str(await conn.execute(_PURGE, older_than)).rsplit(" ", 1)[-1])
+
+
+async def count_open(conn: Any) -> int:
+    """Entries not replayed (an index-only count over dlq_listing)."""
+    return int(await conn.fetchval(_COUNT_OPEN))

@@ -12,6 +12,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import Pool
 
+from notiflow import metrics
 from notiflow.errors import StoreUnavailable
 
 __all__ = ["Pool", "connect_pool", "pg_errors", "retry_conflicts"]
@@ -43,6 +44,7 @@ async def pg_errors(what: str) -> AsyncIterator[None]:
         raise
     except Exception as exc:
         if _is_transient(exc):
+            metrics.PG_ERRORS.labels(what).inc()
             raise StoreUnavailable(f"postgresql: {what}: {type(exc).__name__}: {exc}") from exc
         raise
 

@@ -10,6 +10,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from notiflow import metrics
 from notiflow.errors import StoreUnavailable
 
 Redis = aioredis.Redis
@@ -39,10 +40,13 @@ async def redis_errors(what: str) -> AsyncIterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+        metrics.REDIS_ERRORS.labels(what).inc()
         raise StoreUnavailable(f"redis: {what}: {type(exc).__name__}: {exc}") from exc
     except ResponseError as exc:
         if str(exc).startswith(("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY")):
+            metrics.REDIS_ERRORS.labels(what).inc()
             raise StoreUnavailable(f"redis: {what}: {exc}") from exc
         raise
     except RedisError as exc:
+        metrics.REDIS_ERRORS.labels(what).inc()
         raise StoreUnavailable(f"redis: {what}: {type(exc).__name__}: {exc}") from exc

@@ -179,6 +179,31 @@ class WorkStream:
         async with redis_errors("epoch"):
             return bool(await self._r.set(self.epoch_key, uuid.uuid4().hex, nx=True))
 
+    async def figures(self) -> dict[str, int]:
+        """Stream length, the group's pending entries and lag, and the retry schedule's depth: one round trip."""
+        async with redis_errors("stream figures"):
+            pipe = self._r.pipeline(transaction=False)
+            pipe.xlen(self.stream)
+            pipe.zcard(self.retry_key)
+            pipe.xinfo_groups(self.stream)
+            length, scheduled, groups = await pipe.execute(raise_on_error=False)
+        for value in (length, scheduled):
+            if isinstance(value, Exception):
+                raise value
+        # No stream yet (nothing accepted since Redis started): no group, nothing pending.
+        group: dict[str, Any] = {}
+        if isinstance(groups, list):
+            group = next((g for g in groups if g.get("name") == GROUP), {})
+        lag, pending = group.get("lag"), int(group.get("pending") or 0)
+        return {
+            "stream_length": int(length),
+            "stream_pending": pending,
+            # Redis reports no lag when it cannot tell (after XDELs); the stream holds only unfinished work,
+            # so what is in it and not pending is what the group has not read yet.
+            "group_lag": int(lag) if lag is not None else max(0, int(length) - pending),
+            "retry_scheduled": int(scheduled),
+        }
+
     async def info(self) -> dict[str, Any]:
         async with redis_errors("info"):
             pipe = self._r.pipeline(transaction=False)

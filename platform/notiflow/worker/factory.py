@@ -9,11 +9,14 @@ from notiflow.config import Settings
 from notiflow.service.delivery import DeliveryService
 from notiflow.service.queries import QueryService
 from notiflow.service.reconciler import Reconciler
+from notiflow.service.retention import RetentionService
+from notiflow.service.telemetry import Telemetry
 from notiflow.store.pool import Pool, connect_pool
 from notiflow.streams.budget import HostBudget
 from notiflow.streams.client import Redis, connect_redis
 from notiflow.streams.presence import Presence
 from notiflow.streams.pubsub import Router
+from notiflow.streams.stats import StatsBoard
 from notiflow.streams.work import WorkStream
 from notiflow.webhook import WebhookClient
 from notiflow.worker.retry import RetryWorker
@@ -41,7 +44,9 @@ async def stream_worker(settings: Settings) -> AsyncIterator[StreamWorker]:
                 settings, pool, work, Presence(redis, settings), Router(redis, settings), webhooks,
                 HostBudget(redis, settings),
             )
-            yield StreamWorker(settings, deliveries, work)
+            telemetry = Telemetry(settings, work, pool, StatsBoard(redis, settings), role="stream-worker",
+                                  read_stores=False)
+            yield StreamWorker(settings, deliveries, work, telemetry)
         finally:
             await webhooks.aclose()
 
@@ -50,7 +55,10 @@ async def stream_worker(settings: Settings) -> AsyncIterator[StreamWorker]:
 async def retry_worker(settings: Settings) -> AsyncIterator[RetryWorker]:
     async with _stores(settings, pg_max=2) as (pool, redis):
         work = WorkStream(redis, settings)
-        yield RetryWorker(settings, work, Reconciler(settings, pool, work))
+        telemetry = Telemetry(settings, work, pool, StatsBoard(redis, settings), role="retry-worker",
+                              read_stores=True)
+        yield RetryWorker(settings, work, Reconciler(settings, pool, work), telemetry,
+                          RetentionService(settings, pool))
 
 
 @asynccontextmanager

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from notiflow import metrics
 from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
 from notiflow.service.reconciler import Reconciler
+from notiflow.service.retention import RetentionService
+from notiflow.service.telemetry import Telemetry
 from notiflow.streams.work import WorkStream
 from notiflow.worker.lifecycle import drain, pause
 
@@ -15,14 +18,23 @@ log = logging.getLogger(__name__)
 
 
 class RetryWorker:
-    def __init__(self, settings: Settings, work: WorkStream, reconciler: Reconciler) -> None:
+    def __init__(
+        self, settings: Settings, work: WorkStream, reconciler: Reconciler, telemetry: Telemetry | None = None,
+        retention: RetentionService | None = None,
+    ) -> None:
         self._s = settings
         self._work = work
         self._reconciler = reconciler
+        self._telemetry = telemetry
+        self._retention = retention
         self.moved = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        reconcile = asyncio.create_task(self._reconcile_loop(stop), name="reconcile")
+        housekeeping = [asyncio.create_task(self._reconcile_loop(stop), name="reconcile")]
+        if self._retention:
+            housekeeping.append(asyncio.create_task(self._retention.run(stop), name="retention"))
+        if self._telemetry:
+            self._telemetry.start()
         poll_s = self._s.retry_poll_ms / 1000
         while not stop.is_set():
             try:
@@ -32,14 +44,20 @@ class RetryWorker:
                 await pause(stop, 1.0)
                 continue
             self.moved += n
+            metrics.RETRIES_MOVED.inc(n)
             if n < self._s.retry_batch:  # a full batch means more are due: go again at once
                 await pause(stop, poll_s)
-        await drain([reconcile], self._s.shutdown_grace_s)
+        await drain(housekeeping, self._s.shutdown_grace_s)
+        if self._telemetry:
+            await self._telemetry.close()
 
     async def _reconcile_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 done = await self._reconciler.run_once()
+                for kind, n in done.items():
+                    if n:
+                        metrics.REPAIRS.labels(kind).inc(n)
                 if any(done.values()):
                     log.info("reconciled", extra=done)
             except StoreUnavailable as exc:

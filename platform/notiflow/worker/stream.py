@@ -7,10 +7,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from notiflow import metrics
 from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
 from notiflow.models import Channel, Outcome, StreamEntry
 from notiflow.service.delivery import DeliveryService
+from notiflow.service.telemetry import Telemetry
 from notiflow.streams.work import WorkStream
 from notiflow.worker.lifecycle import drain, pause
 
@@ -22,8 +24,11 @@ Process = Callable[[list[StreamEntry]], Awaitable[list[Outcome]]]
 
 
 class StreamWorker:
-    def __init__(self, settings: Settings, deliveries: DeliveryService, work: WorkStream) -> None:
+    def __init__(
+        self, settings: Settings, deliveries: DeliveryService, work: WorkStream, telemetry: Telemetry | None = None
+    ) -> None:
         self._s = settings
+        self._telemetry = telemetry
         self._d = deliveries
         self._work = work
         self._consumer = settings.node_id
@@ -36,6 +41,8 @@ class StreamWorker:
     async def run(self, stop: asyncio.Event) -> None:
         await self._work.ensure_group()
         reclaimer = asyncio.create_task(self._reclaim_loop(stop), name="reclaim")
+        if self._telemetry:
+            self._telemetry.start()
         delay_s = 0.1
         while not stop.is_set():
             try:
@@ -51,6 +58,8 @@ class StreamWorker:
         # Intake has stopped; let webhook calls in flight finish within the grace period.
         reclaimer.cancel()
         await drain([reclaimer, *self._hooks], self._s.shutdown_grace_s)
+        if self._telemetry:
+            await self._telemetry.close()
 
     async def handle(self, raw: list[Raw]) -> None:
         sockets: list[Parsed] = []
@@ -97,6 +106,7 @@ class StreamWorker:
             return
         await self._ack([i for i, _ in items])
         self.processed += len(items)
+        metrics.ENTRIES.inc(len(items))
 
     async def _ack(self, entry_ids: list[str]) -> None:
         try:

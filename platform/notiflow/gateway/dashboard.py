@@ -1,0 +1,37 @@
+"""The live dashboard: one self-contained page (inline CSS and JS, no CDN, no build step) and the JSON
+it polls every second. Operators only: once API keys with scopes exist, both routes need ``admin``
+(attach it as a dependency of ``router``; SPEC §7). The page's replay buttons use the /dlq endpoints."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+
+from notiflow.gateway.deps import services
+from notiflow.gateway.http import JSON
+
+router = APIRouter(tags=["operators"])
+
+
+@cache
+def page() -> str:
+    return resources.files("notiflow.gateway").joinpath("static/dashboard.html").read_text(encoding="utf-8")
+
+
+@router.get("/dashboard", response_class=HTMLResponse, summary="Live dashboard (HTML)")
+async def dashboard() -> Response:
+    return HTMLResponse(page(), headers={"cache-control": "no-store"})
+
+
+@router.get(
+    "/dashboard/stats",
+    summary="Figures of the live dashboard",
+    description="Totals since each process started (accepted, frames sent, acks, ...), summed over every node "
+    "that published within the stats TTL; cumulative delivery-latency buckets; the store gauges; the gateways' "
+    "sockets and users; the first DLQ entries and the last errors. Rates come from two consecutive answers.",
+)
+async def dashboard_stats(request: Request) -> Response:
+    return JSON(await services(request).dashboard.stats(), headers={"cache-control": "no-store"})
