@@ -135,6 +135,20 @@ REDIS_ERRORS = Counter(
 )
 
 
+# Known label values start at 0, so that every series exists before its first event (rate() needs both ends).
+for _via in ("socket", "http"):
+    ACKS.labels(_via)
+for _reason in ("invalid_request", "malformed_json", "body_too_large", "payload_too_large", "backlog_full",
+                "unavailable", "unauthorized", "forbidden"):
+    REFUSED.labels(_reason)
+for _channel, _outcomes in (("socket", ("dispatched", "offline", "failed", "expired", "poison")),
+                            ("webhook", ("succeeded", "failed", "expired", "poison"))):
+    for _outcome in _outcomes:
+        ATTEMPTS.labels(_channel, _outcome)
+for _result in ("ok", "retry", "rejected"):
+    WEBHOOK_SECONDS.labels(_result)
+
+
 def value(name: str, **labels: str) -> float:
     """The current value of one sample of this process's registry (0 when absent)."""
     found = REGISTRY.get_sample_value(name, labels)

@@ -32,6 +32,7 @@ from notiflow.streams.work import WorkStream
 log = logging.getLogger(__name__)
 
 # The process these figures come from: nodes of one process (tests run several) share its counters.
+CLOSE_WAIT_S = 3.0
 PROCESS = f"{os.uname().nodename}-{os.getpid()}"
 
 
@@ -111,25 +112,31 @@ class Telemetry:
         self.store: dict[str, int] = {}
         self.store_at = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     def start(self) -> None:
+        self._stop.clear()
         self._task = asyncio.create_task(self._loop(), name="telemetry")
 
     async def close(self) -> None:
+        """Stop after the round in flight (bounded), cancelling it only if it hangs."""
+        self._stop.set()
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, timeout=CLOSE_WAIT_S)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 await self.tick()
             except StoreUnavailable as exc:
                 log.debug("telemetry round skipped", extra={"error": str(exc)})
             except Exception:
                 log.exception("telemetry round crashed")
-            await asyncio.sleep(self._s.stats_interval_s)
+            # An event rather than a bare cancel: a cancellation landing inside a Redis call may be
+            # absorbed by the client, and the loop would run on.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self._s.stats_interval_s)
 
     async def tick(self) -> None:
         if self._read_stores:

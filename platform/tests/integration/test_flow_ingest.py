@@ -326,7 +326,7 @@ async def test_health_readiness_and_metrics(gateways: Gateways, http: httpx.Asyn
     count = [line for line in text.splitlines() if line.startswith("notiflow_ingest_seconds_count ")]
     assert count and float(count[0].split()[1]) >= 1
     # The registry is per process and other tests post 422s too: at least this one is counted.
-    series = 'notiflow_notifications_rejected_total{status="422"}'
+    series = 'notiflow_notifications_refused_total{reason="invalid_request"}'
     rejected = [line for line in text.splitlines() if line.startswith(series)]
     assert rejected and float(rejected[0].split()[1]) >= 1
 
