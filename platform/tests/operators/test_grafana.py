@@ -17,8 +17,9 @@ def exported() -> set[str]:
     """Every sample name the registry can expose (histogram series included) and the store gauges."""
     out = {name for name, _ in metrics.STORE_GAUGES.values()}
     for family in metrics.REGISTRY.collect():
-        out.update(s.name for s in family.samples)
-        out.add(family.name)
+        # From the definition, not the samples: a labelled series appears only after its first event.
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(family.type, ("",))
+        out.update(family.name + suffix for suffix in suffixes)
     return out
 
 
