@@ -38,7 +38,7 @@ def test_dashboard_is_valid_grafana_json() -> None:
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for p in panels(dash):
         grid = p["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24 and grid["h"] > 0, p["title"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24 and grid["h"] > 0, p["title"]
         if p["type"] != "row":
             assert p["targets"], f"panel {p['title']!r} has no query"
             assert {t["refId"] for t in p["targets"]} == {chr(65 + i) for i in range(len(p["targets"]))}

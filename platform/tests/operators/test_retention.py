@@ -56,7 +56,9 @@ async def add(
     return nid
 
 
-async def dlq_row(conn: asyncpg.Connection, nid: uuid.UUID, user: str, channel: str, replayed_days: float | None) -> int:
+async def dlq_row(
+    conn: asyncpg.Connection, nid: uuid.UUID, user: str, channel: str, replayed_days: float | None
+) -> int:
     replayed = "NULL" if replayed_days is None else f"now() - {replayed_days} * interval '1 day'"
     return int(await conn.fetchval(
         f"INSERT INTO dlq (notification_id, user_id, channel, reason, attempts, replayed_at) "

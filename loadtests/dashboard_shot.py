@@ -1,0 +1,123 @@
+"""Screenshot of the live dashboard under load, for docs/dashboard.png.
+
+Starts its own stack (embedded stores, 2 gateways, 1 stream worker, 1 retry worker), connects WebSocket
+clients that acknowledge what they get, sends notifications at a steady rate (a few with a webhook to a
+downstream that fails, so that the DLQ and the retry schedule have something in them), opens
+``/dashboard`` in headless Chromium (Debian's, driven by Playwright) and takes the screenshot once the
+charts have filled. Loopback only; every phase is bounded in time.
+
+    python loadtests/dashboard_shot.py --rate 300 --duration 60 --out docs/dashboard.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+from notiflow.config import Settings
+from notiflow.devstack import DevStack, free_port, free_port_range
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+async def client(url: str, stop: asyncio.Event) -> None:
+    async with connect(url, proxy=None) as ws:
+        await consume(ws, stop)
+
+
+async def consume(ws: ClientConnection, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            frame = orjson.loads(await asyncio.wait_for(ws.recv(), 1.0))
+        except TimeoutError:
+            continue
+        if frame.get("type") == "notification":
+            await ws.send(orjson.dumps({"type": "ack", "ids": [frame["id"]]}).decode())
+
+
+async def produce(gateways: list[str], users: list[str], rate: float, duration_s: float, dead_hook: str) -> int:
+    """Paced producers (closed loop: a slow gateway slows them down rather than piling requests up)."""
+    workers = 16
+    sent = 0
+    async with httpx.AsyncClient(trust_env=False, timeout=30, limits=httpx.Limits(max_connections=workers)) as http:
+        deadline = time.monotonic() + duration_s
+
+        async def producer(k: int) -> None:
+            nonlocal sent
+            due = time.monotonic() + k / rate
+            while due < deadline:
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                body: dict[str, object] = {"user_id": random.choice(users), "event": "order.shipped",
+                                           "payload": {"n": sent}}
+                if sent % 97 == 0:
+                    body["webhook_url"] = dead_hook
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.post(random.choice(gateways) + "/notifications", json=body)).status_code == 202:
+                        sent += 1
+                due += workers / rate
+
+        await asyncio.gather(*(producer(k) for k in range(workers)))
+    return sent
+
+
+async def shoot(url: str, out: Path, after_s: float, chromium: str) -> None:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=chromium, headless=True, args=FLAGS)
+        page = await browser.new_page(viewport={"width": 1440, "height": 1100})
+        await page.goto(url)
+        await asyncio.sleep(after_s)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(out), full_page=True)
+        await browser.close()
+
+
+async def run(args: argparse.Namespace) -> None:
+    dead = free_port()  # nothing listens there: those webhooks retry, then reach the DLQ
+    settings = Settings(webhook_allowed_hosts=[f"127.0.0.1:{dead}"], max_retries=2, retry_base_ms=2000,
+                        retry_cap_ms=10_000, log_level="WARNING")
+    with DevStack(settings, gateways=2, stream_workers=1, retry_workers=1, base_port=free_port_range(2)) as dev:
+        users = [f"user-{i}" for i in range(args.users)]
+        stop = asyncio.Event()
+        clients = [
+            asyncio.create_task(client(f"{dev.gateway_urls[i % 2].replace('http', 'ws')}/ws/{u}", stop))
+            for i, u in enumerate(users)
+        ]
+        await asyncio.sleep(1)
+        load = asyncio.create_task(produce(dev.gateway_urls, users, args.rate, args.duration,
+                                           f"http://127.0.0.1:{dead}/hook"))
+        print("load started", flush=True)
+        await shoot(f"{dev.gateway_urls[0]}/dashboard", args.out, min(args.duration - 5, args.shot_after),
+                    args.chromium)
+        sent = await load
+        stop.set()
+        for task in clients:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*clients, return_exceptions=True)
+        print(f"{sent} notifications accepted; screenshot in {args.out}", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rate", type=float, default=300, help="notifications per second")
+    p.add_argument("--duration", type=float, default=75, help="seconds of load")
+    p.add_argument("--shot-after", type=float, default=60, help="seconds the page is open before the shot")
+    p.add_argument("--users", type=int, default=100)
+    p.add_argument("--out", type=Path, default=Path("docs/dashboard.png"))
+    p.add_argument("--chromium", default="/usr/bin/chromium")
+    asyncio.run(run(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
