@@ -6,7 +6,7 @@ downstream that fails, so that the DLQ and the retry schedule have something in 
 ``/dashboard`` in headless Chromium (Debian's, driven by Playwright) and takes the screenshot once the
 charts have filled. Loopback only; every phase is bounded in time.
 
-    python loadtests/dashboard_shot.py --rate 300 --duration 60 --out docs/dashboard.png
+    python loadtests/dashboard_shot.py --rate 100 --points 90 --out docs/dashboard.png
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ async def consume(ws: ClientConnection, stop: asyncio.Event) -> None:
             await ws.send(orjson.dumps({"type": "ack", "ids": [frame["id"]]}).decode())
 
 
-async def produce(gateways: list[str], users: list[str], rate: float, duration_s: float, dead_hook: str) -> int:
+async def produce(
+    gateways: list[str], users: list[str], rate: float, duration_s: float, dead_hook: str, stop: asyncio.Event
+) -> int:
     """Paced producers (closed loop: a slow gateway slows them down rather than piling requests up)."""
     workers = 16
     sent = 0
@@ -54,7 +56,7 @@ async def produce(gateways: list[str], users: list[str], rate: float, duration_s
         async def producer(k: int) -> None:
             nonlocal sent
             due = time.monotonic() + k / rate
-            while due < deadline:
+            while due < deadline and not stop.is_set():
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 body: dict[str, object] = {"user_id": random.choice(users), "event": "order.shipped",
                                            "payload": {"n": sent}}
@@ -69,16 +71,21 @@ async def produce(gateways: list[str], users: list[str], rate: float, duration_s
     return sent
 
 
-async def shoot(url: str, out: Path, after_s: float, chromium: str) -> None:
+async def shoot(url: str, out: Path, points: int, chromium: str) -> None:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
+        t0 = time.monotonic()
         browser = await pw.chromium.launch(executable_path=chromium, headless=True, args=FLAGS)
         page = await browser.new_page(viewport={"width": 1440, "height": 1100})
         await page.goto(url)
-        await asyncio.sleep(after_s)
+        print(f"page open after {time.monotonic() - t0:.1f} s", flush=True)
+        # Once the charts hold ``points`` seconds of figures (the page polls every second), bounded.
+        await page.wait_for_function(f"series.stream.length >= {points}", timeout=300_000, polling=1000)
+        print(f"{points} points after {time.monotonic() - t0:.1f} s", flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(out), full_page=True)
+        print("screenshot taken", flush=True)
         await browser.close()
 
 
@@ -95,12 +102,13 @@ async def run(args: argparse.Namespace) -> None:
         ]
         await asyncio.sleep(1)
         load = asyncio.create_task(produce(dev.gateway_urls, users, args.rate, args.duration,
-                                           f"http://127.0.0.1:{dead}/hook"))
+                                           f"http://127.0.0.1:{dead}/hook", stop))
         print("load started", flush=True)
-        await shoot(f"{dev.gateway_urls[0]}/dashboard", args.out, min(args.duration - 5, args.shot_after),
-                    args.chromium)
+        try:
+            await shoot(f"{dev.gateway_urls[0]}/dashboard", args.out, args.points, args.chromium)
+        finally:
+            stop.set()
         sent = await load
-        stop.set()
         for task in clients:
             task.cancel()
         with contextlib.suppress(Exception):
@@ -111,8 +119,8 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, default=300, help="notifications per second")
-    p.add_argument("--duration", type=float, default=75, help="seconds of load")
-    p.add_argument("--shot-after", type=float, default=60, help="seconds the page is open before the shot")
+    p.add_argument("--duration", type=float, default=300, help="longest load, s (it stops at the shot)")
+    p.add_argument("--points", type=int, default=90, help="seconds of figures on the charts at the shot")
     p.add_argument("--users", type=int, default=100)
     p.add_argument("--out", type=Path, default=Path("docs/dashboard.png"))
     p.add_argument("--chromium", default="/usr/bin/chromium")

@@ -155,25 +155,27 @@ def value(name: str, **labels: str) -> float:
     return 0.0 if found is None else float(found)
 
 
-def total(name: str) -> float:
-    """The sum of a metric's samples over every label set (``name`` is the sample name, e.g. ``_total``)."""
-    out = 0.0
-    for metric in REGISTRY.collect():
-        for sample in metric.samples:
-            if sample.name == name:
-                out += sample.value
-    return out
+class Snapshot:
+    """One pass over this process's registry: sums by sample name, and histogram buckets."""
 
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self._buckets: dict[str, dict[float, float]] = {}
+        for metric in REGISTRY.collect():
+            for sample in metric.samples:
+                self.sums[sample.name] = self.sums.get(sample.name, 0.0) + sample.value
+                if sample.name.endswith("_bucket"):
+                    per = self._buckets.setdefault(sample.name.removesuffix("_bucket"), {})
+                    bound = float(sample.labels["le"])
+                    per[bound] = per.get(bound, 0.0) + sample.value
 
-def buckets(name: str) -> list[tuple[float, float]]:
-    """A histogram's cumulative buckets as (upper bound, count), ``+Inf`` last; summed over labels."""
-    out: dict[float, float] = {}
-    for metric in REGISTRY.collect():
-        for sample in metric.samples:
-            if sample.name == f"{name}_bucket":
-                bound = float(sample.labels["le"])
-                out[bound] = out.get(bound, 0.0) + sample.value
-    return sorted(out.items())
+    def total(self, name: str) -> float:
+        """The sum of a sample name over every label set (``name`` as exposed, e.g. with ``_total``)."""
+        return self.sums.get(name, 0.0)
+
+    def buckets(self, name: str) -> list[tuple[float, float]]:
+        """A histogram's cumulative buckets as (upper bound, count), ``+Inf`` last; summed over labels."""
+        return sorted(self._buckets.get(name, {}).items())
 
 
 @contextmanager

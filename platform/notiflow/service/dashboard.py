@@ -13,7 +13,7 @@ from notiflow.service.telemetry import Telemetry, json_buckets
 # Counters summed once per process (several nodes of one process share its registry).
 _TOTALS = ("accepted", "refused", "frames_sent", "acks", "attempts", "attempts_failed", "retries_moved",
            "pg_errors", "redis_errors")
-DLQ_SHOWN = 20
+DLQ_SHOWN = 10
 ERRORS_SHOWN = 15
 
 

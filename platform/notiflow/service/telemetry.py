@@ -79,18 +79,19 @@ def json_buckets(buckets: list[tuple[float, float]]) -> list[list[float | str]]:
 
 def process_figures() -> dict[str, Any]:
     """This process's counters as the dashboard sums them (totals since the process started)."""
+    snap = metrics.Snapshot()
     return {
-        "accepted": metrics.total("notiflow_notifications_accepted_total"),
-        "refused": metrics.total("notiflow_notifications_refused_total"),
-        "frames_sent": metrics.total("notiflow_ws_frames_sent_total"),
-        "acks": metrics.total("notiflow_acks_total"),
-        "attempts": metrics.total("notiflow_delivery_attempts_total"),
+        "accepted": snap.total("notiflow_notifications_accepted_total"),
+        "refused": snap.total("notiflow_notifications_refused_total"),
+        "frames_sent": snap.total("notiflow_ws_frames_sent_total"),
+        "acks": snap.total("notiflow_acks_total"),
+        "attempts": snap.total("notiflow_delivery_attempts_total"),
         "attempts_failed": metrics.value("notiflow_delivery_attempts_total", channel="socket", outcome="failed")
         + metrics.value("notiflow_delivery_attempts_total", channel="webhook", outcome="failed"),
-        "retries_moved": metrics.total("notiflow_retries_moved_total"),
-        "pg_errors": metrics.total("notiflow_postgres_errors_total"),
-        "redis_errors": metrics.total("notiflow_redis_errors_total"),
-        "latency_buckets": json_buckets(metrics.buckets("notiflow_delivery_latency_seconds")),
+        "retries_moved": snap.total("notiflow_retries_moved_total"),
+        "pg_errors": snap.total("notiflow_postgres_errors_total"),
+        "redis_errors": snap.total("notiflow_redis_errors_total"),
+        "latency_buckets": json_buckets(snap.buckets("notiflow_delivery_latency_seconds")),
     }
 
 
@@ -140,7 +141,11 @@ class Telemetry:
 
     async def tick(self) -> None:
         if self._read_stores:
-            await self.refresh_store()
+            try:
+                await self.refresh_store()
+            except StoreUnavailable as exc:
+                # The node's own figures are still published: in an outage they matter most.
+                log.debug("store figures not refreshed", extra={"error": str(exc)})
         if self._sockets is not None:
             metrics.SOCKETS.set(self._sockets.sockets())
             metrics.USERS.set(len(self._sockets.users()))
