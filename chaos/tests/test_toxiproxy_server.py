@@ -5,6 +5,7 @@ client hides), measured on real bytes through local TCP servers: each toxic does
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import socketserver
 import statistics
@@ -289,6 +290,57 @@ def test_toxicity_zero_never_applies(toxiproxy: Toxiproxy, echo_upstream: str) -
     for _ in range(5):  # decided per connection
         with connect(proxy) as sock:
             assert round_trip_s(sock) < 0.5
+
+
+def test_removing_a_toxic_releases_what_it_held_in_order(toxiproxy: Toxiproxy, echo_upstream: str) -> None:
+    proxy = toxiproxy.create(upstream=echo_upstream, name="heal")
+    with connect(proxy) as sock:
+        round_trip_s(sock)
+        proxy.add_toxic(type="latency", attributes={"latency": 10_000})
+        for word in (b"one,", b"two,", b"three"):
+            sock.sendall(word)
+        healed_at = time.monotonic()
+        proxy.destroy_toxic("latency_downstream")
+        got = b""
+        while len(got) < len(b"one,two,three"):
+            got += sock.recv(100)
+        assert got == b"one,two,three" and time.monotonic() - healed_at < 1.0
+
+
+def test_changing_toxics_on_a_busy_connection_never_loses_or_reorders_a_byte(
+    toxiproxy: Toxiproxy, echo_upstream: str
+) -> None:
+    proxy = toxiproxy.create(upstream=echo_upstream, name="churn")
+    payload = bytes(random.Random(7).randbytes(400_000))
+    received = bytearray()
+    with connect(proxy) as sock:
+
+        def receive() -> None:
+            while len(received) < len(payload):
+                data = sock.recv(65536)
+                if not data:
+                    return
+                received.extend(data)
+
+        reader = threading.Thread(target=receive, daemon=True)
+        reader.start()
+        toxics = [
+            ("latency", "downstream", {"latency": 20, "jitter": 10}),
+            ("slicer", "upstream", {"average_size": 500, "size_variation": 100, "delay": 50}),
+            ("bandwidth", "downstream", {"rate": 2000}),
+            ("latency", "upstream", {"latency": 5}),
+        ]
+        for i in range(0, len(payload), 4000):
+            sock.sendall(payload[i : i + 4000])
+            kind, stream, attributes = toxics[(i // 4000) % len(toxics)]
+            name = f"{kind}_{stream}"
+            if proxy.get_toxic(name) is None:
+                proxy.add_toxic(type=kind, stream=stream, attributes=attributes)
+            else:
+                proxy.destroy_toxic(name)
+        toxiproxy.reset()
+        reader.join(timeout=10)
+    assert len(received) == len(payload) and bytes(received) == payload
 
 
 # The API through the client --------------------------------------------------------------------------------------
