@@ -1,115 +1,40 @@
-"""The Toxiproxy-compatible server, driven only through ``toxiproxy-python`` (and plain httpx for status codes the
-client hides), measured on real bytes through local TCP servers: each toxic does what Toxiproxy's documentation says.
+"""The Toxiproxy-compatible server, driven only through ``toxiproxy-python``, measured on real bytes through local
+TCP servers: each toxic does what Toxiproxy's documentation says, also on connections that are already open.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
-import socket
-import socketserver
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 from toxiproxy import Toxiproxy
 from toxiproxy.exceptions import NotFound, ProxyExists
-from toxiproxy.proxy import Proxy
 
-REPO = Path(__file__).resolve().parents[2]
-IO_TIMEOUT_S = 5.0
+from chaos.tests.toxiproxy_helpers import (
+    BLOB,
+    IO_TIMEOUT_S,
+    Blob,
+    Echo,
+    baseline_s,
+    connect,
+    read_to_eof,
+    round_trip_s,
+    tcp_server,
+    toxiproxy_process,
+)
 
 pytestmark = pytest.mark.timeout(20)
 
 
-# Upstream servers ------------------------------------------------------------------------------------------------
-
-
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        while data := self.request.recv(65536):
-            self.request.sendall(data)
-
-
-class _Blob(socketserver.BaseRequestHandler):
-    """Sends the server's payload, then closes."""
-
-    def handle(self) -> None:
-        self.request.sendall(self.server.payload)  # type: ignore[attr-defined]
-        self.request.shutdown(socket.SHUT_WR)
-        self.request.settimeout(IO_TIMEOUT_S)
-        try:
-            while self.request.recv(65536):  # until the proxy closes its side
-                pass
-        except OSError:
-            pass
-
-
-def _serve(handler: type[socketserver.BaseRequestHandler], payload: bytes = b"") -> Iterator[str]:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    server.payload = payload  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture(scope="module")
-def echo_upstream() -> Iterator[str]:
-    yield from _serve(_Echo)
-
-
-BLOB = bytes(range(256)) * 400  # 102,400 bytes, a recognisable pattern
-
-
-@pytest.fixture(scope="module")
-def blob_upstream() -> Iterator[str]:
-    yield from _serve(_Blob, BLOB)
-
-
-@pytest.fixture(scope="module")
-def ten_kb_upstream() -> Iterator[str]:
-    yield from _serve(_Blob, BLOB[:10_000])
-
-
-@pytest.fixture(scope="module")
-def bye_upstream() -> Iterator[str]:
-    yield from _serve(_Blob, b"bye")
-
-
-# The server under test -------------------------------------------------------------------------------------------
-
-
 @pytest.fixture(scope="module")
 def api_url() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chaos.toxiproxy", "--host", "127.0.0.1", "--port", "0"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # printed once the API accepts connections
-        assert "listening on" in line, f"server did not start: {line!r}, exit {proc.poll()}"
-        yield "http://" + line.rsplit(" ", 1)[1].strip()
-    finally:
-        proc.terminate()
-        try:
-            assert proc.wait(timeout=10) == 0, "SIGTERM must stop the server cleanly"
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with toxiproxy_process() as url:
+        yield url
 
 
 @pytest.fixture
@@ -121,44 +46,28 @@ def toxiproxy(api_url: str) -> Iterator[Toxiproxy]:
     client.destroy_all()
 
 
-@pytest.fixture
-def http(api_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api_url, timeout=IO_TIMEOUT_S) as client:
-        yield client
+@pytest.fixture(scope="module")
+def echo_upstream() -> Iterator[str]:
+    with tcp_server(Echo) as address:
+        yield address
 
 
-# Helpers ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def blob_upstream() -> Iterator[str]:
+    with tcp_server(Blob, BLOB) as address:
+        yield address
 
 
-def connect(proxy: Proxy) -> socket.socket:
-    host, port = proxy.listen.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=IO_TIMEOUT_S)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+@pytest.fixture(scope="module")
+def ten_kb_upstream() -> Iterator[str]:
+    with tcp_server(Blob, BLOB[:10_000]) as address:
+        yield address
 
 
-def round_trip_s(sock: socket.socket, payload: bytes = b"ping") -> float:
-    started = time.monotonic()
-    sock.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        data = sock.recv(65536)
-        assert data, "connection closed during a round trip"
-        got += data
-    assert got == payload
-    return time.monotonic() - started
-
-
-def read_to_eof(sock: socket.socket) -> tuple[bytes, list[int], float]:
-    """Everything until EOF, the size of each read, and the time EOF came (monotonic)."""
-    chunks: list[bytes] = []
-    while data := sock.recv(65536):
-        chunks.append(data)
-    return b"".join(chunks), [len(c) for c in chunks], time.monotonic()
-
-
-def baseline_s(sock: socket.socket) -> float:
-    return statistics.median(round_trip_s(sock) for _ in range(5))
+@pytest.fixture(scope="module")
+def bye_upstream() -> Iterator[str]:
+    with tcp_server(Blob, b"bye") as address:
+        yield address
 
 
 # Toxics on real bytes --------------------------------------------------------------------------------------------
@@ -372,101 +281,3 @@ def test_reset_enables_every_proxy_and_removes_every_toxic(toxiproxy: Toxiproxy,
     for proxy in (first, second):
         with connect(proxy) as sock:
             assert round_trip_s(sock) < 0.5
-
-
-# Status codes and shapes the client hides -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def clean(http: httpx.Client) -> Iterator[httpx.Client]:
-    yield http
-    for name in http.get("/proxies").json():
-        http.delete(f"/proxies/{name}")
-
-
-def _error(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "status"} and body["status"] == status, body
-    return str(body["error"])
-
-
-def test_proxy_crud_status_codes_and_shapes(clean: httpx.Client, echo_upstream: str) -> None:
-    http = clean
-    created = http.post("/proxies", json={"name": "crud", "upstream": echo_upstream})
-    assert created.status_code == 201
-    body = created.json()
-    assert set(body) == {"name", "listen", "upstream", "enabled", "toxics"}
-    assert body["enabled"] is True and body["toxics"] == [] and not body["listen"].endswith(":0")
-    assert _error(http.post("/proxies", json={"name": "crud", "upstream": echo_upstream}), 409) == (
-        "proxy already exists"
-    )
-    assert "upstream" in _error(http.post("/proxies", json={"name": "x"}), 400)
-    assert "bad request body" in _error(http.post("/proxies", content=b"{not json"), 400)
-    assert set(http.get("/proxies").json()) == {"crud"}
-    assert _error(http.get("/proxies/nope"), 404) == "proxy not found"
-    patched = http.patch("/proxies/crud", json={"enabled": False})
-    assert patched.status_code == 200 and patched.json()["enabled"] is False
-    assert patched.json()["listen"] == body["listen"]
-    assert http.delete("/proxies/crud").status_code == 204
-    assert _error(http.delete("/proxies/crud"), 404) == "proxy not found"
-    assert http.get("/version").json()["version"].startswith("2.")
-    assert _error(http.put("/proxies", json={}), 405)
-
-
-def test_toxic_status_codes_and_shapes(clean: httpx.Client, echo_upstream: str) -> None:
-    http = clean
-    http.post("/proxies", json={"name": "tox", "upstream": echo_upstream}).raise_for_status()
-    added = http.post("/proxies/tox/toxics", json={"type": "latency", "attributes": {"latency": 5}})
-    assert added.status_code == 200
-    assert added.json() == {
-        "name": "latency_downstream",
-        "type": "latency",
-        "stream": "downstream",
-        "toxicity": 1.0,
-        "attributes": {"latency": 5, "jitter": 0},
-    }
-    assert _error(http.post("/proxies/tox/toxics", json={"type": "latency"}), 409) == "toxic already exists"
-    assert _error(http.post("/proxies/tox/toxics", json={"type": "nope"}), 400) == "invalid toxic type"
-    assert "stream" in _error(http.post("/proxies/tox/toxics", json={"type": "latency", "stream": "sideways"}), 400)
-    bad = {"type": "bandwidth", "attributes": {"rate": "fast"}}
-    assert "rate" in _error(http.post("/proxies/tox/toxics", json=bad), 400)
-    assert "toxicity" in _error(http.post("/proxies/tox/toxics", json={"type": "slicer", "toxicity": 2}), 400)
-    assert _error(http.post("/proxies/nope/toxics", json={"type": "latency"}), 404) == "proxy not found"
-    updated = http.patch("/proxies/tox/toxics/latency_downstream", json={"attributes": {"jitter": 2}})
-    assert updated.json()["attributes"] == {"latency": 5, "jitter": 2}
-    assert http.get("/proxies/tox/toxics").json() == [updated.json()]
-    assert http.get("/proxies/tox").json()["toxics"] == [updated.json()]
-    assert _error(http.get("/proxies/tox/toxics/nope"), 404) == "toxic not found"
-    assert http.delete("/proxies/tox/toxics/latency_downstream").status_code == 204
-    assert _error(http.delete("/proxies/tox/toxics/latency_downstream"), 404) == "toxic not found"
-    assert http.post("/reset").status_code == 204
-
-
-def test_populate_creates_keeps_and_replaces(clean: httpx.Client, echo_upstream: str, blob_upstream: str) -> None:
-    http = clean
-    first = http.post("/populate", json=[{"name": "pop", "upstream": echo_upstream}])
-    assert first.status_code == 201
-    [proxy] = first.json()["proxies"]
-    again = http.post("/populate", json=[{"name": "pop", "upstream": echo_upstream, "listen": proxy["listen"]}])
-    assert again.status_code == 201 and again.json()["proxies"] == [proxy]  # same listen and upstream: kept
-    moved = http.post("/populate", json=[{"name": "pop", "upstream": blob_upstream, "listen": proxy["listen"]}])
-    assert moved.status_code == 201 and moved.json()["proxies"][0]["upstream"] == blob_upstream
-    assert "name at proxy 2" in _error(http.post("/populate", json=[{"name": "a", "upstream": "x:1"}, {}]), 400)
-    assert "a" not in http.get("/proxies").json()  # the whole list is checked before anything is created
-
-
-def test_keep_alive_serves_many_requests_on_one_connection(api_url: str) -> None:
-    host, port = api_url.removeprefix("http://").rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=IO_TIMEOUT_S) as sock:
-        for _ in range(3):
-            sock.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += sock.recv(4096)
-            assert head.startswith(b"HTTP/1.1 200 ")
-            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
-            body = head.split(b"\r\n\r\n", 1)[1]
-            while len(body) < length:
-                body += sock.recv(4096)
-            assert b'"version"' in body
