@@ -148,8 +148,8 @@ class Proxy:
         self._connections[conn] = task
         conn.start()
         await conn.done.wait()
-        self._connections.pop(conn, None)
         await conn.close()
+        self._connections.pop(conn, None)  # only now: stop() waits for every task still in there
 
     # Toxics ------------------------------------------------------------------------------------------------------
 
