@@ -68,6 +68,7 @@ def test_proxy_crud_status_codes_and_shapes(http: httpx.Client, echo_upstream: s
     assert _error(http.delete("/proxies/crud"), 404) == "proxy not found"
     assert http.get("/version").json()["version"].startswith("2.")
     assert _error(http.put("/proxies", json={}), 405)
+    assert _error(http.get("/nowhere"), 404)
 
 
 def test_toxic_status_codes_and_shapes(http: httpx.Client, echo_upstream: str) -> None:

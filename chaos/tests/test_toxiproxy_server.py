@@ -90,6 +90,26 @@ def test_latency_adds_its_delay_to_each_round_trip_of_an_open_connection(
         assert round_trip_s(sock) < base + 0.15
 
 
+def test_jitter_spreads_the_latency_within_its_bounds(toxiproxy: Toxiproxy, echo_upstream: str) -> None:
+    proxy = toxiproxy.create(upstream=echo_upstream, name="jitter")
+    proxy.add_toxic(type="latency", attributes={"latency": 200, "jitter": 100})
+    with connect(proxy) as sock:
+        trips = [round_trip_s(sock) for _ in range(6)]
+    assert all(0.1 <= trip <= 0.3 + 0.25 for trip in trips), trips
+    assert max(trips) - min(trips) > 0.01, trips  # six draws from +/- 100 ms are not all the same
+
+
+def test_an_unreachable_upstream_closes_the_client(toxiproxy: Toxiproxy) -> None:
+    with tcp_server(Echo) as address:
+        pass  # the port is now closed
+    proxy = toxiproxy.create(upstream=address, name="nowhere")
+    with connect(proxy) as sock:
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(100) == b""
+        assert time.monotonic() - started < 1.0
+
+
 def test_bandwidth_10_kb_per_s_takes_about_a_second_for_10_kb(toxiproxy: Toxiproxy, ten_kb_upstream: str) -> None:
     proxy = toxiproxy.create(upstream=ten_kb_upstream, name="bandwidth")
     with connect(proxy) as sock:

@@ -183,13 +183,19 @@ class Slicer(Toxic):
 
     def bounds(self, start: int, end: int) -> list[int]:
         """Slice end offsets for data[start:end], splitting about in half until slices are small enough."""
-        average, variation = max(self["average_size"], 1), max(self["size_variation"], 0)
+        ends: list[int] = []
+        self._cut(start, end, max(self["average_size"], 1), max(self["size_variation"], 0), ends)
+        return ends
+
+    def _cut(self, start: int, end: int, average: int, variation: int, ends: list[int]) -> None:
         if end - start - average <= variation:
-            return [end]
+            ends.append(end)
+            return
         mid = start + (end - start) // 2
         if variation > 0:
             mid = min(max(mid + random.randint(-variation, variation - 1), start + 1), end - 1)
-        return self.bounds(start, mid) + self.bounds(mid, end)
+        self._cut(start, mid, average, variation, ends)
+        self._cut(mid, end, average, variation, ends)
 
     async def pipe(self, stub: Stub) -> None:
         delay_s = self["delay"] / 1_000_000
