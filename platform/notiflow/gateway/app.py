@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     pool = await connect_pool(settings.database_url_required, max_size=settings.pg_pool_max)
-    redis = connect_redis(settings.redis_url_required)
+    redis = connect_redis(
+        settings.redis_url_required, max_connections=settings.redis_pool_max,
+        wait_timeout_s=settings.redis_pool_timeout_s,
+    )
     work = WorkStream(redis, settings)
     hub = Hub(drop_every=settings.fault_drop_ws_every)
     queries = QueryService(settings, pool, work)
