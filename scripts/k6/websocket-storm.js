@@ -1,0 +1,177 @@
+// k6 scenario: a WebSocket storm. USERS sockets open at the same moment and hold; each pings every second;
+// notifications flow to them meanwhile.
+//
+// What it proves: every socket of the storm registers (the server closes none: a full Redis pool used to
+// close some with 1011 at registration), every ping is answered (`checks` rate 1.0), the pong round trip
+// and the connect time stay low, and every notification sent to a connected user is received live
+// (notifications_lost == 0).
+//
+//   PROFILE=ci BASE_URL=http://127.0.0.1:8000 k6 run scripts/k6/websocket-storm.js     # 200 users, 15 s
+//   BASE_URL=http://127.0.0.1:8000,http://127.0.0.1:8001 k6 run scripts/k6/websocket-storm.js  # 500, 60 s
+//
+// Parameters (environment): BASE_URL (one or more comma-separated gateway URLs, loopback only; users spread
+// over them), PROFILE (`ci` or unset), USERS (sockets; ci 200, default 500), DURATION (seconds each socket
+// holds; ci 15, default 60). Notifications: one per second, round k to the users of group k mod 5 (so each
+// user gets one every 5 s), POSTed by one producer VU; a user expects exactly the rounds of its group sent
+// after its socket answered its first ping (registered), and acks each notification as it arrives.
+// Duplicates (at-least-once redelivery) are counted, not gated.
+//
+// Platform settings assumed: the defaults (no auth, NOTIFLOW_WS_QUEUE_MAX >= 5).
+//
+// Calibration (ci profile, `make load`, one gateway + one stream worker + one retry worker, embedded stores,
+// 2-core machine shared with ~7 other busy sessions, so pessimistic): pong p99 see CALIBRATION below. The
+// thresholds are about 5x those figures: a quiet CI machine of the same kind passes them, a platform that
+// loses or refuses work does not (lost, closed-by-server and unanswered pings are gated at exactly zero).
+//   CALIBRATION: ws_pong_rtt p99 = TBD ms, ws_connecting p95 = TBD ms, e2e p99 = TBD ms
+import { check } from 'k6';
+import exec from 'k6/execution';
+import { Counter, Trend } from 'k6/metrics';
+import { clearInterval, setInterval, setTimeout } from 'k6/timers';
+import {
+  CI, TREND_STATS, WebSocket, baseUrls, gatewayFor, intParam, postNotification, requireReady, runTag,
+  sleepUntil, wsUrl,
+} from './lib.js';
+
+const URLS = baseUrls();
+const USERS = intParam('USERS', 200, 500);
+const DURATION_S = intParam('DURATION', 15, 60);
+const CONNECT_S = 4; // the storm itself: every socket should be registered by then
+const DRAIN_S = 3; // after the last round, before the sockets close
+const GROUPS = 5;
+const ROUNDS = Math.max(1, DURATION_S - CONNECT_S - DRAIN_S);
+
+const PONG_P99_MS = intParam('PONG_P99_MS', 250, 250);
+const CONNECT_P95_MS = intParam('CONNECT_P95_MS', 1500, 2500);
+const E2E_P99_MS = intParam('E2E_P99_MS', 500, 500);
+
+const pongRtt = new Trend('ws_pong_rtt', true);
+const e2e = new Trend('e2e_latency', true);
+const expected = new Counter('notifications_expected');
+const received = new Counter('notifications_received');
+const lost = new Counter('notifications_lost');
+const duplicates = new Counter('notifications_duplicate');
+const closedByServer = new Counter('ws_closed_by_server');
+const sent = new Counter('notifications_sent');
+
+export const options = {
+  scenarios: {
+    sockets: {
+      executor: 'per-vu-iterations', exec: 'socket', vus: USERS, iterations: 1,
+      maxDuration: `${DURATION_S + 30}s`, gracefulStop: '10s',
+    },
+    producer: {
+      executor: 'per-vu-iterations', exec: 'produce', vus: 1, iterations: 1,
+      maxDuration: `${DURATION_S + 30}s`,
+    },
+  },
+  thresholds: {
+    checks: ['rate==1'],
+    ws_closed_by_server: ['count==0'],
+    notifications_lost: ['count==0'],
+    notifications_received: ['count>0'],
+    ws_pong_rtt: [`p(99)<${PONG_P99_MS}`],
+    ws_connecting: [`p(95)<${CONNECT_P95_MS}`],
+    e2e_latency: [`p(99)<${E2E_P99_MS}`],
+    http_req_failed: ['rate==0'],
+  },
+  summaryTrendStats: TREND_STATS,
+};
+
+export function setup() {
+  requireReady(URLS);
+  return { run: runTag(), t0: Date.now() };
+}
+
+const roundAt = (t0, k) => t0 + (CONNECT_S + k) * 1000;
+
+export function produce(data) {
+  for (let k = 0; k < ROUNDS; k++) {
+    sleepUntil(roundAt(data.t0, k));
+    const users = [];
+    for (let i = k % GROUPS; i < USERS; i += GROUPS) {
+      users.push(`k6storm-${data.run}-${i}`);
+    }
+    const res = postNotification(gatewayFor(URLS, k), {
+      user_ids: users, event: 'k6.storm', payload: { run: data.run, round: k, sent_ms: Date.now() },
+    });
+    check(res, { 'notification accepted (202)': (r) => r.status === 202 });
+    sent.add(1);
+  }
+}
+
+export function socket(data) {
+  const index = exec.scenario.iterationInTest;
+  const user = `k6storm-${data.run}-${index}`;
+  const closeAt = roundAt(data.t0, ROUNDS - 1) + DRAIN_S * 1000;
+  const pingsOut = []; // send times of pings not yet answered (pongs come back in order)
+  const rounds = new Set();
+  let pings = 0;
+  let pongs = 0;
+  let registeredAt = null;
+  let closing = false;
+  let ticker = null;
+
+  const ws = new WebSocket(wsUrl(gatewayFor(URLS, index), user));
+  const ping = () => {
+    pingsOut.push(Date.now());
+    pings += 1;
+    ws.send('{"type":"ping"}');
+  };
+  ws.onopen = () => {
+    ping();
+    ticker = setInterval(ping, 1000);
+    // The last ping goes out a second before the close, so that its pong can still arrive.
+    setTimeout(() => clearInterval(ticker), Math.max(0, closeAt - Date.now() - 1000));
+    setTimeout(() => {
+      closing = true;
+      ws.close();
+    }, Math.max(0, closeAt - Date.now()));
+  };
+  ws.onmessage = (event) => {
+    const now = Date.now();
+    const frame = JSON.parse(event.data);
+    if (frame.type === 'pong') {
+      pongs += 1;
+      pongRtt.add(now - pingsOut.shift());
+      if (registeredAt === null) {
+        registeredAt = now;
+      }
+      return;
+    }
+    if (frame.type !== 'notification' || !frame.payload || frame.payload.run !== data.run) {
+      return;
+    }
+    ws.send(JSON.stringify({ type: 'ack', ids: [frame.id] }));
+    if (rounds.has(frame.payload.round)) {
+      duplicates.add(1);
+      return;
+    }
+    rounds.add(frame.payload.round);
+    received.add(1);
+    e2e.add(now - frame.payload.sent_ms);
+  };
+  ws.onerror = (e) => console.warn(`socket ${user}: ${e.error}`);
+  ws.onclose = () => {
+    clearInterval(ticker);
+    if (!closing) {
+      closedByServer.add(1);
+    }
+    let want = 0;
+    let missing = 0;
+    for (let k = index % GROUPS; k < ROUNDS; k += GROUPS) {
+      if (registeredAt !== null && roundAt(data.t0, k) >= registeredAt) {
+        want += 1;
+        if (!rounds.has(k)) {
+          missing += 1;
+        }
+      }
+    }
+    expected.add(want);
+    lost.add(missing);
+    check(null, {
+      'socket registered (answered a ping)': () => registeredAt !== null,
+      'every ping answered': () => pings > 0 && pongs === pings,
+      'socket held until the end (not closed by the server)': () => closing,
+    });
+  };
+}
