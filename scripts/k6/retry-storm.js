@@ -93,7 +93,7 @@ function epochMs(iso) {
 
 export function setup() {
   requireReady(URLS);
-  return { run: runTag() };
+  return { users: DELIVERIES, run: runTag() };
 }
 
 export default function (data) {
