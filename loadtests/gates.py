@@ -118,6 +118,24 @@ def row(o: Outcome) -> list[str]:
     return [o.name, verdict, *text, "; ".join(o.crossed) or "-"]
 
 
+# The figures each script's thresholds were calibrated on (see their headers): printed for recalibration.
+FIGURES = {
+    "websocket-storm.js": [
+        ("ws_pong_rtt", "p(99)"), ("ws_connecting", "p(95)"), ("ws_registration", "p(95)"), ("e2e_latency", "p(99)"),
+    ],
+    "notification-fanout.js": [("e2e_latency", "p(99)"), ("ws_connecting", "p(95)")],
+    "reconnect-chaos.js": [("e2e_latency", "p(99)"), ("ws_reconnects", "count")],
+    "retry-storm.js": [("dlq_latency", "max"), ("retry_rate_peak_per_s", "max"), ("retry_rate_mean_per_s", "max")],
+}
+
+
+def figures(o: Outcome) -> dict[str, object]:
+    if o.name == "locust":
+        s = o.metrics.get("summary", {})
+        return {k: s.get(k) for k in ("p99_ms", "e2e_p99_ms", "requests", "failures")}
+    return {f"{m} {stat}": o.metric(m, stat) for m, stat in FIGURES.get(o.name, [])}
+
+
 def table(outcomes: list[Outcome]) -> str:
     head = ["gate", "result", "users", "messages", "p50 ms", "p99 ms", "lost", "dups", "failed thresholds"]
     rows = [head, *(row(o) for o in outcomes)]
@@ -154,7 +172,10 @@ def main() -> int:
     for o in failed:
         print(f"\n===== {o.name} failed (exit {o.returncode}); its output:\n{o.output[-6000:]}")
     print(f"\nload gates ({time.monotonic() - started:.0f} s):\n{table(outcomes)}")
-    print(json.dumps({"gates": {o.name: o.passed for o in outcomes}, "failed": [o.name for o in failed]}))
+    print(json.dumps({
+        "gates": {o.name: o.passed for o in outcomes}, "failed": [o.name for o in failed],
+        "figures": {o.name: figures(o) for o in outcomes},
+    }))
     return 1 if failed or not outcomes else 0
 
 

@@ -14,7 +14,7 @@ Three kinds of simulated users:
   response time is the end-to-end latency from the producer's timestamp in the payload.
 
 Fail criteria (headless runs; they set the exit code): failure ratio over ``NOTIFLOW_LOCUST_MAX_FAIL_RATIO``
-(default 0), aggregated p99 over ``NOTIFLOW_LOCUST_P99_MS`` (default 500), and lost > 0, where lost counts the
+(default 0), aggregated p99 over ``NOTIFLOW_LOCUST_P99_MS`` (default 1000), and lost > 0, where lost counts the
 notifications sent to a registered socket that it did not receive live, judged for those sent at least
 ``DRAIN_S`` before the socket closed. The last line of a run's log is one JSON object with the figures.
 
@@ -47,7 +47,7 @@ from locust.exception import StopUser
 POOL = int(os.environ.get("NOTIFLOW_LOCUST_USERS", "500"))
 PRODUCERS = int(os.environ.get("NOTIFLOW_LOCUST_PRODUCERS", "5"))
 MAX_FAIL_RATIO = float(os.environ.get("NOTIFLOW_LOCUST_MAX_FAIL_RATIO", "0"))
-P99_MS = float(os.environ.get("NOTIFLOW_LOCUST_P99_MS", "500"))
+P99_MS = float(os.environ.get("NOTIFLOW_LOCUST_P99_MS", "1000"))
 DRAIN_S = 2.0
 JSON = {"Content-Type": "application/json"}
 RUN = secrets.token_hex(3)

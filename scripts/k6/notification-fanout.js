@@ -32,7 +32,7 @@ const FANOUT = intParam('FANOUT', 300, 500);
 const ROUNDS = Math.max(1, intParam('DURATION', 8, 30));
 const CONNECT_S = 5; // every socket opens and registers before the first round
 const DRAIN_S = 5;
-const E2E_P99_MS = intParam('E2E_P99_MS', 1500, 1500);
+const E2E_P99_MS = intParam('E2E_P99_MS', 1000, 1000);
 
 const e2e = new Trend('e2e_latency', true);
 const expected = new Counter('notifications_expected');

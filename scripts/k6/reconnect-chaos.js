@@ -35,7 +35,7 @@ const ROUND_MS = 250;
 const GROUPS = 5;
 const ROUNDS = Math.max(1, Math.floor((DURATION_S * 1000) / ROUND_MS));
 const DRAIN_S = 3; // after the last round: frames in flight land before the queues are read
-const E2E_P99_MS = intParam('E2E_P99_MS', 1500, 1500);
+const E2E_P99_MS = intParam('E2E_P99_MS', 1000, 1000);
 
 const e2e = new Trend('e2e_latency', true);
 const expected = new Counter('notifications_expected');

@@ -6,8 +6,8 @@
 //   `webhook`) within its bound: the longest full-jitter backoff schedule plus the time the per-host retry
 //   budget needs for all the retries, plus SLACK_S;
 // - no delivery is attempted more than MAX_RETRIES + 1 times, and none goes dead before using them all;
-// - the downstream never sees a retry storm: the busiest second of retries (attempt >= 2, by their
-//   recorded start time) stays under RETRY_RATE_PER_HOST plus a margin for second boundaries.
+// - the downstream never sees a retry storm: from the retries' recorded start times (attempt >= 2), the
+//   busiest second stays within 2 x RETRY_RATE_PER_HOST and the mean rate within RETRY_RATE_PER_HOST + 10%.
 //
 //   PROFILE=ci BASE_URL=http://127.0.0.1:8000 SINK_URL=http://127.0.0.1:9999/fail MAX_RETRIES=3 \
 //       RETRY_CAP_MS=400 k6 run scripts/k6/retry-storm.js                          # 40 deliveries
@@ -37,7 +37,7 @@ const MAX_RETRIES = intParam('MAX_RETRIES', 3, 3);
 const BASE_MS = intParam('RETRY_BASE_MS', 100, 100);
 const CAP_MS = intParam('RETRY_CAP_MS', 400, 400);
 const RATE = intParam('RETRY_RATE_PER_HOST', 20, 20);
-const SLACK_S = intParam('SLACK_S', 5, 5);
+const SLACK_S = intParam('SLACK_S', 8, 8);
 const SINK_URL = (__ENV.SINK_URL || '').replace(/\/+$/, '');
 if (!/^http:\/\/(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d+)?(\/.*)?$/.test(SINK_URL)) {
   throw new Error(`SINK_URL must be a loopback http URL of a failing downstream, got '${SINK_URL}'`);
@@ -52,8 +52,11 @@ for (let k = 1; k <= MAX_RETRIES; k++) {
 const BUDGET_MS = Math.ceil((DELIVERIES * MAX_RETRIES * 1000) / RATE);
 const BOUND_MS = scheduleMs + BUDGET_MS + SLACK_S * 1000;
 const WAIT_S = intParam('DURATION', Math.ceil(BOUND_MS / 1000) + 10, Math.ceil(BOUND_MS / 1000) + 10);
-// A retry admitted at the end of one budget second may record its start in the next.
-const PEAK_RATE = Math.ceil(RATE * 1.5);
+// The budget is a fixed window per second at grant time, and a granted call may start a little later (the
+// worker's webhook concurrency), so one recorded second can hold up to two windows' worth: the peak is held to
+// twice the rate, and the mean over the whole retry period (retries / (span + 1 s)) to the rate plus 10%.
+const PEAK_RATE = 2 * RATE;
+const MEAN_RATE = 1.1 * RATE;
 
 const toDlq = new Trend('dlq_latency', true); // accepted -> last attempt finished, per delivery
 const attemptsT = new Trend('webhook_attempts');
@@ -78,6 +81,7 @@ export const options = {
     deliveries: [`count>=${DELIVERIES}`],
     dlq_latency: [`max<${BOUND_MS}`],
     retry_rate_peak_per_s: [`max<=${PEAK_RATE}`],
+    retry_rate_mean_per_s: [`max<=${MEAN_RATE}`],
     webhook_attempts: [`max<=${MAX_RETRIES + 1}`, `min>=${MAX_RETRIES + 1}`],
     http_req_failed: ['rate==0'],
   },
@@ -192,7 +196,7 @@ export default function (data) {
   retryRate.add(counts.length ? Math.max(...counts) : 0);
   if (retryStarts.length > 1) {
     const spanS = (Math.max(...retryStarts) - Math.min(...retryStarts)) / 1000;
-    retryRateMean.add(retryStarts.length / Math.max(1, spanS));
+    retryRateMean.add(retryStarts.length / (spanS + 1));
   }
   check(null, { 'every delivery recorded': () => Object.keys(finalRows).length === ids.length });
 }
