@@ -3,6 +3,7 @@ headless against it, one summary table, and a non-zero exit if any gate failed.
 
     python loadtests/gates.py                          # what `make load` runs
     python loadtests/gates.py --gateways 1 --only websocket-storm.js,locust
+    python loadtests/gates.py --profile default        # the longer default profiles (about 5 minutes)
     python loadtests/gates.py --base-url http://127.0.0.1:8000 --sink-url http://127.0.0.1:9/fail  # no stack
 
 The stack: `notiflow dev --gateways 2 --stream-workers 1 --retry-workers 1` in a temporary directory on free
@@ -33,7 +34,7 @@ from notiflow.devstack import free_port_range
 
 RETRIES = {"MAX_RETRIES": "3", "RETRY_BASE_MS": "100", "RETRY_CAP_MS": "400", "WEBHOOK_RETRY_RATE_PER_HOST": "20"}
 SCRIPTS = ["websocket-storm.js", "notification-fanout.js", "reconnect-chaos.js", "retry-storm.js"]
-LOCUST_USERS, LOCUST_S = 40, 15
+LOCUST = {"ci": (40, 15), "default": (100, 60)}  # (users, seconds)
 
 
 @contextlib.contextmanager
@@ -76,8 +77,8 @@ def dev_stack(gateways: int, sink_host: str, workdir: Path) -> Iterator[list[str
         stores.cleanup()
 
 
-def run_gates(urls: list[str], sink_url: str, only: set[str] | None) -> list[Outcome]:
-    base = {"BASE_URL": ",".join(urls), "PROFILE": "ci"}
+def run_gates(urls: list[str], sink_url: str, only: set[str] | None, profile: str = "ci") -> list[Outcome]:
+    base = {"BASE_URL": ",".join(urls), "PROFILE": profile if profile == "ci" else ""}
     outcomes = []
     for script in SCRIPTS:
         if only and script not in only:
@@ -87,10 +88,11 @@ def run_gates(urls: list[str], sink_url: str, only: set[str] | None) -> list[Out
             env.update(SINK_URL=sink_url, **{k: v for k, v in RETRIES.items() if k != "WEBHOOK_RETRY_RATE_PER_HOST"})
             env["RETRY_RATE_PER_HOST"] = RETRIES["WEBHOOK_RETRY_RATE_PER_HOST"]
         print(f"--- {script}", flush=True)
-        outcomes.append(run_k6(script, env))
+        outcomes.append(run_k6(script, env, timeout_s=600))
     if not only or "locust" in only:
         print("--- locust", flush=True)
-        outcomes.append(run_locust(urls[0], users=LOCUST_USERS, duration_s=LOCUST_S))
+        users, seconds = LOCUST[profile]
+        outcomes.append(run_locust(urls[0], users=users, duration_s=seconds))
     return outcomes
 
 
@@ -150,6 +152,7 @@ def table(outcomes: list[Outcome]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gateways", type=int, default=2)
+    p.add_argument("--profile", choices=["ci", "default"], default="ci", help="the scripts' profile (default: ci)")
     p.add_argument("--only", default="", help="comma-separated gate names (script file names, locust)")
     p.add_argument("--base-url", default="", help="comma-separated gateway URLs of a running stack (no stack)")
     p.add_argument("--sink-url", default="", help="with --base-url: the failing downstream for retry-storm.js")
@@ -158,12 +161,12 @@ def main() -> int:
     only = {x.strip() for x in args.only.split(",") if x.strip()} or None
     started = time.monotonic()
     if args.base_url:
-        outcomes = run_gates(args.base_url.split(","), args.sink_url, only)
+        outcomes = run_gates(args.base_url.split(","), args.sink_url, only, args.profile)
     else:
         workdir = Path(tempfile.mkdtemp(prefix="notiflow-load-"))
         with FailingSink() as sink, dev_stack(args.gateways, sink.host, workdir) as urls:
             print(f"stack up: {', '.join(urls)} (logs {workdir})", flush=True)
-            outcomes = run_gates(urls, sink.url, only)
+            outcomes = run_gates(urls, sink.url, only, args.profile)
         if not args.keep_logs:
             import shutil
 

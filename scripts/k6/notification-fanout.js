@@ -16,8 +16,11 @@
 // Platform settings assumed: the defaults (no auth; NOTIFLOW_FANOUT_CHUNK splits a round over stream
 // entries; NOTIFLOW_WS_QUEUE_MAX >= a few frames).
 //
-// Calibration: see CALIBRATION below; thresholds are about 4x the measured p99.
-//   CALIBRATION: TBD
+// Calibration: `make load` (ci profile: 300 recipients x 8 rounds, 2 gateways, 1 stream worker), 4 runs on
+// the 2-core machine shared with ~7 busy sessions (load average 10-18: pessimistic figures): end-to-end p99
+// 121-568 ms; threshold 1000 ms. Lost and late-registered sockets are gated at exactly zero.
+// Default profile (500 x 30 rounds, `python loadtests/gates.py --profile default`, load average 18):
+// end-to-end p99 1729 ms; threshold 3500 ms.
 import { check, fail } from 'k6';
 import exec from 'k6/execution';
 import { Counter, Trend } from 'k6/metrics';
@@ -32,7 +35,7 @@ const FANOUT = intParam('FANOUT', 300, 500);
 const ROUNDS = Math.max(1, intParam('DURATION', 8, 30));
 const CONNECT_S = 5; // every socket opens and registers before the first round
 const DRAIN_S = 5;
-const E2E_P99_MS = intParam('E2E_P99_MS', 1000, 1000);
+const E2E_P99_MS = intParam('E2E_P99_MS', 1000, 3500);
 
 const e2e = new Trend('e2e_latency', true);
 const expected = new Counter('notifications_expected');

@@ -17,8 +17,11 @@
 //
 // Platform settings assumed: the defaults (no auth).
 //
-// Calibration: see CALIBRATION below.
-//   CALIBRATION: TBD
+// Calibration: `make load` (ci profile: 100 users, ~730 sockets in 12 s, 2 gateways), 4 runs on the 2-core
+// machine shared with ~7 busy sessions (load average 10-18: pessimistic): live end-to-end p99 55-371 ms;
+// threshold 1000 ms. Lost and server-closed sockets are gated at exactly zero.
+// Default profile (300 users, ~5000 sockets in 60 s, `python loadtests/gates.py --profile default`, load
+// average 18): live end-to-end p99 1092 ms; threshold 2500 ms.
 import { check, fail, sleep } from 'k6';
 import exec from 'k6/execution';
 import { Counter, Trend } from 'k6/metrics';
@@ -35,7 +38,7 @@ const ROUND_MS = 250;
 const GROUPS = 5;
 const ROUNDS = Math.max(1, Math.floor((DURATION_S * 1000) / ROUND_MS));
 const DRAIN_S = 3; // after the last round: frames in flight land before the queues are read
-const E2E_P99_MS = intParam('E2E_P99_MS', 1000, 1000);
+const E2E_P99_MS = intParam('E2E_P99_MS', 1000, 2500);
 
 const e2e = new Trend('e2e_latency', true);
 const expected = new Counter('notifications_expected');

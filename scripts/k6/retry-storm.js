@@ -3,8 +3,8 @@
 //
 // What it proves (SPEC I6), from what the platform records (`GET /notifications/{id}`, `GET /dlq`):
 // - every webhook delivery reaches the DLQ (webhook_status `dead`, exactly one DLQ entry of channel
-//   `webhook`) within its bound: the longest full-jitter backoff schedule plus the time the per-host retry
-//   budget needs for all the retries, plus SLACK_S;
+//   `webhook`) within its bound: the longest full-jitter backoff schedule plus 1.2 x the time the per-host
+//   retry budget needs for all the retries, plus SLACK_S;
 // - no delivery is attempted more than MAX_RETRIES + 1 times, and none goes dead before using them all;
 // - the downstream never sees a retry storm: from the retries' recorded start times (attempt >= 2), the
 //   busiest second stays within 2 x RETRY_RATE_PER_HOST and the mean rate within RETRY_RATE_PER_HOST + 10%.
@@ -23,8 +23,13 @@
 // NOTIFLOW_WEBHOOK_RETRY_RATE_PER_HOST equal to the parameters above (a platform started with other values
 // fails this run: that is the point), NOTIFLOW_WEBHOOK_ALLOWED_HOSTS allowing SINK_URL's host.
 //
-// Calibration: see CALIBRATION below.
-//   CALIBRATION: TBD
+// Calibration: `make load` (ci profile: 40 deliveries, MAX_RETRIES 3, base 100 ms, cap 400 ms, 20/s), 4
+// runs on the 2-core machine shared with ~7 busy sessions (load average 10-18: pessimistic): accepted -> DLQ
+// max 5.8-8.6 s against a bound of 0.7 s schedule + 1.2 x 6 s budget + SLACK_S 8 s = 15.9 s; busiest second
+// of retries 20-36 (bound 40), mean 15-18/s (bound 22). With the budget switched off the 120 retries land
+// within about a second; attempts are gated exactly (MAX_RETRIES + 1, no more, no fewer).
+// Default profile (200 deliveries, `python loadtests/gates.py --profile default`, load average 18): DLQ max
+// 33.2 s (bound 0.7 + 36 + 8 = 44.7 s), busiest second 32, mean 18.3/s.
 import { check, fail, sleep } from 'k6';
 import http from 'k6/http';
 import { Counter, Trend } from 'k6/metrics';
@@ -50,7 +55,7 @@ for (let k = 1; k <= MAX_RETRIES; k++) {
   scheduleMs += Math.min(CAP_MS, BASE_MS * 2 ** (k - 1));
 }
 const BUDGET_MS = Math.ceil((DELIVERIES * MAX_RETRIES * 1000) / RATE);
-const BOUND_MS = scheduleMs + BUDGET_MS + SLACK_S * 1000;
+const BOUND_MS = scheduleMs + Math.ceil(1.2 * BUDGET_MS) + SLACK_S * 1000; // +20%: a slow worker uses less
 const WAIT_S = intParam('DURATION', Math.ceil(BOUND_MS / 1000) + 10, Math.ceil(BOUND_MS / 1000) + 10);
 // The budget is a fixed window per second at grant time, and a granted call may start a little later (the
 // worker's webhook concurrency), so one recorded second can hold up to two windows' worth: the peak is held to

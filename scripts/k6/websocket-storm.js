@@ -18,17 +18,21 @@
 //
 // Platform settings assumed: the defaults (no auth, NOTIFLOW_WS_QUEUE_MAX >= 5).
 //
-// Calibration (ci profile, `make load`, one gateway + one stream worker + one retry worker, embedded stores,
-// 2-core machine shared with ~7 other busy sessions, so pessimistic): pong p99 see CALIBRATION below. The
-// thresholds are about 5x those figures: a quiet CI machine of the same kind passes them, a platform that
-// loses or refuses work does not (lost, closed-by-server and unanswered pings are gated at exactly zero).
-//   CALIBRATION: ws_pong_rtt p99 = TBD ms, ws_connecting p95 = TBD ms, e2e p99 = TBD ms
+// Calibration: `make load` (ci profile: 200 users, 2 gateways, 1 stream worker, 1 retry worker, embedded
+// stores), 4 runs on the 2-core machine while ~7 other sessions kept its load average at 10-18, so the
+// figures are pessimistic: steady-state pong p99 31-43 ms (threshold 250), ws_connecting p95 212-1181 ms
+// (threshold 2000, also for registration: open -> first pong), end-to-end p99 43-338 ms (threshold 1000).
+// A quiet machine of the same kind is well inside these; lost, closed-by-server and unanswered pings are
+// gated at exactly zero, whatever the machine.
+// Default profile (500 users, 60 s; `python loadtests/gates.py --profile default`, same machine, load average
+// 18): pong p99 1155 ms, ws_connecting p95 2613 ms, registration p95 1354 ms, end-to-end p99 845 ms; its
+// bounds are 2500 / 5000 / 5000 / 2000 ms (k6's own 500 VUs share the two cores with the platform).
 import { check } from 'k6';
 import exec from 'k6/execution';
 import { Counter, Trend } from 'k6/metrics';
 import { clearInterval, setInterval, setTimeout } from 'k6/timers';
 import {
-  CI, TREND_STATS, WebSocket, baseUrls, gatewayFor, intParam, postNotification, requireReady, runTag,
+  TREND_STATS, WebSocket, baseUrls, gatewayFor, intParam, postNotification, requireReady, runTag,
   sleepUntil, wsUrl,
 } from './lib.js';
 
@@ -40,9 +44,9 @@ const DRAIN_S = 3; // after the last round, before the sockets close
 const GROUPS = 5;
 const ROUNDS = Math.max(1, DURATION_S - CONNECT_S - DRAIN_S);
 
-const PONG_P99_MS = intParam('PONG_P99_MS', 250, 250);
-const CONNECT_P95_MS = intParam('CONNECT_P95_MS', 2000, 4000);
-const E2E_P99_MS = intParam('E2E_P99_MS', 1000, 1000);
+const PONG_P99_MS = intParam('PONG_P99_MS', 250, 2500);
+const CONNECT_P95_MS = intParam('CONNECT_P95_MS', 2000, 5000);
+const E2E_P99_MS = intParam('E2E_P99_MS', 1000, 2000);
 
 const pongRtt = new Trend('ws_pong_rtt', true); // pings sent after the connect phase
 const registration = new Trend('ws_registration', true); // socket open -> first pong (presence written)
