@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,7 +157,7 @@ def main() -> int:
     p.add_argument("--only", default="", help="comma-separated gate names (script file names, locust)")
     p.add_argument("--base-url", default="", help="comma-separated gateway URLs of a running stack (no stack)")
     p.add_argument("--sink-url", default="", help="with --base-url: the failing downstream for retry-storm.js")
-    p.add_argument("--keep-logs", action="store_true", help="print where the stack's logs are and keep them")
+    p.add_argument("--keep-logs", action="store_true", help="keep the stack's logs (kept anyway when a gate failed)")
     args = p.parse_args()
     only = {x.strip() for x in args.only.split(",") if x.strip()} or None
     started = time.monotonic()
@@ -167,9 +168,9 @@ def main() -> int:
         with FailingSink() as sink, dev_stack(args.gateways, sink.host, workdir) as urls:
             print(f"stack up: {', '.join(urls)} (logs {workdir})", flush=True)
             outcomes = run_gates(urls, sink.url, only, args.profile)
-        if not args.keep_logs:
-            import shutil
-
+        if args.keep_logs or not all(o.passed for o in outcomes):
+            print(f"stack logs kept in {workdir}/.notiflow/dev/logs", flush=True)
+        else:
             shutil.rmtree(workdir, ignore_errors=True)
     failed = [o for o in outcomes if not o.passed]
     for o in failed:

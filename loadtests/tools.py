@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,7 @@ def k6_binary() -> Path | None:
     mine = BIN / "k6"
     if mine.exists():
         return mine
-    found = subprocess.run(["which", "k6"], capture_output=True, text=True, check=False).stdout.strip()
+    found = shutil.which("k6")
     return Path(found) if found else None
 
 
