@@ -126,8 +126,8 @@ FIGURES = {
     "websocket-storm.js": [
         ("ws_pong_rtt", "p(99)"), ("ws_connecting", "p(95)"), ("ws_registration", "p(95)"), ("e2e_latency", "p(99)"),
     ],
-    "notification-fanout.js": [("e2e_latency", "p(99)"), ("ws_connecting", "p(95)")],
-    "reconnect-chaos.js": [("e2e_latency", "p(99)"), ("ws_reconnects", "count")],
+    "notification-fanout.js": [("e2e_latency", "p(99)"), ("ws_connecting", "p(95)"), ("producer_lag", "max")],
+    "reconnect-chaos.js": [("e2e_latency", "p(99)"), ("ws_reconnects", "count"), ("producer_lag", "max")],
     "retry-storm.js": [("dlq_latency", "max"), ("retry_rate_peak_per_s", "max"), ("retry_rate_mean_per_s", "max")],
 }
 

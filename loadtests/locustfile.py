@@ -14,13 +14,13 @@ Three kinds of simulated users:
   response time is the end-to-end latency from the producer's timestamp in the payload.
 
 Fail criteria (headless runs; they set the exit code): failure ratio over ``NOTIFLOW_LOCUST_MAX_FAIL_RATIO``
-(default 0), aggregated p99 over ``NOTIFLOW_LOCUST_P99_MS`` (default 1000), and lost > 0, where lost counts the
+(default 0), aggregated p99 over ``NOTIFLOW_LOCUST_P99_MS`` (default 1500), and lost > 0, where lost counts the
 notifications sent to a registered socket that it did not receive live, judged for those sent at least
 ``DRAIN_S`` before the socket closed. The last line of a run's log is one JSON object with the figures.
 
 Calibration: `make load` (headless, -u 40 -r 40 -t 15s: 5 producers, 35 sockets), 4 runs on the 2-core machine
 shared with ~7 busy sessions (load average 10-18, so pessimistic): aggregated p99 71-400 ms, end-to-end p99 39-260
-ms; the p99 bound is 1000 ms. Failures and lost are gated at exactly zero.
+ms; the p99 bound is 1500 ms. Failures and lost are gated at exactly zero.
 
 Other knobs: ``NOTIFLOW_LOCUST_USERS`` (pool of HTTP-only recipients, 500). Only loopback hosts are accepted.
 """
@@ -47,7 +47,7 @@ from locust.exception import StopUser
 POOL = int(os.environ.get("NOTIFLOW_LOCUST_USERS", "500"))
 PRODUCERS = int(os.environ.get("NOTIFLOW_LOCUST_PRODUCERS", "5"))
 MAX_FAIL_RATIO = float(os.environ.get("NOTIFLOW_LOCUST_MAX_FAIL_RATIO", "0"))
-P99_MS = float(os.environ.get("NOTIFLOW_LOCUST_P99_MS", "1000"))
+P99_MS = float(os.environ.get("NOTIFLOW_LOCUST_P99_MS", "1500"))
 DRAIN_S = 2.0
 JSON = {"Content-Type": "application/json"}
 RUN = secrets.token_hex(3)

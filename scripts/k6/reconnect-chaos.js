@@ -11,15 +11,16 @@
 //
 // Parameters (environment): BASE_URL (one or more comma-separated gateway URLs, loopback only; each new
 // socket of a user picks one at random), PROFILE (`ci` or unset), USERS (clients; ci 100, default 300),
-// DURATION (seconds of churn and sending; ci 12, default 60), E2E_P99_MS (threshold on live receipts).
+// DURATION (seconds of churn and sending; ci 12, default 60), E2E_P99_MS (threshold on live receipts),
+// SETTLE_S (longest extra wait for a round the producer sent late; ci 10, default 30).
 // Notifications: round k every 250 ms to the users of group k mod 5, POSTed by one producer VU; every user
 // expects every round of its group, whether it was connected or not.
 //
 // Platform settings assumed: the defaults (no auth).
 //
 // Calibration: `make load` (ci profile: 100 users, ~730 sockets in 12 s, 2 gateways), 4 runs on the 2-core
-// machine shared with ~7 busy sessions (load average 10-18: pessimistic): live end-to-end p99 55-371 ms;
-// threshold 1000 ms. Lost and server-closed sockets are gated at exactly zero.
+// machine shared with ~7 busy sessions (load average 10-22: pessimistic): live end-to-end p99 55-1000 ms
+// (the 1000 at load 22, the producer 4 s behind its schedule); threshold 2000 ms. Lost and server-closed sockets are gated at exactly zero.
 // Default profile (300 users, ~5000 sockets in 60 s, `python loadtests/gates.py --profile default`, load
 // average 18): live end-to-end p99 1092 ms; threshold 2500 ms.
 import { check, fail, sleep } from 'k6';
@@ -38,9 +39,11 @@ const ROUND_MS = 250;
 const GROUPS = 5;
 const ROUNDS = Math.max(1, Math.floor((DURATION_S * 1000) / ROUND_MS));
 const DRAIN_S = 3; // after the last round: frames in flight land before the queues are read
-const E2E_P99_MS = intParam('E2E_P99_MS', 1000, 2500);
+const SETTLE_S = intParam('SETTLE_S', 10, 30); // longest extra wait for rounds the producer sent late
+const E2E_P99_MS = intParam('E2E_P99_MS', 2000, 2500);
 
 const e2e = new Trend('e2e_latency', true);
+const producerLag = new Trend('producer_lag', true); // how far behind its schedule each round was sent
 const expected = new Counter('notifications_expected');
 const received = new Counter('notifications_received'); // live, distinct
 const recovered = new Counter('notifications_from_queue'); // not received live, found in the offline queue
@@ -54,11 +57,11 @@ export const options = {
   scenarios: {
     clients: {
       executor: 'per-vu-iterations', exec: 'client', vus: USERS, iterations: 1,
-      maxDuration: `${DURATION_S + DRAIN_S + 60}s`, gracefulStop: '10s',
+      maxDuration: `${DURATION_S + DRAIN_S + SETTLE_S + 60}s`, gracefulStop: '10s',
     },
     producer: {
       executor: 'per-vu-iterations', exec: 'produce', vus: 1, iterations: 1,
-      maxDuration: `${DURATION_S + DRAIN_S + 60}s`,
+      maxDuration: `${DURATION_S + DRAIN_S + SETTLE_S + 60}s`,
     },
   },
   thresholds: {
@@ -83,6 +86,7 @@ const userOf = (run, i) => `k6chaos-${run}-${i}`;
 export function produce(data) {
   for (let k = 0; k < ROUNDS; k++) {
     sleepUntil(roundAt(data.t0, k));
+    producerLag.add(Date.now() - roundAt(data.t0, k));
     const users = [];
     for (let i = k % GROUPS; i < USERS; i += GROUPS) {
       users.push(userOf(data.run, i));
@@ -102,16 +106,36 @@ export function client(data) {
   const stopAt = roundAt(data.t0, ROUNDS - 1);
   const live = new Set();
 
+  // Live receipts plus the offline queue; read again (up to SETTLE_S) while rounds are missing, since the
+  // producer may have fallen behind its schedule. What is still absent then is lost.
+  const readQueue = () => {
+    const queue = offlineQueue(gatewayFor(URLS, index), user);
+    return queue === null
+      ? null
+      : new Set(queue.filter((n) => n.payload && n.payload.run === data.run).map((n) => n.payload.round));
+  };
+  const complete = (queued) => {
+    for (let k = index % GROUPS; k < ROUNDS; k += GROUPS) {
+      if (!live.has(k) && !queued.has(k)) {
+        return false;
+      }
+    }
+    return true;
+  };
   const finish = () => {
     sleepUntil(stopAt + DRAIN_S * 1000);
-    const queue = offlineQueue(gatewayFor(URLS, index), user);
-    if (!check(queue, { 'offline queue read (every page)': (q) => q !== null })) {
+    let queued = readQueue();
+    while (queued !== null && !complete(queued) && Date.now() < stopAt + (DRAIN_S + SETTLE_S) * 1000) {
+      sleep(1);
+      queued = readQueue();
+    }
+    if (!check(queued, { 'offline queue read (every page)': (q) => q !== null })) {
       return;
     }
-    const queued = new Set(queue.filter((n) => n.payload && n.payload.run === data.run).map((n) => n.payload.round));
     let want = 0;
     let missing = 0;
     let fromQueue = 0;
+    const named = [];
     for (let k = index % GROUPS; k < ROUNDS; k += GROUPS) {
       want += 1;
       if (!live.has(k)) {
@@ -119,8 +143,12 @@ export function client(data) {
           fromQueue += 1;
         } else {
           missing += 1;
+          named.push(k);
         }
       }
+    }
+    if (missing) {
+      console.warn(`lost: user ${user} rounds ${named.slice(0, 5).join(',')}${missing > 5 ? ` (+${missing - 5})` : ''}`);
     }
     expected.add(want);
     recovered.add(fromQueue);
