@@ -87,6 +87,20 @@ export function offlineQueue(url, user) {
   return null;
 }
 
+/**
+ * The producer's last word: one notification `{run, end: true}` to every user, POSTed after its last round.
+ * Per user, seq follows acceptance order, so a receiver that sees the marker (live, or in its offline queue)
+ * knows every round was accepted before it: a late producer is waited for, not counted as loss.
+ */
+export function postEndMarker(url, run, users, event) {
+  const res = postNotification(url, { user_ids: users, event, payload: { run, end: true, sent_ms: Date.now() } });
+  if (res.status !== 202) {
+    throw new Error(`end marker: POST answered ${res.status} ${res.body}`);
+  }
+}
+
+export const isEndMarker = (frame) => Boolean(frame.payload && frame.payload.end);
+
 /** A random tag for this run, so that its user ids never meet an earlier run's notifications. */
 export function runTag() {
   return `${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}`;

@@ -9,8 +9,8 @@
 // Parameters (environment): BASE_URL (one or more comma-separated gateway URLs, loopback only; recipients
 // spread over them), PROFILE (`ci` or unset), FANOUT (recipients of each notification, one socket each;
 // ci 300, default 500), DURATION (seconds of sending, one round per second; ci 8, default 30),
-// E2E_P99_MS (threshold), SETTLE_S (longest extra wait past the planned close for a round the producer
-// sent late; ci 10, default 30). Every socket is registered (answered a ping) before the first round, holds until
+// E2E_P99_MS (threshold), SETTLE_S (a socket missing rounds at its planned close waits for the producer's
+// end marker, sent after its last round, up to this long; ci 30, default 120). Every socket is registered (answered a ping) before the first round, holds until
 // the last round has had DRAIN_S seconds, and acks every frame; a recipient expects every round.
 // Duplicates (at-least-once redelivery) are counted, not gated.
 //
@@ -27,8 +27,8 @@ import exec from 'k6/execution';
 import { Counter, Trend } from 'k6/metrics';
 import { setTimeout } from 'k6/timers';
 import {
-  TREND_STATS, WebSocket, baseUrls, gatewayFor, intParam, postNotification, requireReady, runTag, sleepUntil,
-  wsUrl,
+  TREND_STATS, WebSocket, baseUrls, gatewayFor, intParam, isEndMarker, postEndMarker, postNotification,
+  requireReady, runTag, sleepUntil, wsUrl,
 } from './lib.js';
 
 const URLS = baseUrls();
@@ -36,7 +36,7 @@ const FANOUT = intParam('FANOUT', 300, 500);
 const ROUNDS = Math.max(1, intParam('DURATION', 8, 30));
 const CONNECT_S = 5; // every socket opens and registers before the first round
 const DRAIN_S = 5;
-const SETTLE_S = intParam('SETTLE_S', 10, 30); // longest extra wait for rounds the producer sent late
+const SETTLE_S = intParam('SETTLE_S', 30, 120); // longest wait past the plan for the producer's end marker
 const E2E_P99_MS = intParam('E2E_P99_MS', 2000, 3500);
 
 const e2e = new Trend('e2e_latency', true);
@@ -94,6 +94,7 @@ export function produce(data) {
       fail(`round ${k}: POST answered ${res.status} ${res.body}`);
     }
   }
+  postEndMarker(URLS[0], data.run, users, 'k6.fanout');
 }
 
 export function recipient(data) {
@@ -104,6 +105,7 @@ export function recipient(data) {
   let registeredAt = null;
   let closing = false;
   let closed = false;
+  let endAt = null;
 
   const ws = new WebSocket(wsUrl(gatewayFor(URLS, index), user));
   // A round the producer sent late still counts: wait for it up to SETTLE_S past the planned close.
@@ -111,7 +113,9 @@ export function recipient(data) {
     if (closed) {
       return;
     }
-    if (rounds.size < ROUNDS && Date.now() < closeAt + SETTLE_S * 1000) {
+    const now = Date.now();
+    const settled = endAt !== null && now - endAt >= 1000; // the marker, and a second for stragglers
+    if (rounds.size < ROUNDS && !settled && now < closeAt + SETTLE_S * 1000) {
       setTimeout(closeWhenDone, 500);
       return;
     }
@@ -136,6 +140,10 @@ export function recipient(data) {
       return;
     }
     ws.send(JSON.stringify({ type: 'ack', ids: [frame.id] }));
+    if (isEndMarker(frame)) {
+      endAt = now;
+      return;
+    }
     if (rounds.has(frame.payload.round)) {
       duplicates.add(1);
       return;

@@ -12,7 +12,8 @@
 // Parameters (environment): BASE_URL (one or more comma-separated gateway URLs, loopback only; each new
 // socket of a user picks one at random), PROFILE (`ci` or unset), USERS (clients; ci 100, default 300),
 // DURATION (seconds of churn and sending; ci 12, default 60), E2E_P99_MS (threshold on live receipts),
-// SETTLE_S (longest extra wait for a round the producer sent late; ci 10, default 30).
+// SETTLE_S (a user missing rounds waits for the producer's end marker, sent after its last round, up to
+// this long; ci 30, default 120).
 // Notifications: round k every 250 ms to the users of group k mod 5, POSTed by one producer VU; every user
 // expects every round of its group, whether it was connected or not.
 //
@@ -20,7 +21,8 @@
 //
 // Calibration: `make load` (ci profile: 100 users, ~730 sockets in 12 s, 2 gateways), 4 runs on the 2-core
 // machine shared with ~7 busy sessions (load average 10-22: pessimistic): live end-to-end p99 55-1000 ms
-// (the 1000 at load 22, the producer 4 s behind its schedule); threshold 2000 ms. Lost and server-closed sockets are gated at exactly zero.
+// (the 1000 at load 22, the producer 4 s behind its schedule); threshold 2000 ms. Lost and server-closed
+// sockets are gated at exactly zero.
 // Default profile (300 users, ~5000 sockets in 60 s, `python loadtests/gates.py --profile default`, load
 // average 18): live end-to-end p99 1092 ms; threshold 2500 ms.
 import { check, fail, sleep } from 'k6';
@@ -28,8 +30,8 @@ import exec from 'k6/execution';
 import { Counter, Trend } from 'k6/metrics';
 import { setTimeout } from 'k6/timers';
 import {
-  TREND_STATS, WebSocket, baseUrls, gatewayFor, intParam, offlineQueue, postNotification, requireReady, runTag,
-  sleepUntil, wsUrl,
+  TREND_STATS, WebSocket, baseUrls, gatewayFor, intParam, isEndMarker, offlineQueue, postEndMarker,
+  postNotification, requireReady, runTag, sleepUntil, wsUrl,
 } from './lib.js';
 
 const URLS = baseUrls();
@@ -39,7 +41,7 @@ const ROUND_MS = 250;
 const GROUPS = 5;
 const ROUNDS = Math.max(1, Math.floor((DURATION_S * 1000) / ROUND_MS));
 const DRAIN_S = 3; // after the last round: frames in flight land before the queues are read
-const SETTLE_S = intParam('SETTLE_S', 10, 30); // longest extra wait for rounds the producer sent late
+const SETTLE_S = intParam('SETTLE_S', 30, 120); // longest wait past the plan for the producer's end marker
 const E2E_P99_MS = intParam('E2E_P99_MS', 2000, 2500);
 
 const e2e = new Trend('e2e_latency', true);
@@ -98,6 +100,11 @@ export function produce(data) {
       fail(`round ${k}: POST answered ${res.status} ${res.body}`);
     }
   }
+  const all = [];
+  for (let i = 0; i < USERS; i++) {
+    all.push(userOf(data.run, i));
+  }
+  postEndMarker(URLS[0], data.run, all, 'k6.chaos');
 }
 
 export function client(data) {
@@ -106,13 +113,15 @@ export function client(data) {
   const stopAt = roundAt(data.t0, ROUNDS - 1);
   const live = new Set();
 
-  // Live receipts plus the offline queue; read again (up to SETTLE_S) while rounds are missing, since the
-  // producer may have fallen behind its schedule. What is still absent then is lost.
+  // Live receipts plus the offline queue. While rounds are missing, read again until a read that holds the
+  // producer's end marker (or started after it arrived live), up to SETTLE_S: the producer may have fallen
+  // behind its schedule. What is still absent then is lost.
+  const roundOf = (payload) => (payload.end ? 'end' : payload.round);
   const readQueue = () => {
     const queue = offlineQueue(gatewayFor(URLS, index), user);
     return queue === null
       ? null
-      : new Set(queue.filter((n) => n.payload && n.payload.run === data.run).map((n) => n.payload.round));
+      : new Set(queue.filter((n) => n.payload && n.payload.run === data.run).map((n) => roundOf(n.payload)));
   };
   const complete = (queued) => {
     for (let k = index % GROUPS; k < ROUNDS; k += GROUPS) {
@@ -124,9 +133,12 @@ export function client(data) {
   };
   const finish = () => {
     sleepUntil(stopAt + DRAIN_S * 1000);
+    let endWasLive = live.has('end');
     let queued = readQueue();
-    while (queued !== null && !complete(queued) && Date.now() < stopAt + (DRAIN_S + SETTLE_S) * 1000) {
+    while (queued !== null && !complete(queued) && !endWasLive && !queued.has('end')
+           && Date.now() < stopAt + (DRAIN_S + SETTLE_S) * 1000) {
       sleep(1);
+      endWasLive = live.has('end');
       queued = readQueue();
     }
     if (!check(queued, { 'offline queue read (every page)': (q) => q !== null })) {
@@ -178,6 +190,10 @@ export function client(data) {
       }
       if (!closing) {
         ws.send(JSON.stringify({ type: 'ack', ids: [frame.id] }));
+      }
+      if (isEndMarker(frame)) {
+        live.add('end');
+        return;
       }
       if (live.has(frame.payload.round)) {
         duplicates.add(1);

@@ -11,8 +11,8 @@
 //
 // Parameters (environment): BASE_URL (one or more comma-separated gateway URLs, loopback only; users spread
 // over them), PROFILE (`ci` or unset), USERS (sockets; ci 200, default 500), DURATION (seconds each socket
-// holds; ci 15, default 60), SETTLE_S (longest extra wait past the planned close for a round the producer
-// sent late; ci 10, default 30). Notifications: one per second, round k to the users of group k mod 5 (each
+// holds; ci 15, default 60), SETTLE_S (a socket missing rounds at its planned close waits for the producer's
+// end marker, sent after its last round, up to this long; ci 30, default 120). Notifications: one per second, round k to the users of group k mod 5 (each
 // user gets one every 5 s), POSTed by one producer VU; a user expects exactly the rounds of its group sent
 // after its socket answered its first ping (registered), and acks each notification as it arrives.
 // Duplicates (at-least-once redelivery) are counted, not gated.
@@ -33,8 +33,8 @@ import exec from 'k6/execution';
 import { Counter, Trend } from 'k6/metrics';
 import { clearInterval, setInterval, setTimeout } from 'k6/timers';
 import {
-  TREND_STATS, WebSocket, baseUrls, gatewayFor, intParam, postNotification, requireReady, runTag,
-  sleepUntil, wsUrl,
+  TREND_STATS, WebSocket, baseUrls, gatewayFor, intParam, isEndMarker, postEndMarker, postNotification,
+  requireReady, runTag, sleepUntil, wsUrl,
 } from './lib.js';
 
 const URLS = baseUrls();
@@ -42,7 +42,7 @@ const USERS = intParam('USERS', 200, 500);
 const DURATION_S = intParam('DURATION', 15, 60);
 const CONNECT_S = 4; // the storm itself: every socket should be registered by then
 const DRAIN_S = 3; // after the last round, before the sockets close
-const SETTLE_S = intParam('SETTLE_S', 10, 30); // longest extra wait for rounds the producer sent late
+const SETTLE_S = intParam('SETTLE_S', 30, 120); // longest wait past the plan for the producer's end marker
 const GROUPS = 5;
 const ROUNDS = Math.max(1, DURATION_S - CONNECT_S - DRAIN_S);
 
@@ -107,6 +107,11 @@ export function produce(data) {
     check(res, { 'notification accepted (202)': (r) => r.status === 202 });
     sent.add(1);
   }
+  const all = [];
+  for (let i = 0; i < USERS; i++) {
+    all.push(`k6storm-${data.run}-${i}`);
+  }
+  postEndMarker(URLS[0], data.run, all, 'k6.storm');
 }
 
 export function socket(data) {
@@ -123,6 +128,7 @@ export function socket(data) {
   let openedAt = null;
   let closingAt = null;
   let closed = false;
+  let endAt = null;
   const steadyFrom = roundAt(data.t0, 0);
 
   const ws = new WebSocket(wsUrl(gatewayFor(URLS, index), user));
@@ -147,7 +153,9 @@ export function socket(data) {
     if (closed) {
       return;
     }
-    if (missingRounds().length && Date.now() < closeAt + SETTLE_S * 1000) {
+    const now = Date.now();
+    const settled = endAt !== null && now - endAt >= 1000; // the marker, and a second for stragglers
+    if (missingRounds().length && !settled && now < closeAt + SETTLE_S * 1000) {
       setTimeout(closeWhenDone, 500);
       return;
     }
@@ -180,6 +188,10 @@ export function socket(data) {
       return;
     }
     ws.send(JSON.stringify({ type: 'ack', ids: [frame.id] }));
+    if (isEndMarker(frame)) {
+      endAt = now;
+      return;
+    }
     if (rounds.has(frame.payload.round)) {
       duplicates.add(1);
       return;
