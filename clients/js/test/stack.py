@@ -10,33 +10,49 @@ Run with the venv's python: ``.venv/bin/python clients/js/test/stack.py --gatewa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
 from notiflow.config import Settings
-from notiflow.devstack import DevStack, free_port_range
+from notiflow.devstack import DevStack, DevStackError, EmbeddedPostgres, EmbeddedRedis, free_port_range
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gateways", type=int, default=2)
     args = parser.parse_args()
-    # Short presence TTL: users of a killed node count as offline quickly (the tests kill nodes).
-    settings = Settings(presence_ttl_s=2, retry_base_ms=50, retry_cap_ms=500, reclaim_idle_ms=1000,
-                        shutdown_grace_s=2, log_level="WARNING")
-    stack = DevStack(settings, gateways=args.gateways, base_port=free_port_range(args.gateways))
-    with stack:
-        print(json.dumps({"urls": stack.gateway_urls}), flush=True)
-        for line in sys.stdin:
-            verb, _, name = line.strip().partition(" ")
-            if verb == "kill":
-                stack.kill(name)
-            elif verb == "start":
-                stack.start_process(name)
-            elif verb == "quit":
+    with contextlib.ExitStack() as cleanup:
+        # The stores first, so that their ports are taken before the gateways' range is chosen.
+        redis = cleanup.enter_context(EmbeddedRedis())
+        postgres = cleanup.enter_context(EmbeddedPostgres())
+        # Short presence TTL: users of a killed node count as offline quickly (the tests kill nodes).
+        settings = Settings(redis_url=redis.url, database_url=postgres.url, presence_ttl_s=2, retry_base_ms=50,
+                            retry_cap_ms=500, reclaim_idle_ms=1000, shutdown_grace_s=2, log_level="WARNING")
+        for attempt in range(3):  # the machine is shared: a free port may be taken before a gateway binds it
+            stack = DevStack(settings, gateways=args.gateways, base_port=free_port_range(args.gateways))
+            try:
+                stack.start()
                 break
-            print(json.dumps({"done": line.strip()}), flush=True)
+            except DevStackError:
+                if attempt == 2:
+                    raise
+        cleanup.callback(stack.stop)
+        serve(stack)
     return 0
+
+
+def serve(stack: DevStack) -> None:
+    print(json.dumps({"urls": stack.gateway_urls}), flush=True)
+    for line in sys.stdin:
+        verb, _, name = line.strip().partition(" ")
+        if verb == "kill":
+            stack.kill(name)
+        elif verb == "start":
+            stack.start_process(name)
+        elif verb == "quit":
+            break
+        print(json.dumps({"done": line.strip()}), flush=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
+from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -44,6 +46,9 @@ _GIVE_UP: dict[int, str] = {
     CloseCode.BAD_USER_ID: "invalid user id", 4403: "token is for another user", 1009: "frame too large",
 }
 _PING = orjson.dumps({"type": "ping"}).decode()
+# Socket acks are not confirmed: those sent this recently when a socket dies are sent again (acks are
+# idempotent), since the node may have died before it committed them.
+ACK_RESEND_S = 5.0
 
 
 class _Link:
@@ -55,6 +60,13 @@ class _Link:
         self.held: list[Notification] | None = []  # None: live mode, frames go straight to the consumer
         self.held_overflow = False
         self.pong = asyncio.Event()
+        self.sent_acks: deque[tuple[float, list[str]]] = deque()
+
+    def sent(self, ids: list[str]) -> None:
+        now = time.monotonic()
+        self.sent_acks.append((now, ids))
+        while self.sent_acks[0][0] < now - ACK_RESEND_S:
+            self.sent_acks.popleft()
 
 
 class NotiflowClient:
@@ -241,6 +253,9 @@ class NotiflowClient:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                     await reader
+                for _sent_at, ids in link.sent_acks:
+                    self._acks.extend(ids)
+                link.sent_acks.clear()
 
     @staticmethod
     async def _until(waiting: Any, reader: asyncio.Task[None], *, timeout_s: float) -> None:
@@ -332,6 +347,7 @@ class NotiflowClient:
                         except ConnectionClosed:
                             self._acks[:0] = batch
                             raise
+                        link.sent(batch)
                 else:
                     await self._flush_http()
             except (ConnectionClosed, Unavailable, AuthFailed) as exc:
