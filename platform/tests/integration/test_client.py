@@ -4,6 +4,7 @@ catch-up over several pages, resume after a restart, acks, close codes that give
 from __future__ import annotations
 
 import asyncio
+
 import httpx
 import pytest
 from helpers import wait_for
