@@ -22,22 +22,20 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
-from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import quote
 
 import httpx
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from notiflow.backoff import compute_backoff_ms
+from notiflow.client.api import Api, Link
 from notiflow.client.auth import Auth
 from notiflow.client.tracker import SeenTracker
-from notiflow.client.types import AuthFailed, ClientGaveUp, Notification, TakenHook, Token, Unavailable
+from notiflow.client.types import AuthFailed, ClientError, ClientGaveUp, Notification, TakenHook, Token, Unavailable
 from notiflow.gateway.protocol import MAX_ACK_IDS, CloseCode
 
 log = logging.getLogger("notiflow.client")
@@ -46,27 +44,6 @@ _GIVE_UP: dict[int, str] = {
     CloseCode.BAD_USER_ID: "invalid user id", 4403: "token is for another user", 1009: "frame too large",
 }
 _PING = orjson.dumps({"type": "ping"}).decode()
-# Socket acks are not confirmed: those sent this recently when a socket dies are sent again (acks are
-# idempotent), since the node may have died before it committed them.
-ACK_RESEND_S = 5.0
-
-
-class _Link:
-    """One open socket: live frames held back while the offline queue is read, and the pong barrier."""
-
-    def __init__(self, ws: ClientConnection, url: str) -> None:
-        self.ws = ws
-        self.url = url
-        self.held: list[Notification] | None = []  # None: live mode, frames go straight to the consumer
-        self.held_overflow = False
-        self.pong = asyncio.Event()
-        self.sent_acks: deque[tuple[float, list[str]]] = deque()
-
-    def sent(self, ids: list[str]) -> None:
-        now = time.monotonic()
-        self.sent_acks.append((now, ids))
-        while self.sent_acks[0][0] < now - ACK_RESEND_S:
-            self.sent_acks.popleft()
 
 
 class NotiflowClient:
@@ -99,7 +76,7 @@ class NotiflowClient:
         http: httpx.AsyncClient | None = None,
         on_taken: TakenHook | None = None,
     ) -> None:
-        self.urls = [urls] if isinstance(urls, str) else [u.rstrip("/") for u in urls]
+        self.urls = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls)]
         if not self.urls:
             raise ValueError("give at least one gateway URL")
         self.user_id = user_id
@@ -114,13 +91,14 @@ class NotiflowClient:
         self._gap_check_s = gap_check_s
         self._own_http = http is None
         self._http = http or httpx.AsyncClient(timeout=10.0)
+        self._api = Api(self._http, self._auth, user_id)
         self._on_taken = on_taken
         self._queue: asyncio.Queue[Notification] = asyncio.Queue(maxsize=buffer)
         self._untaken: set[str] = set()
         self._last_taken: Notification | None = None
         self._acks: list[str] = []
         self._ack_wake = asyncio.Event()
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._index = random.randrange(len(self.urls))
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: asyncio.Task[None] | None = None
@@ -149,7 +127,7 @@ class NotiflowClient:
                 await task
         try:
             await asyncio.wait_for(self._flush_http(), timeout=5.0)
-        except (TimeoutError, Unavailable, AuthFailed) as err:
+        except (TimeoutError, ClientError) as err:
             log.warning("acks not flushed at close; they stay in the offline queue", extra={"error": str(err)})
         if self._own_http:
             await self._http.aclose()
@@ -216,7 +194,7 @@ class NotiflowClient:
             await asyncio.sleep(compute_backoff_ms(failures - 1, base_ms=base, cap_ms=cap) / 1000)
 
     async def _session(self, url: str) -> None:
-        ws_url = url.replace("http", "ws", 1) + f"/ws/{self._path_user}"
+        ws_url = url.replace("http", "ws", 1) + f"/ws/{self._api.user_path}"
         token = await self._auth.token()
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
@@ -227,7 +205,7 @@ class NotiflowClient:
                 raise AuthFailed(exc.response.status_code, "socket refused") from None
             raise
         async with ws:
-            link = _Link(ws, url)
+            link = Link(ws, url)
             reader = asyncio.create_task(self._read(link))
             try:
                 await ws.send(_PING)
@@ -269,7 +247,7 @@ class NotiflowClient:
         if task not in done:
             raise TimeoutError("no pong from the gateway")
 
-    async def _read(self, link: _Link) -> None:
+    async def _read(self, link: Link) -> None:
         async for raw in link.ws:
             frame = orjson.loads(raw)
             kind = frame.get("type")
@@ -289,7 +267,7 @@ class NotiflowClient:
             elif kind == "error":
                 log.warning("gateway reported a bad frame", extra={"message": frame.get("message")})
 
-    async def _catch_up(self, link: _Link) -> None:
+    async def _catch_up(self, link: Link) -> None:
         """Every page of the offline queue after the watermark, merged with held live frames in seq order."""
         while True:
             link.held = link.held or []
@@ -298,8 +276,7 @@ class NotiflowClient:
             after = self.tracker.watermark
             highest = after
             while True:
-                page = await self._get_json(link.url, f"/notifications/offline/{self._path_user}",
-                                            {"after_seq": after, "limit": self._page_size})
+                page = await self._api.offline(link.url, after, self._page_size)
                 rows: list[Notification] = page["notifications"]
                 if rows:
                     highest = rows[-1]["seq"]
@@ -361,31 +338,5 @@ class NotiflowClient:
             await self._post_ack({"ids": batch})
             del self._acks[: len(batch)]
 
-    # -- HTTP ---------------------------------------------------------------------------------------
-
-    @property
-    def _path_user(self) -> str:
-        return quote(self.user_id, safe="")
-
     async def _post_ack(self, body: dict[str, Any]) -> None:
-        url = self._link.url if self._link else self.urls[self._index % len(self.urls)]
-        await self._request("POST", url, f"/notifications/offline/{self._path_user}/ack", json=body)
-
-    async def _get_json(self, base: str, path: str, params: dict[str, Any]) -> dict[str, Any]:
-        answer: dict[str, Any] = await self._request("GET", base, path, params=params)
-        return answer
-
-    async def _request(self, method: str, base: str, path: str, **kwargs: Any) -> Any:
-        token = await self._auth.token()
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        try:
-            resp = await self._http.request(method, base + path, headers=headers, **kwargs)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"{method} {base}{path}: {exc!r}") from None
-        if resp.status_code in (401, 403):
-            raise AuthFailed(resp.status_code, f"{method} {path} answered {resp.status_code}")
-        if resp.status_code >= 500 or resp.status_code == 429:
-            raise Unavailable(f"{method} {base}{path} answered {resp.status_code}")
-        if resp.status_code >= 400:
-            raise ClientGaveUp(resp.status_code, f"{method} {path} answered {resp.status_code}: {resp.text[:200]}")
-        return resp.json()
+        await self._api.ack(self._link.url if self._link else self.urls[self._index % len(self.urls)], body)
