@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from notiflow import metrics
 from notiflow.config import Settings
 from notiflow.errors import ApiError, BackpressureError, StoreUnavailable
-from notiflow.gateway import http, ws
+from notiflow.gateway import http, openapi, ws
 from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
@@ -99,4 +99,5 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.SOCKETS.set(len(app.state.services.hub.connections()))
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    openapi.document(app)
     return app
