@@ -7,7 +7,7 @@ import asyncio
 import signal
 import sys
 
-from .api import VERSION, serve
+from .api import VERSION, ToxiproxyServer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,15 +22,10 @@ async def run(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    server, collection = await serve(host, port)
-    bound = server.sockets[0].getsockname()
-    # One line on stdout once the API accepts connections: whoever started us may wait for it.
-    print(f"toxiproxy {VERSION} API listening on {bound[0]}:{bound[1]}", flush=True)
-    try:
+    async with ToxiproxyServer(host, port) as server:
+        # One line on stdout once the API accepts connections: whoever started us may wait for it.
+        print(f"toxiproxy {VERSION} API listening on {server.host}:{server.port}", flush=True)
         await stop.wait()
-    finally:
-        server.close()
-        await collection.close()
 
 
 def main(argv: list[str] | None = None) -> int:

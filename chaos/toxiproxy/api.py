@@ -139,14 +139,26 @@ class ApiServer:
 
     def __init__(self, collection: ProxyCollection) -> None:
         self.collection = collection
+        self._clients: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
+
+    async def close(self) -> None:
+        """Close every API connection and wait for its handler (idle keep-alive ones included)."""
+        clients, self._clients = self._clients, {}
+        for writer in clients:
+            writer.close()
+        await asyncio.gather(*clients.values(), return_exceptions=True)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients[writer] = task
         try:
             while await self._one_request(reader, writer):
                 pass
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
+            self._clients.pop(writer, None)
             writer.close()
 
     async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
@@ -195,9 +207,34 @@ async def _respond(writer: asyncio.StreamWriter, status: int, body: Any, *, keep
     await writer.drain()
 
 
-async def serve(host: str, port: int) -> tuple[asyncio.Server, ProxyCollection]:
-    """Start the API (and, through it, any proxies) on host:port; the caller closes both."""
-    collection = ProxyCollection()
-    api = ApiServer(collection)
-    server = await asyncio.start_server(api.handle, host, port, limit=MAX_HEADER_BYTES)
-    return server, collection
+class ToxiproxyServer:
+    """The whole server: the API on host:port and the proxies it manages. ``async with`` starts and stops it."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8474) -> None:
+        self.host, self.port = host, port
+        self.proxies = ProxyCollection()
+        self._api = ApiServer(self.proxies)
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._api.handle, self.host, self.port, limit=MAX_HEADER_BYTES)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop listening, drop every proxy's connections, close the API's connections."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        await self.proxies.close()
+        await self._api.close()
+
+    async def __aenter__(self) -> ToxiproxyServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()

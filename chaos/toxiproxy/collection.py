@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from .proxy import PROXY_EXISTS, PROXY_NOT_FOUND, ApiError, Proxy, resolve
@@ -49,6 +50,7 @@ def _required(body: dict[str, Any], key: str, where: str = "") -> str:
 class ProxyCollection:
     def __init__(self) -> None:
         self.proxies: dict[str, Proxy] = {}
+        self._lock = asyncio.Lock()  # proxies are created, replaced and deleted one request at a time
 
     def get(self, name: str) -> Proxy:
         try:
@@ -61,13 +63,14 @@ class ProxyCollection:
         name, upstream = _required(body, "name"), _required(body, "upstream")
         listen = _string(body, "listen", DEFAULT_LISTEN)
         enabled = _bool(body, "enabled", True)
-        if name in self.proxies:
-            raise ApiError(*PROXY_EXISTS)
-        proxy = Proxy(name, listen, upstream)
-        if enabled:
-            await proxy.start()
-        self.proxies[name] = proxy
-        return proxy
+        async with self._lock:
+            if name in self.proxies:
+                raise ApiError(*PROXY_EXISTS)
+            proxy = Proxy(name, listen, upstream)
+            if enabled:
+                await proxy.start()
+            self.proxies[name] = proxy
+            return proxy
 
     async def populate(self, body: Any) -> tuple[list[Proxy], ApiError | None]:
         """Create or replace each proxy; one that already exists with the same listen and upstream is kept as is."""
@@ -86,11 +89,12 @@ class ProxyCollection:
                 )
             )
         done: list[Proxy] = []
-        for name, listen, upstream, enabled in wanted:
-            try:
-                done.append(await self._add_or_replace(name, listen, upstream, enabled))
-            except ApiError as exc:
-                return done, exc
+        async with self._lock:
+            for name, listen, upstream, enabled in wanted:
+                try:
+                    done.append(await self._add_or_replace(name, listen, upstream, enabled))
+                except ApiError as exc:
+                    return done, exc
         return done, None
 
     async def _add_or_replace(self, name: str, listen: str, upstream: str, enabled: bool) -> Proxy:
@@ -119,10 +123,11 @@ class ProxyCollection:
         return proxy
 
     async def delete(self, name: str) -> None:
-        proxy = self.get(name)
-        del self.proxies[name]
-        async with proxy.lock:
-            await proxy.stop()
+        async with self._lock:
+            proxy = self.get(name)
+            del self.proxies[name]
+            async with proxy.lock:
+                await proxy.stop()
 
     async def reset(self) -> None:
         for proxy in list(self.proxies.values()):

@@ -14,7 +14,8 @@ import contextlib
 import socket
 import struct
 
-from .toxics import Chunk, Queue, Stub, ToxicSpec
+from .stream import Chunk, Queue, Stub
+from .toxics import ToxicSpec
 
 READ_SIZE = 32 * 1024
 BUFFER_LIMIT = 8 * 1024 * 1024  # bytes read but not yet written, per link, before the reader waits
@@ -60,7 +61,7 @@ class Link:
         stub = Stub(spec.name, self, asyncio.Queue(), self._sink)
         last.output = stub.input
         self._stubs.append(stub)
-        stub.start(spec.build(), spec.toxicity)
+        stub.start(spec.instantiate())
 
     def add_toxic(self, spec: ToxicSpec) -> None:
         self._append(spec)
@@ -70,7 +71,7 @@ class Link:
             if stub.name == spec.name:
                 await stub.stop()
                 if not stub.closed:
-                    stub.start(spec.build(), spec.toxicity)
+                    stub.start(spec.instantiate())
 
     async def remove_toxic(self, spec: ToxicSpec) -> None:
         index = next((i for i, stub in enumerate(self._stubs) if stub.name == spec.name), None)
@@ -79,7 +80,8 @@ class Link:
         stub = self._stubs[index]
         await stub.stop()  # the toxic put what it held on its output
         index = self._stubs.index(stub)  # the chain may have grown while we waited
-        stub.toxic.cleanup(stub)
+        if stub.toxic is not None:
+            stub.toxic.cleanup(stub)
         if not stub.closed:
             while not stub.input.empty():  # what it had not read yet goes on, ahead of anything newer
                 stub.output.put_nowait(stub.input.get_nowait())
@@ -102,8 +104,13 @@ class Link:
         try:
             while True:
                 data = await self._source.read(READ_SIZE)
-                if not data:
+                if not data or self.dest.is_closing():
                     break
+                if not self._stubs and self._sink.empty():
+                    # No toxic to apply and nothing queued to overtake: skip the writer task (half the cost).
+                    self.dest.write(data)
+                    await self.dest.drain()
+                    continue
                 self._inflight += len(data)
                 self._head.send(Chunk(data, loop.time()))
                 if self._inflight > BUFFER_LIMIT:
@@ -184,4 +191,3 @@ def _abort_with_rst(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
-

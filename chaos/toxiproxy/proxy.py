@@ -62,7 +62,8 @@ class Proxy:
         self.toxics: dict[str, list[ToxicSpec]] = {stream: [] for stream in STREAMS}
         self.lock = asyncio.Lock()  # one API change at a time per proxy
         self._server: asyncio.Server | None = None
-        self._connections: set[Connection] = set()
+        self._connections: dict[Connection, asyncio.Task[None]] = {}  # each with the accept task that runs it
+        self._connecting: set[asyncio.Task[None]] = set()  # accept tasks still dialling the upstream
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,8 +108,12 @@ class Proxy:
         if self._server is not None:
             self._server.close()
             self._server = None
-        connections, self._connections = self._connections, set()
+        for task in self._connecting:
+            task.cancel()
+        connections, self._connections = self._connections, {}
         await asyncio.gather(*(conn.close() for conn in connections))
+        # The accept tasks end on their own once their connection closed; wait so none outlives the proxy.
+        await asyncio.gather(*connections.values(), *self._connecting, return_exceptions=True)
 
     async def update(self, listen: str, upstream: str, enabled: bool) -> None:
         listen = resolve(listen)
@@ -122,24 +127,29 @@ class Proxy:
             await self.stop()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         host, port = split_host_port(self.upstream)
+        self._connecting.add(task)
         try:
             upstream = await asyncio.open_connection(host, port)
-        except OSError:
-            writer.close()  # Toxiproxy closes the client when the upstream cannot be reached
+        except (OSError, asyncio.CancelledError):
+            # Unreachable upstream: Toxiproxy closes the client. Cancelled: the proxy stopped meanwhile, and
+            # this task is ours alone (nothing awaits it but stop()), so it ends quietly.
+            writer.close()
             return
+        finally:
+            self._connecting.discard(task)
         if not self.enabled:  # disabled while we were connecting
             writer.close()
             upstream[1].close()
             return
         conn = Connection((reader, writer), upstream, self.toxics)
-        self._connections.add(conn)
+        self._connections[conn] = task
         conn.start()
-        try:
-            await conn.done.wait()
-        finally:
-            self._connections.discard(conn)
-            await conn.close()
+        await conn.done.wait()
+        await conn.close()
+        self._connections.pop(conn, None)  # only now: stop() waits for every task still in there
 
     # Toxics ------------------------------------------------------------------------------------------------------
 

@@ -1,8 +1,7 @@
-"""Toxics: one class per Toxiproxy toxic type, each a stage in one direction's chain of a connection.
+"""Toxics: one class per Toxiproxy toxic type, each run as a stage in one direction's chain of a connection.
 
-A stage reads chunks from its input queue and puts what it lets through on its output queue; ``None`` is the end of
-the stream. Interrupting a stage (the toxic is updated or removed) cancels its task: every toxic puts the data it
-holds on its output before it returns, so removing a toxic never drops bytes (as in Toxiproxy).
+Each ``pipe`` puts what it holds on its output when it is cancelled (see stream.py), so removing or updating a toxic
+releases its data rather than dropping it; only ``timeout``, ``reset_peer`` and ``limit_data`` drop bytes, by design.
 """
 
 from __future__ import annotations
@@ -10,66 +9,9 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
-
-@dataclass(slots=True)
-class Chunk:
-    data: bytes
-    received_s: float  # loop time at which the proxy read (or a toxic last released) these bytes
-
-
-Item = Chunk | None  # None ends the stream
-Queue = asyncio.Queue[Item]
-
-
-class LinkHooks(Protocol):
-    def release(self, nbytes: int) -> None:
-        """Bytes a toxic dropped: they no longer count towards the link's buffer bound."""
-
-    def mark_reset(self) -> None:
-        """Close the connection with a TCP RST (SO_LINGER 0) instead of a FIN."""
-
-
-class Stub:
-    """One toxic's seat in a link: where it reads, where it writes, and its per-connection state."""
-
-    def __init__(self, name: str, hooks: LinkHooks, input_q: Queue, output_q: Queue) -> None:
-        self.name = name
-        self.hooks = hooks
-        self.input = input_q
-        self.output = output_q  # rewired by the link when a later toxic is added or removed
-        self.closed = False
-        self.state: dict[str, int] = {}
-        self.task: asyncio.Task[None] | None = None
-        self.toxic: Toxic = NOOP  # what runs in this seat for this connection (NOOP when toxicity said no)
-
-    async def recv(self) -> Item:
-        return await self.input.get()
-
-    def send(self, chunk: Chunk) -> None:
-        if not self.closed:
-            self.output.put_nowait(chunk)
-
-    def drop(self, chunk: Chunk) -> None:
-        self.hooks.release(len(chunk.data))
-
-    def close(self) -> None:
-        """End the stream here: what follows in the chain sees EOF, the link's writer closes its socket."""
-        if not self.closed:
-            self.closed = True
-            self.output.put_nowait(None)
-
-    def start(self, toxic: Toxic, toxicity: float) -> None:
-        # Like Toxiproxy, whether a toxic applies is drawn per connection each time the stage (re)starts.
-        self.toxic = toxic if random.random() < toxicity else NOOP
-        self.task = asyncio.get_running_loop().create_task(self.toxic.pipe(self), name=f"toxic:{self.name}")
-
-    async def stop(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-        self.task = None
+from .stream import Chunk, Stub
 
 
 class Toxic:
@@ -241,13 +183,19 @@ class Slicer(Toxic):
 
     def bounds(self, start: int, end: int) -> list[int]:
         """Slice end offsets for data[start:end], splitting about in half until slices are small enough."""
-        average, variation = max(self["average_size"], 1), max(self["size_variation"], 0)
+        ends: list[int] = []
+        self._cut(start, end, max(self["average_size"], 1), max(self["size_variation"], 0), ends)
+        return ends
+
+    def _cut(self, start: int, end: int, average: int, variation: int, ends: list[int]) -> None:
         if end - start - average <= variation:
-            return [end]
+            ends.append(end)
+            return
         mid = start + (end - start) // 2
         if variation > 0:
             mid = min(max(mid + random.randint(-variation, variation - 1), start + 1), end - 1)
-        return self.bounds(start, mid) + self.bounds(mid, end)
+        self._cut(start, mid, average, variation, ends)
+        self._cut(mid, end, average, variation, ends)
 
     async def pipe(self, stub: Stub) -> None:
         delay_s = self["delay"] / 1_000_000
@@ -332,8 +280,11 @@ class ToxicSpec:
     toxicity: float
     attributes: dict[str, int] = field(default_factory=dict)
 
-    def build(self) -> Toxic:
-        return TOXIC_TYPES[self.type](self.attributes)
+    def instantiate(self) -> Toxic:
+        """The toxic one connection runs: like Toxiproxy, ``toxicity`` is drawn per connection (and per update)."""
+        if random.random() < self.toxicity:
+            return TOXIC_TYPES[self.type](self.attributes)
+        return NOOP
 
     def to_json(self) -> dict[str, Any]:
         return {
