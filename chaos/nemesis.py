@@ -339,9 +339,9 @@ class SlowClient(Nemesis):
     """A client with a tiny receive buffer that reads for a moment every ``period_s``, sent a burst of large
     notifications: the gateway's bounded send queue overflows and it closes the socket as too slow."""
 
-    def __init__(self, url: str, user: str, history: History, api: Api, burst: int = 120) -> None:
+    def __init__(self, url: str, user: str, history: History, api: Api, burst: int = 150) -> None:
         super().__init__()
-        self.name = f"slow client (reads 20 ms per 500 ms, 4 KiB buffer), sent {burst} frames of 8 KiB"
+        self.name = f"slow client (reads 1 ms per 500 ms, 4 KiB buffer), sent {burst} frames of 8 KiB"
         self.sock = _StalledSocket(url, user, history, f"slow-{user}", live=False, rcvbuf=4096)
         self.user, self.api, self.burst = user, api, burst
         self._task: asyncio.Task[None] | None = None
@@ -358,7 +358,7 @@ class SlowClient(Nemesis):
             self.sock.stall(True)
             await asyncio.sleep(0.5)
             self.sock.stall(False)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.001)
 
     async def heal(self) -> None:
         if self._task is not None:

@@ -26,9 +26,9 @@ class Profile:
 
 QUICK = Profile(
     name="quick",
-    warm_s=2.0,
-    fault_s=5.0,
-    post_s=1.0,
+    warm_s=1.5,
+    fault_s=4.0,
+    post_s=0.5,
     recover_bound_s=30.0,
     drain_s=10.0,
     p99_fault_bound_ms=5000.0,

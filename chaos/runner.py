@@ -12,6 +12,7 @@ sweeps and DLQ reads, then the conformance checker over the history, plus what t
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -99,7 +100,10 @@ async def run_scenario(
         await asyncio.sleep(profile.post_s)
         await work.stop_producers()
         drained = await work.drain(profile.drain_s)
-        lost_hooks, dead_hooks = await _webhooks_settled(ctx, profile.drain_s) if hook else ({}, set())
+        # Webhooks get longer: one whose work was lost on the way is put back by the reconciler only after
+        # STUCK_AFTER_S (10 s here).
+        settle_s = profile.drain_s + 20
+        lost_hooks, dead_hooks = await _webhooks_settled(ctx, settle_s) if hook else ({}, set())
         if sc.check is not None:
             problems += await sc.check(ctx)
     finally:
@@ -151,7 +155,9 @@ async def _webhooks_settled(ctx: Ctx, timeout_s: float) -> tuple[dict[Key, str],
                         if state == "dead":
                             dead.add(key)
                     else:
-                        todo[key] = f"webhook_status {state} after the drain"
+                        tries = d.get("attempts") or []
+                        last = json.dumps(tries[-1], default=str)[:240] if tries else "none"
+                        todo[key] = f"webhook_status {state} after the drain; {len(tries)} attempts, last {last}"
         return not todo
 
     await until(settled, timeout_s, 0.5)

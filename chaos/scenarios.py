@@ -94,7 +94,7 @@ SCENARIOS: list[Scenario] = [
              lambda c: KillRetryWorkerMidMove(c.target, "retry-worker-0"), baseline_sink="flaky"),
     Scenario("redis-restart", "Redis restart losing its data", lambda c: RedisRestart(c.target)),
     Scenario("half-open-client", "a half-open client", _half_open, isolated=True,
-             fault_s=lambda p: max(p.fault_s, 8.0), check=_half_open_closed),
+             fault_s=lambda p: max(p.fault_s, 7.0), check=_half_open_closed),
     Scenario("slow-client", "a slow client", _slow, isolated=True),
     Scenario("webhook-dead", "a permanently failing webhook downstream",
              lambda c: WebhookDownstream(c.target, c.run_id, "fail"), isolated=True),

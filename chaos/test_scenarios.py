@@ -14,9 +14,20 @@ from chaos.report import Result
 from chaos.runner import run_scenario
 from chaos.scenarios import BY_NAME, SCENARIOS
 
+#: Scenarios that catch a platform bug not fixed yet: they run and are reported (xfail); the fix removes the entry.
+KNOWN_BUGS = {
+    "pg-reset": "a PostgreSQL connection reset during the ingest INSERT is answered 503 'unavailable' although the"
+    " notification may be committed (and then is delivered): the client is told 'not stored' for an unknown"
+    " outcome, which the checker reports as unexpected deliveries (see the chaos report)",
+}
+
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("name", [s.name for s in SCENARIOS])
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(s.name, marks=[pytest.mark.xfail(reason=KNOWN_BUGS[s.name], strict=False)] if s.name in KNOWN_BUGS
+                  else []) for s in SCENARIOS],
+)  # fmt: skip
 async def test_scenario(
     name: str, chaos_target: ChaosTarget, chaos_http: httpx.AsyncClient, chaos_profile: Profile,
     chaos_results: list[Result],
