@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+
+from websockets.exceptions import ConnectionClosed
 
 from chaos.cluster import ChaosTarget
 from conformance.client import Api, Socket
@@ -335,39 +338,57 @@ class HalfOpenClient(Nemesis):
         await self.sock.close()
 
 
-class SlowClient(Nemesis):
-    """A client with a tiny receive buffer that reads for a moment every ``period_s``, sent a burst of large
-    notifications: the gateway's bounded send queue overflows and it closes the socket as too slow."""
+class _SlowSocket(_StalledSocket):
+    """Takes ``per_frame_s`` over each notification frame. The websockets client stops reading the connection
+    when its queue of unread messages is full, so the gateway's writes back up behind it, as behind a slow reader
+    on a slow network (pausing the transport instead would not hold: the library resumes it as it drains)."""
 
-    def __init__(self, url: str, user: str, history: History, api: Api, burst: int = 150) -> None:
+    per_frame_s = 0.1
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        try:
+            async for raw in self._ws:
+                frame = json.loads(raw)
+                if frame.get("type") == "pong":
+                    self._pong.set()
+                elif frame.get("type") == "notification":
+                    self._on_notification(frame)
+                    await asyncio.sleep(self.per_frame_s)
+                self._changed.set()
+        except ConnectionClosed:
+            pass
+        finally:
+            if self.closed_by is None:
+                self.closed_by, self.close_code = "server", self._ws.close_code
+                self.history.observe(self.conn, "ws_close", conn=self.conn, user_id=self.user,
+                                     code=self.close_code, by="server")  # fmt: skip
+            self._changed.set()
+
+
+class SlowClient(Nemesis):
+    """A client that reads one frame per 100 ms through a 4 KiB receive buffer, sent a burst of 8 KiB frames:
+    the gateway's bounded send queue overflows, it closes the socket (as too slow, or as dead when its pings
+    wait behind the backlog), and what the client did not read stays in its offline queue."""
+
+    def __init__(self, url: str, user: str, history: History, api: Api, burst: int = 100) -> None:
         super().__init__()
-        self.name = f"slow client (reads 1 ms per 500 ms, 4 KiB buffer), sent {burst} frames of 8 KiB"
-        self.sock = _StalledSocket(url, user, history, f"slow-{user}", live=False, rcvbuf=4096)
+        self.name = f"slow client (one frame per {_SlowSocket.per_frame_s * 1000:.0f} ms), sent {burst} frames of 8 KiB"
+        self.sock = _SlowSocket(url, user, history, f"slow-{user}", live=False, rcvbuf=4096)
         self.user, self.api, self.burst = user, api, burst
-        self._task: asyncio.Task[None] | None = None
 
     async def inject(self) -> None:
         await self.sock.open()
-        self._task = asyncio.create_task(self._crawl())
         blob = "x" * 8192
-        for k in range(self.burst):
-            await self.api.ingest([self.user], event="chaos.slow", payload={"k": k, "blob": blob})
 
-    async def _crawl(self) -> None:
-        while self.sock.closed_by is None:
-            self.sock.stall(True)
-            await asyncio.sleep(0.5)
-            self.sock.stall(False)
-            await asyncio.sleep(0.001)
+        async def lane(i: int) -> None:  # 8 client processes at once: faster than the client reads
+            api = self.api.as_process(f"slow-burst-{i}")
+            for k in range(i, self.burst, 8):
+                await api.ingest([self.user], event="chaos.slow", payload={"k": k, "blob": blob})
+
+        await asyncio.gather(*(lane(i) for i in range(8)))
 
     async def heal(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self.sock._ws is not None:
-            self.sock.stall(False)
-            await asyncio.sleep(0.5)
         self.details["closed_by_server"] = self.sock.closed_by == "server"
         self.details["close_code"] = self.sock.close_code
         self.details["frames_read"] = self.sock.frames
