@@ -10,7 +10,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from chaos.tests.toxiproxy_helpers import BLOB, IO_TIMEOUT_S, Blob, Echo, tcp_server, toxiproxy_process
+from chaos.tests.toxiproxy_helpers import (
+    BLOB,
+    IO_TIMEOUT_S,
+    Blob,
+    Echo,
+    round_trip_s,
+    tcp_server,
+    toxiproxy_process,
+)
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -125,3 +133,15 @@ def test_keep_alive_serves_many_requests_on_one_connection(api_url: str) -> None
             while len(body) < length:
                 body += sock.recv(4096)
             assert b'"version"' in body
+
+
+def test_updating_a_toxic_changes_the_connections_already_open(http: httpx.Client, echo_upstream: str) -> None:
+    listen = http.post("/proxies", json={"name": "live", "upstream": echo_upstream}).json()["listen"]
+    host, port = listen.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=IO_TIMEOUT_S) as sock:
+        http.post("/proxies/live/toxics", json={"type": "latency", "attributes": {"latency": 400}}).raise_for_status()
+        assert round_trip_s(sock) >= 0.4
+        http.post("/proxies/live/toxics/latency_downstream", json={"attributes": {"latency": 0}}).raise_for_status()
+        assert round_trip_s(sock) < 0.2
+        http.patch("/proxies/live/toxics/latency_downstream", json={"toxicity": 0.0, "attributes": {"latency": 900}})
+        assert round_trip_s(sock) < 0.2  # toxicity 0: the updated toxic no longer applies
