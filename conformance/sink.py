@@ -1,6 +1,9 @@
 """A webhook downstream in the test process: answers by path and records every call with its arrival time.
 
-``/ok/<tag>`` answers 200, ``/fail/<tag>`` 500 (transient), ``/reject/<tag>`` 400 (permanent).
+``/ok/<tag>`` answers 200, ``/fail/<tag>`` 500 (transient), ``/reject/<tag>`` 400 (permanent); for the chaos
+suite's downstream faults also ``/slow/<tag>`` (200 after ``SLOW_S``) and ``/flaky/<tag>`` (500 to the first call of
+each delivery, by the body's ``id`` and ``user_id``, 200 to the later ones), and ``/switch/<tag>``, which answers
+as the kind ``modes[tag]`` names at the moment of the call (``ok`` until set): a downstream that dies and comes back.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-_STATUS = {"ok": 200, "fail": 500, "reject": 400}
+_STATUS = {"ok": 200, "fail": 500, "reject": 400, "slow": 200}
+#: How long ``/slow/`` takes to answer, seconds: slower than a healthy downstream, within the platform's timeout.
+SLOW_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +33,8 @@ class WebhookSink:
     def __init__(self) -> None:
         self._calls: list[Call] = []
         self._lock = threading.Lock()
+        self._seen: set[tuple[str, ...]] = set()
+        self.modes: dict[str, str] = {}
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,10 +45,19 @@ class WebhookSink:
                     body = json.loads(raw or b"null")
                 except ValueError:
                     body = raw.decode("utf-8", "replace")
+                kind, _, tag = self.path.strip("/").partition("/")
+                if kind == "switch":
+                    kind = sink.modes.get(tag, "ok")
+                status = _STATUS.get(kind, 404)
                 with sink._lock:
                     sink._calls.append(Call(self.path, time.monotonic(), body))
-                kind = self.path.strip("/").split("/", 1)[0]
-                status = _STATUS.get(kind, 404)
+                    if kind == "flaky":
+                        ids = (body.get("id"), body.get("user_id")) if isinstance(body, dict) else (None, None)
+                        key = (self.path, str(ids[0]), str(ids[1]))
+                        status = 200 if key in sink._seen else 500
+                        sink._seen.add(key)
+                if kind == "slow":
+                    time.sleep(SLOW_S)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", "2")

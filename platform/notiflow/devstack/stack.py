@@ -67,6 +67,9 @@ class DevStack:
 
     Embedded Redis and PostgreSQL start only where ``settings.redis_url`` / ``settings.database_url``
     are unset. Gateways take consecutive ports from ``base_port`` (default ``settings.port``).
+    ``extra_env`` goes to every process; ``role_env`` (keyed by role: ``gateway``, ``stream-worker``,
+    ``retry-worker``) to that role's processes only, over ``extra_env``: the chaos suite points each role at
+    its own fault proxy that way. Migrations always use ``settings.database_url`` directly.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class DevStack:
         retry_workers: int = 1,
         base_port: int | None = None,
         extra_env: dict[str, str] | None = None,
+        role_env: dict[str, dict[str, str]] | None = None,
         workdir: Path | None = None,
         ready_timeout_s: float = 60.0,
     ) -> None:
@@ -87,6 +91,10 @@ class DevStack:
         counts = dict(zip(_ROLES, (gateways, stream_workers, retry_workers), strict=True))
         self.process_names = [f"{role}-{i}" for role in _ROLES for i in range(counts[role])]
         self.extra_env = dict(extra_env or {})
+        unknown = set(role_env or {}) - set(_ROLES)
+        if unknown:
+            raise DevStackError(f"role_env names unknown roles {sorted(unknown)}; known: {', '.join(_ROLES)}")
+        self.role_env = {role: dict(env) for role, env in (role_env or {}).items()}
         self.ready_timeout_s = ready_timeout_s
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="notiflow-dev-")) if workdir is None else workdir
@@ -166,6 +174,7 @@ class DevStack:
             # Unbuffered, so that a log file shows what a killed process last did.
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
+            **self.role_env.get(role, {}),
             "NOTIFLOW_NODE_ID": node_id,
         }
         self.node_ids[name] = node_id
