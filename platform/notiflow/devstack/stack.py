@@ -16,6 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from pydantic import SecretStr
+
 from notiflow.config import Settings
 from notiflow.devstack._proc import DevStackError
 from notiflow.devstack.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -37,7 +39,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         value = getattr(settings, name)
         if name in _PER_PROCESS or value is None:
             continue
-        if isinstance(value, list | tuple):
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()  # to the child's environment only, never logged
+        elif isinstance(value, list | tuple):
             text = ",".join(str(v) for v in value)
         elif isinstance(value, bool):
             text = "true" if value else "false"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -53,6 +54,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await sessions.close()
         await redis.aclose()
         await pool.close()
+
+
+def websocket_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's WebSocket options from the settings: the implementation, keepalive pings, the frame size
+    bound (enforced by the websockets parser on the frame header, before the payload is read: 1009) and
+    compression. Every way of serving the app uses these."""
+    return {
+        "ws": "websockets-sansio",
+        "ws_ping_interval": settings.ws_ping_interval_s,
+        "ws_ping_timeout": settings.ws_ping_timeout_s,
+        "ws_max_size": settings.ws_max_frame_bytes,
+        "ws_per_message_deflate": settings.ws_permessage_deflate,
+    }
 
 
 def create_app(settings: Settings) -> FastAPI:
