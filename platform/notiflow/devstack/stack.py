@@ -240,6 +240,9 @@ def run_dev(
 ) -> int:
     """Run a DevStack until ``stop`` is set; restart children that die. Returns the exit code."""
     workdir = Path.cwd() / ".notiflow" / "dev" if workdir is None else workdir
+    if "NOTIFLOW_WEBHOOK_ALLOW_PRIVATE" not in os.environ:
+        # On a developer's machine the downstream is usually on loopback too.
+        settings = settings.model_copy(update={"webhook_allow_private": True})
     stack = DevStack(
         settings,
         gateways=gateways,
