@@ -10,14 +10,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from notiflow import metrics
 from notiflow.config import Settings
 from notiflow.errors import ApiError, BackpressureError, RateLimited, StoreUnavailable
-from notiflow.gateway import http, ws
+from notiflow.gateway import http, responses, ws
 from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
@@ -112,7 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
         log.exception("unhandled error")
         return http.error_response(500, "internal_error", "internal error")
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses=responses.METRICS, response_class=PlainTextResponse)
     async def metrics_endpoint() -> Response:
         metrics.SOCKETS.set(len(app.state.services.hub.connections()))
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

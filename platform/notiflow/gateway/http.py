@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from notiflow.errors import ApiError
+from notiflow.gateway import responses as docs
 from notiflow.gateway.deps import services
 from notiflow.gateway.schemas import MAX_BIGINT, MAX_PAYLOAD_BYTES, AckIn, NotificationIn, parse_uuid
 from notiflow.models import EVENT_RE, NewNotification, user_id_problem
@@ -88,7 +89,7 @@ def check_user_id(user_id: str) -> str:
     return user_id
 
 
-@router.post("/notifications", status_code=202)
+@router.post("/notifications", status_code=202, responses=docs.INGEST, openapi_extra=docs.json_body(NotificationIn))
 async def create_notification(request: Request) -> Response:
     raw = await read_json(request)
     key = request.headers.get("idempotency-key")
@@ -117,7 +118,7 @@ async def create_notification(request: Request) -> Response:
     return JSON(answer, status_code=status)
 
 
-@router.get("/notifications/offline/{user_id}")
+@router.get("/notifications/offline/{user_id}", responses=docs.OFFLINE)
 async def offline_queue(
     request: Request, user_id: str, limit: int = Query(100, ge=1, le=1000),
     after_seq: int = Query(0, ge=0, le=MAX_BIGINT),
@@ -126,7 +127,7 @@ async def offline_queue(
     return JSON(page)
 
 
-@router.post("/notifications/offline/{user_id}/ack")
+@router.post("/notifications/offline/{user_id}/ack", responses=docs.ACK, openapi_extra=docs.json_body(AckIn))
 async def ack(request: Request, user_id: str) -> Response:
     check_user_id(user_id)
     raw = await read_json(request)
@@ -138,7 +139,7 @@ async def ack(request: Request, user_id: str) -> Response:
     return JSON({"acknowledged": n})
 
 
-@router.get("/notifications/{notification_id}")
+@router.get("/notifications/{notification_id}", responses=docs.NOTIFICATION)
 async def get_notification(
     request: Request, notification_id: str, user_id: str | None = None, limit: int = Query(100, ge=1, le=1000)
 ) -> Response:
@@ -148,7 +149,7 @@ async def get_notification(
     return JSON(await services(request).queries.notification(nid, user_id, limit))
 
 
-@router.get("/dlq")
+@router.get("/dlq", responses=docs.DLQ_LIST)
 async def dlq_list(
     request: Request,
     limit: int = Query(100, ge=1, le=1000),
@@ -161,23 +162,23 @@ async def dlq_list(
     return JSON(await services(request).queries.dlq_list(after, user_id, event, limit))
 
 
-@router.post("/dlq/{entry_id}/replay", status_code=202)
+@router.post("/dlq/{entry_id}/replay", status_code=202, responses=docs.DLQ_REPLAY)
 async def dlq_replay(request: Request, entry_id: int = Path(ge=1, le=MAX_BIGINT)) -> Response:
     return JSON(await services(request).queries.dlq_replay(entry_id), status_code=202)
 
 
-@router.delete("/dlq/{entry_id}", status_code=204)
+@router.delete("/dlq/{entry_id}", status_code=204, responses=docs.DLQ_DELETE)
 async def dlq_delete(request: Request, entry_id: int = Path(ge=1, le=MAX_BIGINT)) -> Response:
     await services(request).queries.dlq_delete(entry_id)
     return Response(status_code=204)
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses=docs.HEALTH)
 async def healthz() -> Response:
     return JSON({"status": "ok"})
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=docs.READY)
 async def readyz(request: Request) -> Response:
     checks = await services(request).readiness()
     ok = all(v == "ok" for v in checks.values())
