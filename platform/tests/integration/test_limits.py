@@ -154,3 +154,11 @@ async def test_the_rate_limit_fails_open_when_redis_does_not_answer(
     for _ in range(3):
         assert (await http.post(f"{gw.url}/notifications", json=body)).status_code == 202
     assert limiter.failed_open == 3
+
+
+async def test_permessage_deflate_is_off_unless_enabled(gateways: Gateways, socket: SocketFactory) -> None:
+    # The websockets client offers permessage-deflate; the server accepts it only when enabled.
+    plain = await socket(await gateways.start(), users(1)[0])
+    assert plain.conn.protocol.extensions == []
+    deflating = await socket(await gateways.start(ws_permessage_deflate=True), users(1)[0])
+    assert [e.name for e in deflating.conn.protocol.extensions] == ["permessage-deflate"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,17 @@ def test_missing_store_urls_say_which() -> None:
         _ = s.redis_url_required
     with pytest.raises(RuntimeError, match="NOTIFLOW_DATABASE_URL"):
         _ = s.database_url_required
+
+
+def test_a_gateway_with_webhooks_and_no_secret_refuses_to_start_and_prints_no_secret() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFLOW_")}
+    for extra, expect in (
+        ({"NOTIFLOW_WEBHOOK_ALLOWED_HOSTS": "hooks.example"}, "NOTIFLOW_WEBHOOK_SECRET is not"),
+        ({"NOTIFLOW_WEBHOOK_ALLOWED_HOSTS": "hooks.example", "NOTIFLOW_WEBHOOK_SECRET": "hunter2-secret"}, "whsec_"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "notiflow", "gateway"], env={**env, **extra}, capture_output=True, text=True,
+            timeout=60, stdin=subprocess.DEVNULL, check=False,
+        )
+        assert done.returncode == 2 and expect in done.stderr, done.stderr
+        assert "hunter2" not in done.stderr + done.stdout
