@@ -45,7 +45,10 @@ def test_generated_requests_get_no_5xx_and_every_answer_matches_the_schema(
         "--max-examples", str(MAX_EXAMPLES), "--seed", SEED, "--workers", "1", "--request-timeout", "15",
         "--no-color", "--report", "json", "--report-dir", str(report_dir),
     ]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=280, stdin=subprocess.DEVNULL, check=False)
+    # cwd: schemathesis keeps a cache directory where it runs.
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=280, stdin=subprocess.DEVNULL, check=False, cwd=tmp_path
+    )
     reports = sorted(report_dir.glob("*.json"))
     assert reports, f"no schemathesis report (exit {done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-2000:]}"
     report = json.loads(reports[-1].read_text())
