@@ -10,11 +10,13 @@ import uuid
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from helpers import wait_for
 from integration_support import Gateways, SocketFactory, Workers, notify, users
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from notiflow.config import Settings
 from notiflow.gateway.protocol import CloseCode
 
 pytestmark = pytest.mark.timeout(60)
@@ -60,7 +62,8 @@ async def test_an_ack_naming_more_than_max_ack_ids_is_a_bad_frame(
 
 
 async def test_sockets_per_user_are_bounded_across_nodes_with_4429(
-    gateways: Gateways, workers: Workers, socket: SocketFactory, http: httpx.AsyncClient
+    gateways: Gateways, workers: Workers, socket: SocketFactory, http: httpx.AsyncClient, rds: aioredis.Redis,
+    settings: Settings,
 ) -> None:
     await workers.stream()
     a = await gateways.start(ws_max_sockets_per_user=3)
@@ -75,7 +78,12 @@ async def test_sockets_per_user_are_bounded_across_nodes_with_4429(
     for sock in kept:
         await sock.wait_ids([nid])
     await kept[0].close()
-    await wait_for(lambda: a.services.hub.size == 1, message="the closed socket left the hub")
+
+    async def two_left() -> bool:
+        return sum(int(n) for n in (await rds.hgetall(settings.key("presence", user))).values()) == 2
+
+    # The server counts the close after the closing handshake: wait for presence, not for the client.
+    await wait_for(two_left, message="the closed socket left presence")
     await socket(b, user)
     other = await socket(a, users(1)[0])  # other users are not affected
     await other.sync()

@@ -45,7 +45,7 @@ def _whsec(key: bytes) -> str:
 @given(
     key=st.binary(min_size=24, max_size=64),
     msg_id=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=80),
-    timestamp=st.integers(min_value=0, max_value=2**40),
+    timestamp=st.integers(min_value=0, max_value=2**35),  # to the year 3058: a datetime ends at 9999
     body=st.text(max_size=256).map(str.encode),
 )
 def test_signatures_are_the_standard_webhooks_scheme_keyed_by_the_decoded_secret(
