@@ -87,10 +87,15 @@ async def resolve(host: str, port: int, *, allow_private: bool) -> str:
     """The address to call for ``host``: every address it resolves to must be public (or private ones
     allowed); raises DownstreamRejected (permanent) when one is not, DownstreamError when DNS fails."""
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise DownstreamError(f"cannot resolve {host!r}: {exc}") from exc
-    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise DownstreamError(f"cannot resolve {host!r}: {exc}") from exc
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    else:
+        addresses = [host]  # a literal address: no resolver thread on the way
     if not addresses:
         raise DownstreamError(f"{host!r} resolved to no address")
     if not allow_private:
