@@ -141,7 +141,10 @@ async def ack(request: Request, user_id: str) -> Response:
 
 @router.get("/notifications/{notification_id}", responses=docs.NOTIFICATION)
 async def get_notification(
-    request: Request, notification_id: str, user_id: str | None = None, limit: int = Query(100, ge=1, le=1000)
+    request: Request,
+    notification_id: str = Path(json_schema_extra={"format": "uuid"}),  # parsed below: a 422 names the id
+    user_id: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
 ) -> Response:
     nid = parse_uuid(notification_id, "id")
     if user_id is not None:
