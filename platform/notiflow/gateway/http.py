@@ -89,7 +89,7 @@ def check_user_id(user_id: str) -> str:
     return user_id
 
 
-@router.post("/notifications", status_code=202, responses=docs.INGEST, openapi_extra=docs.json_body(NotificationIn))
+@router.post("/notifications", status_code=202, responses=docs.INGEST)
 async def create_notification(request: Request) -> Response:
     raw = await read_json(request)
     key = request.headers.get("idempotency-key")
@@ -127,7 +127,7 @@ async def offline_queue(
     return JSON(page)
 
 
-@router.post("/notifications/offline/{user_id}/ack", responses=docs.ACK, openapi_extra=docs.json_body(AckIn))
+@router.post("/notifications/offline/{user_id}/ack", responses=docs.ACK)
 async def ack(request: Request, user_id: str) -> Response:
     check_user_id(user_id)
     raw = await read_json(request)

@@ -34,7 +34,7 @@ class CloseCode(IntEnum):
     SLOW_CONSUMER = 4008  # the client read too slowly and its send queue overflowed: reconnect
     BAD_USER_ID = 4400  # the user id in the path is invalid: do not reconnect
     UNAUTHORIZED = 4401  # missing or wrong token: do not reconnect
-    TOO_MANY_SOCKETS = 4429  # the user holds WS_MAX_SOCKETS_PER_USER sockets already: close one first
+    TOO_MANY_SOCKETS = 4429  # the user holds WS_MAX_SOCKETS_PER_USER sockets: backoff, a place frees on a close
 
 
 RECONNECT: dict[CloseCode, bool] = {
@@ -47,10 +47,12 @@ RECONNECT: dict[CloseCode, bool] = {
     CloseCode.SLOW_CONSUMER: True,
     CloseCode.BAD_USER_ID: False,
     CloseCode.UNAUTHORIZED: False,
-    CloseCode.TOO_MANY_SOCKETS: False,
+    CloseCode.TOO_MANY_SOCKETS: True,
 }
 
 PONG = '{"type":"pong"}'
+#: Ids one ack frame may name by default (the setting WS_MAX_ACK_IDS); clients send at most this many.
+MAX_ACK_IDS = 1000
 
 
 @dataclass(slots=True, frozen=True)

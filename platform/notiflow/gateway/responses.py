@@ -1,5 +1,5 @@
-"""What the HTTP API answers, as OpenAPI documents: the response bodies of each route and every status it
-may return, and the request bodies the routes read themselves (they parse JSON by hand, for 413/415/400).
+"""What the HTTP API answers, as OpenAPI documents: the response body of each route and every status it
+may return (the words, examples and request bodies are in openapi.py).
 
 The routes build their answers directly (orjson, payloads spliced in as stored), so these models are the
 contract, not the serialiser: schemathesis checks in `make test` that real answers match them.
@@ -139,13 +139,6 @@ def errors(*statuses: int) -> Docs:
 
 def ok(status: int, model: type[BaseModel], description: str) -> Docs:
     return {status: {"model": model, "description": description}}
-
-
-def json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` declaring a JSON request body the route reads itself."""
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    schema.pop("$defs", None)
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 READS = errors(422, 503)

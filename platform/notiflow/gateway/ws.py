@@ -16,7 +16,7 @@ from starlette.websockets import WebSocketState
 from notiflow.errors import StoreUnavailable
 from notiflow.gateway.deps import services
 from notiflow.gateway.hub import Connection
-from notiflow.gateway.protocol import PONG, ClientFrame, CloseCode, FrameError, origin_allowed
+from notiflow.gateway.protocol import MAX_ACK_IDS, PONG, ClientFrame, CloseCode, FrameError, origin_allowed
 from notiflow.models import user_id_problem
 
 router = APIRouter()
@@ -32,7 +32,7 @@ def _spawn(coro: Coroutine[Any, Any, None]) -> None:
     task.add_done_callback(_background.discard)
 
 
-def parse_client_frame(text: str, max_ack_ids: int = 1000) -> ClientFrame:
+def parse_client_frame(text: str, max_ack_ids: int = MAX_ACK_IDS) -> ClientFrame:
     try:
         msg = orjson.loads(text)
     except orjson.JSONDecodeError:
