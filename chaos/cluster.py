@@ -212,6 +212,9 @@ class ChaosCluster:
             "NOTIFLOW_KEY_PREFIX": prefix,
             "NOTIFLOW_STREAM_KEY": f"{prefix}:stream",
             "NOTIFLOW_WEBHOOK_ALLOWED_HOSTS": sink.host,
+            # The sink verifies Standard Webhooks signatures with its secret; it listens on loopback.
+            "NOTIFLOW_WEBHOOK_SECRET": sink.secret,
+            "NOTIFLOW_WEBHOOK_ALLOW_PRIVATE": "true",
             **self.env,
         }
         workers = {"NOTIFLOW_REDIS_URL": urls["workers_redis"], "NOTIFLOW_DATABASE_URL": urls["workers_postgres"]}

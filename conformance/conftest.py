@@ -91,7 +91,7 @@ def target(base_urls: list[str], clusters: Clusters | None, sink: WebhookSink) -
         gateways=2,
         stream_workers=2,
         retry_workers=1,
-        env=shared_env(sink.host),
+        env=shared_env(sink.host, sink.secret),
     )
 
 

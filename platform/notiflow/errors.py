@@ -29,6 +29,10 @@ class BackpressureError(TransientError):
     """Ingestion is over its backlog bound; the client should come back after ``retry_after_s``."""
 
 
+class RateLimited(BackpressureError):
+    """This client is over its ingest rate; it may come back after ``retry_after_s``."""
+
+
 class DownstreamError(TransientError):
     """A webhook call failed in a way that may heal (5xx, 429, timeout, connection error)."""
 

@@ -3,6 +3,7 @@ kills, restarts and stops its children as documented."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import pytest
 import redis
 import redis.asyncio
 from helpers import wait_for, wait_for_sync
+from pydantic import SecretStr
 
 from notiflow.config import Settings
 from notiflow.devstack import (
@@ -220,6 +222,8 @@ def test_settings_survive_the_trip_through_the_environment(monkeypatch: pytest.M
         stream_key="tabc:stream",
         presence_ttl_s=2.5,
         webhook_allowed_hosts=["127.0.0.1:9000", "localhost"],
+        webhook_secret=SecretStr("whsec_" + base64.b64encode(b"k" * 32).decode() + ",whsec_" + "A" * 32),
+        webhook_allow_private=True,
         max_retries=3,
     )
     env = settings_env(original)

@@ -16,6 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from pydantic import SecretStr
+
 from notiflow.config import Settings
 from notiflow.devstack._proc import DevStackError
 from notiflow.devstack.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -37,7 +39,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         value = getattr(settings, name)
         if name in _PER_PROCESS or value is None:
             continue
-        if isinstance(value, list | tuple):
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()  # to the child's environment only, never logged
+        elif isinstance(value, list | tuple):
             text = ",".join(str(v) for v in value)
         elif isinstance(value, bool):
             text = "true" if value else "false"
@@ -245,6 +249,9 @@ def run_dev(
 ) -> int:
     """Run a DevStack until ``stop`` is set; restart children that die. Returns the exit code."""
     workdir = Path.cwd() / ".notiflow" / "dev" if workdir is None else workdir
+    if "NOTIFLOW_WEBHOOK_ALLOW_PRIVATE" not in os.environ:
+        # On a developer's machine the downstream is usually on loopback too.
+        settings = settings.model_copy(update={"webhook_allow_private": True})
     stack = DevStack(
         settings,
         gateways=gateways,

@@ -22,6 +22,7 @@ class Connection:
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_max)
         self._close = close
         self.closing: CloseCode | None = None
+        self.acks_in_flight = 0  # ids of this socket's acks not yet committed
 
     def push(self, frame: str) -> None:
         if self.closing is not None:
@@ -45,11 +46,15 @@ class Hub:
         self._drop_every = drop_every  # TEST ONLY fault switch, see Settings.fault_drop_ws_every
         self._seen = 0
         self.frames_pushed = 0
+        self.size = 0  # connections registered on this node
+
 
     def add(self, conn: Connection) -> bool:
         """Register; True when it is the user's first socket on this node."""
         conns = self._users.setdefault(conn.user_id, set())
-        conns.add(conn)
+        if conn not in conns:
+            conns.add(conn)
+            self.size += 1
         return len(conns) == 1
 
     def remove(self, conn: Connection) -> bool:
@@ -58,6 +63,7 @@ class Hub:
         if not conns or conn not in conns:
             return False
         conns.discard(conn)
+        self.size -= 1
         if conns:
             return False
         del self._users[conn.user_id]
