@@ -15,11 +15,7 @@ from chaos.runner import run_scenario
 from chaos.scenarios import BY_NAME, SCENARIOS
 
 #: Scenarios that catch a platform bug not fixed yet: they run and are reported (xfail); the fix removes the entry.
-KNOWN_BUGS = {
-    "pg-reset": "a PostgreSQL connection reset during the ingest INSERT is answered 503 'unavailable' although the"
-    " notification may be committed (and then is delivered): the client is told 'not stored' for an unknown"
-    " outcome, which the checker reports as unexpected deliveries (see the chaos report)",
-}
+KNOWN_BUGS: dict[str, str] = {}  # scenario -> why it is expected to fail (none today)
 
 
 @pytest.mark.timeout(240)

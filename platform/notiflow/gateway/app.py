@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from notiflow import metrics
 from notiflow.config import Settings
-from notiflow.errors import ApiError, BackpressureError, RateLimited, StoreUnavailable
+from notiflow.errors import ApiError, BackpressureError, CommitOutcomeUnknown, RateLimited, StoreUnavailable
 from notiflow.gateway import http, openapi, responses, ws
 from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
@@ -94,6 +94,15 @@ def create_app(settings: Settings) -> FastAPI:
         retry = str(max(1, math.ceil(exc.retry_after_s or 1)))
         code = "rate_limited" if isinstance(exc, RateLimited) else "backlog_full"
         return http.error_response(429, code, str(exc), headers={"retry-after": retry})
+
+    @app.exception_handler(CommitOutcomeUnknown)
+    async def outcome_unknown(_: Request, exc: CommitOutcomeUnknown) -> Response:
+        log.warning("commit outcome unknown", extra={"error": str(exc)})
+        return http.error_response(
+            503, "outcome_unknown",
+            "the store failed while committing: the request may have been accepted; retry with the same "
+            "Idempotency-Key", headers={"retry-after": "1"},
+        )
 
     @app.exception_handler(StoreUnavailable)
     async def unavailable(_: Request, exc: StoreUnavailable) -> Response:

@@ -15,7 +15,7 @@ from notiflow.config import Settings
 from notiflow.errors import BackpressureError, IdempotencyConflict, StoreUnavailable
 from notiflow.models import Channel, NewNotification, StreamEntry
 from notiflow.store import ingest as sql
-from notiflow.store.pool import Pool, pg_errors
+from notiflow.store.pool import Pool, pg_errors, pg_write_errors
 from notiflow.streams.work import WorkStream
 from notiflow.webhook import check_webhook_url
 
@@ -133,7 +133,9 @@ class IngestService:
             if item.idempotency_key and item.idempotency_key not in primary:
                 primary[item.idempotency_key] = item
         keyed = list(primary.values())
-        async with pg_errors("ingest"), self._pool.acquire() as conn:
+        # A failure to get a connection stored nothing (503 unavailable); one after the statements were sent
+        # has an unknown outcome (503 outcome_unknown): the reply may be all that was lost.
+        async with pg_errors("ingest"), self._pool.acquire() as conn, pg_write_errors("ingest"):
             if keyed:
                 async with conn.transaction():
                     claim = await sql.claim_idempotency_keys(conn, keyed)

@@ -139,3 +139,53 @@ async def test_the_offline_index_covers_exactly_the_queued_states(db: asyncpg.Po
     assert definition is not None
     listed = set(re.findall(r"'(\w+)'::text", definition))
     assert listed == {s.value for s in OPEN_STATUSES}, definition
+
+
+class _ReplyLost:
+    """A connection whose server commits each statement and then the connection breaks before the reply: the
+    outcome is unknown to the gateway (found by the chaos suite's PostgreSQL-reset scenario, which got
+    503 'unavailable', read as "not stored", for notifications that were committed and delivered)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        await self._inner.execute(*args, **kwargs)
+        raise ConnectionResetError("injected: reply lost after the commit")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _ReplyLostPool(_PoolOutage):
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        if self.down:
+            self.refused += 1
+            raise ConnectionRefusedError("injected PostgreSQL outage")
+        async with self._inner.acquire() as conn:
+            yield _ReplyLost(conn)
+
+
+async def test_ingest_tells_an_unknown_commit_outcome_from_a_refused_connection(
+    gateways: Gateways, http: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    gw = await gateways.start()
+    ingest = gw.services.ingest
+    pool = _ReplyLostPool(ingest._pool)
+    ingest._pool = pool  # type: ignore[assignment]
+    [carol] = users(1)
+    body = {"user_id": carol, "event": "unknown.outcome", "payload": {}}
+
+    lost_reply = await http.post(f"{gw.url}/notifications", json=body)
+    assert lost_reply.status_code == 503, lost_reply.text
+    assert lost_reply.json()["error"]["code"] == "outcome_unknown"
+    assert lost_reply.headers["retry-after"] == "1"
+    # It was committed after all: a client told "not stored" would have been told wrong.
+    assert await db.fetchval("SELECT count(*) FROM deliveries WHERE user_id = $1", carol) == 1
+
+    pool.down = True
+    refused = await http.post(f"{gw.url}/notifications", json=body)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "unavailable"
+    assert await db.fetchval("SELECT count(*) FROM deliveries WHERE user_id = $1", carol) == 1
