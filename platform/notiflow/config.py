@@ -187,11 +187,6 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Log level. Default INFO.")
 
-    # --- test-only fault switches (see conformance/selftest) --------------------------------
-    fault_drop_ws_every: int = Field(
-        0, ge=0, description="TEST ONLY: drop every Nth notification frame a gateway sends. 0 = never."
-    )
-
     @field_validator("webhook_allowed_hosts", "api_keys", "allowed_origins", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:

@@ -42,7 +42,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         wait_timeout_s=settings.redis_pool_timeout_s,
     )
     work = WorkStream(redis, settings)
-    hub = Hub(drop_every=settings.fault_drop_ws_every)
+    hub = Hub()
     queries = QueryService(settings, pool, work)
     ingest = IngestService(settings, pool, work)
     sessions = SessionService(settings, redis, Presence(redis, settings), queries, hub)

@@ -41,10 +41,8 @@ class Connection:
 class Hub:
     """User id -> this node's connections of that user."""
 
-    def __init__(self, *, drop_every: int = 0) -> None:
+    def __init__(self) -> None:
         self._users: dict[str, set[Connection]] = {}
-        self._drop_every = drop_every  # TEST ONLY fault switch, see Settings.fault_drop_ws_every
-        self._seen = 0
         self.frames_pushed = 0
         self.size = 0  # connections registered on this node
 
@@ -80,10 +78,6 @@ class Hub:
 
     def push(self, user_id: str, frame: str) -> None:
         for conn in tuple(self._users.get(user_id, ())):
-            if self._drop_every:
-                self._seen += 1
-                if self._seen % self._drop_every == 0:
-                    continue
             conn.push(frame)
             self.frames_pushed += 1
             metrics.FRAMES.inc()
