@@ -13,6 +13,7 @@ from notiflow.gateway.hub import Hub
 from notiflow.service.dashboard import DashboardService
 from notiflow.service.ingest import IngestService
 from notiflow.service.queries import QueryService
+from notiflow.service.ratelimit import IngestLimiter
 from notiflow.service.sessions import SessionService
 from notiflow.service.telemetry import Telemetry
 from notiflow.store.pool import Pool
@@ -28,6 +29,7 @@ class Services:
     queries: QueryService
     sessions: SessionService
     hub: Hub
+    limiter: IngestLimiter
     telemetry: Telemetry
     dashboard: DashboardService
 
