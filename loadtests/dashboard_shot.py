@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import random
 import time
@@ -20,11 +21,13 @@ from pathlib import Path
 
 import httpx
 import orjson
+from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection, connect
 
 from notiflow.config import Settings
 from notiflow.devstack import DevStack, free_port, free_port_range
 
+SECRET = SecretStr("whsec_" + base64.b64encode(b"dashboard-test-secret-32-bytes!!").decode())
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -91,8 +94,9 @@ async def shoot(url: str, out: Path, points: int, chromium: str) -> None:
 
 async def run(args: argparse.Namespace) -> None:
     dead = free_port()  # nothing listens there: those webhooks retry, then reach the DLQ
-    settings = Settings(webhook_allowed_hosts=[f"127.0.0.1:{dead}"], max_retries=2, retry_base_ms=2000,
-                        retry_cap_ms=10_000, log_level="WARNING")
+    settings = Settings(webhook_allowed_hosts=[f"127.0.0.1:{dead}"], webhook_secret=SECRET,
+                        webhook_allow_private=True, max_retries=2, retry_base_ms=2000, retry_cap_ms=10_000,
+                        log_level="WARNING")
     with DevStack(settings, gateways=2, stream_workers=1, retry_workers=1, base_port=free_port_range(2)) as dev:
         users = [f"user-{i}" for i in range(args.users)]
         stop = asyncio.Event()

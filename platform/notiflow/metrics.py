@@ -139,7 +139,7 @@ REDIS_ERRORS = Counter(
 for _via in ("socket", "http"):
     ACKS.labels(_via)
 for _reason in ("invalid_request", "malformed_json", "body_too_large", "payload_too_large", "backlog_full",
-                "unavailable", "unauthorized", "forbidden"):
+                "rate_limited", "unavailable", "unauthorized", "forbidden"):
     REFUSED.labels(_reason)
 for _channel, _outcomes in (("socket", ("dispatched", "offline", "failed", "expired", "poison")),
                             ("webhook", ("succeeded", "failed", "expired", "poison"))):

@@ -4,6 +4,7 @@ empties a DLQ entry. The browser test skips where no Chromium (or Playwright) is
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
@@ -19,8 +20,10 @@ import httpx
 import orjson
 import pytest
 from helpers import wait_for_sync
+from pydantic import SecretStr
 from websockets.sync.client import ClientConnection, connect
 
+SECRET = SecretStr("whsec_" + base64.b64encode(b"dashboard-test-secret-32-bytes!!").decode())
 pytestmark = pytest.mark.timeout(180)
 
 CHROMIUM = os.environ.get("NOTIFLOW_CHROMIUM", "/usr/bin/chromium")
@@ -160,7 +163,8 @@ def number(text: str) -> float:
 
 def test_dashboard_in_chromium(stack, downstream: Downstream, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _browser()  # skip before starting a stack where there is no browser
-    dev = stack(webhook_allowed_hosts=[downstream.host], max_retries=0, stats_interval_s=0.25)
+    dev = stack(webhook_allowed_hosts=[downstream.host], webhook_secret=SECRET, webhook_allow_private=True,
+                max_retries=0, stats_interval_s=0.25)
     gw = dev.gateway_urls[0]
     user = f"c-{uuid.uuid4().hex[:6]}"
     with http_client() as http, connect(f"{gw.replace('http', 'ws')}/ws/{user}", proxy=None) as ws, \

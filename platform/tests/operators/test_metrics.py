@@ -5,12 +5,14 @@ retries, the DLQ and the store gauges."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 
 import httpx
 import orjson
 import pytest
 from helpers import wait_for
+from pydantic import SecretStr
 from scrape import names, scrape, total
 from websockets.asyncio.client import connect
 
@@ -20,6 +22,7 @@ from notiflow.errors import StoreUnavailable
 from notiflow.store.pool import pg_errors
 from notiflow.streams.client import redis_errors
 
+SECRET = SecretStr("whsec_" + base64.b64encode(b"dashboard-test-secret-32-bytes!!").decode())
 pytestmark = pytest.mark.timeout(120)
 
 GATEWAY = {
@@ -37,7 +40,8 @@ RETRY_WORKER = {"notiflow_retries_moved_total", "notiflow_stream_length", "notif
 
 async def test_every_process_exports_metrics_that_move(stack) -> None:  # type: ignore[no-untyped-def]
     dead_port = free_port()  # nothing listens: every webhook call fails and is retried, then dead-lettered
-    dev = stack(webhook_allowed_hosts=[f"127.0.0.1:{dead_port}"], max_retries=1, stats_interval_s=0.2)
+    dev = stack(webhook_allowed_hosts=[f"127.0.0.1:{dead_port}"], webhook_secret=SECRET,
+                webhook_allow_private=True, max_retries=1, stats_interval_s=0.2)
     gw = dev.gateway_urls[0]
     urls = dev.metrics_urls
     assert set(urls) == {"gateway-0", "stream-worker-0", "retry-worker-0"}
@@ -90,7 +94,7 @@ async def test_every_process_exports_metrics_that_move(stack) -> None:  # type: 
             rw = await scrape(http, urls["retry-worker-0"])
             assert sw["notiflow_delivery_attempts_total{channel=socket,outcome=dispatched}"] >= sent
             assert sw["notiflow_delivery_attempts_total{channel=webhook,outcome=failed}"] >= 2 * sent
-            assert total(sw, "notiflow_webhook_call_seconds_count") >= 2 * sent
+            assert total(sw, "notiflow_webhook_call_seconds_count{result=retry}") >= 2 * sent
             assert sw["notiflow_stream_entries_processed_total"] >= 2 * sent
             assert rw["notiflow_retries_moved_total"] >= sent
             assert rw["notiflow_dlq_entries"] >= sent
