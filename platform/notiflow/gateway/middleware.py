@@ -52,7 +52,7 @@ class Guard:
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             metrics.HTTP_REQUESTS.labels(route, str(status)).inc()
-            if route == "/notifications" and scope["method"] == "POST":
+            if route in ("/notifications", "/notifications/batch") and scope["method"] == "POST":
                 if status == 202:
                     metrics.ACCEPTED.inc()
                     metrics.INGEST_SECONDS.observe(time.perf_counter() - started)

@@ -84,20 +84,38 @@ class IngestService:
                 await asyncio.wait_for(self._drained(), timeout=grace_s)
             self._enqueuer.cancel()
 
-    async def accept(self, item: NewNotification) -> Accepted:
+    def check(self, item: NewNotification) -> None:
+        """What validation of the request body alone cannot know: configuration (allowed webhook hosts)."""
         if item.webhook_url:
             check_webhook_url(item.webhook_url, self._s.webhook_allowed_hosts)
+
+    async def accept(self, item: NewNotification) -> Accepted:
+        self.check(item)
+        (result,) = await self.accept_many([item])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def accept_many(self, items: list[NewNotification]) -> list[Accepted | IdempotencyConflict]:
+        """Commit checked items together (one transaction); per item its answer, or the conflict of an
+        idempotency key used before with another body. Any other failure fails them all."""
         # What this node accepted since the last XLEN counts at once, so that a burst cannot overshoot
         # the bound by a whole refresh period's worth; other nodes' bursts show at the next refresh.
         backlog = self._backlog + self._xadded + self._unstreamed + self._in_flight
         if backlog >= self._s.stream_max_backlog:
             raise BackpressureError(f"backlog {backlog} is over its bound", retry_after_s=1)
-        entries = self._entry_count(item)
+        entries = sum(self._entry_count(i) for i in items)
         self._in_flight += entries
         try:
-            return await self._batcher.submit(item)
+            results = await self._batcher.submit_many(items)
         finally:
             self._in_flight -= entries
+        out: list[Accepted | IdempotencyConflict] = []
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, IdempotencyConflict):
+                raise r
+            out.append(r)
+        return out
 
     async def _refresh_backlog(self) -> None:
         # A cached figure keeps XLEN off the request path; when Redis is unreachable the last figure
