@@ -53,13 +53,17 @@ class Batcher(Generic[T, R]):
     async def submit_many(self, items: list[T]) -> list[R | BaseException]:
         """Submit items that are flushed together (in one flush, whatever ``max_batch`` says); per item, its
         result or the exception that item failed with. A failure of the whole flush is raised."""
+        # Shield: a caller that goes away (client disconnect) must not cancel a commit in progress.
+        return await asyncio.shield(self.enqueue(items))
+
+    def enqueue(self, items: list[T]) -> asyncio.Future[list[R | BaseException]]:
+        """``submit_many`` without waiting: the future completes after the flush (no task per caller)."""
         if self._closing:
             raise BatcherClosed(f"{self._name} is shutting down")
         fut: asyncio.Future[list[R | BaseException]] = asyncio.get_running_loop().create_future()
         self._queue.append((items, fut))
         self._wake.set()
-        # Shield: a caller that goes away (client disconnect) must not cancel a commit in progress.
-        return await asyncio.shield(fut)
+        return fut
 
     def _take(self) -> list[tuple[list[T], asyncio.Future[list[R | BaseException]]]]:
         """Whole groups, oldest first, up to ``max_batch`` items (always at least one group)."""

@@ -106,12 +106,26 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Age after which committed work not yet in the stream is re-enqueued, s. Default 5."
     )
 
+    # --- processes --------------------------------------------------------------------------
+    gateway_processes: int = Field(
+        1, ge=1, le=64, description="Processes one `notiflow gateway` runs, each a node of its own, sharing "
+        "the port (SO_REUSEPORT). Default 1 (`notiflow dev` picks its own default, see the README).",
+    )
+    stream_worker_processes: int = Field(
+        1, ge=1, le=64, description="Processes one `notiflow stream-worker` runs, each a consumer of its own. "
+        "Default 1.",
+    )
+
     # --- gateway sockets --------------------------------------------------------------------
     ws_queue_max: int = Field(
         1000, ge=1, description="Frames queued per socket before it is closed as too slow. Default 1000."
     )
     ws_ping_interval_s: float = Field(20.0, gt=0, description="WebSocket ping frame period, s. Default 20.")
     ws_ping_timeout_s: float = Field(20.0, gt=0, description="Pong wait before a peer is dead, s. Default 20.")
+    ws_permessage_deflate: bool = Field(
+        False, description="Offer WebSocket permessage-deflate compression. Default false: it costs about "
+        "50 KiB of memory per socket and CPU per frame for small JSON frames.",
+    )
 
     # --- process lifecycle ------------------------------------------------------------------
     shutdown_grace_s: float = Field(

@@ -123,9 +123,9 @@ class DeliveryWork:
     def key(self) -> tuple[uuid.UUID, str]:
         return (self.notification_id, self.user_id)
 
-    def frame_json(self) -> str:
-        """The SPEC §3 server-to-client frame as compact JSON."""
-        return notification_frame(self.notification_id, self.seq, self.event, self.payload_json, self.created_at)
+    def template(self) -> FrameTemplate:
+        """The SPEC §3 server-to-client frame of this notification, without its seq."""
+        return frame_template(self.notification_id, self.event, self.payload_json, self.created_at)
 
     def webhook_body(self) -> bytes:
         """The downstream's JSON body: the notification for this one recipient."""
@@ -136,12 +136,30 @@ class DeliveryWork:
         return f'{head},"payload":{_compact(self.payload_json)},"created_at":{created}}}'.encode()
 
 
-def notification_frame(nid: uuid.UUID, seq: int, event: str, payload_json: str, created_at: datetime) -> str:
-    """``{"type": "notification", "id", "seq", "event", "payload", "created_at"}``; the payload is
-    spliced in as stored, never decoded and re-encoded on the hot path."""
-    head = orjson.dumps({"type": "notification", "id": str(nid), "seq": seq, "event": event})[:-1].decode()
+@dataclass(slots=True, frozen=True)
+class FrameTemplate:
+    """A notification's frame with its ``seq`` left out: encoded once per notification, however many
+    recipients it has (only ``seq`` differs between them). Neither part contains a tab or a newline."""
+
+    head: str  # '{"type":"notification","id":"...","seq":'
+    tail: str  # ',"event":...,"payload":...,"created_at":...}'
+
+    def frame(self, seq: int) -> str:
+        return f"{self.head}{seq}{self.tail}"
+
+
+def frame_template(nid: uuid.UUID, event: str, payload_json: str, created_at: datetime) -> FrameTemplate:
+    """The template of ``{"type": "notification", "id", "seq", "event", "payload", "created_at"}``; the
+    payload is spliced in as stored, never decoded and re-encoded on the hot path."""
+    head = f'{{"type":"notification","id":"{nid}","seq":'
+    event_json = orjson.dumps(event).decode()
     created = orjson.dumps(created_at).decode()
-    return f'{head},"payload":{_compact(payload_json)},"created_at":{created}}}'
+    return FrameTemplate(head, f',"event":{event_json},"payload":{_compact(payload_json)},"created_at":{created}}}')
+
+
+def notification_frame(nid: uuid.UUID, seq: int, event: str, payload_json: str, created_at: datetime) -> str:
+    """One recipient's frame (see frame_template)."""
+    return frame_template(nid, event, payload_json, created_at).frame(seq)
 
 
 def _compact(payload_json: str) -> str:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from contextlib import suppress
 from typing import Any
 
@@ -13,6 +14,7 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
+from notiflow.batching import BatcherClosed
 from notiflow.errors import StoreUnavailable
 from notiflow.gateway.deps import services
 from notiflow.gateway.hub import Connection
@@ -100,8 +102,14 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
                 except ValueError:
                     conn.push(_error_frame(f"not a notification id: {raw[:64]!r}"))
             if ids:
-                # Not awaited inline: a slow commit must not stop this socket from reading pings.
-                _spawn(_ack(svc.queries.ack_from_socket, conn, ids))
+                # Not awaited: a slow commit must not stop this socket from reading pings. No task per
+                # ack either: the group commit's future calls back.
+                try:
+                    pending = svc.queries.ack_from_socket(conn.user_id, ids)
+                except BatcherClosed as exc:
+                    _ack_failed(conn, ids, exc)
+                else:
+                    pending.add_done_callback(functools.partial(_ack_done, conn, ids))
     except (WebSocketDisconnect, RuntimeError):
         pass  # RuntimeError: receive after our own close (slow consumer); either way the socket is gone
     finally:
@@ -113,8 +121,8 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
 async def _write(ws: WebSocket, conn: Connection) -> None:
     with suppress(WebSocketDisconnect, RuntimeError, OSError):
         while True:
-            frame = await conn.queue.get()
-            await ws.send_text(frame)
+            for frame in await conn.take():
+                await ws.send_text(frame)
 
 
 async def _close(ws: WebSocket, code: CloseCode) -> None:
@@ -123,16 +131,22 @@ async def _close(ws: WebSocket, code: CloseCode) -> None:
             await ws.close(code, code.name.lower())
 
 
-async def _ack(
-    submit: Callable[[str, list[uuid.UUID]], Awaitable[None]], conn: Connection, ids: list[uuid.UUID]
-) -> None:
-    try:
-        await submit(conn.user_id, ids)
-    except Exception as exc:  # noqa: BLE001 - answered to the client, who may ack again
-        log.warning("socket ack failed", extra={"user_id": conn.user_id, "error": str(exc)})
-        # Nothing is lost (the notifications stay in the offline queue), but the client must know
-        # that its ack did not take, or it would believe them delivered.
-        conn.push(orjson.dumps({
-            "type": "error", "code": "ack_failed", "message": "acknowledgement not applied; send it again",
-            "ids": [str(i) for i in ids],
-        }).decode())
+def _ack_done(conn: Connection, ids: list[uuid.UUID], done: asyncio.Future[list[int | BaseException]]) -> None:
+    if done.cancelled():
+        _ack_failed(conn, ids, asyncio.CancelledError())
+        return
+    exc = done.exception()
+    if exc is None:
+        exc = next((r for r in done.result() if isinstance(r, BaseException)), None)
+    if exc is not None:
+        _ack_failed(conn, ids, exc)
+
+
+def _ack_failed(conn: Connection, ids: list[uuid.UUID], exc: BaseException) -> None:
+    log.warning("socket ack failed", extra={"user_id": conn.user_id, "error": str(exc)})
+    # Nothing is lost (the notifications stay in the offline queue), but the client must know
+    # that its ack did not take, or it would believe them delivered.
+    conn.push(orjson.dumps({
+        "type": "error", "code": "ack_failed", "message": "acknowledgement not applied; send it again",
+        "ids": [str(i) for i in ids],
+    }).decode())

@@ -20,12 +20,12 @@ import orjson
 from notiflow.backoff import compute_backoff_ms
 from notiflow.config import Settings
 from notiflow.errors import DownstreamError, NotiflowError, StoreUnavailable
-from notiflow.models import WORK_STATUSES, Channel, DeliveryWork, Outcome, StreamEntry
+from notiflow.models import WORK_STATUSES, Channel, DeliveryWork, FrameTemplate, Outcome, StreamEntry
 from notiflow.store import deliveries as sql
 from notiflow.store.pool import Pool, pg_errors, retry_conflicts
 from notiflow.streams.budget import HostBudget
 from notiflow.streams.presence import Presence
-from notiflow.streams.pubsub import Router
+from notiflow.streams.pubsub import NodeBatch, Router
 from notiflow.streams.work import WorkStream, retry_member
 from notiflow.webhook import WebhookClient, host_of
 
@@ -131,11 +131,14 @@ class DeliveryService:
         live = [w for w in todo if not w.expired]
         try:
             nodes = await self._presence.live_nodes(sorted({w.user_id for w in live}))
-            per_node: dict[str, list[tuple[str, str]]] = defaultdict(list)
+            per_node: dict[str, NodeBatch] = defaultdict(dict)
+            templates: dict[uuid.UUID, FrameTemplate] = {}
             for w in live:
-                frame = w.frame_json()
+                template = templates.get(w.notification_id)
+                if template is None:
+                    template = templates[w.notification_id] = w.template()
                 for node in nodes.get(w.user_id, ()):
-                    per_node[node].append((w.user_id, frame))
+                    per_node[node].setdefault(template, []).append((w.user_id, w.seq))
             receivers = await self._router.publish(per_node)
         except StoreUnavailable as exc:
             outcomes += [self.failure(w, Channel.SOCKET, str(exc), started=started) for w in live]

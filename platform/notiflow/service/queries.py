@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from typing import Any
@@ -67,9 +68,10 @@ class QueryService:
 
         return await retry_conflicts(write)
 
-    async def ack_from_socket(self, user_id: str, ids: list[uuid.UUID]) -> None:
-        """Acks arriving over sockets are batched across sockets into one statement."""
-        await self._acks.submit((user_id, ids))
+    def ack_from_socket(self, user_id: str, ids: list[uuid.UUID]) -> asyncio.Future[list[int | BaseException]]:
+        """Acks arriving over sockets are batched across sockets into one statement (group commit); the
+        future completes once that commit did (or failed)."""
+        return self._acks.enqueue([(user_id, ids)])
 
     async def _flush_acks(self, frames: list[tuple[str, list[uuid.UUID]]]) -> list[int | BaseException]:
         pairs = list(dict.fromkeys((user, nid) for user, ids in frames for nid in ids))
