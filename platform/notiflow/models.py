@@ -73,6 +73,21 @@ class NewNotification:
     webhook_url: str | None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    # Set by the commit: the creation time stored, and each recipient's seq (in user_ids order).
+    created_at: datetime | None = None
+    seqs: list[int] | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Carried:
+    """What a fresh socket entry carries so that the worker needs nothing from PostgreSQL to push it:
+    the frame's parts and each recipient's seq (in the entry's user order)."""
+
+    seqs: tuple[int, ...]
+    event: str
+    payload_json: str
+    created_at: datetime
+    expires_at_ms: int | None
 
 
 @dataclass(slots=True, frozen=True)
@@ -82,9 +97,16 @@ class StreamEntry:
     notification_id: uuid.UUID
     user_ids: tuple[str, ...]
     channel: Channel = Channel.SOCKET
+    carried: Carried | None = None
 
     def fields(self) -> dict[str, str]:
-        return {"n": str(self.notification_id), "u": "\x1f".join(self.user_ids), "c": self.channel.value}
+        out = {"n": str(self.notification_id), "u": "\x1f".join(self.user_ids), "c": self.channel.value}
+        if (c := self.carried) is not None:
+            out.update({
+                "s": ",".join(map(str, c.seqs)), "e": c.event, "p": c.payload_json,
+                "t": c.created_at.isoformat(), "x": "" if c.expires_at_ms is None else str(c.expires_at_ms),
+            })
+        return out
 
     @classmethod
     def parse(cls, fields: dict[Any, Any]) -> StreamEntry:
@@ -93,7 +115,14 @@ class StreamEntry:
         users = tuple(raw["u"].split("\x1f")) if raw.get("u") else ()
         if not users or any(user_id_problem(u) for u in users):
             raise ValueError(f"bad recipients in stream entry: {raw.get('u')!r:.200}")
-        return cls(uuid.UUID(raw["n"]), users, Channel(raw.get("c", "socket")))
+        carried = None
+        if "s" in raw:
+            seqs = tuple(int(x) for x in raw["s"].split(","))
+            if len(seqs) != len(users) or not EVENT_RE.match(raw["e"]):
+                raise ValueError("carried frame does not match the entry's recipients")
+            created = datetime.fromisoformat(raw["t"])
+            carried = Carried(seqs, raw["e"], raw["p"], created, int(raw["x"]) if raw["x"] else None)
+        return cls(uuid.UUID(raw["n"]), users, Channel(raw.get("c", "socket")), carried)
 
 
 def _text(value: object) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import uuid
+import re
 from collections.abc import Coroutine
 from contextlib import suppress
 from typing import Any
@@ -23,6 +23,9 @@ from notiflow.models import user_id_problem
 
 router = APIRouter()
 log = logging.getLogger(__name__)
+
+# The ids the server sends are canonical UUIDs; an ack names them the same way.
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 # Fire-and-forget tasks (closes, acks) are kept referenced until done, so they are not collected midway.
 _background: set[asyncio.Task[None]] = set()
@@ -95,11 +98,12 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
             if frame.kind == "ping":
                 conn.push(PONG)
                 continue
-            ids: list[uuid.UUID] = []
+            # Ids stay text (PostgreSQL parses them): one regex per id, not a uuid.UUID object each.
+            ids: list[str] = []
             for raw in frame.ids:
-                try:
-                    ids.append(uuid.UUID(raw))
-                except ValueError:
+                if _UUID_TEXT.fullmatch(raw):
+                    ids.append(raw.lower())
+                else:
                     conn.push(_error_frame(f"not a notification id: {raw[:64]!r}"))
             if ids:
                 # Not awaited: a slow commit must not stop this socket from reading pings. No task per
@@ -131,7 +135,7 @@ async def _close(ws: WebSocket, code: CloseCode) -> None:
             await ws.close(code, code.name.lower())
 
 
-def _ack_done(conn: Connection, ids: list[uuid.UUID], done: asyncio.Future[list[int | BaseException]]) -> None:
+def _ack_done(conn: Connection, ids: list[str], done: asyncio.Future[list[int | BaseException]]) -> None:
     if done.cancelled():
         _ack_failed(conn, ids, asyncio.CancelledError())
         return
@@ -142,7 +146,7 @@ def _ack_done(conn: Connection, ids: list[uuid.UUID], done: asyncio.Future[list[
         _ack_failed(conn, ids, exc)
 
 
-def _ack_failed(conn: Connection, ids: list[uuid.UUID], exc: BaseException) -> None:
+def _ack_failed(conn: Connection, ids: list[str], exc: BaseException) -> None:
     log.warning("socket ack failed", extra={"user_id": conn.user_id, "error": str(exc)})
     # Nothing is lost (the notifications stay in the offline queue), but the client must know
     # that its ack did not take, or it would believe them delivered.

@@ -13,7 +13,7 @@ import orjson
 from notiflow.batching import Batcher
 from notiflow.config import Settings
 from notiflow.errors import BackpressureError, IdempotencyConflict, StoreUnavailable
-from notiflow.models import Channel, NewNotification, StreamEntry
+from notiflow.models import Carried, Channel, NewNotification, StreamEntry
 from notiflow.store import ingest as sql
 from notiflow.store.pool import Pool, pg_errors
 from notiflow.streams.work import WorkStream
@@ -25,6 +25,7 @@ Accepted = tuple[int, dict[str, Any]]  # (HTTP status, body)
 
 ENQUEUE_BATCH = 2000  # notifications per XADD pipeline
 ENQUEUE_QUEUE_MAX = 100_000  # committed notifications held for XADD before the outbox sweep takes over
+CARRY_PAYLOAD_MAX = 8 * 1024  # payload bytes (JSON) a socket stream entry carries; larger ones are loaded
 
 
 def request_hash(body: dict[str, Any]) -> str:
@@ -33,13 +34,24 @@ def request_hash(body: dict[str, Any]) -> str:
 
 
 def stream_entries(items: list[NewNotification], chunk: int) -> list[StreamEntry]:
-    """Each notification's recipients in chunks: one entry per chunk and channel."""
+    """Each notification's recipients in chunks: one entry per chunk and channel. A socket entry carries
+    the frame (payloads up to CARRY_PAYLOAD_MAX), so that its first processing reads nothing from
+    PostgreSQL; larger payloads are loaded by the worker rather than copied into Redis per chunk."""
     out: list[StreamEntry] = []
     for item in items:
-        channels = [Channel.SOCKET, Channel.WEBHOOK] if item.webhook_url else [Channel.SOCKET]
+        carry = item.seqs is not None and item.created_at is not None and len(item.payload_json) <= CARRY_PAYLOAD_MAX
+        expires_ms = None
+        if carry and item.ttl_seconds is not None and item.created_at is not None:
+            expires_ms = int(item.created_at.timestamp() * 1000) + item.ttl_seconds * 1000
         for start in range(0, len(item.user_ids), chunk):
             users = tuple(item.user_ids[start : start + chunk])
-            out.extend(StreamEntry(item.id, users, ch) for ch in channels)
+            carried = None
+            if carry and item.seqs is not None and item.created_at is not None:
+                seqs = tuple(item.seqs[start : start + chunk])
+                carried = Carried(seqs, item.event, item.payload_json, item.created_at, expires_ms)
+            out.append(StreamEntry(item.id, users, Channel.SOCKET, carried))
+            if item.webhook_url:
+                out.append(StreamEntry(item.id, users, Channel.WEBHOOK))
     return out
 
 
@@ -215,10 +227,14 @@ class IngestService:
                 self._enqueue_idle.clear()
                 batch, self._to_enqueue = self._to_enqueue[:ENQUEUE_BATCH], self._to_enqueue[ENQUEUE_BATCH:]
                 entries = stream_entries(batch, self._s.fanout_chunk)
-                self._unstreamed -= len(entries)
                 try:
-                    await self._work.add(entries)
-                    self._xadded += len(entries)
+                    try:
+                        await self._work.add(entries)
+                        self._xadded += len(entries)
+                    finally:
+                        # Only now: while the XADD is under way, the entries must still count somewhere
+                        # (unstreamed, then xadded), or a burst meanwhile would pass the bound.
+                        self._unstreamed -= len(entries)
                     await sql.mark_enqueued(self._pool, [i.id for i in batch])
                 except Exception as exc:  # noqa: BLE001 - the outbox covers every failure after the commit
                     log.warning("enqueue after commit failed; the reconciler will enqueue",

@@ -70,6 +70,22 @@ SELECT (SELECT count(*) FROM sock) AS socket_rows, (SELECT count(*) FROM hook) A
        (SELECT count(*) FROM att) AS attempt_rows, (SELECT count(*) FROM dead) AS dlq_rows
 """
 
+# The socket channel's successful hand-offs, written late and coalesced (service/dispatch_log.py): no
+# attempt row (SPEC §4: only failed socket attempts are rows), and only rows still waiting for work move,
+# so an acknowledgement that landed first is never undone. Locks in key order, as every multi-row update.
+_RECORD_HANDOFFS = """
+WITH o AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS o(nid, uid, status)
+), locked AS (
+    SELECT d.notification_id, d.user_id FROM deliveries d
+    WHERE (d.notification_id, d.user_id) IN (SELECT nid, uid FROM o) AND d.status IN ('pending', 'retrying')
+    ORDER BY d.notification_id, d.user_id FOR UPDATE
+)
+UPDATE deliveries d SET status = o.status, next_attempt_at = NULL, updated_at = now()
+FROM o JOIN locked l ON l.notification_id = o.nid AND l.user_id = o.uid
+WHERE d.notification_id = o.nid AND d.user_id = o.uid AND d.status IN ('pending', 'retrying')
+"""
+
 _INSERT_POISON = """
 INSERT INTO poison_entries (stream_id, fields, reason) SELECT * FROM unnest($1::text[], $2::jsonb[], $3::text[])
 """
@@ -123,6 +139,14 @@ async def record_outcomes(conn: Any, outcomes: list[Outcome], node_id: str) -> d
         node_id,
     )
     return dict(row)
+
+
+async def record_handoffs(conn: Any, handoffs: list[tuple[uuid.UUID, str, str]]) -> None:
+    """(notification id, user id, dispatched | offline) of socket deliveries handed off successfully."""
+    if handoffs:
+        await conn.execute(
+            _RECORD_HANDOFFS, [h[0] for h in handoffs], [h[1] for h in handoffs], [h[2] for h in handoffs]
+        )
 
 
 async def record_poison(conn: Any, entries: list[tuple[str, str, str]]) -> None:
