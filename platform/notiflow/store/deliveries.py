@@ -75,15 +75,19 @@ SELECT (SELECT count(*) FROM sock) AS socket_rows, (SELECT count(*) FROM hook) A
 # so an acknowledgement that landed first is never undone. Locks in key order, as every multi-row update.
 _RECORD_HANDOFFS = """
 WITH o AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS o(nid, uid, status)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS o(nid, uid, status) ORDER BY nid, uid
 ), locked AS (
-    SELECT d.notification_id, d.user_id FROM deliveries d
-    WHERE (d.notification_id, d.user_id) IN (SELECT nid, uid FROM o) AND d.status IN ('pending', 'retrying')
-    ORDER BY d.notification_id, d.user_id FOR UPDATE
+    -- One key lookup per hand-off, in key order: never a scan of every open delivery (which stale
+    -- statistics can pick for an IN list, holding the locks for seconds).
+    SELECT l.notification_id, l.user_id, o.status FROM o CROSS JOIN LATERAL (
+        SELECT d.notification_id, d.user_id FROM deliveries d
+        WHERE d.notification_id = o.nid AND d.user_id = o.uid AND d.status IN ('pending', 'retrying')
+        FOR UPDATE
+    ) l
 )
-UPDATE deliveries d SET status = o.status, next_attempt_at = NULL, updated_at = now()
-FROM o JOIN locked l ON l.notification_id = o.nid AND l.user_id = o.uid
-WHERE d.notification_id = o.nid AND d.user_id = o.uid AND d.status IN ('pending', 'retrying')
+-- The rows are ours (locked, state checked): the key alone names them.
+UPDATE deliveries d SET status = l.status, next_attempt_at = NULL, updated_at = now()
+FROM locked l WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id
 """
 
 _INSERT_POISON = """
