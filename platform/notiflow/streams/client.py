@@ -15,16 +15,25 @@ from notiflow.errors import StoreUnavailable
 Redis = aioredis.Redis
 
 
+POOL_WAIT_S = 5.0  # how long a command waits for a free connection of the pool before it fails
+
+
 def connect_redis(url: str, *, max_connections: int = 64) -> Redis:
-    """A client that fails fast and retries nothing itself: retries are the caller's policy."""
-    return aioredis.from_url(
+    """A client that fails fast and retries nothing itself: retries are the caller's policy.
+
+    The pool is a blocking one: a burst of commands (a thousand sockets registering at once) waits a
+    moment for a free connection instead of failing with "Too many connections" past ``max_connections``.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         decode_responses=True,
         max_connections=max_connections,
+        timeout=POOL_WAIT_S,
         socket_connect_timeout=5,
         socket_timeout=15,
         health_check_interval=10,
     )
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 def is_nogroup(exc: BaseException) -> bool:
