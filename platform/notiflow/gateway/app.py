@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from notiflow import metrics
 from notiflow.config import Settings
 from notiflow.errors import ApiError, BackpressureError, StoreUnavailable
-from notiflow.gateway import http, ws
+from notiflow.gateway import http, openapi, ws
 from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     pool = await connect_pool(settings.database_url_required, max_size=settings.pg_pool_max)
-    redis = connect_redis(settings.redis_url_required)
+    redis = connect_redis(
+        settings.redis_url_required, max_connections=settings.redis_pool_max,
+        wait_timeout_s=settings.redis_pool_timeout_s,
+    )
     work = WorkStream(redis, settings)
     hub = Hub(drop_every=settings.fault_drop_ws_every)
     queries = QueryService(settings, pool, work)
@@ -96,4 +99,5 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.SOCKETS.set(len(app.state.services.hub.connections()))
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    openapi.document(app)
     return app

@@ -230,11 +230,12 @@ class IngestService:
                 try:
                     try:
                         await self._work.add(entries)
-                        self._xadded += len(entries)
                     finally:
-                        # Only now: while the XADD is under way, the entries must still count somewhere
-                        # (unstreamed, then xadded), or a burst meanwhile would pass the bound.
+                        # Counted as unstreamed until the XADD has answered and as XADDed from then on, in one
+                        # step: subtracting before the XADD left a window, one Redis round trip long, in which
+                        # these entries counted nowhere and a burst was admitted twice over the bound.
                         self._unstreamed -= len(entries)
+                    self._xadded += len(entries)
                     await sql.mark_enqueued(self._pool, [i.id for i in batch])
                 except Exception as exc:  # noqa: BLE001 - the outbox covers every failure after the commit
                     log.warning("enqueue after commit failed; the reconciler will enqueue",
