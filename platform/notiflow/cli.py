@@ -54,10 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--gateways", type=int, default=1)
     dev.add_argument("--stream-workers", type=int, default=1)
     dev.add_argument("--retry-workers", type=int, default=1)
-    dev.add_argument("--gateway-processes", type=int, default=DEV_GATEWAY_PROCESSES,
-                     help=f"processes per gateway (default {DEV_GATEWAY_PROCESSES}, measured on 2 cores)")
-    dev.add_argument("--stream-worker-processes", type=int, default=DEV_STREAM_WORKER_PROCESSES,
-                     help=f"processes per stream worker (default {DEV_STREAM_WORKER_PROCESSES})")
+    dev.add_argument("--gateway-processes", type=int, default=None,
+                     help=f"processes per gateway (default NOTIFLOW_GATEWAY_PROCESSES, else {DEV_GATEWAY_PROCESSES},"
+                          " measured on 2 cores)")
+    dev.add_argument("--stream-worker-processes", type=int, default=None,
+                     help="processes per stream worker (default NOTIFLOW_STREAM_WORKER_PROCESSES, else "
+                          f"{DEV_STREAM_WORKER_PROCESSES})")
     dlq = sub.add_parser("dlq", parents=[common], help="operate on the dead-letter queue")
     dlq.add_argument("action", choices=["list", "replay", "purge"])
     dlq.add_argument("ids", nargs="*", type=int, help="entry ids (replay)")
@@ -220,8 +222,16 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # A flag, else the environment, else the defaults measured for one machine.
+    chosen = {
+        "gateway_processes": (args.gateway_processes, "NOTIFLOW_GATEWAY_PROCESSES", DEV_GATEWAY_PROCESSES),
+        "stream_worker_processes": (
+            args.stream_worker_processes, "NOTIFLOW_STREAM_WORKER_PROCESSES", DEV_STREAM_WORKER_PROCESSES
+        ),
+    }
     settings = settings.model_copy(update={
-        "gateway_processes": args.gateway_processes, "stream_worker_processes": args.stream_worker_processes,
+        name: flag if flag is not None else (getattr(settings, name) if env in os.environ else default)
+        for name, (flag, env, default) in chosen.items()
     })
     return run_dev(settings, gateways=args.gateways, stream_workers=args.stream_workers,
                    retry_workers=args.retry_workers, stop=stop)
