@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 _COMMAND_SETTINGS = ("gateway_processes", "stream_worker_processes")
 
 # `notiflow dev` defaults, measured on a 2-core machine with the load generator on it too (README, Performance).
-DEV_GATEWAY_PROCESSES = 1
+DEV_GATEWAY_PROCESSES = 2
 DEV_STREAM_WORKER_PROCESSES = 1
 
 
