@@ -155,12 +155,11 @@ def cmd_gateway(settings: Settings, argv: list[str], reuse_port: bool) -> int:
 
     import uvicorn
 
-    from notiflow.gateway.app import create_app
+    from notiflow.gateway.app import create_app, websocket_options
 
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-        ws="websockets-sansio", ws_ping_interval=settings.ws_ping_interval_s,
-        ws_ping_timeout=settings.ws_ping_timeout_s, ws_per_message_deflate=settings.ws_permessage_deflate,
+        **websocket_options(settings),
         log_config=None, timeout_graceful_shutdown=int(settings.shutdown_grace_s), backlog=4096,
     )
     sockets = [_reuse_port_socket(settings.host, settings.port)] if reuse_port else None

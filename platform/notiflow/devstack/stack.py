@@ -16,6 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from pydantic import SecretStr
+
 from notiflow.config import Settings
 from notiflow.devstack._proc import DevStackError
 from notiflow.devstack.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -37,7 +39,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         value = getattr(settings, name)
         if name in _PER_PROCESS or value is None:
             continue
-        if isinstance(value, list | tuple):
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()  # to the child's environment only, never logged
+        elif isinstance(value, list | tuple):
             text = ",".join(str(v) for v in value)
         elif isinstance(value, bool):
             text = "true" if value else "false"
@@ -67,6 +71,9 @@ class DevStack:
 
     Embedded Redis and PostgreSQL start only where ``settings.redis_url`` / ``settings.database_url``
     are unset. Gateways take consecutive ports from ``base_port`` (default ``settings.port``).
+    ``extra_env`` goes to every process; ``role_env`` (keyed by role: ``gateway``, ``stream-worker``,
+    ``retry-worker``) to that role's processes only, over ``extra_env``: the chaos suite points each role at
+    its own fault proxy that way. Migrations always use ``settings.database_url`` directly.
     """
 
     def __init__(
@@ -78,6 +85,7 @@ class DevStack:
         retry_workers: int = 1,
         base_port: int | None = None,
         extra_env: dict[str, str] | None = None,
+        role_env: dict[str, dict[str, str]] | None = None,
         workdir: Path | None = None,
         ready_timeout_s: float = 60.0,
     ) -> None:
@@ -87,6 +95,10 @@ class DevStack:
         counts = dict(zip(_ROLES, (gateways, stream_workers, retry_workers), strict=True))
         self.process_names = [f"{role}-{i}" for role in _ROLES for i in range(counts[role])]
         self.extra_env = dict(extra_env or {})
+        unknown = set(role_env or {}) - set(_ROLES)
+        if unknown:
+            raise DevStackError(f"role_env names unknown roles {sorted(unknown)}; known: {', '.join(_ROLES)}")
+        self.role_env = {role: dict(env) for role, env in (role_env or {}).items()}
         self.ready_timeout_s = ready_timeout_s
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="notiflow-dev-")) if workdir is None else workdir
@@ -166,6 +178,7 @@ class DevStack:
             # Unbuffered, so that a log file shows what a killed process last did.
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
+            **self.role_env.get(role, {}),
             "NOTIFLOW_NODE_ID": node_id,
         }
         self.node_ids[name] = node_id
@@ -236,6 +249,9 @@ def run_dev(
 ) -> int:
     """Run a DevStack until ``stop`` is set; restart children that die. Returns the exit code."""
     workdir = Path.cwd() / ".notiflow" / "dev" if workdir is None else workdir
+    if "NOTIFLOW_WEBHOOK_ALLOW_PRIVATE" not in os.environ:
+        # On a developer's machine the downstream is usually on loopback too.
+        settings = settings.model_copy(update={"webhook_allow_private": True})
     stack = DevStack(
         settings,
         gateways=gateways,

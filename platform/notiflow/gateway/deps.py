@@ -12,6 +12,7 @@ from notiflow.config import Settings
 from notiflow.gateway.hub import Hub
 from notiflow.service.ingest import IngestService
 from notiflow.service.queries import QueryService
+from notiflow.service.ratelimit import IngestLimiter
 from notiflow.service.sessions import SessionService
 from notiflow.store.pool import Pool
 from notiflow.streams.client import Redis
@@ -26,6 +27,7 @@ class Services:
     queries: QueryService
     sessions: SessionService
     hub: Hub
+    limiter: IngestLimiter
 
     @staticmethod
     def new_id() -> uuid.UUID:

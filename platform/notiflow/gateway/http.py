@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
 from notiflow.errors import ApiError
+from notiflow.gateway import responses as docs
 from notiflow.gateway.deps import Services, services
-from notiflow.gateway.schemas import MAX_BATCH, MAX_PAYLOAD_BYTES, AckIn, NotificationIn, parse_uuid
-from notiflow.models import NewNotification, user_id_problem
+from notiflow.gateway.schemas import MAX_BATCH, MAX_BIGINT, MAX_PAYLOAD_BYTES, AckIn, NotificationIn, parse_uuid
+from notiflow.models import EVENT_RE, NewNotification, user_id_problem
 from notiflow.service.ingest import request_hash
 
 router = APIRouter()
@@ -72,6 +74,15 @@ async def read_json(request: Request) -> Any:
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
 
 
+def client_identity(request: Request) -> str:
+    """Whose ingest rate a request counts against: its bearer token (hashed; the token itself is never
+    kept), or "anonymous" for every unauthenticated client together."""
+    token = request.headers.get("authorization", "")
+    if not token.startswith("Bearer "):
+        return "anonymous"
+    return "bearer:" + hashlib.sha256(token.removeprefix("Bearer ").encode()).hexdigest()
+
+
 def check_user_id(user_id: str) -> str:
     if problem := user_id_problem(user_id):
         raise ApiError(422, "invalid_user_id", f"user id {problem}")
@@ -107,16 +118,18 @@ def _notification(svc: Services, raw: Any, key: str | None) -> NewNotification:
     return item
 
 
-@router.post("/notifications", status_code=202)
+@router.post("/notifications", status_code=202, responses=docs.INGEST)
 async def create_notification(request: Request) -> Response:
     raw = await read_json(request)
     key = _check_key(request.headers.get("idempotency-key"))
     svc = services(request)
-    status, answer = await svc.ingest.accept(_notification(svc, raw, key))
+    item = _notification(svc, raw, key)
+    await svc.limiter.admit(client_identity(request), 1)
+    status, answer = await svc.ingest.accept(item)
     return JSON(answer, status_code=status)
 
 
-@router.post("/notifications/batch", status_code=202)
+@router.post("/notifications/batch", status_code=202, responses=docs.INGEST)
 async def create_notifications(request: Request) -> Response:
     """SPEC §2: validated as a whole (a 422 names the bad items by index, nothing is stored), committed
     together, answered per item in order."""
@@ -140,19 +153,21 @@ async def create_notifications(request: Request) -> Response:
             bad.append({"index": index, "code": exc.code, "message": exc.message, "details": exc.details})
     if bad:
         raise ApiError(422, "invalid_request", f"{len(bad)} of {len(listed)} notifications are invalid", bad)
+    await svc.limiter.admit(client_identity(request), len(items))
     results = await svc.ingest.accept_many(items)
     return JSON({"results": [r.body() if isinstance(r, ApiError) else r[1] for r in results]}, status_code=202)
 
 
-@router.get("/notifications/offline/{user_id}")
+@router.get("/notifications/offline/{user_id}", responses=docs.OFFLINE)
 async def offline_queue(
-    request: Request, user_id: str, limit: int = Query(100, ge=1, le=1000), after_seq: int = Query(0, ge=0)
+    request: Request, user_id: str, limit: int = Query(100, ge=1, le=1000),
+    after_seq: int = Query(0, ge=0, le=MAX_BIGINT),
 ) -> Response:
     page = await services(request).queries.offline(check_user_id(user_id), after_seq, limit)
     return JSON(page)
 
 
-@router.post("/notifications/offline/{user_id}/ack")
+@router.post("/notifications/offline/{user_id}/ack", responses=docs.ACK)
 async def ack(request: Request, user_id: str) -> Response:
     check_user_id(user_id)
     raw = await read_json(request)
@@ -164,9 +179,12 @@ async def ack(request: Request, user_id: str) -> Response:
     return JSON({"acknowledged": n})
 
 
-@router.get("/notifications/{notification_id}")
+@router.get("/notifications/{notification_id}", responses=docs.NOTIFICATION)
 async def get_notification(
-    request: Request, notification_id: str, user_id: str | None = None, limit: int = Query(100, ge=1, le=1000)
+    request: Request,
+    notification_id: str = Path(json_schema_extra={"format": "uuid"}),  # parsed below: a 422 names the id
+    user_id: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
 ) -> Response:
     nid = parse_uuid(notification_id, "id")
     if user_id is not None:
@@ -174,36 +192,36 @@ async def get_notification(
     return JSON(await services(request).queries.notification(nid, user_id, limit))
 
 
-@router.get("/dlq")
+@router.get("/dlq", responses=docs.DLQ_LIST)
 async def dlq_list(
     request: Request,
     limit: int = Query(100, ge=1, le=1000),
-    after: int = Query(0, ge=0),
+    after: int = Query(0, ge=0, le=MAX_BIGINT),
     user_id: str | None = None,
-    event: str | None = Query(None, max_length=128),
+    event: str | None = Query(None, pattern=EVENT_RE.pattern),
 ) -> Response:
     if user_id is not None:
         check_user_id(user_id)
     return JSON(await services(request).queries.dlq_list(after, user_id, event, limit))
 
 
-@router.post("/dlq/{entry_id}/replay", status_code=202)
-async def dlq_replay(request: Request, entry_id: int) -> Response:
+@router.post("/dlq/{entry_id}/replay", status_code=202, responses=docs.DLQ_REPLAY)
+async def dlq_replay(request: Request, entry_id: int = Path(ge=1, le=MAX_BIGINT)) -> Response:
     return JSON(await services(request).queries.dlq_replay(entry_id), status_code=202)
 
 
-@router.delete("/dlq/{entry_id}", status_code=204)
-async def dlq_delete(request: Request, entry_id: int) -> Response:
+@router.delete("/dlq/{entry_id}", status_code=204, responses=docs.DLQ_DELETE)
+async def dlq_delete(request: Request, entry_id: int = Path(ge=1, le=MAX_BIGINT)) -> Response:
     await services(request).queries.dlq_delete(entry_id)
     return Response(status_code=204)
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses=docs.HEALTH)
 async def healthz() -> Response:
     return JSON({"status": "ok"})
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=docs.READY)
 async def readyz(request: Request) -> Response:
     checks = await services(request).readiness()
     ok = all(v == "ok" for v in checks.values())

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import re
-from collections.abc import Coroutine
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import suppress
 from typing import Any
 
@@ -14,18 +13,14 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from notiflow.batching import BatcherClosed
 from notiflow.errors import StoreUnavailable
 from notiflow.gateway.deps import services
 from notiflow.gateway.hub import Connection
-from notiflow.gateway.protocol import MAX_ACK_IDS, PONG, ClientFrame, CloseCode, FrameError
+from notiflow.gateway.protocol import MAX_ACK_IDS, PONG, ClientFrame, CloseCode, FrameError, origin_allowed
 from notiflow.models import user_id_problem
 
 router = APIRouter()
 log = logging.getLogger(__name__)
-
-# The ids the server sends are canonical UUIDs; an ack names them the same way.
-_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 # Fire-and-forget tasks (closes, acks) are kept referenced until done, so they are not collected midway.
 _background: set[asyncio.Task[None]] = set()
@@ -37,7 +32,7 @@ def _spawn(coro: Coroutine[Any, Any, None]) -> None:
     task.add_done_callback(_background.discard)
 
 
-def parse_client_frame(text: str) -> ClientFrame:
+def parse_client_frame(text: str, max_ack_ids: int = MAX_ACK_IDS) -> ClientFrame:
     try:
         msg = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -49,8 +44,8 @@ def parse_client_frame(text: str) -> ClientFrame:
         return ClientFrame("ping")
     if kind == "ack":
         ids = msg.get("ids")
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > MAX_ACK_IDS:
-            raise FrameError(f"ack needs 'ids': a list of at most {MAX_ACK_IDS} strings")
+        if not isinstance(ids, list) or len(ids) > max_ack_ids or not all(isinstance(i, str) for i in ids):
+            raise FrameError(f"ack needs 'ids': a list of at most {max_ack_ids} strings")
         return ClientFrame("ack", tuple(ids))
     raise FrameError("type must be 'ack' or 'ping'")
 
@@ -62,6 +57,10 @@ def _error_frame(message: str) -> str:
 @router.websocket("/ws/{user_id}")
 async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
     svc = services(ws)
+    limits = svc.settings
+    if not origin_allowed(ws.headers.get("origin"), limits.allowed_origins):
+        await ws.close(CloseCode.POLICY_VIOLATION)  # before accept: the handshake is answered 403
+        return
     await ws.accept()
     if user_id_problem(user_id):
         await ws.close(CloseCode.BAD_USER_ID, "invalid user id")
@@ -72,6 +71,9 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
         if token not in keys:
             await ws.close(CloseCode.UNAUTHORIZED, "unauthorized")
             return
+    if svc.hub.size >= limits.ws_max_sockets:
+        await ws.close(CloseCode.TRY_AGAIN_LATER, "gateway node is full")
+        return
 
     def close_soon(code: CloseCode) -> None:
         _spawn(_close(ws, code))
@@ -81,45 +83,65 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
     # the socket, not an empty hub.
     svc.hub.add(conn)
     try:
-        await svc.sessions.opened(user_id)
+        sockets = await svc.sessions.opened(user_id)
     except StoreUnavailable:
         svc.hub.remove(conn)
         await ws.close(CloseCode.INTERNAL_ERROR, "presence unavailable, retry")
         return
-    writer = asyncio.create_task(_write(ws, conn))
+    writer: asyncio.Task[None] | None = None
     try:
-        while True:
-            text = await ws.receive_text()
-            try:
-                frame = parse_client_frame(text)
-            except FrameError as exc:
-                conn.push(_error_frame(str(exc)))
-                continue
-            if frame.kind == "ping":
-                conn.push(PONG)
-                continue
-            # Ids stay text (PostgreSQL parses them): one regex per id, not a uuid.UUID object each.
-            ids: list[str] = []
-            for raw in frame.ids:
-                if _UUID_TEXT.fullmatch(raw):
-                    ids.append(raw.lower())
-                else:
-                    conn.push(_error_frame(f"not a notification id: {raw[:64]!r}"))
-            if ids:
-                # Not awaited: a slow commit must not stop this socket from reading pings. No task per
-                # ack either: the group commit's future calls back.
-                try:
-                    pending = svc.queries.ack_from_socket(conn.user_id, ids)
-                except BatcherClosed as exc:
-                    _ack_failed(conn, ids, exc)
-                else:
-                    pending.add_done_callback(functools.partial(_ack_done, conn, ids))
+        if sockets > limits.ws_max_sockets_per_user:
+            await ws.close(CloseCode.TOO_MANY_SOCKETS, f"at most {limits.ws_max_sockets_per_user} sockets per user")
+            return
+        writer = asyncio.create_task(_write(ws, conn))
+        await _read(ws, conn, svc.queries.ack_from_socket, limits.ws_max_ack_ids, limits.ws_max_acks_in_flight)
     except (WebSocketDisconnect, RuntimeError):
         pass  # RuntimeError: receive after our own close (slow consumer); either way the socket is gone
     finally:
-        writer.cancel()
+        if writer is not None:
+            writer.cancel()
         svc.hub.remove(conn)
         await svc.sessions.closed(user_id)
+
+
+async def _read(
+    ws: WebSocket, conn: Connection, submit: Callable[[str, list[uuid.UUID]], Awaitable[None]],
+    max_ack_ids: int, max_acks_in_flight: int,
+) -> None:
+    """The reader loop: until the peer goes away or this socket is closed by a limit."""
+    while conn.closing is None:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None:
+            conn.push(_error_frame("binary frames are not part of the protocol: send JSON text frames"))
+            continue
+        try:
+            frame = parse_client_frame(text, max_ack_ids)
+        except FrameError as exc:
+            conn.push(_error_frame(str(exc)))
+            continue
+        if frame.kind == "ping":
+            conn.push(PONG)
+            continue
+        ids: list[uuid.UUID] = []
+        for raw in frame.ids:
+            try:
+                ids.append(uuid.UUID(raw))
+            except ValueError:
+                conn.push(_error_frame(f"not a notification id: {raw[:64]!r}"))
+        if not ids:
+            continue
+        if conn.acks_in_flight + len(ids) > max_acks_in_flight:
+            # An ack flood: acks are held in memory until their commit. Nothing is lost: what was not
+            # acknowledged stays in the offline queue.
+            conn.closing = CloseCode.POLICY_VIOLATION
+            await _close(ws, CloseCode.POLICY_VIOLATION)
+            return
+        conn.acks_in_flight += len(ids)
+        # Not awaited inline: a slow commit must not stop this socket from reading pings.
+        _spawn(_ack(submit, conn, ids))
 
 
 async def _write(ws: WebSocket, conn: Connection) -> None:
@@ -135,22 +157,18 @@ async def _close(ws: WebSocket, code: CloseCode) -> None:
             await ws.close(code, code.name.lower())
 
 
-def _ack_done(conn: Connection, ids: list[str], done: asyncio.Future[list[int | BaseException]]) -> None:
-    if done.cancelled():
-        _ack_failed(conn, ids, asyncio.CancelledError())
-        return
-    exc = done.exception()
-    if exc is None:
-        exc = next((r for r in done.result() if isinstance(r, BaseException)), None)
-    if exc is not None:
-        _ack_failed(conn, ids, exc)
-
-
-def _ack_failed(conn: Connection, ids: list[str], exc: BaseException) -> None:
-    log.warning("socket ack failed", extra={"user_id": conn.user_id, "error": str(exc)})
-    # Nothing is lost (the notifications stay in the offline queue), but the client must know
-    # that its ack did not take, or it would believe them delivered.
-    conn.push(orjson.dumps({
-        "type": "error", "code": "ack_failed", "message": "acknowledgement not applied; send it again",
-        "ids": [str(i) for i in ids],
-    }).decode())
+async def _ack(
+    submit: Callable[[str, list[uuid.UUID]], Awaitable[None]], conn: Connection, ids: list[uuid.UUID]
+) -> None:
+    try:
+        await submit(conn.user_id, ids)
+    except Exception as exc:  # noqa: BLE001 - answered to the client, who may ack again
+        log.warning("socket ack failed", extra={"user_id": conn.user_id, "error": str(exc)})
+        # Nothing is lost (the notifications stay in the offline queue), but the client must know
+        # that its ack did not take, or it would believe them delivered.
+        conn.push(orjson.dumps({
+            "type": "error", "code": "ack_failed", "message": "acknowledgement not applied; send it again",
+            "ids": [str(i) for i in ids],
+        }).decode())
+    finally:
+        conn.acks_in_flight -= len(ids)

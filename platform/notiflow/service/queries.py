@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from typing import Any
@@ -33,7 +32,7 @@ class QueryService:
         self._s = settings
         self._pool = pool
         self._work = work
-        self._acks: Batcher[tuple[str, list[str]], int] = Batcher(
+        self._acks: Batcher[tuple[str, list[uuid.UUID]], int] = Batcher(
             self._flush_acks, max_batch=500, name="socket-acks"
         )
 
@@ -68,12 +67,11 @@ class QueryService:
 
         return await retry_conflicts(write)
 
-    def ack_from_socket(self, user_id: str, ids: list[str]) -> asyncio.Future[list[int | BaseException]]:
-        """Acks arriving over sockets are batched across sockets into one statement (group commit); the
-        future completes once that commit did (or failed)."""
-        return self._acks.enqueue([(user_id, ids)])
+    async def ack_from_socket(self, user_id: str, ids: list[uuid.UUID]) -> None:
+        """Acks arriving over sockets are batched across sockets into one statement (group commit)."""
+        await self._acks.submit((user_id, ids))
 
-    async def _flush_acks(self, frames: list[tuple[str, list[str]]]) -> list[int | BaseException]:
+    async def _flush_acks(self, frames: list[tuple[str, list[uuid.UUID]]]) -> list[int | BaseException]:
         pairs = list(dict.fromkeys((user, nid) for user, ids in frames for nid in ids))
 
         async def write() -> None:
