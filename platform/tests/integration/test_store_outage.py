@@ -158,6 +158,10 @@ class _ReplyLost:
         await self._inner.execute(*args, **kwargs)
         raise ConnectionResetError("injected: reply lost after the commit")
 
+    async def fetch(self, *args: Any, **kwargs: Any) -> Any:  # the ingest statement returns the new seqs
+        await self._inner.fetch(*args, **kwargs)
+        raise ConnectionResetError("injected: reply lost after the commit")
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
