@@ -85,3 +85,40 @@ async def test_the_same_key_with_another_body_is_refused_and_creates_nothing(
     api = Api(http, target.urls[0], history, "sweeper")
     assert [i["id"] for i in await api.sweep(first_user)] == [first["id"]]
     assert await api.sweep(other_user) == []
+
+
+@pytest.mark.timeout(120)
+async def test_batch_items_keep_their_keys_across_racing_batches(
+    target: Target, http: httpx.AsyncClient, history: History, run_id: str
+) -> None:
+    """POST /notifications/batch: each item's ``idempotency_key`` is an Idempotency-Key of its own. Racing
+    retries of one batch, through every node, create each keyed item once; a key reused with another body
+    answers that item with an error and creates nothing for it."""
+    user = f"{run_id}-idem-batch"
+    items = [
+        {"user_id": user, "event": "idem.batch", "payload": {"cid": f"{run_id}-bcid-{k}"},
+         "idempotency_key": f"{run_id}-bkey-{k}-{uuid.uuid4().hex}"}
+        for k in range(20)
+    ]  # fmt: skip
+
+    async def send(url: str, body: dict[str, Any]) -> tuple[int, Any]:
+        resp = await http.post(f"{url}/notifications/batch", json=body)
+        return resp.status_code, resp.json()
+
+    urls = target.urls
+    answers = await asyncio.gather(*(send(urls[i % len(urls)], {"notifications": items}) for i in range(RETRIES)))
+    assert {status for status, _ in answers} == {202}, answers
+    results = [body["results"] for _, body in answers]
+    assert all(r == results[0] for r in results), "racing retries of one batch got differing answers"
+    assert all(r.get("status") == "accepted" for r in results[0]), results[0]
+
+    changed = [{**items[0], "payload": {"cid": f"{run_id}-bcid-changed"}}, {**items[1]}]
+    status, body = await send(urls[-1], {"notifications": changed})
+    assert status == 202, body
+    assert "error" in body["results"][0] and body["results"][0]["error"]["code"], body
+    assert body["results"][1] == results[0][1]
+
+    swept = await Api(http, urls[0], history, "sweeper").sweep(user)
+    assert sorted(i["id"] for i in swept) == sorted(r["id"] for r in results[0]), (
+        f"{len(items)} keyed batch items created {len(swept)} notifications"
+    )

@@ -44,7 +44,12 @@ def _without(*names: str, **extra: Any) -> Body:
     return lambda u: {k: v for k, v in _n(**extra)(u).items() if k not in names}
 
 
+def _batch(*items: Any) -> dict[str, Any]:
+    return {"notifications": list(items)}
+
+
 NESTED = "[" * 5000 + "]" * 5000
+BATCH = "/notifications/batch"
 
 
 def _deep(depth: int) -> dict[str, Any]:
@@ -110,6 +115,19 @@ CASES = [
     ),
     Case("huge header", _n(), headers={**JSON_CT, "x-junk": "a" * 65_536}, statuses=ANY_4XX),
     Case("idempotency key of 256 chars", _n(), headers={**JSON_CT, "idempotency-key": "k" * 256}),
+    # POST /notifications/batch is validated as a whole: one bad item refuses every item, good ones included.
+    Case("batch: one item with an unknown field", lambda u: _batch(_n()(u), _n(priority="high")(u)), path=BATCH),
+    Case("batch: one item with a bad user id", lambda u: _batch(_n()(u), _n()(u) | {"user_id": f"{u}/x"}), path=BATCH),
+    Case("batch: one item not an object", lambda u: _batch(_n()(u), [u]), path=BATCH),
+    Case("batch: idempotency_key of 256 chars", lambda u: _batch(_n()(u), _n(idempotency_key="k" * 256)(u)),
+         path=BATCH),
+    Case("batch: one payload over 64 KiB", lambda u: _batch(_n()(u), _n(payload={"blob": "x" * 70_000})(u)),
+         path=BATCH, statuses=INVALID | TOO_LARGE),
+    Case("batch: empty", lambda u: {"notifications": []}, path=BATCH),
+    Case("batch: 1001 items", lambda u: _batch(*[_n()(u)] * 1001), path=BATCH, statuses=INVALID | TOO_LARGE),
+    Case("batch: unknown top-level field", lambda u: {**_batch(_n()(u)), "mode": "fast"}, path=BATCH),
+    Case("batch: a bare notification", _n(), path=BATCH),
+    Case("batch: malformed json", lambda u: f'{{"notifications": [{{"user_id": "{u}"'.encode(), path=BATCH),
     Case("notification id not a uuid", None, "GET", "/notifications/not-a-uuid", statuses=INVALID | {404}),
     Case("unknown notification id", None, "GET", f"/notifications/{uuid.uuid4()}", statuses=frozenset({404})),
     Case("queue of a 256-char user", None, "GET", "/notifications/offline/" + "u" * 256, statuses=INVALID | {404}),

@@ -32,7 +32,9 @@ class Batcher(Generic[T, R]):
         self._flush = flush
         self._max = max_batch
         self._name = name
-        self._queue: list[tuple[T, asyncio.Future[R]]] = []
+        # Each submission is a group of items with one future for the group's results: a group is never
+        # split between flushes, so a batch request commits in one transaction or not at all.
+        self._queue: list[tuple[list[T], asyncio.Future[list[R | BaseException]]]] = []
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -43,13 +45,36 @@ class Batcher(Generic[T, R]):
         self._task = asyncio.create_task(self._run(), name=f"batcher-{self._name}")
 
     async def submit(self, item: T) -> R:
+        (result,) = await self.submit_many([item])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def submit_many(self, items: list[T]) -> list[R | BaseException]:
+        """Submit items that are flushed together (in one flush, whatever ``max_batch`` says); per item, its
+        result or the exception that item failed with. A failure of the whole flush is raised."""
+        # Shield: a caller that goes away (client disconnect) must not cancel a commit in progress.
+        return await asyncio.shield(self.enqueue(items))
+
+    def enqueue(self, items: list[T]) -> asyncio.Future[list[R | BaseException]]:
+        """``submit_many`` without waiting: the future completes after the flush (no task per caller)."""
         if self._closing:
             raise BatcherClosed(f"{self._name} is shutting down")
-        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, fut))
+        fut: asyncio.Future[list[R | BaseException]] = asyncio.get_running_loop().create_future()
+        self._queue.append((items, fut))
         self._wake.set()
-        # Shield: a caller that goes away (client disconnect) must not cancel a commit in progress.
-        return await asyncio.shield(fut)
+        return fut
+
+    def _take(self) -> list[tuple[list[T], asyncio.Future[list[R | BaseException]]]]:
+        """Whole groups, oldest first, up to ``max_batch`` items (always at least one group)."""
+        n = count = 0
+        for items, _ in self._queue:
+            if n and count + len(items) > self._max:
+                break
+            n += 1
+            count += len(items)
+        batch, self._queue = self._queue[:n], self._queue[n:]
+        return batch
 
     async def _run(self) -> None:
         while not (self._closing and not self._queue):
@@ -57,21 +82,23 @@ class Batcher(Generic[T, R]):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch, self._queue = self._queue[: self._max], self._queue[self._max :]
-            items = [i for i, _ in batch]
+            batch = self._take()
+            items = [i for group, _ in batch for i in group]
+            failed: Exception | None = None
             try:
                 results = await self._flush(items)
             except Exception as exc:  # noqa: BLE001 - the flush failed: every item of the batch fails with it
-                results = [exc] * len(items)
+                failed, results = exc, []
             self.batches += 1
             self.items += len(items)
-            for (_, fut), result in zip(batch, results, strict=True):
-                if fut.done():
-                    continue
-                if isinstance(result, BaseException):
-                    fut.set_exception(result)
-                else:
-                    fut.set_result(result)
+            start = 0
+            for group, fut in batch:
+                if not fut.done():
+                    if failed is not None:
+                        fut.set_exception(failed)
+                    else:
+                        fut.set_result(results[start : start + len(group)])
+                start += len(group)
 
     async def close(self, grace_s: float) -> None:
         """Stop taking items, flush what is queued within ``grace_s``, then cancel."""

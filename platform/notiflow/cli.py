@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -39,14 +40,26 @@ def _parser() -> argparse.ArgumentParser:
                             help=f"overrides NOTIFLOW_{name.upper()}")
     p = argparse.ArgumentParser(prog="notiflow", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("gateway", parents=[common], help="HTTP API and WebSocket endpoint")
-    sub.add_parser("stream-worker", parents=[common], help="consume the notifications stream")
+    gateway = sub.add_parser("gateway", parents=[common], help="HTTP API and WebSocket endpoint")
+    gateway.add_argument("--processes", dest="gateway_processes", type=int, default=None,
+                         help="processes sharing the port (overrides NOTIFLOW_GATEWAY_PROCESSES)")
+    # Set by the parent of several gateway processes for its copies; not for direct use.
+    gateway.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    worker = sub.add_parser("stream-worker", parents=[common], help="consume the notifications stream")
+    worker.add_argument("--processes", dest="stream_worker_processes", type=int, default=None,
+                        help="consumer processes (overrides NOTIFLOW_STREAM_WORKER_PROCESSES)")
     sub.add_parser("retry-worker", parents=[common], help="move due retries; run the reconciler")
     sub.add_parser("migrate", parents=[common], help="apply the SQL migrations")
     dev = sub.add_parser("dev", parents=[common], help="everything on one machine (embedded stores if no URLs)")
     dev.add_argument("--gateways", type=int, default=1)
     dev.add_argument("--stream-workers", type=int, default=1)
     dev.add_argument("--retry-workers", type=int, default=1)
+    dev.add_argument("--gateway-processes", type=int, default=None,
+                     help=f"processes per gateway (default NOTIFLOW_GATEWAY_PROCESSES, else {DEV_GATEWAY_PROCESSES},"
+                          " measured on 2 cores)")
+    dev.add_argument("--stream-worker-processes", type=int, default=None,
+                     help="processes per stream worker (default NOTIFLOW_STREAM_WORKER_PROCESSES, else "
+                          f"{DEV_STREAM_WORKER_PROCESSES})")
     dlq = sub.add_parser("dlq", parents=[common], help="operate on the dead-letter queue")
     dlq.add_argument("action", choices=["list", "replay", "purge"])
     dlq.add_argument("ids", nargs="*", type=int, help="entry ids (replay)")
@@ -55,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     dlq.add_argument("--event", default=None)
     _client_parsers(sub)
     return p
+
+
+# Flags of one command that name a setting (the processes of each role).
+_COMMAND_SETTINGS = ("gateway_processes", "stream_worker_processes")
+
+# `notiflow dev` defaults, measured on a 2-core machine with the load generator on it too (README, Performance).
+DEV_GATEWAY_PROCESSES = 2
+DEV_STREAM_WORKER_PROCESSES = 1
 
 
 def _client_parsers(sub: Any) -> None:
@@ -76,7 +97,8 @@ def _client_parsers(sub: Any) -> None:
 
 
 def build_settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, Any] = {k: getattr(args, k) for k in _FLAG_SETTINGS if getattr(args, k, None) is not None}
+    names = (*_FLAG_SETTINGS, *_COMMAND_SETTINGS)
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     return Settings(**overrides)
 
 
@@ -106,7 +128,31 @@ def _run_async(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
     return 0
 
 
-def cmd_gateway(settings: Settings) -> int:
+def _copies(command: str, argv: list[str], count: int, settings: Settings, *extra: str) -> int:
+    """Run ``count`` single-process copies of this command (see processes.py)."""
+    from notiflow.processes import run_copies
+
+    flags = [a for i, a in enumerate(argv) if a != "--processes" and (i == 0 or argv[i - 1] != "--processes")]
+    flags = [a for a in flags if not a.startswith("--processes=")]
+    rest = flags[flags.index(command) + 1 :]
+    log.info("starting process copies", extra={"command": command, "copies": count})
+    return run_copies([command, *rest, "--processes", "1", *extra], count, settings.node_id)
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.set_inheritable(True)
+    return sock
+
+
+def cmd_gateway(settings: Settings, argv: list[str], reuse_port: bool) -> int:
+    if settings.gateway_processes > 1:
+        return _copies("gateway", argv, settings.gateway_processes, settings, "--reuse-port")
+
     import uvicorn
 
     from notiflow.gateway.app import create_app, websocket_options
@@ -116,6 +162,7 @@ def cmd_gateway(settings: Settings) -> int:
         **websocket_options(settings),
         log_config=None, timeout_graceful_shutdown=int(settings.shutdown_grace_s), backlog=4096,
     )
+    sockets = [_reuse_port_socket(settings.host, settings.port)] if reuse_port else None
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -125,7 +172,7 @@ def cmd_gateway(settings: Settings) -> int:
     server = Server(config)
 
     async def main(stop: asyncio.Event) -> None:
-        serving = asyncio.create_task(server.serve())
+        serving = asyncio.create_task(server.serve(sockets=sockets))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
         server.should_exit = True  # stage 1: stop accepting; uvicorn drains within the grace, then closes
@@ -135,7 +182,10 @@ def cmd_gateway(settings: Settings) -> int:
     return _run_async(main)
 
 
-def cmd_stream_worker(settings: Settings) -> int:
+def cmd_stream_worker(settings: Settings, argv: list[str]) -> int:
+    if settings.stream_worker_processes > 1:
+        return _copies("stream-worker", argv, settings.stream_worker_processes, settings)
+
     from notiflow.worker.factory import stream_worker
 
     async def main(stop: asyncio.Event) -> None:
@@ -173,6 +223,17 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # A flag, else the environment, else the defaults measured for one machine.
+    chosen = {
+        "gateway_processes": (args.gateway_processes, "NOTIFLOW_GATEWAY_PROCESSES", DEV_GATEWAY_PROCESSES),
+        "stream_worker_processes": (
+            args.stream_worker_processes, "NOTIFLOW_STREAM_WORKER_PROCESSES", DEV_STREAM_WORKER_PROCESSES
+        ),
+    }
+    settings = settings.model_copy(update={
+        name: flag if flag is not None else (getattr(settings, name) if env in os.environ else default)
+        for name, (flag, env, default) in chosen.items()
+    })
     return run_dev(settings, gateways=args.gateways, stream_workers=args.stream_workers,
                    retry_workers=args.retry_workers, stop=stop)
 
@@ -212,7 +273,8 @@ def cmd_client(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(raw)
     try:
         settings = build_settings(args)
     except Exception as exc:  # noqa: BLE001 - a bad setting is reported plainly, not as a traceback
@@ -223,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet = people and "NOTIFLOW_LOG_LEVEL" not in os.environ
     logs.configure("WARNING" if quiet else settings.log_level, settings.node_id)
     commands: dict[str, Callable[[], int]] = {
-        "gateway": lambda: cmd_gateway(settings),
-        "stream-worker": lambda: cmd_stream_worker(settings),
+        "gateway": lambda: cmd_gateway(settings, raw, args.reuse_port),
+        "stream-worker": lambda: cmd_stream_worker(settings, raw),
         "retry-worker": lambda: cmd_retry_worker(settings),
         "migrate": lambda: cmd_migrate(settings),
         "dev": lambda: cmd_dev(settings, args),

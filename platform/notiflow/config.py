@@ -129,6 +129,10 @@ class Settings(BaseSettings):
         30_000, ge=100, description="Idle time after which another consumer's entry is reclaimed, ms. Default 30000."
     )
     reclaim_interval_s: float = Field(5.0, gt=0, description="How often idle entries are reclaimed, s. Default 5.")
+    dispatch_record_delay_ms: int = Field(
+        500, ge=0, description="How long successful socket hand-offs (dispatched/offline) wait before they are "
+        "written, coalesced, ms; acknowledged meanwhile, they need no write. Default 500.",
+    )
 
     # --- retry worker and reconciler --------------------------------------------------------
     retry_poll_ms: int = Field(200, ge=10, description="Retry ZSET poll period, milliseconds. Default 200.")
@@ -139,6 +143,16 @@ class Settings(BaseSettings):
     )
     outbox_grace_s: float = Field(
         5.0, gt=0, description="Age after which committed work not yet in the stream is re-enqueued, s. Default 5."
+    )
+
+    # --- processes --------------------------------------------------------------------------
+    gateway_processes: int = Field(
+        1, ge=1, le=64, description="Processes one `notiflow gateway` runs, each a node of its own, sharing "
+        "the port (SO_REUSEPORT). Default 1 (`notiflow dev` picks its own default, see the README).",
+    )
+    stream_worker_processes: int = Field(
+        1, ge=1, le=64, description="Processes one `notiflow stream-worker` runs, each a consumer of its own. "
+        "Default 1.",
     )
 
     # --- gateway sockets --------------------------------------------------------------------

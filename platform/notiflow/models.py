@@ -83,6 +83,21 @@ class NewNotification:
     webhook_url: str | None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    # Set by the commit: the creation time stored, and each recipient's seq (in user_ids order).
+    created_at: datetime | None = None
+    seqs: list[int] | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Carried:
+    """What a fresh socket entry carries so that the worker needs nothing from PostgreSQL to push it:
+    the frame's parts and each recipient's seq (in the entry's user order)."""
+
+    seqs: tuple[int, ...]
+    event: str
+    payload_json: str
+    created_at: datetime
+    expires_at_ms: int | None
 
 
 @dataclass(slots=True, frozen=True)
@@ -92,9 +107,16 @@ class StreamEntry:
     notification_id: uuid.UUID
     user_ids: tuple[str, ...]
     channel: Channel = Channel.SOCKET
+    carried: Carried | None = None
 
     def fields(self) -> dict[str, str]:
-        return {"n": str(self.notification_id), "u": "\x1f".join(self.user_ids), "c": self.channel.value}
+        out = {"n": str(self.notification_id), "u": "\x1f".join(self.user_ids), "c": self.channel.value}
+        if (c := self.carried) is not None:
+            out.update({
+                "s": ",".join(map(str, c.seqs)), "e": c.event, "p": c.payload_json,
+                "t": c.created_at.isoformat(), "x": "" if c.expires_at_ms is None else str(c.expires_at_ms),
+            })
+        return out
 
     @classmethod
     def parse(cls, fields: dict[Any, Any]) -> StreamEntry:
@@ -103,7 +125,14 @@ class StreamEntry:
         users = tuple(raw["u"].split("\x1f")) if raw.get("u") else ()
         if not users or any(user_id_problem(u) for u in users):
             raise ValueError(f"bad recipients in stream entry: {raw.get('u')!r:.200}")
-        return cls(uuid.UUID(raw["n"]), users, Channel(raw.get("c", "socket")))
+        carried = None
+        if "s" in raw:
+            seqs = tuple(int(x) for x in raw["s"].split(","))
+            if len(seqs) != len(users) or not EVENT_RE.match(raw["e"]):
+                raise ValueError("carried frame does not match the entry's recipients")
+            created = datetime.fromisoformat(raw["t"])
+            carried = Carried(seqs, raw["e"], raw["p"], created, int(raw["x"]) if raw["x"] else None)
+        return cls(uuid.UUID(raw["n"]), users, Channel(raw.get("c", "socket")), carried)
 
 
 def _text(value: object) -> str:
@@ -133,9 +162,9 @@ class DeliveryWork:
     def key(self) -> tuple[uuid.UUID, str]:
         return (self.notification_id, self.user_id)
 
-    def frame_json(self) -> str:
-        """The SPEC §3 server-to-client frame as compact JSON."""
-        return notification_frame(self.notification_id, self.seq, self.event, self.payload_json, self.created_at)
+    def template(self) -> FrameTemplate:
+        """The SPEC §3 server-to-client frame of this notification, without its seq."""
+        return frame_template(self.notification_id, self.event, self.payload_json, self.created_at)
 
     def webhook_body(self) -> bytes:
         """The downstream's JSON body: the notification for this one recipient."""
@@ -146,12 +175,30 @@ class DeliveryWork:
         return f'{head},"payload":{_compact(self.payload_json)},"created_at":{created}}}'.encode()
 
 
-def notification_frame(nid: uuid.UUID, seq: int, event: str, payload_json: str, created_at: datetime) -> str:
-    """``{"type": "notification", "id", "seq", "event", "payload", "created_at"}``; the payload is
-    spliced in as stored, never decoded and re-encoded on the hot path."""
-    head = orjson.dumps({"type": "notification", "id": str(nid), "seq": seq, "event": event})[:-1].decode()
+@dataclass(slots=True, frozen=True)
+class FrameTemplate:
+    """A notification's frame with its ``seq`` left out: encoded once per notification, however many
+    recipients it has (only ``seq`` differs between them). Neither part contains a tab or a newline."""
+
+    head: str  # '{"type":"notification","id":"...","seq":'
+    tail: str  # ',"event":...,"payload":...,"created_at":...}'
+
+    def frame(self, seq: int) -> str:
+        return f"{self.head}{seq}{self.tail}"
+
+
+def frame_template(nid: uuid.UUID, event: str, payload_json: str, created_at: datetime) -> FrameTemplate:
+    """The template of ``{"type": "notification", "id", "seq", "event", "payload", "created_at"}``; the
+    payload is spliced in as stored, never decoded and re-encoded on the hot path."""
+    head = f'{{"type":"notification","id":"{nid}","seq":'
+    event_json = orjson.dumps(event).decode()
     created = orjson.dumps(created_at).decode()
-    return f'{head},"payload":{_compact(payload_json)},"created_at":{created}}}'
+    return FrameTemplate(head, f',"event":{event_json},"payload":{_compact(payload_json)},"created_at":{created}}}')
+
+
+def notification_frame(nid: uuid.UUID, seq: int, event: str, payload_json: str, created_at: datetime) -> str:
+    """One recipient's frame (see frame_template)."""
+    return frame_template(nid, event, payload_json, created_at).frame(seq)
 
 
 _CREATED = '"created_at":"'

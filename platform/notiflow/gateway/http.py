@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from notiflow.errors import ApiError
 from notiflow.gateway import responses as docs
-from notiflow.gateway.deps import services
-from notiflow.gateway.schemas import MAX_BIGINT, MAX_PAYLOAD_BYTES, AckIn, NotificationIn, parse_uuid
+from notiflow.gateway.deps import Services, services
+from notiflow.gateway.schemas import MAX_BATCH, MAX_BIGINT, MAX_PAYLOAD_BYTES, AckIn, NotificationIn, parse_uuid
 from notiflow.models import EVENT_RE, NewNotification, user_id_problem
 from notiflow.service.ingest import request_hash
 
@@ -89,12 +89,14 @@ def check_user_id(user_id: str) -> str:
     return user_id
 
 
-@router.post("/notifications", status_code=202, responses=docs.INGEST)
-async def create_notification(request: Request) -> Response:
-    raw = await read_json(request)
-    key = request.headers.get("idempotency-key")
-    if key is not None and not (1 <= len(key) <= 255 and key.isprintable()):
+def _check_key(key: object) -> str | None:
+    if key is not None and not (isinstance(key, str) and 1 <= len(key) <= 255 and key.isprintable()):
         raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable characters")
+    return key
+
+
+def _notification(svc: Services, raw: Any, key: str | None) -> NewNotification:
+    """A validated, checked notification of one request body (or batch item); ApiError otherwise."""
     try:
         body = NotificationIn.model_validate(raw)
     except ValidationError as exc:
@@ -102,8 +104,6 @@ async def create_notification(request: Request) -> Response:
     payload_json = orjson.dumps(body.payload)
     if len(payload_json) > MAX_PAYLOAD_BYTES:
         raise ApiError(413, "payload_too_large", f"payload is larger than {MAX_PAYLOAD_BYTES} bytes serialised")
-    svc = services(request)
-    await svc.limiter.admit(client_identity(request), 1)
     item = NewNotification(
         id=svc.new_id(),
         user_ids=body.recipients(),
@@ -114,8 +114,48 @@ async def create_notification(request: Request) -> Response:
         idempotency_key=key,
         request_hash=request_hash(body.model_dump()) if key else None,
     )
+    svc.ingest.check(item)
+    return item
+
+
+@router.post("/notifications", status_code=202, responses=docs.INGEST)
+async def create_notification(request: Request) -> Response:
+    raw = await read_json(request)
+    key = _check_key(request.headers.get("idempotency-key"))
+    svc = services(request)
+    item = _notification(svc, raw, key)
+    await svc.limiter.admit(client_identity(request), 1)
     status, answer = await svc.ingest.accept(item)
     return JSON(answer, status_code=status)
+
+
+@router.post("/notifications/batch", status_code=202, responses=docs.INGEST)
+async def create_notifications(request: Request) -> Response:
+    """SPEC §2: validated as a whole (a 422 names the bad items by index, nothing is stored), committed
+    together, answered per item in order."""
+    raw = await read_json(request)
+    if not isinstance(raw, dict) or set(raw) != {"notifications"}:
+        raise ApiError(422, "invalid_request", 'the body must be {"notifications": [...]} and nothing else')
+    listed = raw["notifications"]
+    if not isinstance(listed, list) or not 1 <= len(listed) <= MAX_BATCH:
+        raise ApiError(422, "invalid_request", f"notifications must be a list of 1 to {MAX_BATCH} objects")
+    svc = services(request)
+    items: list[NewNotification] = []
+    bad: list[dict[str, Any]] = []
+    for index, entry in enumerate(listed):
+        try:
+            if not isinstance(entry, dict):
+                raise ApiError(422, "invalid_request", "each notification must be a JSON object")
+            body = dict(entry)
+            key = _check_key(body.pop("idempotency_key", None))
+            items.append(_notification(svc, body, key))
+        except ApiError as exc:
+            bad.append({"index": index, "code": exc.code, "message": exc.message, "details": exc.details})
+    if bad:
+        raise ApiError(422, "invalid_request", f"{len(bad)} of {len(listed)} notifications are invalid", bad)
+    await svc.limiter.admit(client_identity(request), len(items))
+    results = await svc.ingest.accept_many(items)
+    return JSON({"results": [r.body() if isinstance(r, ApiError) else r[1] for r in results]}, status_code=202)
 
 
 @router.get("/notifications/offline/{user_id}", responses=docs.OFFLINE)

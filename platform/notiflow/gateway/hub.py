@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from notiflow.gateway.protocol import CloseCode
@@ -13,12 +14,17 @@ log = logging.getLogger(__name__)
 
 
 class Connection:
-    """One socket's send side. Frames wait in a bounded queue; when it overflows, the socket is closed
-    with SLOW_CONSUMER rather than buffering without limit."""
+    """One socket's send side. Frames wait in a bounded buffer that the socket's writer empties in one go
+    (one wake-up per burst, not per frame); when it overflows, the socket is closed with SLOW_CONSUMER
+    rather than buffering without limit."""
+
+    __slots__ = ("_close", "_frames", "_max", "_ready", "acks_in_flight", "closing", "user_id")
 
     def __init__(self, user_id: str, queue_max: int, close: Callable[[CloseCode], None]) -> None:
         self.user_id = user_id
-        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_max)
+        self._frames: deque[str] = deque()
+        self._max = queue_max
+        self._ready = asyncio.Event()
         self._close = close
         self.closing: CloseCode | None = None
         self.acks_in_flight = 0  # ids of this socket's acks not yet committed
@@ -26,10 +32,25 @@ class Connection:
     def push(self, frame: str) -> None:
         if self.closing is not None:
             return
-        try:
-            self.queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        if len(self._frames) >= self._max:
             self.close(CloseCode.SLOW_CONSUMER)
+            return
+        self._frames.append(frame)
+        if not self._ready.is_set():
+            self._ready.set()
+
+    async def take(self) -> list[str]:
+        """Every frame buffered so far, oldest first; waits while there are none."""
+        while not self._frames:
+            self._ready.clear()
+            await self._ready.wait()
+        frames = list(self._frames)
+        self._frames.clear()
+        return frames
+
+    @property
+    def buffered(self) -> int:
+        return len(self._frames)
 
     def close(self, code: CloseCode) -> None:
         if self.closing is None:
@@ -85,5 +106,5 @@ class Hub:
 
     def deliver(self, message: str) -> None:
         """A Pub/Sub message for this node: a batch of (user, frame)."""
-        for user_id, frame in decode_frames(message):
+        for user_id, frame in decode_frames(message, self._users.__contains__):
             self.push(user_id, frame)

@@ -11,6 +11,7 @@ from notiflow.errors import ApiError
 from notiflow.models import EVENT_RE, user_id_problem
 
 MAX_RECIPIENTS = 10_000
+MAX_BATCH = 1_000  # notifications per POST /notifications/batch
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_PAYLOAD_DEPTH = 64  # nesting of objects and arrays; the JSON encoder stops at 254
 MAX_TTL_S = 30 * 86_400

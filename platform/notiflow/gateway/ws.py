@@ -149,12 +149,12 @@ async def _read(
 async def _write(ws: WebSocket, conn: Connection) -> None:
     with suppress(WebSocketDisconnect, RuntimeError, OSError):
         while True:
-            frame = await conn.queue.get()
-            await ws.send_text(frame)
-            accepted_at = frame_created_at(frame)
-            if accepted_at is not None:
-                metrics.FRAMES.inc()
-                metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - accepted_at))
+            for frame in await conn.take():
+                await ws.send_text(frame)
+                accepted_at = frame_created_at(frame)
+                if accepted_at is not None:
+                    metrics.FRAMES.inc()
+                    metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - accepted_at))
 
 
 async def _close(ws: WebSocket, code: CloseCode) -> None:

@@ -22,12 +22,13 @@ from notiflow import metrics
 from notiflow.backoff import compute_backoff_ms
 from notiflow.config import Settings
 from notiflow.errors import DownstreamError, NotiflowError, StoreUnavailable
-from notiflow.models import WORK_STATUSES, Channel, DeliveryWork, Outcome, StreamEntry
+from notiflow.models import WORK_STATUSES, Channel, DeliveryStatus, DeliveryWork, FrameTemplate, Outcome, StreamEntry
+from notiflow.service.dispatch_log import DispatchLog, Handoff
 from notiflow.store import deliveries as sql
 from notiflow.store.pool import Pool, pg_errors, retry_conflicts
 from notiflow.streams.budget import HostBudget
 from notiflow.streams.presence import Presence
-from notiflow.streams.pubsub import Router
+from notiflow.streams.pubsub import NodeBatch, Router
 from notiflow.streams.work import WorkStream, retry_member
 from notiflow.webhook import WebhookClient, host_of
 
@@ -63,6 +64,7 @@ class DeliveryService:
         self._hook_slots = asyncio.Semaphore(settings.webhook_concurrency)
         self._budget = budget
         self.held_back = 0  # retries deferred by the per-host budget, for logs and tests
+        self.dispatch_log = DispatchLog(pool, settings.dispatch_record_delay_ms / 1000)
 
     # --- outcomes ---------------------------------------------------------------------------
 
@@ -126,28 +128,56 @@ class DeliveryService:
 
     # --- the socket channel -----------------------------------------------------------------
 
+    def _carried(self, entries: list[StreamEntry]) -> list[DeliveryWork]:
+        """The work a fresh entry carries: what its first processing needs, without PostgreSQL."""
+        now_ms = int(time.time() * 1000)
+        out: list[DeliveryWork] = []
+        for e in entries:
+            c = e.carried
+            assert c is not None
+            expired = c.expires_at_ms is not None and c.expires_at_ms <= now_ms
+            for user, seq in zip(e.user_ids, c.seqs, strict=True):
+                out.append(DeliveryWork(
+                    e.notification_id, user, seq, DeliveryStatus.PENDING.value, None, 0, 0, c.event,
+                    c.payload_json, c.created_at, expired, None,
+                ))
+        return out
+
     async def deliver_socket(self, entries: list[StreamEntry]) -> list[Outcome]:
-        """Route a batch to the gateway nodes of its online recipients; the rest are offline."""
+        """Route a batch to the gateway nodes of its online recipients; the rest are offline.
+
+        Entries that carry their frame (fresh from ingest) are pushed without reading PostgreSQL; the
+        others (retries, reclaims, the reconciler's) load their rows. Successful hand-offs go to the
+        dispatch log, written after the entries' ack; failures and expiries are recorded before it.
+        """
         started = _now()
-        works = await self.load(entries)
-        todo = [w for w in works.values() if w.status in _WORK_STATES and not w.socket_not_due]
+        carried = [e for e in entries if e.carried is not None]
+        todo = self._carried(carried)
+        if len(carried) < len(entries):
+            works = await self.load([e for e in entries if e.carried is None])
+            todo += [w for w in works.values() if w.status in _WORK_STATES and not w.socket_not_due]
         outcomes = [self._done(w, Channel.SOCKET, "expired", "expired", started) for w in todo if w.expired]
         live = [w for w in todo if not w.expired]
         try:
             nodes = await self._presence.live_nodes(sorted({w.user_id for w in live}))
-            per_node: dict[str, list[tuple[str, str]]] = defaultdict(list)
+            per_node: dict[str, NodeBatch] = defaultdict(dict)
+            templates: dict[uuid.UUID, FrameTemplate] = {}
             for w in live:
-                frame = w.frame_json()
+                template = templates.get(w.notification_id)
+                if template is None:
+                    template = templates[w.notification_id] = w.template()
                 for node in nodes.get(w.user_id, ()):
-                    per_node[node].append((w.user_id, frame))
+                    per_node[node].setdefault(template, []).append((w.user_id, w.seq))
             receivers = await self._router.publish(per_node)
         except StoreUnavailable as exc:
             outcomes += [self.failure(w, Channel.SOCKET, str(exc), started=started) for w in live]
         else:
+            handoffs: list[Handoff] = []
             for w in live:
                 reached = any(receivers.get(n, 0) > 0 for n in nodes.get(w.user_id, ()))
-                status = "dispatched" if reached else "offline"
-                outcomes.append(self._done(w, Channel.SOCKET, status, status, started))
+                status = DeliveryStatus.DISPATCHED if reached else DeliveryStatus.OFFLINE
+                handoffs.append((w.notification_id, w.user_id, status.value))
+            self.dispatch_log.add(handoffs)
         await self.record(outcomes)
         return outcomes
 

@@ -14,7 +14,7 @@ from notiflow import metrics
 from notiflow.batching import Batcher
 from notiflow.config import Settings
 from notiflow.errors import BackpressureError, IdempotencyConflict, StoreUnavailable
-from notiflow.models import Channel, NewNotification, StreamEntry
+from notiflow.models import Carried, Channel, NewNotification, StreamEntry
 from notiflow.store import ingest as sql
 from notiflow.store.pool import Pool, pg_errors, pg_write_errors
 from notiflow.streams.work import WorkStream
@@ -26,6 +26,7 @@ Accepted = tuple[int, dict[str, Any]]  # (HTTP status, body)
 
 ENQUEUE_BATCH = 2000  # notifications per XADD pipeline
 ENQUEUE_QUEUE_MAX = 100_000  # committed notifications held for XADD before the outbox sweep takes over
+CARRY_PAYLOAD_MAX = 8 * 1024  # payload bytes (JSON) a socket stream entry carries; larger ones are loaded
 
 
 def request_hash(body: dict[str, Any]) -> str:
@@ -34,13 +35,24 @@ def request_hash(body: dict[str, Any]) -> str:
 
 
 def stream_entries(items: list[NewNotification], chunk: int) -> list[StreamEntry]:
-    """Each notification's recipients in chunks: one entry per chunk and channel."""
+    """Each notification's recipients in chunks: one entry per chunk and channel. A socket entry carries
+    the frame (payloads up to CARRY_PAYLOAD_MAX), so that its first processing reads nothing from
+    PostgreSQL; larger payloads are loaded by the worker rather than copied into Redis per chunk."""
     out: list[StreamEntry] = []
     for item in items:
-        channels = [Channel.SOCKET, Channel.WEBHOOK] if item.webhook_url else [Channel.SOCKET]
+        carry = item.seqs is not None and item.created_at is not None and len(item.payload_json) <= CARRY_PAYLOAD_MAX
+        expires_ms = None
+        if carry and item.ttl_seconds is not None and item.created_at is not None:
+            expires_ms = int(item.created_at.timestamp() * 1000) + item.ttl_seconds * 1000
         for start in range(0, len(item.user_ids), chunk):
             users = tuple(item.user_ids[start : start + chunk])
-            out.extend(StreamEntry(item.id, users, ch) for ch in channels)
+            carried = None
+            if carry and item.seqs is not None and item.created_at is not None:
+                seqs = tuple(item.seqs[start : start + chunk])
+                carried = Carried(seqs, item.event, item.payload_json, item.created_at, expires_ms)
+            out.append(StreamEntry(item.id, users, Channel.SOCKET, carried))
+            if item.webhook_url:
+                out.append(StreamEntry(item.id, users, Channel.WEBHOOK))
     return out
 
 
@@ -86,22 +98,39 @@ class IngestService:
                 await asyncio.wait_for(self._drained(), timeout=grace_s)
             self._enqueuer.cancel()
 
-    async def accept(self, item: NewNotification) -> Accepted:
+    def check(self, item: NewNotification) -> None:
+        """What validation of the request body alone cannot know: configuration (allowed webhook hosts)."""
         if item.webhook_url:
             check_webhook_url(item.webhook_url, self._s.webhook_allowed_hosts)
+
+    async def accept(self, item: NewNotification) -> Accepted:
+        self.check(item)
+        (result,) = await self.accept_many([item])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def accept_many(self, items: list[NewNotification]) -> list[Accepted | IdempotencyConflict]:
+        """Commit checked items together (one transaction); per item its answer, or the conflict of an
+        idempotency key used before with another body. Any other failure fails them all."""
         # What this node accepted since the last XLEN counts at once, so that a burst cannot overshoot
         # the bound by a whole refresh period's worth; other nodes' bursts show at the next refresh.
         backlog = self._backlog + self._xadded + self._unstreamed + self._in_flight
         if backlog >= self._s.stream_max_backlog:
             raise BackpressureError(f"backlog {backlog} is over its bound", retry_after_s=1)
-        entries = self._entry_count(item)
+        entries = sum(self._entry_count(i) for i in items)
         self._in_flight += entries
         try:
-            answer = await self._batcher.submit(item)
-            metrics.ACCEPTED.inc()
-            return answer
+            results = await self._batcher.submit_many(items)
         finally:
             self._in_flight -= entries
+        out: list[Accepted | IdempotencyConflict] = []
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, IdempotencyConflict):
+                raise r
+            out.append(r)
+        metrics.ACCEPTED.inc(sum(1 for r in out if not isinstance(r, BaseException)))
+        return out
 
     async def _refresh_backlog(self) -> None:
         # A cached figure keeps XLEN off the request path; when Redis is unreachable the last figure

@@ -71,7 +71,7 @@ class QueryService:
         return n
 
     async def ack_from_socket(self, user_id: str, ids: list[uuid.UUID]) -> None:
-        """Acks arriving over sockets are batched across sockets into one statement."""
+        """Acks arriving over sockets are batched across sockets into one statement (group commit)."""
         await self._acks.submit((user_id, ids))
 
     async def _flush_acks(self, frames: list[tuple[str, list[uuid.UUID]]]) -> list[int | BaseException]:

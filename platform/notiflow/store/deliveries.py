@@ -70,6 +70,26 @@ SELECT (SELECT count(*) FROM sock) AS socket_rows, (SELECT count(*) FROM hook) A
        (SELECT count(*) FROM att) AS attempt_rows, (SELECT count(*) FROM dead) AS dlq_rows
 """
 
+# The socket channel's successful hand-offs, written late and coalesced (service/dispatch_log.py): no
+# attempt row (SPEC §4: only failed socket attempts are rows), and only rows still waiting for work move,
+# so an acknowledgement that landed first is never undone. Locks in key order, as every multi-row update.
+_RECORD_HANDOFFS = """
+WITH o AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS o(nid, uid, status) ORDER BY nid, uid
+), locked AS (
+    -- One key lookup per hand-off, in key order: never a scan of every open delivery (which stale
+    -- statistics can pick for an IN list, holding the locks for seconds).
+    SELECT l.notification_id, l.user_id, o.status FROM o CROSS JOIN LATERAL (
+        SELECT d.notification_id, d.user_id FROM deliveries d
+        WHERE d.notification_id = o.nid AND d.user_id = o.uid AND d.status IN ('pending', 'retrying')
+        FOR UPDATE
+    ) l
+)
+-- The rows are ours (locked, state checked): the key alone names them.
+UPDATE deliveries d SET status = l.status, next_attempt_at = NULL, updated_at = now()
+FROM locked l WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id
+"""
+
 # Claims the next webhook attempt of each delivery before its call: only a caller that saw the current attempt
 # count wins, so two entries for the same delivery (an outbox or stuck-work re-enqueue racing the original, a
 # reclaim after a crash) never call the downstream twice for one attempt (SPEC I6: at most MAX_RETRIES + 1).
@@ -143,6 +163,14 @@ async def record_outcomes(conn: Any, outcomes: list[Outcome], node_id: str) -> d
         node_id,
     )
     return dict(row)
+
+
+async def record_handoffs(conn: Any, handoffs: list[tuple[uuid.UUID, str, str]]) -> None:
+    """(notification id, user id, dispatched | offline) of socket deliveries handed off successfully."""
+    if handoffs:
+        await conn.execute(
+            _RECORD_HANDOFFS, [h[0] for h in handoffs], [h[1] for h in handoffs], [h[2] for h in handoffs]
+        )
 
 
 async def claim_webhook_attempts(

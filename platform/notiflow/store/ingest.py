@@ -44,10 +44,14 @@ WITH n AS (
     SELECT uid, cnt FROM per_user ORDER BY uid
     ON CONFLICT (user_id) DO UPDATE SET last_seq = s.last_seq + EXCLUDED.last_seq
     RETURNING user_id, last_seq
+), ins AS (
+    INSERT INTO deliveries (notification_id, user_id, seq, webhook_status)
+    SELECT d.nid, d.uid, b.last_seq - p.cnt + row_number() OVER (PARTITION BY d.uid ORDER BY d.ord), d.hook
+    FROM d JOIN per_user p ON p.uid = d.uid JOIN bump b ON b.user_id = d.uid
 )
-INSERT INTO deliveries (notification_id, user_id, seq, webhook_status)
-SELECT d.nid, d.uid, b.last_seq - p.cnt + row_number() OVER (PARTITION BY d.uid ORDER BY d.ord), d.hook
-FROM d JOIN per_user p ON p.uid = d.uid JOIN bump b ON b.user_id = d.uid
+-- Each user's new counter value (and the commit's timestamp, the notifications' created_at): enough for
+-- the caller to know every delivery's seq without reading the rows back.
+SELECT user_id, last_seq, now() AS created_at FROM bump
 """
 
 @dataclass(slots=True)
@@ -85,7 +89,8 @@ async def claim_idempotency_keys(conn: Any, items: list[NewNotification]) -> Key
 
 
 async def insert_notifications(conn: Any, items: list[NewNotification]) -> None:
-    """Insert the notifications and one delivery per recipient, with per-user seqs in batch order."""
+    """Insert the notifications and one delivery per recipient, with per-user seqs in batch order; sets
+    each item's ``created_at`` and ``seqs`` as stored."""
     if not items:
         return
     nids: list[uuid.UUID] = []
@@ -97,7 +102,7 @@ async def insert_notifications(conn: Any, items: list[NewNotification]) -> None:
             nids.append(item.id)
             uids.append(user)
             hooks.append(hook)
-    await conn.execute(
+    rows = await conn.fetch(
         _INSERT_BATCH,
         [i.id for i in items],
         [i.event for i in items],
@@ -109,6 +114,19 @@ async def insert_notifications(conn: Any, items: list[NewNotification]) -> None:
         uids,
         hooks,
     )
+    # The SQL numbers a user's new deliveries last_seq - count + 1 ... last_seq in batch order: so here.
+    count: dict[str, int] = {}
+    for user in uids:
+        count[user] = count.get(user, 0) + 1
+    following = {r["user_id"]: r["last_seq"] - count[r["user_id"]] + 1 for r in rows}
+    created_at = rows[0]["created_at"]
+    for item in items:
+        item.created_at = created_at
+        seqs = []
+        for user in item.user_ids:
+            seqs.append(following[user])
+            following[user] += 1
+        item.seqs = seqs
 
 
 async def mark_enqueued(pool: Any, notification_ids: list[uuid.UUID]) -> None:

@@ -44,9 +44,21 @@ WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id AND d.stat
 """
 _ACK_IDS = _ACK.format(where="d.user_id = $1 AND d.notification_id = ANY($2::uuid[])")
 _ACK_UP_TO = _ACK.format(where="d.user_id = $1 AND d.seq <= $2")
-_ACK_PAIRS = _ACK.format(
-    where="(d.user_id, d.notification_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))"
+# Socket acks, many users at once: one key lookup per pair in key order (a plan that scans every open
+# delivery, as stale statistics can pick for the IN form, holds the locks for seconds).
+_ACK_PAIRS = f"""
+WITH p AS (
+    SELECT DISTINCT nid, uid FROM unnest($2::uuid[], $1::text[]) AS p(nid, uid) ORDER BY nid, uid
+), locked AS (
+    SELECT l.notification_id, l.user_id FROM p CROSS JOIN LATERAL (
+        SELECT d.notification_id, d.user_id FROM deliveries d
+        WHERE d.notification_id = p.nid AND d.user_id = p.uid AND d.status IN {_OPEN}
+        FOR UPDATE
+    ) l
 )
+UPDATE deliveries d SET status = 'delivered', delivered_at = now(), updated_at = now()
+FROM locked l WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id
+"""
 
 # For a gateway resynchronising its sockets after its Pub/Sub subscription was lost.
 _OPEN_FOR_USERS = f"""

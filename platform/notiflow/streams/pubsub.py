@@ -1,7 +1,9 @@
 """Routing to gateway nodes: one Pub/Sub channel per node, so a node hears only its own users' traffic.
 
-A message is a batch of frames, one line each: ``user_id \\t frame-json``. User ids cannot contain
-control characters, and the frames are compact JSON, so neither separator can occur inside a field.
+A message is a batch of frames, one line each. A fan-out sends each notification's frame once: a line
+``\x02 head \t tail`` sets the current template (a frame without its seq, see models.FrameTemplate), then
+each recipient is a line ``user_id \t seq``. A line ``user_id \t {...}`` carries a whole frame. User ids
+cannot contain control characters, and frames are compact JSON, so no separator occurs inside a field.
 """
 
 from __future__ import annotations
@@ -9,25 +11,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from notiflow.config import Settings
+from notiflow.models import FrameTemplate
 from notiflow.streams.client import Redis, redis_errors
 
 log = logging.getLogger(__name__)
 
+_TEMPLATE = "\x02"
 
-def encode_frames(frames: list[tuple[str, str]]) -> str:
-    return "\n".join(f"{user}\t{frame}" for user, frame in frames)
+#: One node's share of a batch: per notification's template, its recipients there and their seqs.
+NodeBatch = dict[FrameTemplate, list[tuple[str, int]]]
 
 
-def decode_frames(message: str) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
+def encode_batch(batch: NodeBatch) -> str:
+    """Each template once, then its recipients as (user, seq)."""
+    lines: list[str] = []
+    for template, recipients in batch.items():
+        lines.append(f"{_TEMPLATE}{template.head}\t{template.tail}")
+        lines.extend(f"{user}\t{seq}" for user, seq in recipients)
+    return "\n".join(lines)
+
+
+def decode_frames(message: str, wanted: Callable[[str], bool] | None = None) -> Iterator[tuple[str, str]]:
+    """(user, frame) of every line; with ``wanted``, frames are built only for the users it accepts."""
+    head = tail = ""
     for line in message.split("\n"):
-        user, sep, frame = line.partition("\t")
-        if sep:
-            out.append((user, frame))
-    return out
+        if line.startswith(_TEMPLATE):
+            head, _, tail = line[1:].partition("\t")
+            continue
+        user, sep, rest = line.partition("\t")
+        if not sep or (wanted is not None and not wanted(user)):
+            continue
+        yield user, (rest if rest.startswith("{") else f"{head}{rest}{tail}")
 
 
 class Router:
@@ -40,7 +57,7 @@ class Router:
     def channel(self, node_id: str) -> str:
         return self._s.key("node", node_id, "frames")
 
-    async def publish(self, per_node: dict[str, list[tuple[str, str]]]) -> dict[str, int]:
+    async def publish(self, per_node: dict[str, NodeBatch]) -> dict[str, int]:
         """Publish each node its frames in one pipeline; returns each node's receiver count (0 means
         nobody listens there any more, so those users must be treated as offline)."""
         if not per_node:
@@ -49,7 +66,7 @@ class Router:
         async with redis_errors("publish"):
             pipe = self._r.pipeline(transaction=False)
             for node in nodes:
-                pipe.publish(self.channel(node), encode_frames(per_node[node]))
+                pipe.publish(self.channel(node), encode_batch(per_node[node]))
             counts = await pipe.execute()
         return {n: int(c) for n, c in zip(nodes, counts, strict=True)}
 

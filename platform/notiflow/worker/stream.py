@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -44,6 +45,7 @@ class StreamWorker:
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         await self._work.ensure_group()
+        self._d.dispatch_log.start()
         reclaimer = asyncio.create_task(self._reclaim_loop(stop), name="reclaim")
         if self._telemetry:
             self._telemetry.start()
@@ -62,10 +64,11 @@ class StreamWorker:
         # Intake has stopped; let webhook calls in flight finish within the grace period.
         reclaimer.cancel()
         await drain([reclaimer, *self._hooks], self._s.shutdown_grace_s)
+        await self._d.dispatch_log.close(self._s.shutdown_grace_s)
         if self._telemetry:
             await self._telemetry.close()
 
-    async def handle(self, raw: list[Raw]) -> None:
+    async def handle(self, raw: list[Raw], *, reclaimed: bool = False) -> None:
         sockets: list[Parsed] = []
         for entry_id, fields in raw:
             try:
@@ -73,6 +76,9 @@ class StreamWorker:
             except (KeyError, ValueError) as exc:
                 await self._poison(entry_id, fields, None, f"malformed entry: {exc}")
                 continue
+            if reclaimed and entry.carried is not None:
+                # Someone had it before and may have recorded an outcome: read the rows, not the entry.
+                entry = dataclasses.replace(entry, carried=None)
             if entry.channel is Channel.WEBHOOK:
                 # Webhook calls may take seconds: they run beside the loop, bounded in number.
                 await self._hook_entries.acquire()
@@ -197,5 +203,5 @@ class StreamWorker:
                 fresh.append((entry_id, fields))
         if fresh:
             log.info("reclaimed idle entries", extra={"entries": len(fresh)})
-            await self.handle(fresh)
+            await self.handle(fresh, reclaimed=True)
         return len(claimed)

@@ -26,6 +26,7 @@ from integration_support import Gateways, RunningWorker, Workers, notify, offlin
 
 from notiflow.errors import StoreUnavailable
 from notiflow.models import OPEN_STATUSES
+from notiflow.service.ingest import CARRY_PAYLOAD_MAX
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -108,9 +109,13 @@ async def test_entries_held_through_a_postgres_outage_are_not_parked_as_poison(
         service = _deliveries_of(w)
         service._pool = _PoolOutage(service._pool)
         service._pool.down = True
+        service.dispatch_log._pool = service._pool  # the hand-off writes meet the outage too
         outages.append(service._pool)
     bob = users(1)[0]
-    sent = [await notify(http, gw.url, [bob], payload={"n": i}) for i in range(20)]
+    # Payloads too large for a stream entry to carry: processing them needs PostgreSQL (a carried entry
+    # would be pushed without it, and only its hand-off write would wait for the outage to end).
+    pad = "x" * CARRY_PAYLOAD_MAX
+    sent = [await notify(http, gw.url, [bob], payload={"n": i, "pad": pad}) for i in range(20)]
 
     # The outage lasts 5 s (five reclaim idle periods) and until the workers have met it several times.
     loop = asyncio.get_running_loop()
@@ -151,6 +156,10 @@ class _ReplyLost:
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         await self._inner.execute(*args, **kwargs)
+        raise ConnectionResetError("injected: reply lost after the commit")
+
+    async def fetch(self, *args: Any, **kwargs: Any) -> Any:  # the ingest statement returns the new seqs
+        await self._inner.fetch(*args, **kwargs)
         raise ConnectionResetError("injected: reply lost after the commit")
 
     def __getattr__(self, name: str) -> Any:

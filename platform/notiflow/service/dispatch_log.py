@@ -1,0 +1,84 @@
+"""The socket channel's hand-offs (dispatched, offline), recorded off the critical path.
+
+Only the acceptance must be durable before anything else happens; a hand-off to a gateway is
+information, not a guarantee (SPEC §4: the offline queue lists every unacknowledged delivery, whatever
+its state). So the stream worker acknowledges its entries as soon as the frames are published, and the
+hand-offs are written here, coalesced, a little later: one UPDATE for many batches, and none at all for
+the deliveries the client acknowledged meanwhile (the UPDATE only moves pending/retrying rows).
+
+Losing these writes (a crash, PostgreSQL away) loses nothing either: the rows stay pending, and the
+reconciler's stuck-work sweep puts them back on the stream after ``stuck_after_s`` (a redelivery, never a
+loss). Failures, retries and expiries are not written here: they are recorded before the entry's ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+from notiflow.errors import StoreUnavailable
+from notiflow.store import deliveries as sql
+from notiflow.store.pool import Pool, pg_errors, retry_conflicts
+
+log = logging.getLogger(__name__)
+
+WRITE_CHUNK = 5000  # hand-offs per UPDATE statement
+HELD_MAX = 200_000  # hand-offs held while PostgreSQL is away; past it the stuck-work sweep covers them
+
+Handoff = tuple[uuid.UUID, str, str]  # (notification id, user id, dispatched | offline)
+
+
+class DispatchLog:
+    def __init__(self, pool: Pool, delay_s: float) -> None:
+        self._pool = pool
+        self._delay_s = delay_s
+        self._held: list[Handoff] = []
+        self._task: asyncio.Task[None] | None = None
+        self.written = 0
+        self.dropped = 0
+
+    def add(self, handoffs: list[Handoff]) -> None:
+        if len(self._held) + len(handoffs) > HELD_MAX:
+            self.dropped += len(handoffs)
+            return
+        self._held.extend(handoffs)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="dispatch-log")
+
+    async def close(self, grace_s: float) -> None:
+        """Write what is held (within ``grace_s``), then stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(TimeoutError, StoreUnavailable):
+            await asyncio.wait_for(self.flush(), timeout=grace_s)
+
+    async def _run(self) -> None:
+        while True:
+            # The delay lets most acknowledgements land first: their rows need no hand-off write at all.
+            await asyncio.sleep(self._delay_s)
+            try:
+                await self.flush()
+            except StoreUnavailable as exc:
+                log.warning("hand-off record failed; kept for the next round", extra={"error": str(exc)})
+
+    async def flush(self) -> None:
+        while self._held:
+            chunk, self._held = self._held[:WRITE_CHUNK], self._held[WRITE_CHUNK:]
+
+            async def write(chunk: list[Handoff] = chunk) -> None:
+                async with pg_errors("record hand-offs"), self._pool.acquire() as conn:
+                    await sql.record_handoffs(conn, chunk)
+
+            try:
+                await retry_conflicts(write)
+            except StoreUnavailable:
+                self._held = chunk + self._held  # in order, for the next round
+                raise
+            self.written += len(chunk)

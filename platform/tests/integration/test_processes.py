@@ -1,0 +1,74 @@
+"""`notiflow gateway --processes N` (NOTIFLOW_GATEWAY_PROCESSES): copies on one port, each a node of its own
+with its own routing channel; a notification reaches a user whichever copy holds the socket; the copies die
+with their parent, so a SIGKILLed gateway leaves nothing serving its port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from helpers import wait_for
+from integration_support import SocketFactory, notify, users
+
+from notiflow.config import Settings
+from notiflow.devstack import DevStack
+from notiflow.streams.presence import Presence
+
+pytestmark = pytest.mark.timeout(90)
+
+StackFactory = Callable[..., DevStack]
+
+
+async def test_gateway_processes_share_one_port_as_separate_nodes(
+    stack: StackFactory, socket: SocketFactory, http: httpx.AsyncClient, rds: aioredis.Redis, settings: Settings
+) -> None:
+    dev = await asyncio.to_thread(stack, gateways=1, stream_workers=1, retry_workers=0, gateway_processes=2)
+    gw = dev.gateway_urls[0]
+    parent = dev.supervisor.pid("gateway-0")
+    assert parent is not None
+
+    def copies() -> list[int]:
+        children = Path(f"/proc/{parent}/task/{parent}/children")
+        return [int(p) for p in children.read_text().split()] if children.exists() else []
+
+    await wait_for(lambda: len(copies()) == 2, timeout_s=20, message="two gateway copies")
+    node = dev.node_ids["gateway-0"]
+
+    # Enough sockets that the kernel's SO_REUSEPORT hash sends some to each copy.
+    people = users(24)
+    sockets = [await socket(gw, u) for u in people]
+    presence = Presence(rds, settings)
+
+    async def on_both() -> bool:
+        nodes = await presence.live_nodes(people)
+        return {n for ns in nodes.values() for n in ns} == {f"{node}-p0", f"{node}-p1"}
+
+    await wait_for(on_both, timeout_s=20, message="sockets on both copies, each copy its own node")
+    nid = await notify(http, gw, people)
+    for sock in sockets:
+        await sock.wait_ids([nid], timeout_s=20)
+
+    # SIGKILL of the parent alone: its copies die with it (PR_SET_PDEATHSIG), nothing serves the port.
+    pids = copies()
+    os.kill(parent, signal.SIGKILL)
+
+    def gone() -> bool:
+        return not any(_running(p) for p in pids)
+
+    await wait_for(gone, timeout_s=10, message="copies gone with their parent")
+    with pytest.raises(httpx.TransportError):
+        await http.get(f"{gw}/healthz", timeout=2)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"

@@ -1,0 +1,81 @@
+"""The hot path's encodings: the frame a fresh stream entry carries, a notification's frame encoded once for all
+its recipients, the Pub/Sub batch format, and group commit of whole submissions."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from notiflow.batching import Batcher
+from notiflow.models import Carried, Channel, FrameTemplate, StreamEntry, frame_template, user_id_problem
+from notiflow.streams.pubsub import decode_frames, encode_batch
+
+users = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/"), min_size=1,
+                max_size=20).filter(lambda u: user_id_problem(u) is None)
+small_ints = st.integers(min_value=-(2**53), max_value=2**53)
+payloads = st.dictionaries(st.text(max_size=8), st.one_of(small_ints, st.text(max_size=20), st.booleans()), max_size=4)
+events = st.from_regex(r"[A-Za-z0-9._:\-]{1,20}", fullmatch=True)
+CREATED = datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+@given(nid=st.uuids(), recipients=st.lists(users, min_size=1, max_size=10, unique=True), event=events,
+       payload=payloads, expires=st.one_of(st.none(), st.integers(min_value=0, max_value=2**45)))
+def test_a_carried_frame_round_trips_through_the_stream_fields(
+    nid: uuid.UUID, recipients: list[str], event: str, payload: dict[str, object], expires: int | None
+) -> None:
+    carried = Carried(tuple(range(1, len(recipients) + 1)), event, orjson.dumps(payload).decode(), CREATED, expires)
+    entry = StreamEntry(nid, tuple(recipients), Channel.SOCKET, carried)
+    assert StreamEntry.parse(entry.fields()) == entry
+    assert StreamEntry.parse({k.encode(): v.encode() for k, v in entry.fields().items()}) == entry
+
+
+def test_a_carried_frame_that_does_not_match_its_recipients_is_refused() -> None:
+    fields = StreamEntry(uuid.uuid4(), ("a", "b"), carried=Carried((1, 2), "e", "{}", CREATED, None)).fields()
+    with pytest.raises(ValueError):
+        StreamEntry.parse({**fields, "s": "1"})
+    with pytest.raises(ValueError):
+        StreamEntry.parse({**fields, "e": "bad event"})
+
+
+@given(nid=st.uuids(), event=events, payload=payloads, seq=st.integers(min_value=1, max_value=2**62))
+def test_a_template_makes_the_spec_frame(nid: uuid.UUID, event: str, payload: dict[str, object], seq: int) -> None:
+    frame = orjson.loads(frame_template(nid, event, orjson.dumps(payload).decode(), CREATED).frame(seq))
+    assert frame == {"type": "notification", "id": str(nid), "seq": seq, "event": event, "payload": payload,
+                     "created_at": CREATED.isoformat()}
+
+
+def test_a_pubsub_batch_carries_each_template_once_and_decodes_to_every_frame() -> None:
+    a = frame_template(uuid.uuid4(), "a.b", '{"x": 1}', CREATED)
+    b = frame_template(uuid.uuid4(), "c.d", '{"y": "z\\tq"}', CREATED)
+    batch: dict[FrameTemplate, list[tuple[str, int]]] = {a: [("u1", 5), ("u2", 9)], b: [("u1", 6)]}
+    message = encode_batch(batch)
+    assert message.count('"x": 1') == 1
+    frames = list(decode_frames(message))
+    assert frames == [("u1", a.frame(5)), ("u2", a.frame(9)), ("u1", b.frame(6))]
+    # Only the users a node holds get a frame built.
+    assert list(decode_frames(message, {"u2"}.__contains__)) == [("u2", a.frame(9))]
+    # A whole frame on a line passes through as it is.
+    assert list(decode_frames('u3\t{"type":"notification"}')) == [("u3", '{"type":"notification"}')]
+
+
+@pytest.mark.timeout(10)
+async def test_a_submission_is_never_split_between_flushes() -> None:
+    flushed: list[list[int]] = []
+
+    async def flush(items: list[int]) -> list[int | BaseException]:
+        flushed.append(items)
+        await asyncio.sleep(0)
+        return [i * 10 for i in items]
+
+    batcher: Batcher[int, int] = Batcher(flush, max_batch=3, name="test")
+    batcher.start()
+    results = await asyncio.gather(batcher.submit_many([1, 2]), batcher.submit_many([3, 4, 5, 6]), batcher.submit(7))
+    await batcher.close(1)
+    assert results == [[10, 20], [30, 40, 50, 60], 70]
+    assert flushed == [[1, 2], [3, 4, 5, 6], [7]]  # over max_batch, the group still goes whole
