@@ -121,7 +121,6 @@ def test_stats_aggregate_every_node(stack) -> None:  # type: ignore[no-untyped-d
             assert t["accepted"] >= t0["accepted"] + 5
             assert t["frames_sent"] >= t0["frames_sent"] + 5
             assert t["acks"] >= t0["acks"] + 5
-            assert t["attempts"] >= t0["attempts"] + 5
             count = dict((str(le), c) for le, c in stats["latency_buckets"])["+Inf"]
             assert count >= dict((str(le), c) for le, c in first["latency_buckets"])["+Inf"] + 5
             return stats
