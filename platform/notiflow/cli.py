@@ -1,4 +1,4 @@
-"""Commands: gateway, stream-worker, retry-worker, migrate, dev, dlq. Signal handling lives only here.
+"""Commands: gateway, stream-worker, retry-worker, migrate, dev, dlq, keys, token. Signal handling lives only here.
 
 Settings come from the environment (NOTIFLOW_*); flags override them.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from notiflow import logs
+from notiflow import cli_auth, logs
 from notiflow.config import Settings
 
 log = logging.getLogger("notiflow")
@@ -44,12 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--gateways", type=int, default=1)
     dev.add_argument("--stream-workers", type=int, default=1)
     dev.add_argument("--retry-workers", type=int, default=1)
+    dev.add_argument("--auth", action="store_true",
+                     help="authentication on: prints a ready admin key and a user token (default: auth off)")
     dlq = sub.add_parser("dlq", parents=[common], help="operate on the dead-letter queue")
     dlq.add_argument("action", choices=["list", "replay", "purge"])
     dlq.add_argument("ids", nargs="*", type=int, help="entry ids (replay)")
     dlq.add_argument("--limit", type=int, default=100)
     dlq.add_argument("--user-id", default=None)
     dlq.add_argument("--event", default=None)
+    cli_auth.add_parsers(sub, common)
     return p
 
 
@@ -111,7 +114,9 @@ def cmd_gateway(settings: Settings) -> int:
         await serving
         stopping.cancel()
 
-    return _run_async(main)
+    _run_async(main)
+    # uvicorn returns quietly when the lifespan failed (e.g. auth not configured, already logged).
+    return 0 if server.started else 1
 
 
 def cmd_stream_worker(settings: Settings) -> int:
@@ -151,7 +156,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     return run_dev(settings, gateways=args.gateways, stream_workers=args.stream_workers,
-                   retry_workers=args.retry_workers, stop=stop)
+                   retry_workers=args.retry_workers, stop=stop, auth=args.auth)
 
 
 def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
@@ -185,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         "migrate": lambda: cmd_migrate(settings),
         "dev": lambda: cmd_dev(settings, args),
         "dlq": lambda: cmd_dlq(settings, args),
+        "keys": lambda: cli_auth.cmd_keys(settings, args),
+        "token": lambda: cli_auth.cmd_token(settings, args),
     }
     try:
         return commands[args.command]()

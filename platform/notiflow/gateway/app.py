@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,11 +16,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from notiflow import metrics
 from notiflow.config import Settings
-from notiflow.errors import ApiError, BackpressureError, StoreUnavailable
+from notiflow.errors import ApiError, AuthNotConfigured, BackpressureError, StoreUnavailable, Unauthorized
 from notiflow.gateway import http, ws
 from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
+from notiflow.service.auth import AuthService
 from notiflow.service.ingest import IngestService
 from notiflow.service.queries import QueryService
 from notiflow.service.sessions import SessionService
@@ -28,6 +31,17 @@ from notiflow.streams.presence import Presence
 from notiflow.streams.work import WorkStream
 
 log = logging.getLogger(__name__)
+
+AUTH_OFF_WARNING = (
+    "authentication is OFF (NOTIFLOW_AUTH=off): anyone who reaches this gateway can send, read and delete"
+)
+
+
+async def _warn_while_auth_off(period_s: float) -> None:
+    while True:
+        log.warning(AUTH_OFF_WARNING)
+        await asyncio.sleep(period_s)
+
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -39,7 +53,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     queries = QueryService(settings, pool, work)
     ingest = IngestService(settings, pool, work)
     sessions = SessionService(settings, redis, Presence(redis, settings), queries, hub)
-    app.state.services = Services(settings, pool, redis, ingest, queries, sessions, hub)
+    try:
+        auth = AuthService(settings, pool)
+        await auth.start()
+    except AuthNotConfigured as exc:
+        log.error("gateway refuses to start: %s", exc)
+        await redis.aclose()
+        await pool.close()
+        raise
+    warner = asyncio.create_task(_warn_while_auth_off(settings.auth_off_warning_s)) if auth.off else None
+    app.state.services = Services(settings, pool, redis, ingest, queries, sessions, hub, auth)
     queries.start()
     await ingest.start()
     await sessions.start()
@@ -51,6 +74,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ingest.close(settings.shutdown_grace_s)
         await queries.close(settings.shutdown_grace_s)
         await sessions.close()
+        await auth.close(settings.shutdown_grace_s)
+        if warner is not None:
+            warner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warner
         await redis.aclose()
         await pool.close()
 
@@ -64,7 +92,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> Response:
-        return http.JSON(exc.body(), status_code=exc.status)
+        # RFC 6750: a 401 names the scheme the client should use.
+        headers = {"www-authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return http.JSON(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(BackpressureError)
     async def backpressure(_: Request, exc: BackpressureError) -> Response:

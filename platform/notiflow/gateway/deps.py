@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 
 from notiflow.config import Settings
 from notiflow.gateway.hub import Hub
+from notiflow.service.auth import AuthService
 from notiflow.service.ingest import IngestService
 from notiflow.service.queries import QueryService
 from notiflow.service.sessions import SessionService
@@ -26,6 +27,7 @@ class Services:
     queries: QueryService
     sessions: SessionService
     hub: Hub
+    auth: AuthService
 
     @staticmethod
     def new_id() -> uuid.UUID:

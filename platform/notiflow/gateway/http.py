@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from notiflow.credentials import Principal, Scope
 from notiflow.errors import ApiError
+from notiflow.gateway.auth import acting_for_user, require_scope
 from notiflow.gateway.deps import services
 from notiflow.gateway.schemas import MAX_PAYLOAD_BYTES, AckIn, NotificationIn, parse_uuid
 from notiflow.models import NewNotification, user_id_problem
@@ -78,8 +80,14 @@ def check_user_id(user_id: str) -> str:
     return user_id
 
 
+_SEND = Depends(require_scope(Scope.SEND))
+_READ = Depends(require_scope(Scope.READ))
+_ADMIN = Depends(require_scope(Scope.ADMIN))
+_FOR_USER = Depends(acting_for_user)
+
+
 @router.post("/notifications", status_code=202)
-async def create_notification(request: Request) -> Response:
+async def create_notification(request: Request, who: Principal = _SEND) -> Response:
     raw = await read_json(request)
     key = request.headers.get("idempotency-key")
     if key is not None and not (1 <= len(key) <= 255 and key.isprintable()):
@@ -100,13 +108,14 @@ async def create_notification(request: Request) -> Response:
         ttl_seconds=body.ttl_seconds,
         webhook_url=body.webhook_url,
         idempotency_key=key,
+        idempotency_scope=who.idempotency_scope,
         request_hash=request_hash(body.model_dump()) if key else None,
     )
     status, answer = await svc.ingest.accept(item)
     return JSON(answer, status_code=status)
 
 
-@router.get("/notifications/offline/{user_id}")
+@router.get("/notifications/offline/{user_id}", dependencies=[_FOR_USER])
 async def offline_queue(
     request: Request, user_id: str, limit: int = Query(100, ge=1, le=1000), after_seq: int = Query(0, ge=0)
 ) -> Response:
@@ -114,7 +123,7 @@ async def offline_queue(
     return JSON(page)
 
 
-@router.post("/notifications/offline/{user_id}/ack")
+@router.post("/notifications/offline/{user_id}/ack", dependencies=[_FOR_USER])
 async def ack(request: Request, user_id: str) -> Response:
     check_user_id(user_id)
     raw = await read_json(request)
@@ -126,7 +135,7 @@ async def ack(request: Request, user_id: str) -> Response:
     return JSON({"acknowledged": n})
 
 
-@router.get("/notifications/{notification_id}")
+@router.get("/notifications/{notification_id}", dependencies=[_READ])
 async def get_notification(
     request: Request, notification_id: str, user_id: str | None = None, limit: int = Query(100, ge=1, le=1000)
 ) -> Response:
@@ -136,7 +145,7 @@ async def get_notification(
     return JSON(await services(request).queries.notification(nid, user_id, limit))
 
 
-@router.get("/dlq")
+@router.get("/dlq", dependencies=[_ADMIN])
 async def dlq_list(
     request: Request,
     limit: int = Query(100, ge=1, le=1000),
@@ -149,12 +158,12 @@ async def dlq_list(
     return JSON(await services(request).queries.dlq_list(after, user_id, event, limit))
 
 
-@router.post("/dlq/{entry_id}/replay", status_code=202)
+@router.post("/dlq/{entry_id}/replay", status_code=202, dependencies=[_ADMIN])
 async def dlq_replay(request: Request, entry_id: int) -> Response:
     return JSON(await services(request).queries.dlq_replay(entry_id), status_code=202)
 
 
-@router.delete("/dlq/{entry_id}", status_code=204)
+@router.delete("/dlq/{entry_id}", status_code=204, dependencies=[_ADMIN])
 async def dlq_delete(request: Request, entry_id: int) -> Response:
     await services(request).queries.dlq_delete(entry_id)
     return Response(status_code=204)

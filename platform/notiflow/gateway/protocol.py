@@ -24,7 +24,8 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 1011  # the node could not register the socket (Redis down): reconnect with backoff
     SLOW_CONSUMER = 4008  # the client read too slowly and its send queue overflowed: reconnect
     BAD_USER_ID = 4400  # the user id in the path is invalid: do not reconnect
-    UNAUTHORIZED = 4401  # missing or wrong token: do not reconnect
+    UNAUTHORIZED = 4401  # missing, invalid or expired token (also at the token's exp): reconnect with a fresh one
+    FORBIDDEN = 4403  # valid token of another user (or a key without `read`): do not reconnect
 
 
 RECONNECT: dict[CloseCode, bool] = {
@@ -33,7 +34,8 @@ RECONNECT: dict[CloseCode, bool] = {
     CloseCode.INTERNAL_ERROR: True,
     CloseCode.SLOW_CONSUMER: True,
     CloseCode.BAD_USER_ID: False,
-    CloseCode.UNAUTHORIZED: False,
+    CloseCode.UNAUTHORIZED: True,  # only with a new token; with the same one it is refused again
+    CloseCode.FORBIDDEN: False,
 }
 
 PONG = '{"type":"pong"}'

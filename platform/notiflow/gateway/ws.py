@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import suppress
@@ -14,6 +15,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from notiflow.errors import StoreUnavailable
+from notiflow.gateway.auth import authorize_socket
 from notiflow.gateway.deps import services
 from notiflow.gateway.hub import Connection
 from notiflow.gateway.protocol import MAX_ACK_IDS, PONG, ClientFrame, CloseCode, FrameError
@@ -57,16 +59,20 @@ def _error_frame(message: str) -> str:
 @router.websocket("/ws/{user_id}")
 async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
     svc = services(ws)
+    # Accepted first, so that a refusal can carry its close code (a refused handshake cannot); nothing is
+    # sent and nothing is registered before the checks below pass.
     await ws.accept()
     if user_id_problem(user_id):
         await ws.close(CloseCode.BAD_USER_ID, "invalid user id")
         return
-    keys = svc.settings.api_keys
-    if keys:
-        token = ws.query_params.get("token") or ws.headers.get("authorization", "").removeprefix("Bearer ")
-        if token not in keys:
-            await ws.close(CloseCode.UNAUTHORIZED, "unauthorized")
-            return
+    try:
+        who = await authorize_socket(ws, user_id)
+    except StoreUnavailable:
+        await ws.close(CloseCode.INTERNAL_ERROR, "credentials could not be checked, retry")
+        return
+    if isinstance(who, CloseCode):
+        await ws.close(who, who.name.lower())
+        return
 
     def close_soon(code: CloseCode) -> None:
         _spawn(_close(ws, code))
@@ -81,6 +87,11 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
         svc.hub.remove(conn)
         await ws.close(CloseCode.INTERNAL_ERROR, "presence unavailable, retry")
         return
+    # A token's socket ends when the token does: the client reconnects with a fresh one.
+    expiry = None
+    if who.expires_at is not None:
+        delay = max(0.0, who.expires_at - time.time())
+        expiry = asyncio.get_running_loop().call_later(delay, close_soon, CloseCode.UNAUTHORIZED)
     writer = asyncio.create_task(_write(ws, conn))
     try:
         while True:
@@ -105,6 +116,8 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
     except (WebSocketDisconnect, RuntimeError):
         pass  # RuntimeError: receive after our own close (slow consumer); either way the socket is gone
     finally:
+        if expiry is not None:
+            expiry.cancel()
         writer.cancel()
         svc.hub.remove(conn)
         await svc.sessions.closed(user_id)
