@@ -17,6 +17,7 @@ import pytest
 import redis
 import redis.asyncio
 from helpers import wait_for, wait_for_sync
+from pydantic import SecretStr
 
 from notiflow.config import Settings
 from notiflow.devstack import (
@@ -221,8 +222,13 @@ def test_settings_survive_the_trip_through_the_environment(monkeypatch: pytest.M
         presence_ttl_s=2.5,
         webhook_allowed_hosts=["127.0.0.1:9000", "localhost"],
         max_retries=3,
+        # Secrets travel as their values (str() of a SecretStr is "**********").
+        jwt_secret=SecretStr("a-secret-of-32-bytes-or-more-for-hs256"),
+        api_keys=[SecretStr("k1"), SecretStr("k2")],
+        auth="on",
     )
     env = settings_env(original)
+    assert env["NOTIFLOW_API_KEYS"] == "k1,k2" and env["NOTIFLOW_JWT_SECRET"].startswith("a-secret")
     assert "NOTIFLOW_NODE_ID" not in env and "NOTIFLOW_REDIS_URL" not in env
     for key in [k for k in os.environ if k.startswith("NOTIFLOW_")]:
         monkeypatch.delenv(key)

@@ -276,3 +276,23 @@ async def test_auth_off_is_announced_and_repeated(gateways: Gateways, caplog: py
     await gateways.start(auth="off", auth_off_warning_s=0.2)
     await wait_for(lambda: sum("authentication is OFF" in r.getMessage() for r in caplog.records) >= 3,
                    message="the auth-off warning is logged at start and then every auth_off_warning_s")
+
+
+async def test_credentials_never_reach_the_logs(stack: Any, http: httpx.AsyncClient) -> None:
+    """A real gateway process at its most verbose level. (uvicorn's access lines, which name URLs with
+    ?token=, are kept off; the formatter masks credentials anyway, see unit/test_credentials.py.)"""
+    dev = stack(stream_workers=0, retry_workers=0, log_level="DEBUG", **auth_on())
+    base = dev.gateway_urls[0]
+    (dora,) = users(1)
+    user_token = token(dora)
+    queue = f"{base}/notifications/offline/{dora}"
+    assert (await http.get(queue, params={"token": user_token})).status_code == 200
+    assert (await http.get(queue, headers=bearer(user_token))).status_code == 200
+    assert (await http.get(f"{base}/dlq", headers=bearer(BOOTSTRAP))).status_code == 200
+    async with connect(f"{base.replace('http://', 'ws://')}/ws/{dora}?token={user_token}", proxy=None) as conn:
+        await conn.send('{"type":"ping"}')
+        assert "pong" in str(await asyncio.wait_for(conn.recv(), timeout=10))
+    dev.stop()  # flushes and closes the log
+    text = dev.supervisor.log_path("gateway-0").read_text()
+    assert '"level":"debug"' in text, "the gateway did not log at debug level (this test would prove nothing)"
+    assert user_token not in text and BOOTSTRAP not in text and SECRET not in text
