@@ -30,6 +30,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--profile", choices=sorted(PROFILES), default="default", help="run sizes (default, soak)")
     group.addoption("--report-limit", type=int, default=25, help="rows per section of a failure report")
+    group.addoption("--admin-key", default=None,
+                    help="an API key with every scope, for I11 against --base-url (else I11 is skipped there)")
+    group.addoption("--jwt-secret", default=None,
+                    help="the deployment's NOTIFLOW_JWT_SECRET, for I11 to sign end users' tokens")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -17,11 +17,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from notiflow import metrics
 from notiflow.config import Settings
 from notiflow.errors import ApiError, AuthNotConfigured, BackpressureError, StoreUnavailable, Unauthorized
-from notiflow.gateway import http, ws
+from notiflow.gateway import http, keys, ws
 from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
-from notiflow.service.auth import AuthService
+from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.ingest import IngestService
 from notiflow.service.queries import QueryService
 from notiflow.service.sessions import SessionService
@@ -62,7 +62,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pool.close()
         raise
     warner = asyncio.create_task(_warn_while_auth_off(settings.auth_off_warning_s)) if auth.off else None
-    app.state.services = Services(settings, pool, redis, ingest, queries, sessions, hub, auth)
+    app.state.services = Services(settings, pool, redis, ingest, queries, sessions, hub, auth, KeyService(pool))
     queries.start()
     await ingest.start()
     await sessions.start()
@@ -88,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.include_router(http.router)
     app.include_router(ws.router)
+    app.include_router(keys.router)
     app.add_middleware(Guard, settings=settings)
 
     @app.exception_handler(ApiError)

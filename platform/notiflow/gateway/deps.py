@@ -10,7 +10,7 @@ from starlette.requests import HTTPConnection
 
 from notiflow.config import Settings
 from notiflow.gateway.hub import Hub
-from notiflow.service.auth import AuthService
+from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.ingest import IngestService
 from notiflow.service.queries import QueryService
 from notiflow.service.sessions import SessionService
@@ -28,6 +28,7 @@ class Services:
     sessions: SessionService
     hub: Hub
     auth: AuthService
+    keys: KeyService
 
     @staticmethod
     def new_id() -> uuid.UUID:

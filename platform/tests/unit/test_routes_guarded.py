@@ -9,7 +9,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, APIWebSocketRoute
 
 from notiflow.config import Settings
-from notiflow.gateway import auth, http, ws
+from notiflow.gateway import auth, http, keys, ws
 from notiflow.gateway.app import create_app
 
 OPEN = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
@@ -25,7 +25,7 @@ def _calls(dependant: Dependant) -> set[object]:
 def _routes() -> list[object]:
     # The routers' own routes (an app's include_router wraps them in a private type) and the app's.
     app = create_app(Settings(_env_file=None))  # type: ignore[call-arg]
-    return [*http.router.routes, *ws.router.routes, *app.routes]
+    return [*http.router.routes, *ws.router.routes, *keys.router.routes, *app.routes]
 
 
 def test_every_route_but_probes_needs_credentials() -> None:
@@ -34,7 +34,7 @@ def test_every_route_but_probes_needs_credentials() -> None:
         if isinstance(route, APIRoute):
             (guarded if auth.principal in _calls(route.dependant) else open_).append(route.path)
     assert set(open_) <= OPEN, f"routes without credentials: {sorted(set(open_) - OPEN)}"
-    assert {"/notifications", "/dlq", "/notifications/offline/{user_id}"} <= set(guarded)
+    assert {"/notifications", "/dlq", "/notifications/offline/{user_id}", "/keys"} <= set(guarded)
 
 
 def test_the_socket_checks_credentials_itself() -> None:
