@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -58,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def build_settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {k: getattr(args, k) for k in _FLAG_SETTINGS if getattr(args, k, None) is not None}
-    return Settings(**overrides)
+    # Secrets may come as files too (Docker/Kubernetes secrets): NOTIFLOW_SECRETS_DIR/notiflow_jwt_secret
+    # and so on, one file per setting; the environment wins over a file.
+    secrets_dir = os.environ.get("NOTIFLOW_SECRETS_DIR") or None
+    return Settings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[call-arg]
 
 
 @contextlib.contextmanager
@@ -192,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "dlq": lambda: cmd_dlq(settings, args),
         "keys": lambda: cli_auth.cmd_keys(settings, args),
         "token": lambda: cli_auth.cmd_token(settings, args),
+        "secrets-init": lambda: cli_auth.cmd_secrets_init(args),
     }
     try:
         return commands[args.command]()

@@ -1,16 +1,20 @@
-"""The `notiflow keys` and `notiflow token` commands (parsers and bodies; cli.py dispatches)."""
+"""The `notiflow keys`, `notiflow token` and `notiflow secrets-init` commands (parsers and bodies;
+cli.py dispatches)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import secrets
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from notiflow.config import Settings
-from notiflow.credentials import issue_token, parse_scopes
+from notiflow.credentials import issue_token, new_api_key, parse_scopes
 from notiflow.errors import ApiError
 
 
@@ -27,6 +31,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     token = sub.add_parser("token", parents=[common], help="sign an end-user token with NOTIFLOW_JWT_SECRET")
     token.add_argument("user_id")
     token.add_argument("--ttl-s", type=float, default=3600.0, help="lifetime in seconds (default 3600)")
+    init = sub.add_parser("secrets-init", help="write a JWT secret and a bootstrap admin key into DIR, once")
+    init.add_argument("dir", type=Path, help="read back by the platform with NOTIFLOW_SECRETS_DIR=DIR")
 
 
 def _print(value: Any) -> None:
@@ -71,4 +77,30 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"notiflow: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _write_once(path: Path, value: str) -> bool:
+    """Create ``path`` (owner-only) holding ``value``; False when it already exists (left as it is)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as out:
+        out.write(value)
+    return True
+
+
+def cmd_secrets_init(args: argparse.Namespace) -> int:
+    """Files named as pydantic-settings' secrets_dir reads them (``notiflow_<setting>``); idempotent, so
+    a deployment can run it at every start (docker-compose.yml does). The admin key is printed only when
+    it is created."""
+    folder: Path = args.dir
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_once(folder / "notiflow_jwt_secret", secrets.token_urlsafe(48))
+    key = new_api_key()
+    if _write_once(folder / "notiflow_api_keys", key):
+        print(f"bootstrap admin key (every scope; kept in {folder / 'notiflow_api_keys'}): {key}")
+    else:
+        print(f"secrets already in {folder}; nothing changed")
     return 0

@@ -203,3 +203,21 @@ def test_log_lines_never_carry_credentials() -> None:
     record.url = f"/notifications/offline/alice?token={jwt_text}"
     out = JsonFormatter("node").format(record)
     assert jwt_text not in out and key not in out
+
+
+def test_secrets_init_writes_once_and_settings_read_the_files(tmp_path: Any, capsys: Any) -> None:
+    import argparse
+
+    from notiflow.cli_auth import cmd_secrets_init
+
+    folder = tmp_path / "secrets"
+    assert cmd_secrets_init(argparse.Namespace(dir=folder)) == 0
+    key = capsys.readouterr().out.strip().rsplit(" ", 1)[-1]
+    assert key.startswith(KEY_PREFIX)
+    first = {p.name: p.read_text() for p in folder.iterdir()}
+    assert cmd_secrets_init(argparse.Namespace(dir=folder)) == 0  # idempotent: nothing is replaced
+    assert {p.name: p.read_text() for p in folder.iterdir()} == first
+    assert "nothing changed" in capsys.readouterr().out and all(p.stat().st_mode & 0o077 == 0 for p in folder.iterdir())
+    s = Settings(_env_file=None, _secrets_dir=str(folder))  # type: ignore[call-arg]
+    assert [k.get_secret_value() for k in s.api_keys] == [key]
+    assert s.jwt_secret is not None and len(s.jwt_secret.get_secret_value()) >= 32
