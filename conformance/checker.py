@@ -3,7 +3,8 @@
 The queue element is one *delivery*: a notification id and one of its recipients. The checker reports
 
 - ``lost``: accepted (202) deliveries that reached none of: acknowledged by their user, present in the user's
-  final offline-queue sweep, dead (DLQ), expired (SPEC I1);
+  final offline-queue sweep, expired (SPEC I1). A dead socket delivery (its retries ran out: a DLQ row for
+  operators) must still be in its user's queue (SPEC §4), so ``dead`` explains nothing on its own;
 - ``unexpected``: deliveries observed although never attempted, observed by a user who is not a recipient, or
   observed although their ingest definitely failed;
 - ``duplicated``: deliveries received more than once on one socket, or listed twice in one queue read
@@ -127,8 +128,13 @@ def _check_unexpected(tl: Timeline, v: Verdict) -> None:
             v.duplicated[key] = extra
 
 
+# What takes a socket delivery out of its user's offline queue. ``dead`` does not (SPEC §4: the queue is the
+# user's whatever happened on the way; the DLQ row is for operators).
+_LEAVES_QUEUE = ("delivered", "expired")
+
+
 def _explained(d: Delivery) -> bool:
-    return d.acked_ok_ns is not None or d.ws_acked_ns is not None or d.terminal is not None
+    return d.acked_ok_ns is not None or d.ws_acked_ns is not None or d.terminal in _LEAVES_QUEUE
 
 
 def _check_final_state(tl: Timeline, v: Verdict) -> None:
@@ -141,10 +147,10 @@ def _check_final_state(tl: Timeline, v: Verdict) -> None:
                 continue
             final = tl.final_sweep.get(user)
             if final is None:
-                v.lost[key] = "accepted; never acknowledged, dead or expired; its user's queue was never swept"
+                v.lost[key] = "accepted; never acknowledged or expired; its user's queue was never swept"
             elif ing.id not in final.ids:
                 v.lost[key] = (
-                    f"accepted; not acknowledged, dead or expired, and absent from the final sweep of {user}"
+                    f"accepted; not acknowledged or expired, and absent from the final sweep of {user}"
                     f" ({len(final.ids)} items, read at {final.invoke_ns / 1e9:.3f}s)"
                 )
 
@@ -180,7 +186,7 @@ def _check_sweeps(tl: Timeline, v: Verdict) -> None:
                 if ing.ttl or ing.complete_ns >= sweep.invoke_ns or ing.id in sweep.ids:
                     continue
                 d = tl.deliveries.get((ing.id, user)) or Delivery()
-                if d.terminal is not None or d.ack_invoked_before(sweep.complete_ns):
+                if d.terminal in _LEAVES_QUEUE or d.ack_invoked_before(sweep.complete_ns):
                     continue
                 v.gaps.setdefault(
                     (ing.id, user),

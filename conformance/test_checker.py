@@ -200,20 +200,22 @@ def test_seq_reuse_and_change_are_order_violations() -> None:
     assert any("carried by both" in line for line in v.order)
 
 
-def test_dead_expired_and_acknowledged_up_to_a_seq_are_not_lost() -> None:
+def test_expired_and_acknowledged_up_to_a_seq_are_not_lost_and_dead_stays_in_the_queue() -> None:
     s = Script()
     a = s.ingest("1", ["bob"])
     b = s.ingest("2", ["bob"], ttl=True)
     c = s.ingest("3", ["bob"])
     d = s.ingest("4", ["bob"])
+    e = s.ingest("5", ["bob"])
     s.fetch("bob", [(c, 3)])
     s.ack("bob", up_to_seq=3, acknowledged=1)
-    s.dlq([(a, "bob", "socket"), (d, "bob", "webhook")])
+    s.dlq([(a, "bob", "socket"), (d, "bob", "webhook"), (e, "bob", "socket")])
     s.status(b, "bob", "expired")
-    s.sweep("bob", [])
+    s.sweep("bob", [(e, 5)])
     v = check(s.history)
-    assert set(v.lost) == {(d, "bob")}, v.report()
-    assert v.stats["dead"] == 2 and v.stats["expired"] == 1  # dead: in the DLQ on any channel
+    # a: dead on the socket channel and gone from bob's queue: lost (SPEC §4); e: dead and still listed: fine.
+    assert set(v.lost) == {(a, "bob"), (d, "bob")}, v.report()
+    assert v.stats["dead"] == 3 and v.stats["expired"] == 1  # dead: in the DLQ on any channel
 
 
 def test_merged_stats_add_counters_and_pool_latencies() -> None:

@@ -41,9 +41,12 @@ class DeliveryStatus(StrEnum):
     EXPIRED = "expired"
 
 
-#: Socket-channel states in which a delivery is in the user's offline queue (not acknowledged, not final).
+#: Socket-channel states in which a delivery is in the user's offline queue: not acknowledged, not expired.
+#: ``dead`` is one of them (SPEC §4): a delivery whose retries ran out, say through a store outage, has a DLQ
+#: row for operators and still waits for its user, who acknowledges it like any other.
 OPEN_STATUSES: tuple[DeliveryStatus, ...] = (
-    DeliveryStatus.PENDING, DeliveryStatus.DISPATCHED, DeliveryStatus.OFFLINE, DeliveryStatus.RETRYING
+    DeliveryStatus.PENDING, DeliveryStatus.DISPATCHED, DeliveryStatus.OFFLINE, DeliveryStatus.RETRYING,
+    DeliveryStatus.DEAD,
 )
 #: States (of either channel) in which a delivery still expects a worker to process it.
 WORK_STATUSES: tuple[str, ...] = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)

@@ -201,9 +201,14 @@ class IngestService:
                 self._enqueue_idle.clear()
                 batch, self._to_enqueue = self._to_enqueue[:ENQUEUE_BATCH], self._to_enqueue[ENQUEUE_BATCH:]
                 entries = stream_entries(batch, self._s.fanout_chunk)
-                self._unstreamed -= len(entries)
                 try:
-                    await self._work.add(entries)
+                    try:
+                        await self._work.add(entries)
+                    finally:
+                        # Counted as unstreamed until the XADD has answered and as XADDed from then on, in one
+                        # step: subtracting before the XADD left a window, one Redis round trip long, in which
+                        # these entries counted nowhere and a burst was admitted twice over the bound.
+                        self._unstreamed -= len(entries)
                     self._xadded += len(entries)
                     await sql.mark_enqueued(self._pool, [i.id for i in batch])
                 except Exception as exc:  # noqa: BLE001 - the outbox covers every failure after the commit

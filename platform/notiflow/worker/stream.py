@@ -4,6 +4,7 @@ outcome of every entry in the batch is durable in PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -31,9 +32,12 @@ class StreamWorker:
         # Bounds webhook *entries* in flight (each may name up to fanout_chunk recipients), so the read loop
         # stops taking work while they run; DeliveryService separately bounds the HTTP calls themselves.
         self._hook_entries = asyncio.Semaphore(settings.webhook_concurrency)
+        self._stop = asyncio.Event()
         self.processed = 0
+        self.held_through_outage = 0  # batches processed again in place after a store outage
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         await self._work.ensure_group()
         reclaimer = asyncio.create_task(self._reclaim_loop(stop), name="reclaim")
         delay_s = 0.1
@@ -79,9 +83,9 @@ class StreamWorker:
 
     async def _process(self, items: list[Parsed], process: Process) -> None:
         try:
-            await process([e for _, e in items])
+            await self._through_outages(items, process)
         except StoreUnavailable as exc:
-            # Not acknowledged: the entries stay pending and are reclaimed once PostgreSQL is back.
+            # Stopping mid-outage: not acknowledged, so another consumer reclaims the entries later.
             log.warning("batch not processed; left pending", extra={"error": str(exc), "entries": len(items)})
             return
         except Exception as exc:
@@ -97,6 +101,34 @@ class StreamWorker:
             return
         await self._ack([i for i, _ in items])
         self.processed += len(items)
+
+    async def _through_outages(self, items: list[Parsed], process: Process) -> None:
+        """Process the batch, and while a store is unavailable, keep it and try again in place (with
+        backoff, until the process stops). Leaving it pending instead had other consumers reclaim it every
+        ``RECLAIM_IDLE_MS``, and each reclaim counted towards ``POISON_MAX_DELIVERIES``: a long enough outage
+        parked healthy entries as poison. Their idle time is reset meanwhile, without counting a delivery."""
+        delay_s = 0.1
+        kept_at = asyncio.get_running_loop().time()
+        keep_every_s = self._s.reclaim_idle_ms / 3000
+        while True:
+            try:
+                await process([e for _, e in items])
+                return
+            except StoreUnavailable as exc:
+                if self._stop.is_set():
+                    raise
+                if delay_s == 0.1:
+                    log.warning("store unavailable; holding the batch until it answers",
+                                extra={"error": str(exc), "entries": len(items)})
+                self.held_through_outage += 1
+            await pause(self._stop, delay_s)
+            delay_s = min(delay_s * 2, 5.0)
+            now = asyncio.get_running_loop().time()
+            if now - kept_at >= keep_every_s:
+                kept_at = now
+                # If Redis is the one away, nobody can reclaim the entries meanwhile either.
+                with contextlib.suppress(StoreUnavailable):
+                    await self._work.keep(self._consumer, [i for i, _ in items], self._s.reclaim_idle_ms // 6)
 
     async def _ack(self, entry_ids: list[str]) -> None:
         try:

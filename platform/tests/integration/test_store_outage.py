@@ -1,0 +1,140 @@
+"""A store hiccup never takes a notification out of its user's offline queue (SPEC §4, issue 7).
+
+- A socket delivery whose retries run out because Redis failed during presence is ``dead`` with a DLQ row
+  for operators, and still listed in the user's offline queue until the user acknowledges it.
+- Stream entries held through a PostgreSQL outage are not poison: the worker keeps them and processes them
+  again in place, instead of leaving them to be reclaimed (each reclaim counted towards
+  ``POISON_MAX_DELIVERIES``, so a long enough outage parked healthy entries as poison).
+
+The faults are wrappers injected from the test around the worker's own adapters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from helpers import wait_for
+from integration_support import Gateways, RunningWorker, Workers, notify, offline_ids, status_of, users
+
+from notiflow.errors import StoreUnavailable
+from notiflow.models import OPEN_STATUSES
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class _PresenceDown:
+    """Presence whose Redis is unreachable."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.calls = 0
+
+    async def live_nodes(self, user_ids: list[str]) -> dict[str, list[str]]:
+        self.calls += 1
+        raise StoreUnavailable("redis: presence: injected outage")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _PoolOutage:
+    """A pool whose server is away while ``down`` is true: every acquire fails as a refused connection."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.down = False
+        self.refused = 0
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        if self.down:
+            self.refused += 1
+            raise ConnectionRefusedError("injected PostgreSQL outage")
+        async with self._inner.acquire() as conn:
+            yield conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _deliveries_of(worker: RunningWorker) -> Any:
+    return worker.worker._d
+
+
+async def test_a_socket_delivery_dead_through_a_redis_outage_stays_in_the_offline_queue(
+    gateways: Gateways, workers: Workers, http: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    gw = await gateways.start()
+    sw = await workers.stream(max_retries=0)  # the first failed attempt is the last one
+    service = _deliveries_of(sw)
+    service._presence = _PresenceDown(service._presence)
+    [alice] = users(1)
+    kept = await notify(http, gw.url, [alice], payload={"n": 1})
+
+    async def dead() -> bool:
+        return await status_of(db, kept, alice) == "dead"
+
+    await wait_for(dead, timeout_s=15, message="the delivery dead-lettered")
+    dlq = await db.fetch("SELECT channel, reason FROM dlq WHERE notification_id = $1", uuid.UUID(kept))
+    assert [(r["channel"], r["reason"]) for r in dlq] == [("socket", "max_retries_exceeded")]
+    assert await offline_ids(http, gw.url, alice) == [kept], "a dead socket delivery left its user's queue"
+
+    ack = await http.post(f"{gw.url}/notifications/offline/{alice}/ack", json={"ids": [kept]})
+    assert ack.status_code == 200 and ack.json() == {"acknowledged": 1}, ack.text
+    assert await offline_ids(http, gw.url, alice) == []
+    assert await status_of(db, kept, alice) == "delivered"
+    sw.check()
+
+
+async def test_entries_held_through_a_postgres_outage_are_not_parked_as_poison(
+    gateways: Gateways, workers: Workers, http: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    gw = await gateways.start()
+    # Reclaims every 100 ms of entries idle for 300 ms, and poison after two claims: the old behaviour
+    # parked these entries within a second of outage; the outage below lasts many reclaim periods.
+    fast = {"reclaim_idle_ms": 300, "reclaim_interval_s": 0.1, "poison_max_deliveries": 2}
+    first, second = await workers.stream(**fast), await workers.stream(**fast)
+    outages = []
+    for w in (first, second):
+        service = _deliveries_of(w)
+        service._pool = _PoolOutage(service._pool)
+        service._pool.down = True
+        outages.append(service._pool)
+    bob = users(1)[0]
+    sent = [await notify(http, gw.url, [bob], payload={"n": i}) for i in range(20)]
+
+    # The outage lasts 3 s (ten reclaim idle periods) and until the workers have met it several times.
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + 3.0
+    await wait_for(lambda: loop.time() >= ends and sum(p.refused for p in outages) >= 5,
+                   timeout_s=30, message="workers meeting the outage")
+    for pool in outages:
+        pool.down = False
+
+    async def all_offline() -> bool:
+        rows = await db.fetch("SELECT status FROM deliveries WHERE user_id = $1", bob)
+        return len(rows) == len(sent) and {r["status"] for r in rows} == {"offline"}
+
+    await wait_for(all_offline, timeout_s=30, message="every delivery processed after the outage")
+    assert await db.fetchval("SELECT count(*) FROM dlq") == 0
+    assert await db.fetchval("SELECT count(*) FROM poison_entries") == 0
+    assert await offline_ids(http, gw.url, bob) == sent
+    assert first.worker.held_through_outage + second.worker.held_through_outage >= 1
+    first.check()
+    second.check()
+
+
+async def test_the_offline_index_covers_exactly_the_queued_states(db: asyncpg.Pool) -> None:
+    # The partial index must follow models.OPEN_STATUSES, or the offline read and the acks lose it.
+    definition = await db.fetchval("SELECT indexdef FROM pg_indexes WHERE indexname = 'deliveries_offline'")
+    assert definition is not None
+    listed = set(re.findall(r"'(\w+)'::text", definition))
+    assert listed == {s.value for s in OPEN_STATUSES}, definition
