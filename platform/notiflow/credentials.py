@@ -62,6 +62,14 @@ class Principal:
     #: Idempotency keys are unique per this string: two producers may pick the same key without colliding.
     idempotency_scope: str = ""
 
+    @property
+    def identity(self) -> str:
+        """A stable, non-secret name of the caller, e.g. for per-client rate limits: ``key:<id>``,
+        ``bootstrap:<hash prefix>``, ``user:<id>`` or ``anonymous``."""
+        if self.idempotency_scope:
+            return self.idempotency_scope
+        return "anonymous" if self.kind == "anonymous" else f"{self.kind}:{self.name}"
+
     def allows(self, scope: Scope) -> bool:
         return self.kind == "anonymous" or scope in self.scopes
 

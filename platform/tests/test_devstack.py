@@ -322,6 +322,7 @@ def test_run_dev_restarts_a_dead_child_and_stops_on_request(
         banner = "".join(printed)
         assert f"gateway     http://127.0.0.1:{port}" in banner
         assert "curl -X POST" in banner and "websocat ws://" in banner and str(tmp_path / "logs") in banner
+        assert "auth        OFF" in banner, "the banner must say that auth is off"
 
         [gateway_pid] = _pids_running("gateway", "--port", str(port))
         os.kill(gateway_pid, signal.SIGKILL)

@@ -270,7 +270,7 @@ def _banner(stack: DevStack, creds: DevCredentials | None = None) -> str:
         f"  curl -X POST {first}/notifications -H 'content-type: application/json'{auth} \\",
         """       -d '{"user_id":"alice","event":"hello","payload":{"text":"hi"}}'""",
         f"  curl {first}/notifications/offline/alice{user_auth}",
-        f"  websocat '{ws}/ws/alice{token}'",
+        f"  websocat '{ws}/ws/alice{token}'" if creds is not None else f"  websocat {ws}/ws/alice",
         "",
         "Ctrl-C stops everything.",
         "",

@@ -177,6 +177,7 @@ def test_scopes_do_not_imply_each_other() -> None:
     reader = Principal("key", "backend", frozenset({Scope.READ}))
     assert reader.may_act_for("bob") and not reader.allows(Scope.SEND)
     assert ANONYMOUS.allows(Scope.ADMIN) and ANONYMOUS.may_act_for("bob")
+    assert ANONYMOUS.identity == "anonymous" and Principal("user", "bob", user_id="bob").identity == "user:bob"
 
 
 def test_parse_scopes() -> None:
