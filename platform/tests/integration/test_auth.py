@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import httpx
 import jwt
+import orjson
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
@@ -296,3 +297,24 @@ async def test_credentials_never_reach_the_logs(stack: Any, http: httpx.AsyncCli
     text = dev.supervisor.log_path("gateway-0").read_text()
     assert '"level":"debug"' in text, "the gateway did not log at debug level (this test would prove nothing)"
     assert user_token not in text and BOOTSTRAP not in text and SECRET not in text
+
+
+def test_keys_cli_creates_lists_and_revokes(settings: Settings) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFLOW_")}
+        return subprocess.run([sys.executable, "-m", "notiflow", "keys", *args], capture_output=True, text=True,
+                              env={**clean, "NOTIFLOW_DATABASE_URL": settings.database_url_required},
+                              timeout=60, check=False, stdin=subprocess.DEVNULL)
+
+    created = cli("create", "--name", "cli-key", "--scopes", "send,read")
+    assert created.returncode == 0, created.stderr
+    row = orjson.loads(created.stdout)
+    assert row["key"].startswith("nf_") and sorted(row["scopes"]) == ["read", "send"]
+    assert "shown once" in created.stderr
+    assert cli("create", "--name", "cli-key", "--scopes", "send").returncode == 1  # a live key has that name
+    assert cli("create", "--name", "x", "--scopes", "write").returncode == 2
+    listed = cli("list")
+    assert "cli-key" in listed.stdout and row["key"] not in listed.stdout and row["key"][:9] in listed.stdout
+    assert cli("revoke", "cli-key").returncode == 0
+    assert cli("revoke", "cli-key").returncode == 1
+    assert "cli-key" not in cli("list").stdout and "cli-key" in cli("list", "--all").stdout
