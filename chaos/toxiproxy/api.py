@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -16,6 +17,8 @@ from urllib.parse import unquote
 
 from .collection import ProxyCollection
 from .proxy import ApiError
+
+log = logging.getLogger("chaos.toxiproxy")
 
 VERSION = "2.12.0"  # the Toxiproxy API version this server follows
 MAX_HEADER_BYTES = 64 * 1024
@@ -193,6 +196,11 @@ class ApiServer:
             status, body = await dispatch(self.collection, method.upper(), target, raw_body)
         except ApiError as exc:
             status, body = exc.status, {"error": exc.message, "status": exc.status}
+        except Exception as exc:  # a bug here: answer 500 as Toxiproxy does, keep serving the other requests
+            log.exception("%s %s failed", method, target)
+            status, body = 500, {"error": f"{type(exc).__name__}: {exc}", "status": 500}
+        if method != "GET":  # what changed and when: the log a chaos run keeps beside its report
+            log.info("%s %s -> %d", method, target, status)
         await _respond(writer, status, body, keep_alive=keep_alive)
         return keep_alive
 

@@ -61,7 +61,7 @@ class ProxyCollection:
     async def create(self, body: Any) -> Proxy:
         body = _object(body)
         name, upstream = _required(body, "name"), _required(body, "upstream")
-        listen = _string(body, "listen", DEFAULT_LISTEN)
+        listen = _string(body, "listen") or DEFAULT_LISTEN
         enabled = _bool(body, "enabled", True)
         async with self._lock:
             if name in self.proxies:
@@ -83,7 +83,7 @@ class ProxyCollection:
             wanted.append(
                 (
                     _required(item, "name", where),
-                    _string(item, "listen", DEFAULT_LISTEN),
+                    _string(item, "listen") or DEFAULT_LISTEN,
                     _required(item, "upstream", where),
                     _bool(item, "enabled", True),
                 )

@@ -17,8 +17,8 @@ import struct
 from .stream import Chunk, Queue, Stub
 from .toxics import ToxicSpec
 
-READ_SIZE = 32 * 1024
-BUFFER_LIMIT = 8 * 1024 * 1024  # bytes read but not yet written, per link, before the reader waits
+READ_BYTES = 32 * 1024
+BUFFER_LIMIT_BYTES = 8 * 1024 * 1024  # bytes read but not yet written, per link, before the reader waits
 
 
 class Link:
@@ -93,7 +93,7 @@ class Link:
 
     def release(self, nbytes: int) -> None:
         self._inflight -= nbytes
-        if self._inflight <= BUFFER_LIMIT:
+        if self._inflight <= BUFFER_LIMIT_BYTES:
             self._room.set()
 
     def mark_reset(self) -> None:
@@ -103,7 +103,7 @@ class Link:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                data = await self._source.read(READ_SIZE)
+                data = await self._source.read(READ_BYTES)
                 if not data or self.dest.is_closing():
                     break
                 if not self._stubs and self._sink.empty():
@@ -113,7 +113,7 @@ class Link:
                     continue
                 self._inflight += len(data)
                 self._head.send(Chunk(data, loop.time()))
-                if self._inflight > BUFFER_LIMIT:
+                if self._inflight > BUFFER_LIMIT_BYTES:
                     self._room.clear()
                     await self._room.wait()
         except OSError:

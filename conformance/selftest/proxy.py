@@ -42,11 +42,12 @@ class FaultProxy:
         *,
         drop_ws_every: int = 0,
         ws_users: str = "-live",
+        ack_dropped: bool = False,
         hide_every: int = 0,
         hide_users: str = "-off",
     ) -> None:
         self.upstream = upstream.rstrip("/")
-        self.drop_ws_every, self.ws_users = drop_ws_every, ws_users
+        self.drop_ws_every, self.ws_users, self.ack_dropped = drop_ws_every, ws_users, ack_dropped
         self.hide_every, self.hide_users = hide_every, hide_users
         self.dropped: set[tuple[str, str]] = set()  # (notification id, user id) frames dropped
         self.hidden: set[tuple[str, str]] = set()  # (notification id, user id) left out of queue reads
@@ -146,8 +147,11 @@ class FaultProxy:
             try:
                 async for raw in upstream:
                     text = raw if isinstance(raw, str) else raw.decode()
-                    if not self._drops(json.loads(text), user):
+                    frame = json.loads(text)
+                    if not self._drops(frame, user):
                         await client.send_text(text)
+                    elif self.ack_dropped:
+                        await upstream.send(json.dumps({"type": "ack", "ids": [frame["id"]]}))
             except ConnectionClosed:
                 pass
             code = upstream.close_code or 1000

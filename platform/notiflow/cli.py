@@ -1,4 +1,5 @@
-"""Commands: gateway, stream-worker, retry-worker, migrate, dev, dlq, keys, token. Signal handling lives only here.
+"""Commands: gateway, stream-worker, retry-worker, migrate, dev, dlq; keys, token, secrets-init (auth);
+for people: send, tail, stats. Signal handling lives only here.
 
 Settings come from the environment (NOTIFLOW_*); flags override them.
 """
@@ -14,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -54,7 +56,26 @@ def _parser() -> argparse.ArgumentParser:
     dlq.add_argument("--user-id", default=None)
     dlq.add_argument("--event", default=None)
     cli_auth.add_parsers(sub, common)
+    _client_parsers(sub)
     return p
+
+
+def _client_parsers(sub: Any) -> None:
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--url", action="append", dest="urls", metavar="URL",
+                        help="a gateway's base URL; repeat for several (default http://NOTIFLOW_HOST:NOTIFLOW_PORT)")
+    client.add_argument("--token", default=os.environ.get("NOTIFLOW_TOKEN"),
+                        help="JWT or API key, sent as Authorization: Bearer (default $NOTIFLOW_TOKEN)")
+    send = sub.add_parser("send", parents=[client], help="send one notification to a user")
+    send.add_argument("user_id")
+    send.add_argument("event")
+    send.add_argument("payload", nargs="?", default=None, help="a JSON object (default {})")
+    tail = sub.add_parser("tail", parents=[client], help="print a user's notifications as JSON lines, ack them")
+    tail.add_argument("user_id")
+    tail.add_argument("--state-file", type=Path, default=None,
+                      help="resume point (default $XDG_STATE_HOME/notiflow/tail-USER-HASH.json)")
+    stats = sub.add_parser("stats", parents=[client], help="key figures from the gateways' /metrics")
+    stats.add_argument("--json", action="store_true", help="one JSON object per gateway")
 
 
 def build_settings(args: argparse.Namespace) -> Settings:
@@ -179,6 +200,24 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_client(settings: Settings, args: argparse.Namespace) -> int:
+    from notiflow.client import commands
+
+    urls = args.urls or [f"http://{settings.host}:{settings.port}"]
+    if args.command == "send":
+        return asyncio.run(commands.send(urls[0], args.user_id, args.event, args.payload, args.token))
+    if args.command == "stats":
+        return asyncio.run(commands.stats(urls, args.token, args.json))
+    code = 0
+
+    async def tail(stop: asyncio.Event) -> None:
+        nonlocal code
+        code = await commands.tail(urls, args.user_id, args.token, args.state_file, stop)
+
+    _run_async(tail)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -186,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - a bad setting is reported plainly, not as a traceback
         print(f"notiflow: invalid settings: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level, settings.node_id)
+    people = args.command in ("send", "tail", "stats")
+    # A person's terminal gets warnings only, unless a log level is asked for.
+    quiet = people and "NOTIFLOW_LOG_LEVEL" not in os.environ
+    logs.configure("WARNING" if quiet else settings.log_level, settings.node_id)
     commands: dict[str, Callable[[], int]] = {
         "gateway": lambda: cmd_gateway(settings),
         "stream-worker": lambda: cmd_stream_worker(settings),
@@ -197,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "keys": lambda: cli_auth.cmd_keys(settings, args),
         "token": lambda: cli_auth.cmd_token(settings, args),
         "secrets-init": lambda: cli_auth.cmd_secrets_init(args),
+        **dict.fromkeys(("send", "tail", "stats"), lambda: cmd_client(settings, args)),
     }
     try:
         return commands[args.command]()

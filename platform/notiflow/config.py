@@ -138,6 +138,14 @@ class Settings(BaseSettings):
         10.0, ge=0, description="Drain time for in-flight work at shutdown before cancelling, s. Default 10."
     )
     pg_pool_max: int = Field(10, ge=1, description="PostgreSQL connections per process. Default 10.")
+    redis_pool_max: int = Field(
+        64, ge=1, description="Redis connections per process; a command that finds them all busy waits for "
+        "one (up to REDIS_POOL_TIMEOUT_S) instead of failing. Default 64.",
+    )
+    redis_pool_timeout_s: float = Field(
+        5.0, gt=0, description="Longest wait for a free Redis connection before the command fails as "
+        "unavailable, s. Default 5.",
+    )
     log_level: str = Field("INFO", description="Log level. Default INFO.")
 
     # --- test-only fault switches (see conformance/selftest) --------------------------------

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from notiflow import metrics
 from notiflow.config import Settings
 from notiflow.errors import ApiError, AuthNotConfigured, BackpressureError, StoreUnavailable, Unauthorized
-from notiflow.gateway import http, keys, ws
+from notiflow.gateway import http, keys, openapi, ws
 from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
@@ -47,7 +47,10 @@ async def _warn_while_auth_off(period_s: float) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     pool = await connect_pool(settings.database_url_required, max_size=settings.pg_pool_max)
-    redis = connect_redis(settings.redis_url_required)
+    redis = connect_redis(
+        settings.redis_url_required, max_connections=settings.redis_pool_max,
+        wait_timeout_s=settings.redis_pool_timeout_s,
+    )
     work = WorkStream(redis, settings)
     hub = Hub(drop_every=settings.fault_drop_ws_every)
     queries = QueryService(settings, pool, work)
@@ -127,4 +130,5 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.SOCKETS.set(len(app.state.services.hub.connections()))
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    openapi.document(app)
     return app

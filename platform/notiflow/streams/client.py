@@ -15,16 +15,21 @@ from notiflow.errors import StoreUnavailable
 Redis = aioredis.Redis
 
 
-def connect_redis(url: str, *, max_connections: int = 64) -> Redis:
-    """A client that fails fast and retries nothing itself: retries are the caller's policy."""
-    return aioredis.from_url(
+def connect_redis(url: str, *, max_connections: int = 64, wait_timeout_s: float = 5.0) -> Redis:
+    """A client that retries nothing itself (retries are the caller's policy) on a blocking pool: a command
+    that finds all ``max_connections`` busy waits up to ``wait_timeout_s`` for one to come free. The default
+    pool answers that command with "Too many connections" at once, so a burst of sockets registering at the
+    same moment (a reconnect storm) had some of them closed with 1011 while the pool was merely busy."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
-        decode_responses=True,
         max_connections=max_connections,
+        timeout=wait_timeout_s,
+        decode_responses=True,
         socket_connect_timeout=5,
         socket_timeout=15,
         health_check_interval=10,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def is_nogroup(exc: BaseException) -> bool:

@@ -24,7 +24,10 @@ from notiflow.worker.stream import StreamWorker
 @asynccontextmanager
 async def _stores(settings: Settings, *, pg_max: int) -> AsyncIterator[tuple[Pool, Redis]]:
     pool = await connect_pool(settings.database_url_required, max_size=pg_max)
-    redis = connect_redis(settings.redis_url_required)
+    redis = connect_redis(
+        settings.redis_url_required, max_connections=settings.redis_pool_max,
+        wait_timeout_s=settings.redis_pool_timeout_s,
+    )
     try:
         yield pool, redis
     finally:

@@ -1,0 +1,84 @@
+// Types of the notiflow JavaScript client (src/index.js).
+
+/** A notification as the consumer gets it (SPEC §3's frame without `type`). */
+export interface Notification {
+  id: string;
+  seq: number;
+  event: string;
+  payload: Record<string, unknown>;
+  created_at: string;
+}
+
+/** A JWT or API key, or a function returning a fresh one (called again after a 401 / close 4401). */
+export type Token = string | null | (() => string | Promise<string>);
+
+export interface NotiflowClientOptions {
+  /** Gateway base URLs (`http://host:port`), tried in turn. */
+  urls: string | string[];
+  userId: string;
+  token?: Token;
+  /** Resume point: every seq at or below it was handled before (default 0). */
+  afterSeq?: number;
+  /** Notifications held for the listeners before live frames are left to the offline queue (default 1000). */
+  buffer?: number;
+  /** Ids kept for de-duplication; memory is O(window) (default 10000). */
+  window?: number;
+  /** Offline queue page size (default 500). */
+  pageSize?: number;
+  /** Full-jitter reconnect backoff base and cap, ms (defaults 250 / 10000). */
+  backoffBaseMs?: number;
+  backoffCapMs?: number;
+  /** How long acks are gathered into one batch, ms (default 50). */
+  ackIntervalMs?: number;
+  /** Application pings; no frame for twice this long closes a half-open socket, ms (default 10000). */
+  pingIntervalMs?: number;
+  /** A seq gap open this long triggers a read of the offline queue, ms (default 5000). */
+  gapCheckMs?: number;
+  /** A WebSocket class (default: the global one, else the `ws` package). */
+  WebSocket?: unknown;
+  /** A fetch function (default: the global one). */
+  fetch?: typeof fetch;
+}
+
+export declare class NotiflowError extends Error {
+  /** The close code or HTTP status, if any. */
+  code: number | null;
+  /** True if the client gave up (4400, 4403, a refused token it cannot refresh). */
+  fatal: boolean;
+}
+
+export interface ClientEvents {
+  notification: (n: Notification) => void | Promise<void>;
+  connected: (info: { url: string }) => void;
+  disconnected: (info: { url: string; code: number; reason: string }) => void;
+  error: (err: Error) => void;
+}
+
+export declare class NotiflowClient {
+  constructor(options: NotiflowClientOptions);
+  readonly urls: string[];
+  readonly userId: string;
+  readonly tracker: SeenTracker;
+  /** Connections that reached live mode so far. */
+  readonly connects: number;
+  /** The gateway the socket is open to, or null. */
+  readonly url: string | null;
+  on<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): this;
+  off<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): this;
+  /** Resolves on the first connection (offline queue read); rejects if the client gives up first. */
+  start(): Promise<void>;
+  /** Closes the socket and sends the pending acks over HTTP (at most 5 s). */
+  stop(): Promise<void>;
+}
+
+export declare class SeenTracker {
+  constructor(afterSeq?: number, window?: number);
+  watermark: number;
+  readonly window: number;
+  readonly gaps: boolean;
+  seen(id: string, seq: number): boolean;
+  add(id: string, seq: number): void;
+  raiseTo(seq: number): void;
+}
+
+export declare function backoffMs(attempt: number, baseMs: number, capMs: number, random?: () => number): number;

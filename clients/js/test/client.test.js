@@ -1,0 +1,119 @@
+// The JS client against a real notiflow stack: catch-up, live, acks, giving up, and the death of the
+// gateway it is connected to while notifications flow (every one reaches the listener exactly once).
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+
+import { NotiflowClient, SeenTracker, backoffMs } from "../src/index.js";
+import { notify, offlineIds, startStack, uniqueUser, waitFor } from "./stack.js";
+
+let stack;
+const clients = [];
+
+/** A client that the `after` hook stops, also when its test failed midway. */
+function client(options) {
+  const c = new NotiflowClient(options);
+  clients.push(c);
+  return c;
+}
+
+before(async () => {
+  stack = await startStack({ gateways: 2 });
+}, { timeout: 150000 });
+
+after(async () => {
+  await Promise.all(clients.map((c) => c.stop()));
+  await stack?.stop();
+});
+
+test("tracker: the watermark waits at a gap and memory is bounded", () => {
+  const t = new SeenTracker(0, 4);
+  for (const seq of [1, 2, 4]) t.add(`n${seq}`, seq);
+  assert.equal(t.watermark, 2);
+  assert.ok(t.gaps && t.seen("n4", 4) && !t.seen("n3", 3));
+  t.add("n3", 3);
+  assert.equal(t.watermark, 4);
+  for (let seq = 10; seq < 100; seq++) t.add(`n${seq}`, seq);
+  assert.ok(t._ids.size === 4 && t._above.length <= 4);
+  assert.ok(backoffMs(3, 100, 500, () => 0.999) < 500 && backoffMs(0, 100, 500, () => 0.5) === 50);
+});
+
+test("offline queue read page by page in seq order, then live, all acknowledged", { timeout: 60000 }, async () => {
+  const [gw] = stack.urls;
+  const user = uniqueUser("js-offline");
+  const sent = [];
+  for (let i = 0; i < 12; i++) sent.push(await notify(gw, user, { i }));
+  await waitFor(async () => (await offlineIds(gw, user)).length === sent.length, { message: "all offline" });
+  const got = [];
+  const c = client({ urls: [gw], userId: user, pageSize: 5 });
+  c.on("notification", (n) => { got.push(n); });
+  await c.start();
+  await waitFor(() => got.length === 12, { message: "offline ones taken" });
+  assert.deepEqual(got.map((n) => n.id), sent);
+  assert.deepEqual(got.map((n) => n.seq), Array.from({ length: 12 }, (_, i) => i + 1));
+  assert.deepEqual(got[3].payload, { i: 3 });
+  for (let i = 0; i < 3; i++) sent.push(await notify(gw, user, { live: i }));
+  await waitFor(() => got.length === 15, { message: "live ones taken" });
+  assert.deepEqual(got.map((n) => n.id), sent);
+  await waitFor(async () => (await offlineIds(gw, user)).length === 0, { message: "all acknowledged" });
+  await c.stop();
+});
+
+test("a listener that throws leaves its notification in the offline queue", { timeout: 60000 }, async () => {
+  const [gw] = stack.urls;
+  const user = uniqueUser("js-throw");
+  const ids = [await notify(gw, user), await notify(gw, user)];
+  const errors = [];
+  const seen = [];
+  const c = client({ urls: [gw], userId: user });
+  c.on("notification", (n) => { seen.push(n.id); if (n.id === ids[0]) throw new Error("listener failed"); });
+  c.on("error", (err) => errors.push(err));
+  await c.start();
+  await waitFor(() => seen.length === 2, { message: "both handed" });
+  await waitFor(async () => (await offlineIds(gw, user)).length === 1, { message: "the good one acknowledged" });
+  await c.stop();
+  assert.deepEqual(await offlineIds(gw, user), [ids[0]]);
+  assert.equal(errors[0].message, "listener failed");
+});
+
+test("an invalid user id gives up with close code 4400", { timeout: 30000 }, async () => {
+  const c = client({ urls: stack.urls, userId: "bad\u0001user" });
+  c.on("error", () => {});
+  await assert.rejects(c.start(), (err) => err.fatal === true && err.code === 4400);
+});
+
+test("the gateway the client is connected to is killed while notifications flow", { timeout: 90000 }, async () => {
+  const user = uniqueUser("js-failover");
+  const got = [];
+  const sent = [];
+  const events = [];
+  const c = client({ urls: stack.urls, userId: user, backoffBaseMs: 50, pingIntervalMs: 2000 });
+  c.on("notification", (n) => { got.push(n.id); });
+  c.on("connected", ({ url }) => events.push(`connected ${url}`));
+  c.on("disconnected", ({ url, code }) => events.push(`disconnected ${url} ${code}`));
+  c.on("error", () => {});
+  await c.start();
+  const doomed = c.url;
+  const survivor = stack.urls.find((u) => u !== doomed);
+  const produce = async (count) => {
+    for (let i = 0; i < count; i++) sent.push(await notify(survivor, user, { i: sent.length }));
+  };
+  await produce(40);
+  await waitFor(() => got.length >= 20, { message: "flowing through the doomed node" });
+  const flow = produce(80);
+  await waitFor(() => sent.length >= 60, { message: "sent 60" });
+  await stack.kill(`gateway-${stack.urls.indexOf(doomed)}`);
+  await flow;
+  await produce(40);
+  await waitFor(() => sent.every((id) => got.includes(id)), { timeoutMs: 30000, message: "every one taken" });
+  let left = [];
+  const acked = async () => (left = await offlineIds(survivor, user)).length === 0;
+  await waitFor(acked, { message: `every one acknowledged (left: ${left})` }).catch((err) => {
+    throw new Error(`${err.message}; left ${left.length}: ${left.map((id) => got.indexOf(id))}; ${events.join("; ")}`);
+  });
+  await c.stop();
+  assert.equal(c.url, null);
+  assert.ok(c.connects >= 2, events.join("; "));
+  assert.equal(new Set(got).size, got.length, `${got.length - new Set(got).size} duplicates reached the listener`);
+  assert.deepEqual(new Set(got), new Set(sent));
+  console.log(`${sent.length} notifications, ${c.connects} connections, 0 duplicates, 0 lost: ${events.join("; ")}`);
+});

@@ -1,0 +1,219 @@
+"""The OpenAPI document's words and examples, per route, so that ``/docs`` shows every endpoint with a
+request and an answer to try. The routes read their bodies themselves (for exact 4xx answers), so their
+request schemas are written here too. ``document(app)`` applies it; a test checks that every route has
+examples, so that a new endpoint cannot go undocumented.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from notiflow.gateway.protocol import RECONNECT
+
+_NID = "5c0e8a52-8f5e-4d6b-9a8e-3f1c2b7d9e01"
+_ERROR = {"error": {"code": "invalid_request", "message": "request body is invalid",
+                    "details": [{"loc": ["event"], "msg": "String should match pattern", "type": "string_pattern"}]}}
+_NOTIFICATION = {
+    "user_ids": ["alice", "bob"], "event": "order.shipped", "payload": {"order": 42}, "ttl_seconds": 86400,
+}
+_NOTIFICATION_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["event"],
+    "properties": {
+        "user_id": {"type": "string", "maxLength": 255, "description": "one recipient (or user_ids)"},
+        "user_ids": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 10000},
+        "event": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+        "payload": {"type": "object", "description": "at most 64 KiB serialised"},
+        "ttl_seconds": {"type": "integer", "minimum": 1},
+        "webhook_url": {"type": "string", "description": "a host allowed by NOTIFLOW_WEBHOOK_ALLOWED_HOSTS"},
+    },
+}
+_OFFLINE_ROW = {"id": _NID, "seq": 3, "event": "order.shipped", "payload": {"order": 42},
+                "created_at": "2026-12-01T21:40:00.123456+00:00"}
+_DLQ_ENTRY = {"id": 7, "notification_id": _NID, "user_id": "alice", "channel": "webhook", "reason": "retries_exhausted",
+              "last_error": "downstream answered 503", "attempts": 6, "failed_at": "2026-12-01T21:45:00+00:00"}
+
+
+_KEY_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["name", "scopes"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+        "scopes": {"type": "array", "items": {"enum": ["send", "read", "admin"]}, "minItems": 1, "maxItems": 3},
+    },
+}
+_KEY_ROW = {"id": 3, "name": "billing", "prefix": "nf_x1Y2z3", "scopes": ["send"],
+            "created_at": "2026-12-01T21:40:00+00:00"}
+_UNAUTHORIZED = {"error": {"code": "unauthorized", "message": "credentials are required: Authorization: Bearer "
+                           "<token or API key>", "details": None}}
+_FORBIDDEN = {"error": {"code": "forbidden", "message": "this needs an API key with the 'send' scope",
+                        "details": None}}
+
+
+def _json(example: Any, description: str = "") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"example": example}}}
+
+
+def _body(schema: dict[str, Any], examples: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": schema, "examples": {name: {"value": value} for name, value in examples.items()},
+    }}}}
+
+
+_BAD = {"422": _json(_ERROR, "invalid input; nothing stored")}
+#: Every route that asks for credentials (its OpenAPI operation names a security scheme) may answer these.
+_AUTH_ANSWERS = {"401": _json(_UNAUTHORIZED, "no valid credentials"),
+                 "403": _json(_FORBIDDEN, "credentials that do not allow this")}
+
+
+DOCS: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/notifications"): {
+        "summary": "Send a notification to one or more users",
+        "description": "202 means committed in PostgreSQL. Header `Idempotency-Key` (optional): the same key "
+                       "and body within 24 h answers the first response and creates nothing.",
+        "openapi_extra": _body(_NOTIFICATION_SCHEMA, {
+            "several users": _NOTIFICATION,
+            "one user with a webhook": {"user_id": "alice", "event": "invoice.paid", "payload": {"invoice": 7},
+                                        "webhook_url": "http://hooks.example/n"},
+        }),
+        "responses": {
+            "202": _json({"id": _NID, "status": "accepted", "recipients": 2}, "accepted and committed"),
+            **_BAD,
+            "413": _json({"error": {"code": "payload_too_large", "message": "payload is larger than 65536 bytes "
+                                    "serialised", "details": None}}, "body or payload too large"),
+            "429": _json({"error": {"code": "backlog_full", "message": "backlog over its bound", "details": None}},
+                         "over the backlog bound: come back after Retry-After seconds"),
+        },
+    },
+    ("POST", "/notifications/batch"): {
+        "summary": "Send up to 1,000 notifications in one request",
+        "openapi_extra": _body({"type": "object", "required": ["notifications"], "properties": {
+            "notifications": {"type": "array", "minItems": 1, "maxItems": 1000, "items": _NOTIFICATION_SCHEMA}}},
+            {"two": {"notifications": [{**_NOTIFICATION, "idempotency_key": "order-42-shipped"},
+                                       {"user_id": "carol", "event": "hello", "payload": {}}]}}),
+        "responses": {"202": _json({"results": [{"id": _NID, "status": "accepted", "recipients": 2},
+                                                {"id": _NID, "status": "accepted", "recipients": 1}]}),
+                      "422": _json({"error": {"code": "invalid_request", "message": "items are invalid",
+                                              "details": [{"index": 1, "loc": ["event"], "msg": "Field required"}]}},
+                                   "names the bad items by index; nothing stored")},
+    },
+    ("GET", "/notifications/offline/{user_id}"): {
+        "summary": "A user's unacknowledged notifications, oldest first (keyset-paginated by seq)",
+        "responses": {"200": _json({"user_id": "alice", "notifications": [_OFFLINE_ROW], "next_after_seq": None}),
+                      **_BAD},
+    },
+    ("POST", "/notifications/offline/{user_id}/ack"): {
+        "summary": "Acknowledge a user's notifications (idempotent)",
+        "openapi_extra": _body({"type": "object", "additionalProperties": False, "properties": {
+            "ids": {"type": "array", "items": {"type": "string", "format": "uuid"}},
+            "up_to_seq": {"type": "integer", "minimum": 0}}, "description": "exactly one of ids and up_to_seq"},
+            {"by id": {"ids": [_NID]}, "everything up to a seq": {"up_to_seq": 3}}),
+        "responses": {"200": _json({"acknowledged": 1}), **_BAD},
+    },
+    ("GET", "/notifications/{notification_id}"): {
+        "summary": "A notification and its deliveries",
+        "responses": {"200": _json({
+            "id": _NID, "event": "order.shipped", "payload": {"order": 42}, "created_at": _OFFLINE_ROW["created_at"],
+            "recipients": 2, "status_counts": {"delivered": 1, "offline": 1},
+            "deliveries": [{"user_id": "alice", "seq": 3, "status": "delivered", "webhook_status": None,
+                            "attempts": [], "delivered_at": "2026-12-01T21:40:00.2+00:00"}]}),
+            "404": _json({"error": {"code": "not_found", "message": "notification not found", "details": None}})},
+    },
+    ("GET", "/dlq"): {
+        "summary": "Dead-letter entries, oldest first",
+        "responses": {"200": _json({"entries": [_DLQ_ENTRY], "next_after": None})},
+    },
+    ("POST", "/dlq/{entry_id}/replay"): {
+        "summary": "Replay a dead-letter entry (a second replay creates nothing)",
+        "responses": {
+            "202": _json({"id": 7, "replayed": True}),
+            "404": _json({"error": {"code": "not_found", "message": "dlq entry not found", "details": None}}),
+        },
+    },
+    ("DELETE", "/dlq/{entry_id}"): {
+        "summary": "Delete a dead-letter entry",
+        "responses": {"204": {"description": "deleted"}},
+    },
+    ("GET", "/healthz"): {"summary": "Alive", "responses": {"200": _json({"status": "ok"})}},
+    ("GET", "/readyz"): {
+        "summary": "Ready: Redis and PostgreSQL answer",
+        "responses": {"200": _json({"status": "ok", "checks": {"redis": "ok", "postgres": "ok"}}),
+                      "503": _json({"status": "unavailable", "checks": {"redis": "ok", "postgres": "timeout"}})},
+    },
+    ("GET", "/metrics"): {
+        "summary": "Prometheus metrics",
+        "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {
+            "example": "# TYPE notiflow_notifications_accepted_total counter\n"
+                       "notiflow_notifications_accepted_total 1234.0\n"}}}},
+    },
+    ("POST", "/keys"): {
+        "summary": "Create an API key (admin); the key is in this answer only",
+        "description": "Only its SHA-256 is stored. Scopes: `send`, `read`, `admin` (they do not imply each other).",
+        "openapi_extra": _body(_KEY_SCHEMA, {"a producer": {"name": "billing", "scopes": ["send"]},
+                                             "a backend reading for its users": {"name": "app", "scopes": ["read"]}}),
+        "responses": {
+            "201": _json({**_KEY_ROW, "key": "nf_x1Y2z3...43 characters"}),
+            "409": _json({"error": {"code": "key_name_taken", "message": "a live key is already named 'billing'; "
+                                    "revoke it first", "details": None}}),
+        },
+    },
+    ("GET", "/keys"): {
+        "summary": "List API keys (admin); never the keys themselves",
+        "responses": {"200": _json({"keys": [{**_KEY_ROW, "revoked_at": None}]})},
+    },
+    ("DELETE", "/keys/{name}"): {
+        "summary": "Revoke the live key of that name (admin): refused by every gateway from the next request",
+        "responses": {"204": {"description": "revoked"},
+                      "404": _json({"error": {"code": "not_found", "message": "live key not found", "details": None}})},
+    },
+    ("GET", "/dashboard"): {
+        "summary": "The live dashboard page",
+        "responses": {"200": {"description": "an HTML page", "content": {"text/html": {"example": "<!doctype html>"}}}},
+    },
+}
+
+
+def _websocket_description() -> str:
+    rows = "\n".join(f"| {code.value} | {code.name.lower()} | {'yes' if again else 'no'} |"
+                     for code, again in RECONNECT.items())
+    return (
+        "HTTP API of a notiflow gateway (SPEC §2). Errors are JSON: "
+        '`{"error": {"code", "message", "details"}}`.\n\n'
+        "**WebSocket** `/ws/{user_id}` (not listed below, OpenAPI has no words for it): the server sends "
+        '`{"type": "notification", "id", "seq", "event", "payload", "created_at"}`; the client sends '
+        '`{"type": "ack", "ids": [...]}` and `{"type": "ping"}` (answered `{"type": "pong"}`). '
+        "Whatever the close, what the client did not acknowledge stays in its offline queue.\n\n"
+        f"| close code | meaning | reconnect |\n| --- | --- | --- |\n{rows}\n"
+    )
+
+
+def document(app: FastAPI) -> None:
+    """Have ``app``'s OpenAPI document carry the summaries, request bodies and examples above.
+
+    Applied to the generated document, not to the route objects: FastAPI builds included routers'
+    routes lazily, and the document is the one thing every version hands over whole.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        schema["info"]["description"] = _websocket_description()
+        for (method, path), docs in DOCS.items():
+            op = schema.get("paths", {}).get(path, {}).get(method.lower())
+            if op is None:
+                continue  # a route this gateway does not have (yet)
+            op.update({k: v for k, v in docs.items() if k in ("summary", "description")})
+            op.update(docs.get("openapi_extra", {}))
+            for code, answer in docs.get("responses", {}).items():
+                op.setdefault("responses", {})[code] = answer
+        for ops in schema.get("paths", {}).values():
+            for op in ops.values():
+                if op.get("security"):
+                    for code, answer in _AUTH_ANSWERS.items():
+                        op.setdefault("responses", {}).setdefault(code, answer)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
