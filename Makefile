@@ -13,7 +13,7 @@ SYSTEM_REDIS_URL    ?= redis://127.0.0.1:6379/0
 SYSTEM_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
 # wildcard: git does not keep a folder that has no files yet.
-LINT_PATHS := $(wildcard platform conformance chaos loadtests)
+LINT_PATHS := $(wildcard platform conformance chaos loadtests clients)
 
 .PHONY: run test test-js test-system lint bench load clean distclean venv
 

@@ -118,7 +118,8 @@ class Api:
             inv.ok(id=str(data["id"]), recipients=data.get("recipients"), status=202)
             return IngestResult(cid, "ok", 202, data, resp.headers, user_ids)
         error = data.get("error", {}).get("code") if isinstance(data, dict) and data.get("error") else resp.text[:200]
-        if resp.status_code in _DEFINITE_FAILURES or resp.status_code == 503:
+        # 503 outcome_unknown: the store failed mid-commit, so the notification may exist (an info, not a fail).
+        if resp.status_code in _DEFINITE_FAILURES or (resp.status_code == 503 and error != "outcome_unknown"):
             inv.fail(status=resp.status_code, error=error)
             return IngestResult(cid, "fail", resp.status_code, data, resp.headers, user_ids)
         inv.info(status=resp.status_code, error=error)

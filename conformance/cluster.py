@@ -22,9 +22,12 @@ MAX_RETRIES, RETRY_BASE_MS, RETRY_CAP_MS, PRESENCE_TTL_S = 2, 200, 1000, 3
 RETRY_RATE_PER_HOST = 10
 
 
-def shared_env(webhook_host: str) -> dict[str, str]:
-    """The environment of the shared cluster; ``webhook_host`` is the suite's webhook sink."""
+def shared_env(webhook_host: str, webhook_secret: str) -> dict[str, str]:
+    """The environment of the shared cluster; ``webhook_host`` is the suite's webhook sink (on loopback, so
+    private addresses are allowed), ``webhook_secret`` what it verifies signatures with."""
     return {
+        "NOTIFLOW_WEBHOOK_SECRET": webhook_secret,
+        "NOTIFLOW_WEBHOOK_ALLOW_PRIVATE": "true",
         "NOTIFLOW_PRESENCE_TTL_S": str(PRESENCE_TTL_S),
         "NOTIFLOW_MAX_RETRIES": str(MAX_RETRIES),
         "NOTIFLOW_RETRY_BASE_MS": str(RETRY_BASE_MS),

@@ -7,6 +7,7 @@ that is already running, skipping what needs to kill processes or change setting
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -25,9 +26,11 @@ from conformance.workload import MixedRun, run_mixed
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("notiflow conformance")
-    group.addoption(
-        "--base-url", action="append", default=[], help="a running gateway to test (repeatable); default: start one"
-    )
+    # chaos/conftest.py defines the same option (same meaning): whichever loads second keeps the first's.
+    with contextlib.suppress(ValueError):
+        group.addoption(
+            "--base-url", action="append", default=[], help="a running gateway to test (repeatable); default: start one"
+        )
     group.addoption("--profile", choices=sorted(PROFILES), default="default", help="run sizes (default, soak)")
     group.addoption("--report-limit", type=int, default=25, help="rows per section of a failure report")
     group.addoption("--admin-key", default=None,
@@ -97,7 +100,7 @@ def target(base_urls: list[str], clusters: Clusters | None, sink: WebhookSink) -
         gateways=2,
         stream_workers=2,
         retry_workers=1,
-        env=shared_env(sink.host),
+        env=shared_env(sink.host, sink.secret),
     )
 
 

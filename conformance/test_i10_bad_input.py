@@ -46,6 +46,14 @@ def _without(*names: str, **extra: Any) -> Body:
 
 NESTED = "[" * 5000 + "]" * 5000
 
+
+def _deep(depth: int) -> dict[str, Any]:
+    """An object nested ``depth`` deep: valid JSON, and more than the platform can encode back."""
+    inner: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        inner = {"a": inner}
+    return inner
+
 CASES = [
     Case("malformed json", lambda u: f'{{"user_id": "{u}", "event": "e"'.encode()),
     Case("json array body", lambda u: json.dumps([u]).encode()),
@@ -126,6 +134,26 @@ CASES = [
     Case("dlq limit not a number", None, "GET", "/dlq?limit=abc"),
     Case("dlq replay of a non-id", None, "POST", "/dlq/abc/replay", statuses=INVALID | {404}),
     Case("dlq delete of a non-id", None, "DELETE", "/dlq/abc", statuses=INVALID | {404}),
+    # Hostile input (issue 10): each of these was a 500 once, or stored what it must not.
+    Case("NUL in a payload string", _n(payload={"text": "a\u0000b"})),
+    Case("NUL in a payload key", _n(payload={"a\u0000": 1})),
+    Case("NUL in the user id", lambda u: _n()(u) | {"user_id": f"{u}\u0000"}),
+    Case("payload nested 300 deep", lambda u: _n()(u) | {"payload": _deep(300)}),
+    Case("user id with a bidi override", lambda u: _n()(u) | {"user_id": f"{u}\u202egnp.exe"}),
+    Case("user id with a zero-width space", lambda u: _n()(u) | {"user_id": f"{u}\u200b"}),
+    Case("user ids with a zero-width joiner", _without("user_id", user_ids=["a", "a\u200db"])),
+    Case("queue of a user with a bidi isolate", None, "GET", "/notifications/offline/{u}%E2%81%A6", statuses=INVALID),
+    Case("queue after_seq over bigint", None, "GET", f"/notifications/offline/{{u}}?after_seq={2**63}"),
+    Case("queue after_seq of 2**70", None, "GET", f"/notifications/offline/{{u}}?after_seq={2**70}"),
+    Case("ack up_to_seq over bigint", lambda u: {"up_to_seq": 2**63}, path="/notifications/offline/{u}/ack"),
+    Case("ack up_to_seq of 10**30", lambda u: {"up_to_seq": 10**30}, path="/notifications/offline/{u}/ack"),
+    Case("dlq after over bigint", None, "GET", f"/dlq?after={2**63}"),
+    Case("dlq event with NUL", None, "GET", "/dlq?event=a%00b"),
+    Case("dlq user with a zero-width space", None, "GET", "/dlq?user_id=a%E2%80%8B"),
+    Case("dlq replay of an id over bigint", None, "POST", f"/dlq/{2**63}/replay", statuses=INVALID | {404}),
+    Case("dlq delete of an id over bigint", None, "DELETE", f"/dlq/{2**64}", statuses=INVALID | {404}),
+    Case("notification of a user with NUL", None, "GET", f"/notifications/{uuid.uuid4()}?user_id=a%00",
+         statuses=INVALID | {404}),
     Case("unknown route", None, "GET", "/no-such-route", statuses=frozenset({404})),
     Case("wrong method", None, "PUT", "/notifications", statuses=frozenset({405})),
 ]

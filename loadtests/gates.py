@@ -15,9 +15,11 @@ a failing webhook downstream in this process for retry-storm.js. Every phase has
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -46,6 +48,8 @@ def dev_stack(gateways: int, sink_host: str, workdir: Path) -> Iterator[list[str
     port = free_port_range(gateways)
     env = {**os.environ, **{f"NOTIFLOW_{k}": v for k, v in RETRIES.items()}}
     env.update(NOTIFLOW_PORT=str(port), NOTIFLOW_WEBHOOK_ALLOWED_HOSTS=sink_host, NOTIFLOW_LOG_LEVEL="WARNING")
+    # Webhooks need a signing secret; the sink is on loopback (`notiflow dev` allows private addresses).
+    env["NOTIFLOW_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     if stores.database_url:
         env["NOTIFLOW_DATABASE_URL"] = stores.database_url
     if stores.redis_url:

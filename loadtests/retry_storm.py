@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import logging
+import secrets
 import signal
 import sys
 import time
@@ -34,6 +36,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
+from pydantic import SecretStr
 from stores import Stores
 
 from notiflow.config import Settings
@@ -145,6 +148,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         retry_base_ms=args.base_ms,
         retry_cap_ms=args.cap_ms,
         webhook_allowed_hosts=[f"127.0.0.1:{sink.port}"],
+        webhook_secret=SecretStr("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()),
+        webhook_allow_private=True,  # the dead sink is on loopback
         log_level="WARNING",
     )
     stack = DevStack(settings, gateways=1, stream_workers=1, retry_workers=1, base_port=free_port())

@@ -9,12 +9,15 @@ script error, which proves nothing), Locust 1 when a fail criterion was violated
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from tools import K6_THRESHOLDS_CROSSED, FailingSink, Outcome, k6_binary, locust_binary, run_k6, run_locust
 
 from conformance.selftest.proxy import FaultProxy
@@ -49,6 +52,8 @@ def lossy_platform(tools_installed: None, tmp_path_factory: pytest.TempPathFacto
             _env_file=None,  # type: ignore[call-arg]
             max_retries=PLATFORM_MAX_RETRIES, retry_base_ms=50, retry_cap_ms=200,
             webhook_allowed_hosts=[sink.host], shutdown_grace_s=2,
+            webhook_secret=SecretStr("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()),
+            webhook_allow_private=True,  # the sink is on loopback
         )  # fmt: skip
         workdir: Path = tmp_path_factory.mktemp("lossy-stack")
         with DevStack(settings, base_port=free_port_range(1), workdir=workdir) as stack:

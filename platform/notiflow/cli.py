@@ -115,12 +115,11 @@ def _run_async(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
 def cmd_gateway(settings: Settings) -> int:
     import uvicorn
 
-    from notiflow.gateway.app import create_app
+    from notiflow.gateway.app import create_app, websocket_options
 
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-        ws="websockets-sansio", ws_ping_interval=settings.ws_ping_interval_s,
-        ws_ping_timeout=settings.ws_ping_timeout_s,
+        **websocket_options(settings),
         log_config=None, timeout_graceful_shutdown=int(settings.shutdown_grace_s), backlog=4096,
     )
 

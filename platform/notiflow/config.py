@@ -6,12 +6,29 @@ Each field documents its unit and its default. The names in SPEC §1 are part of
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+WHSEC_PREFIX = "whsec_"
+WHSEC_MIN_BYTES = 24  # Standard Webhooks: secrets of 24 to 64 random bytes
+
+
+def _check_whsec(secret: str) -> None:
+    """A Standard Webhooks secret: ``whsec_`` + base64 of at least 24 bytes (never echoed in the error)."""
+    if not secret.startswith(WHSEC_PREFIX):
+        raise ValueError("each NOTIFLOW_WEBHOOK_SECRET must be whsec_ + base64 (Standard Webhooks)")
+    try:
+        key = base64.b64decode(secret.removeprefix(WHSEC_PREFIX), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("a NOTIFLOW_WEBHOOK_SECRET is not valid base64 after whsec_") from None
+    if len(key) < WHSEC_MIN_BYTES:
+        raise ValueError(f"a NOTIFLOW_WEBHOOK_SECRET has {len(key)} bytes; at least {WHSEC_MIN_BYTES} are needed")
 
 
 def _default_node_id() -> str:
@@ -21,7 +38,8 @@ def _default_node_id() -> str:
 class Settings(BaseSettings):
     """Every setting of every notiflow process."""
 
-    model_config = SettingsConfigDict(env_prefix="NOTIFLOW_", extra="ignore")
+    # hide_input_in_errors: a refused value may be a secret, and start-up errors are printed.
+    model_config = SettingsConfigDict(env_prefix="NOTIFLOW_", extra="ignore", hide_input_in_errors=True)
 
     # --- where things are -------------------------------------------------------------------
     redis_url: str | None = Field(
@@ -57,10 +75,19 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Hosts (host or host:port) that webhook_url may name, comma-separated. Default empty.",
     )
-    webhook_secret: str = Field(
-        "notiflow-dev-secret", description="HMAC-SHA256 key for the webhook-signature header."
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Standard Webhooks signing secrets, `whsec_` + base64 of at least 24 random bytes; several "
+        "comma-separated during a rotation (each signs every call). Required when webhooks are allowed. Default unset.",
     )
-    webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook call, seconds. Default 5.")
+    webhook_allow_private: bool = Field(
+        False,
+        description="Let webhooks reach private, loopback and link-local addresses (tests and `notiflow dev`). "
+        "Default false.",
+    )
+    webhook_timeout_s: float = Field(
+        5.0, gt=0, description="Deadline of one whole webhook call (resolve, connect, send, read), seconds. Default 5."
+    )
     webhook_retry_rate_per_host: int = Field(
         20, ge=1, description="Webhook retries per second per downstream host, across all workers; first "
         "attempts are not limited, retries over it wait without using an attempt. Default 20.",
@@ -106,6 +133,14 @@ class Settings(BaseSettings):
     auth_off_warning_s: float = Field(
         60.0, gt=0, description="Period of the warning a gateway logs while auth is off, seconds. Default 60."
     )
+    ingest_rate_per_s: float = Field(
+        50_000, gt=0, description="Notifications per second one client identity (API key) may submit, across all "
+        "gateways (a token bucket in Redis); over it, 429 with Retry-After. Default 50000.",
+    )
+    ingest_burst: int = Field(
+        100_000, ge=1, description="Token bucket size of the ingest rate limit: notifications one client may "
+        "submit at once above its rate. Default 100000.",
+    )
 
     # --- stream worker ----------------------------------------------------------------------
     worker_batch: int = Field(200, ge=1, description="Stream entries read per XREADGROUP. Default 200.")
@@ -132,6 +167,30 @@ class Settings(BaseSettings):
     )
     ws_ping_interval_s: float = Field(20.0, gt=0, description="WebSocket ping frame period, s. Default 20.")
     ws_ping_timeout_s: float = Field(20.0, gt=0, description="Pong wait before a peer is dead, s. Default 20.")
+    ws_max_frame_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest incoming WebSocket message, bytes; a larger one closes the socket "
+        "with 1009 before it is read. Default 64 KiB.",
+    )
+    ws_max_ack_ids: int = Field(1000, ge=1, description="Ids one ack frame may name. Default 1000.")
+    ws_max_acks_in_flight: int = Field(
+        10_000, ge=1, description="Notification ids of one socket's acks not yet committed; an ack over it closes "
+        "the socket with 1008. Default 10000.",
+    )
+    ws_max_sockets_per_user: int = Field(
+        10, ge=1, description="Open sockets of one user across the cluster; one more is closed with 4429. Default 10.",
+    )
+    ws_max_sockets: int = Field(
+        20_000, ge=1, description="Open sockets per gateway process; one more is closed with 1013. Default 20000.",
+    )
+    ws_permessage_deflate: bool = Field(
+        False, description="Offer permessage-deflate compression on sockets. Default false.",
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins (scheme://host[:port]) whose WebSocket handshakes are accepted, comma-"
+        "separated; `*` accepts any. Handshakes without an Origin header (non-browser clients) are always "
+        "accepted. Default empty.",
+    )
 
     # --- process lifecycle ------------------------------------------------------------------
     shutdown_grace_s: float = Field(
@@ -148,12 +207,7 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Log level. Default INFO.")
 
-    # --- test-only fault switches (see conformance/selftest) --------------------------------
-    fault_drop_ws_every: int = Field(
-        0, ge=0, description="TEST ONLY: drop every Nth notification frame a gateway sends. 0 = never."
-    )
-
-    @field_validator("webhook_allowed_hosts", "api_keys", mode="before")
+    @field_validator("webhook_allowed_hosts", "api_keys", "allowed_origins", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -172,6 +226,31 @@ class Settings(BaseSettings):
     def auth_configured(self) -> bool:
         """True when the environment names a way to authenticate (stored API keys are checked at start)."""
         return bool(self.jwt_secret or self.jwt_public_key or self.api_keys)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            for part in value.get_secret_value().split(","):
+                _check_whsec(part.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _webhooks_need_a_secret(self) -> Self:
+        if self.webhook_allowed_hosts and not self.webhook_secrets:
+            raise ValueError(
+                "NOTIFLOW_WEBHOOK_ALLOWED_HOSTS is set but NOTIFLOW_WEBHOOK_SECRET is not: webhooks would go "
+                "out unsigned (generate one: python -c \"import base64,secrets; "
+                "print('whsec_' + base64.b64encode(secrets.token_bytes(32)).decode())\")"
+            )
+        return self
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        """The signing secrets, in their ``whsec_`` form; empty when none is set."""
+        if self.webhook_secret is None:
+            return []
+        return [p.strip() for p in self.webhook_secret.get_secret_value().split(",") if p.strip()]
 
     @property
     def redis_url_required(self) -> str:

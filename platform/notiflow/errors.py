@@ -25,8 +25,17 @@ class StoreUnavailable(TransientError):
     """PostgreSQL or Redis did not answer, or answered with a connection-level error."""
 
 
+class CommitOutcomeUnknown(StoreUnavailable):
+    """PostgreSQL failed after a write was sent (a reset or timeout mid-statement): it may or may not have
+    committed. Nobody can tell the client "not stored"; a retry with the same Idempotency-Key is safe."""
+
+
 class BackpressureError(TransientError):
     """Ingestion is over its backlog bound; the client should come back after ``retry_after_s``."""
+
+
+class RateLimited(BackpressureError):
+    """This client is over its ingest rate; it may come back after ``retry_after_s``."""
 
 
 class DownstreamError(TransientError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +15,10 @@ import orjson
 USER_ID_MAX = 255
 EVENT_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Invisible characters that make two ids look alike or reorder how an id is shown: format characters
+#: (bidi overrides and isolates U+202A-202E/2066-2069, zero-width U+200B-200D/2060/FEFF, soft hyphen),
+#: surrogates, and the line and paragraph separators.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Cs", "Zl", "Zp"})
 
 
 def user_id_problem(user_id: object) -> str | None:
@@ -26,6 +31,8 @@ def user_id_problem(user_id: object) -> str | None:
         return "must not contain '/'"
     if _CONTROL.search(user_id):
         return "must not contain control characters"
+    if not user_id.isascii() and any(unicodedata.category(c) in _INVISIBLE_CATEGORIES for c in user_id):
+        return "must not contain bidi-control, zero-width or other invisible format characters"
     return None
 
 

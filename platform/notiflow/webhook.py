@@ -1,39 +1,59 @@
-"""The webhook downstream: signed HTTP POSTs, with the outcome classified as transient or permanent."""
+"""The webhook downstream: signed HTTP POSTs to allowed hosts at public addresses, with the outcome
+classified as transient or permanent.
+
+Three rules keep the platform from being a way into its own network (SSRF): the URL's host must be
+allowed by configuration (a host without a port allows only the scheme's default port); the address it
+resolves to at send time must be public unless ``WEBHOOK_ALLOW_PRIVATE``; and the request goes to that
+checked address (the ``Host`` header and TLS name stay the URL's), so a DNS answer that changes between
+the check and the connect cannot redirect it. Redirects are never followed.
+"""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
+import asyncio
+import ipaddress
 import math
+import socket
 import time
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import httpx
+from standardwebhooks import Webhook
 
 from notiflow.config import Settings
 from notiflow.errors import ApiError, DownstreamError, DownstreamRejected
 from notiflow.models import DeliveryWork
 
+#: The most of a downstream's response body that is read (the rest is dropped with the connection).
+MAX_RESPONSE_BYTES = 64 * 1024
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
 
 def check_webhook_url(url: str, allowed_hosts: list[str]) -> None:
-    """Only hosts named in configuration: the platform must not be a way to reach arbitrary addresses."""
+    """Only hosts named in configuration: ``host`` allows the scheme's default port, ``host:port`` that port."""
     try:
         parts = urlsplit(url)
         port = parts.port  # raises on an out-of-range port
         httpx.URL(url)  # what the client would refuse to send (control characters) is refused here
     except (ValueError, httpx.InvalidURL) as exc:
         raise ApiError(422, "invalid_webhook_url", f"webhook_url is not a valid URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
         raise ApiError(422, "invalid_webhook_url", "webhook_url must be an absolute http(s) URL")
     host = parts.hostname.lower()
-    netloc = f"{host}:{port}" if port else host
+    effective = port if port is not None else _DEFAULT_PORTS[parts.scheme]
     allowed = {h.lower() for h in allowed_hosts}
-    if host not in allowed and netloc not in allowed:
-        raise ApiError(
-            422, "webhook_host_not_allowed", f"webhook host {netloc!r} is not in NOTIFLOW_WEBHOOK_ALLOWED_HOSTS"
-        )
+    if f"{host}:{effective}" in allowed:
+        return
+    if host in allowed and effective == _DEFAULT_PORTS[parts.scheme]:
+        return
+    netloc = f"{host}:{port}" if port is not None else host
+    raise ApiError(
+        422, "webhook_host_not_allowed",
+        f"webhook host {netloc!r} is not in NOTIFLOW_WEBHOOK_ALLOWED_HOSTS (a host without a port allows "
+        "only the scheme's default port)",
+    )
 
 
 def host_of(url: str) -> str:
@@ -47,10 +67,52 @@ def host_of(url: str) -> str:
     return f"{host}:{port}" if port else host
 
 
-def sign(secret: str, msg_id: str, timestamp_s: int, body: bytes) -> str:
-    """Standard Webhooks signature: ``v1,`` + base64(HMAC-SHA256(secret, "{id}.{timestamp}.{body}"))."""
-    mac = hmac.new(secret.encode(), f"{msg_id}.{timestamp_s}.".encode() + body, hashlib.sha256)
-    return "v1," + base64.b64encode(mac.digest()).decode()
+def address_problem(address: str) -> str | None:
+    """Why a resolved address may not be called without ``WEBHOOK_ALLOW_PRIVATE``, or None if it is public."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone id is not part of the address
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    for candidate in (mapped, ip):
+        if candidate is None:
+            continue
+        if candidate.is_loopback:
+            return f"{address} is a loopback address"
+        if candidate.is_link_local:
+            return f"{address} is a link-local address"
+        if not candidate.is_global or candidate.is_multicast:
+            return f"{address} is a private or reserved address"
+    return None
+
+
+async def resolve(host: str, port: int, *, allow_private: bool) -> str:
+    """The address to call for ``host``: every address it resolves to must be public (or private ones
+    allowed); raises DownstreamRejected (permanent) when one is not, DownstreamError when DNS fails."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise DownstreamError(f"cannot resolve {host!r}: {exc}") from exc
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    else:
+        addresses = [host]  # a literal address: no resolver thread on the way
+    if not addresses:
+        raise DownstreamError(f"{host!r} resolved to no address")
+    if not allow_private:
+        for address in addresses:
+            if problem := address_problem(address):
+                raise DownstreamRejected(
+                    f"webhook host {host!r} resolves to {problem} (NOTIFLOW_WEBHOOK_ALLOW_PRIVATE is off)"
+                )
+    return addresses[0]
+
+
+def signature_header(signers: list[Webhook], msg_id: str, timestamp_s: int, body: bytes) -> str:
+    """Standard Webhooks ``webhook-signature``: one ``v1,<base64>`` per secret, space-separated, so a
+    receiver holding either the old or the new secret verifies during a rotation."""
+    when = datetime.fromtimestamp(timestamp_s, UTC)
+    text = body.decode()
+    return " ".join(s.sign(msg_id, when, text) for s in signers)
 
 
 def retry_after_s(value: str | None) -> float | None:
@@ -75,8 +137,9 @@ class WebhookClient:
 
     def __init__(self, settings: Settings) -> None:
         self._s = settings
+        self._signers = [Webhook(secret) for secret in settings.webhook_secrets]
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.webhook_timeout_s),
+            timeout=httpx.Timeout(settings.webhook_timeout_s),  # per phase; the whole call has its deadline
             follow_redirects=False,  # a redirect could lead outside the allowed hosts
             limits=httpx.Limits(max_connections=settings.webhook_concurrency),
             trust_env=False,
@@ -94,25 +157,50 @@ class WebhookClient:
             check_webhook_url(url, self._s.webhook_allowed_hosts)
         except ApiError as exc:
             raise DownstreamRejected(f"webhook host no longer allowed: {exc}") from exc
+        if not self._signers:  # Settings refuse allowed hosts without a secret; never send unsigned
+            raise DownstreamError("no NOTIFLOW_WEBHOOK_SECRET on this worker: not sending unsigned")
+        deadline_s = self._s.webhook_timeout_s
+        try:
+            async with asyncio.timeout(deadline_s):
+                status, head, retry_after = await self._post(work, httpx.URL(url))
+        except TimeoutError as exc:
+            raise DownstreamError(f"timeout: no answer within the {deadline_s}s deadline") from exc
+        except httpx.HTTPError as exc:
+            raise DownstreamError(f"{type(exc).__name__}: {exc}") from exc
+        if 200 <= status < 300:
+            return
+        detail = f"HTTP {status}: {head[:200].decode('utf-8', 'replace')}"
+        if status == 429 or status >= 500:
+            raise DownstreamError(detail, retry_after_s=retry_after_s(retry_after))
+        raise DownstreamRejected(detail)
+
+    async def _post(self, work: DeliveryWork, url: httpx.URL) -> tuple[int, bytes, str | None]:
+        """Resolve, check and call; the status, at most MAX_RESPONSE_BYTES of the body, and Retry-After."""
+        host = url.host
+        port = url.port or _DEFAULT_PORTS[url.scheme]
+        address = await resolve(host, port, allow_private=self._s.webhook_allow_private)
         body = work.webhook_body()
         msg_id = f"{work.notification_id}:{work.user_id}"
         now_s = int(time.time())
         headers = {
+            "host": url.netloc.decode("ascii"),
             "content-type": "application/json",
+            "accept-encoding": "identity",  # the body is read raw and bounded: no decompression bombs
             "webhook-id": msg_id,
             "webhook-timestamp": str(now_s),
-            "webhook-signature": sign(self._s.webhook_secret, msg_id, now_s, body),
+            "webhook-signature": signature_header(self._signers, msg_id, now_s, body),
             "user-agent": "notiflow-webhook/1",
         }
+        pinned = url.copy_with(host=address)
+        extensions = {"sni_hostname": host} if url.scheme == "https" else {}
+        request = self._http.build_request("POST", pinned, content=body, headers=headers, extensions=extensions)
+        response = await self._http.send(request, stream=True)
         try:
-            resp = await self._http.post(url, content=body, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise DownstreamError(f"timeout after {self._s.webhook_timeout_s}s") from exc
-        except httpx.HTTPError as exc:
-            raise DownstreamError(f"{type(exc).__name__}: {exc}") from exc
-        if 200 <= resp.status_code < 300:
-            return
-        detail = f"HTTP {resp.status_code}: {resp.text[:200]}"
-        if resp.status_code == 429 or resp.status_code >= 500:
-            raise DownstreamError(detail, retry_after_s=retry_after_s(resp.headers.get("retry-after")))
-        raise DownstreamRejected(detail)
+            head = bytearray()
+            async for chunk in response.aiter_raw():
+                head += chunk
+                if len(head) >= MAX_RESPONSE_BYTES:
+                    break
+            return response.status_code, bytes(head[:MAX_RESPONSE_BYTES]), response.headers.get("retry-after")
+        finally:
+            await response.aclose()

@@ -155,6 +155,7 @@ def stack(settings: Settings, tmp_path: Path, request: pytest.FixtureRequest) ->
         stream_workers: int = 1,
         retry_workers: int = 1,
         extra_env: dict[str, str] | None = None,
+        role_env: dict[str, dict[str, str]] | None = None,
         **setting_overrides: Any,
     ) -> DevStack:
         stack_settings = settings.model_copy(update=setting_overrides) if setting_overrides else settings
@@ -165,6 +166,7 @@ def stack(settings: Settings, tmp_path: Path, request: pytest.FixtureRequest) ->
             retry_workers=retry_workers,
             base_port=free_port_range(gateways),
             extra_env=extra_env,
+            role_env=role_env,
             workdir=tmp_path / f"stack-{len(stacks)}",
         )
         stacks.append(dev)

@@ -3,6 +3,7 @@ kills, restarts and stops its children as documented."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -221,6 +222,8 @@ def test_settings_survive_the_trip_through_the_environment(monkeypatch: pytest.M
         stream_key="tabc:stream",
         presence_ttl_s=2.5,
         webhook_allowed_hosts=["127.0.0.1:9000", "localhost"],
+        webhook_secret=SecretStr("whsec_" + base64.b64encode(b"k" * 32).decode() + ",whsec_" + "A" * 32),
+        webhook_allow_private=True,
         max_retries=3,
         # Secrets travel as their values (str() of a SecretStr is "**********").
         jwt_secret=SecretStr("a-secret-of-32-bytes-or-more-for-hs256"),
@@ -288,6 +291,29 @@ def test_stack_runs_every_process_and_restarts_a_killed_one(stack: Callable[...,
     pids = [dev.supervisor.pid(name) for name in dev.process_names]
     dev.stop()
     assert not any(pid_alive(pid) for pid in pids if pid is not None)
+
+
+def test_role_env_reaches_only_that_roles_processes_and_survives_a_restart(
+    stack: Callable[..., DevStack], settings: Settings
+) -> None:
+    # The chaos suite points each role at its own fault proxy this way: the gateways' Redis URL differs.
+    gateway_redis = f"{settings.redis_url}?client_name=gw"
+    dev = stack(
+        gateways=1, stream_workers=1, retry_workers=1,
+        extra_env={"NOTIFLOW_LOG_LEVEL": "WARNING"},
+        role_env={"gateway": {"NOTIFLOW_REDIS_URL": gateway_redis}, "retry-worker": {"NOTIFLOW_LOG_LEVEL": "INFO"}},
+    )  # fmt: skip
+    env = {name: dict(dev.supervisor.spec(name).env or {}) for name in dev.process_names}
+    assert env["gateway-0"]["NOTIFLOW_REDIS_URL"] == gateway_redis
+    assert env["stream-worker-0"]["NOTIFLOW_REDIS_URL"] == settings.redis_url
+    assert env["retry-worker-0"]["NOTIFLOW_REDIS_URL"] == settings.redis_url
+    assert [env[n]["NOTIFLOW_LOG_LEVEL"] for n in dev.process_names] == ["WARNING", "WARNING", "INFO"]
+    assert _get_status(f"{dev.gateway_urls[0]}/readyz") == 200  # the gateway runs on its own URL
+    dev.kill("gateway-0")
+    dev.start_process("gateway-0")
+    assert dev.supervisor.spec("gateway-0").env["NOTIFLOW_REDIS_URL"] == gateway_redis  # type: ignore[index]
+    with pytest.raises(DevStackError, match="unknown roles"):
+        DevStack(settings, role_env={"gatway": {}})
 
 
 def test_run_dev_restarts_a_dead_child_and_stops_on_request(

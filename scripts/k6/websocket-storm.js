@@ -20,8 +20,8 @@
 // Platform settings assumed: the defaults (no auth, NOTIFLOW_WS_QUEUE_MAX >= 5).
 //
 // Calibration: `make load` (ci profile: 200 users, 2 gateways, 1 stream worker, 1 retry worker, embedded
-// stores), 6 runs on the 2-core machine while ~7 other sessions kept its load average at 10-22, so the
-// figures are pessimistic: steady-state pong p99 31-43 ms (threshold 500), ws_connecting p95 212-2010 ms
+// stores), 7 runs on the 2-core machine while ~7 other sessions kept its load average at 10-22, so the
+// figures are pessimistic: steady-state pong p99 31-404 ms (threshold 1000), ws_connecting p95 212-2035 ms
 // (threshold 3000, also for registration: open -> first pong), end-to-end p99 43-338 ms (threshold 2000).
 // A quiet machine of the same kind is well inside these; lost, closed-by-server and unanswered pings are
 // gated at exactly zero, whatever the machine.
@@ -46,7 +46,7 @@ const SETTLE_S = intParam('SETTLE_S', 30, 120); // longest wait past the plan fo
 const GROUPS = 5;
 const ROUNDS = Math.max(1, DURATION_S - CONNECT_S - DRAIN_S);
 
-const PONG_P99_MS = intParam('PONG_P99_MS', 500, 2500);
+const PONG_P99_MS = intParam('PONG_P99_MS', 1000, 2500);
 const CONNECT_P95_MS = intParam('CONNECT_P95_MS', 3000, 5000);
 const E2E_P99_MS = intParam('E2E_P99_MS', 2000, 2000);
 

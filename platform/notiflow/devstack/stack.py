@@ -47,7 +47,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if name in _PER_PROCESS or value is None:
             continue
         if isinstance(value, list | tuple):
-            text = ",".join(_text(v) for v in value)
+            text = ",".join(_text(v) for v in value)  # secrets as their values: to the child's env only
         elif isinstance(value, bool):
             text = "true" if value else "false"
         else:
@@ -76,8 +76,11 @@ class DevStack:
 
     Embedded Redis and PostgreSQL start only where ``settings.redis_url`` / ``settings.database_url``
     are unset. Gateways take consecutive ports from ``base_port`` (default ``settings.port``).
+    ``extra_env`` goes to every process; ``role_env`` (keyed by role: ``gateway``, ``stream-worker``,
+    ``retry-worker``) to that role's processes only, over ``extra_env``: the chaos suite points each role at
+    its own fault proxy that way. Migrations always use ``settings.database_url`` directly.
     Authentication is off unless asked for: by ``settings`` (``auth``, a JWT key, API keys) or by the
-    same variables in ``extra_env`` or the environment.
+    same variables in ``extra_env``, ``role_env`` or the environment.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class DevStack:
         retry_workers: int = 1,
         base_port: int | None = None,
         extra_env: dict[str, str] | None = None,
+        role_env: dict[str, dict[str, str]] | None = None,
         workdir: Path | None = None,
         ready_timeout_s: float = 60.0,
     ) -> None:
@@ -98,6 +102,10 @@ class DevStack:
         counts = dict(zip(_ROLES, (gateways, stream_workers, retry_workers), strict=True))
         self.process_names = [f"{role}-{i}" for role in _ROLES for i in range(counts[role])]
         self.extra_env = dict(extra_env or {})
+        unknown = set(role_env or {}) - set(_ROLES)
+        if unknown:
+            raise DevStackError(f"role_env names unknown roles {sorted(unknown)}; known: {', '.join(_ROLES)}")
+        self.role_env = {role: dict(env) for role, env in (role_env or {}).items()}
         self.ready_timeout_s = ready_timeout_s
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="notiflow-dev-")) if workdir is None else workdir
@@ -177,6 +185,7 @@ class DevStack:
             # Unbuffered, so that a log file shows what a killed process last did.
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
+            **self.role_env.get(role, {}),
             "NOTIFLOW_NODE_ID": node_id,
         }
         if not any(env.get(var) for var in _AUTH_VARS):
@@ -300,6 +309,9 @@ def run_dev(
     if auth:
         secret = settings.jwt_secret or SecretStr(secrets.token_urlsafe(32))
         settings = settings.model_copy(update={"auth": "on", "jwt_secret": secret})
+    if "NOTIFLOW_WEBHOOK_ALLOW_PRIVATE" not in os.environ:
+        # On a developer's machine the downstream is usually on loopback too.
+        settings = settings.model_copy(update={"webhook_allow_private": True})
     stack = DevStack(
         settings,
         gateways=gateways,

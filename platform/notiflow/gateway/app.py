@@ -5,29 +5,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from notiflow import metrics
 from notiflow.config import Settings
-from notiflow.errors import ApiError, AuthNotConfigured, BackpressureError, StoreUnavailable, Unauthorized
-from notiflow.gateway import http, keys, openapi, ws
+from notiflow.errors import (
+    ApiError,
+    AuthNotConfigured,
+    BackpressureError,
+    CommitOutcomeUnknown,
+    RateLimited,
+    StoreUnavailable,
+    Unauthorized,
+)
+from notiflow.gateway import http, keys, openapi, responses, ws
 from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
 from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.ingest import IngestService
 from notiflow.service.queries import QueryService
+from notiflow.service.ratelimit import IngestLimiter
 from notiflow.service.sessions import SessionService
 from notiflow.store.pool import connect_pool
 from notiflow.streams.client import connect_redis
 from notiflow.streams.presence import Presence
+from notiflow.streams.ratelimit import TokenBuckets
 from notiflow.streams.work import WorkStream
 
 log = logging.getLogger(__name__)
@@ -52,7 +64,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         wait_timeout_s=settings.redis_pool_timeout_s,
     )
     work = WorkStream(redis, settings)
-    hub = Hub(drop_every=settings.fault_drop_ws_every)
+    hub = Hub()
     queries = QueryService(settings, pool, work)
     ingest = IngestService(settings, pool, work)
     sessions = SessionService(settings, redis, Presence(redis, settings), queries, hub)
@@ -65,8 +77,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pool.close()
         raise
     warner = asyncio.create_task(_warn_while_auth_off(settings.auth_off_warning_s)) if auth.off else None
-    app.state.services = Services(settings, pool, redis, ingest, queries, sessions, hub, auth, KeyService(pool))
+    limiter = IngestLimiter(settings, TokenBuckets(redis, settings))
+    app.state.services = Services(
+        settings, pool, redis, ingest, queries, sessions, hub, limiter, auth, KeyService(pool)
+    )
     queries.start()
+    limiter.start()
     await ingest.start()
     await sessions.start()
     log.info("gateway ready", extra={"host": settings.host, "port": settings.port})
@@ -75,6 +91,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         # Stop intake first (no new accepts), drain what is queued, then release the stores.
         await ingest.close(settings.shutdown_grace_s)
+        await limiter.close(settings.shutdown_grace_s)
         await queries.close(settings.shutdown_grace_s)
         await sessions.close()
         await auth.close(settings.shutdown_grace_s)
@@ -84,6 +101,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await warner
         await redis.aclose()
         await pool.close()
+
+
+def websocket_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's WebSocket options from the settings: the implementation, keepalive pings, the frame size
+    bound (enforced by the websockets parser on the frame header, before the payload is read: 1009) and
+    compression. Every way of serving the app uses these."""
+    return {
+        "ws": "websockets-sansio",
+        "ws_ping_interval": settings.ws_ping_interval_s,
+        "ws_ping_timeout": settings.ws_ping_timeout_s,
+        "ws_max_size": settings.ws_max_frame_bytes,
+        "ws_per_message_deflate": settings.ws_permessage_deflate,
+    }
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -102,8 +132,18 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(BackpressureError)
     async def backpressure(_: Request, exc: BackpressureError) -> Response:
-        retry = str(max(1, round(exc.retry_after_s or 1)))
-        return http.error_response(429, "backlog_full", str(exc), headers={"retry-after": retry})
+        retry = str(max(1, math.ceil(exc.retry_after_s or 1)))
+        code = "rate_limited" if isinstance(exc, RateLimited) else "backlog_full"
+        return http.error_response(429, code, str(exc), headers={"retry-after": retry})
+
+    @app.exception_handler(CommitOutcomeUnknown)
+    async def outcome_unknown(_: Request, exc: CommitOutcomeUnknown) -> Response:
+        log.warning("commit outcome unknown", extra={"error": str(exc)})
+        return http.error_response(
+            503, "outcome_unknown",
+            "the store failed while committing: the request may have been accepted; retry with the same "
+            "Idempotency-Key", headers={"retry-after": "1"},
+        )
 
     @app.exception_handler(StoreUnavailable)
     async def unavailable(_: Request, exc: StoreUnavailable) -> Response:
@@ -125,7 +165,7 @@ def create_app(settings: Settings) -> FastAPI:
         log.exception("unhandled error")
         return http.error_response(500, "internal_error", "internal error")
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses=responses.METRICS, response_class=PlainTextResponse)
     async def metrics_endpoint() -> Response:
         metrics.SOCKETS.set(len(app.state.services.hub.connections()))
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -13,6 +13,7 @@ from notiflow.gateway.hub import Hub
 from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.ingest import IngestService
 from notiflow.service.queries import QueryService
+from notiflow.service.ratelimit import IngestLimiter
 from notiflow.service.sessions import SessionService
 from notiflow.store.pool import Pool
 from notiflow.streams.client import Redis
@@ -27,6 +28,7 @@ class Services:
     queries: QueryService
     sessions: SessionService
     hub: Hub
+    limiter: IngestLimiter
     auth: AuthService
     keys: KeyService
 

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
 from notiflow.credentials import Principal, Scope
 from notiflow.errors import ApiError
+from notiflow.gateway import responses as docs
 from notiflow.gateway.auth import acting_for_user, require_scope
 from notiflow.gateway.deps import services
-from notiflow.gateway.schemas import MAX_PAYLOAD_BYTES, AckIn, NotificationIn, parse_uuid
-from notiflow.models import NewNotification, user_id_problem
+from notiflow.gateway.schemas import MAX_BIGINT, MAX_PAYLOAD_BYTES, AckIn, NotificationIn, parse_uuid
+from notiflow.models import EVENT_RE, NewNotification, user_id_problem
 from notiflow.service.ingest import request_hash
 
 router = APIRouter()
@@ -74,6 +76,15 @@ async def read_json(request: Request) -> Any:
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
 
 
+def client_identity(request: Request) -> str:
+    """Whose ingest rate a request counts against: its bearer token (hashed; the token itself is never
+    kept), or "anonymous" for every unauthenticated client together."""
+    token = request.headers.get("authorization", "")
+    if not token.startswith("Bearer "):
+        return "anonymous"
+    return "bearer:" + hashlib.sha256(token.removeprefix("Bearer ").encode()).hexdigest()
+
+
 def check_user_id(user_id: str) -> str:
     if problem := user_id_problem(user_id):
         raise ApiError(422, "invalid_user_id", f"user id {problem}")
@@ -86,7 +97,7 @@ _ADMIN = Depends(require_scope(Scope.ADMIN))
 _FOR_USER = Depends(acting_for_user)
 
 
-@router.post("/notifications", status_code=202)
+@router.post("/notifications", status_code=202, responses=docs.INGEST)
 async def create_notification(request: Request, who: Principal = _SEND) -> Response:
     raw = await read_json(request)
     key = request.headers.get("idempotency-key")
@@ -100,6 +111,8 @@ async def create_notification(request: Request, who: Principal = _SEND) -> Respo
     if len(payload_json) > MAX_PAYLOAD_BYTES:
         raise ApiError(413, "payload_too_large", f"payload is larger than {MAX_PAYLOAD_BYTES} bytes serialised")
     svc = services(request)
+    # With auth on, the rate is the API key's (a stable id, whichever way the key is sent).
+    await svc.limiter.admit(who.identity if who.kind != "anonymous" else client_identity(request), 1)
     item = NewNotification(
         id=svc.new_id(),
         user_ids=body.recipients(),
@@ -115,15 +128,16 @@ async def create_notification(request: Request, who: Principal = _SEND) -> Respo
     return JSON(answer, status_code=status)
 
 
-@router.get("/notifications/offline/{user_id}", dependencies=[_FOR_USER])
+@router.get("/notifications/offline/{user_id}", responses=docs.OFFLINE, dependencies=[_FOR_USER])
 async def offline_queue(
-    request: Request, user_id: str, limit: int = Query(100, ge=1, le=1000), after_seq: int = Query(0, ge=0)
+    request: Request, user_id: str, limit: int = Query(100, ge=1, le=1000),
+    after_seq: int = Query(0, ge=0, le=MAX_BIGINT),
 ) -> Response:
     page = await services(request).queries.offline(check_user_id(user_id), after_seq, limit)
     return JSON(page)
 
 
-@router.post("/notifications/offline/{user_id}/ack", dependencies=[_FOR_USER])
+@router.post("/notifications/offline/{user_id}/ack", responses=docs.ACK, dependencies=[_FOR_USER])
 async def ack(request: Request, user_id: str) -> Response:
     check_user_id(user_id)
     raw = await read_json(request)
@@ -135,9 +149,12 @@ async def ack(request: Request, user_id: str) -> Response:
     return JSON({"acknowledged": n})
 
 
-@router.get("/notifications/{notification_id}", dependencies=[_READ])
+@router.get("/notifications/{notification_id}", responses=docs.NOTIFICATION, dependencies=[_READ])
 async def get_notification(
-    request: Request, notification_id: str, user_id: str | None = None, limit: int = Query(100, ge=1, le=1000)
+    request: Request,
+    notification_id: str = Path(json_schema_extra={"format": "uuid"}),  # parsed below: a 422 names the id
+    user_id: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
 ) -> Response:
     nid = parse_uuid(notification_id, "id")
     if user_id is not None:
@@ -145,36 +162,36 @@ async def get_notification(
     return JSON(await services(request).queries.notification(nid, user_id, limit))
 
 
-@router.get("/dlq", dependencies=[_ADMIN])
+@router.get("/dlq", responses=docs.DLQ_LIST, dependencies=[_ADMIN])
 async def dlq_list(
     request: Request,
     limit: int = Query(100, ge=1, le=1000),
-    after: int = Query(0, ge=0),
+    after: int = Query(0, ge=0, le=MAX_BIGINT),
     user_id: str | None = None,
-    event: str | None = Query(None, max_length=128),
+    event: str | None = Query(None, pattern=EVENT_RE.pattern),
 ) -> Response:
     if user_id is not None:
         check_user_id(user_id)
     return JSON(await services(request).queries.dlq_list(after, user_id, event, limit))
 
 
-@router.post("/dlq/{entry_id}/replay", status_code=202, dependencies=[_ADMIN])
-async def dlq_replay(request: Request, entry_id: int) -> Response:
+@router.post("/dlq/{entry_id}/replay", status_code=202, responses=docs.DLQ_REPLAY, dependencies=[_ADMIN])
+async def dlq_replay(request: Request, entry_id: int = Path(ge=1, le=MAX_BIGINT)) -> Response:
     return JSON(await services(request).queries.dlq_replay(entry_id), status_code=202)
 
 
-@router.delete("/dlq/{entry_id}", status_code=204, dependencies=[_ADMIN])
-async def dlq_delete(request: Request, entry_id: int) -> Response:
+@router.delete("/dlq/{entry_id}", status_code=204, responses=docs.DLQ_DELETE, dependencies=[_ADMIN])
+async def dlq_delete(request: Request, entry_id: int = Path(ge=1, le=MAX_BIGINT)) -> Response:
     await services(request).queries.dlq_delete(entry_id)
     return Response(status_code=204)
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses=docs.HEALTH)
 async def healthz() -> Response:
     return JSON({"status": "ok"})
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=docs.READY)
 async def readyz(request: Request) -> Response:
     checks = await services(request).readiness()
     ok = all(v == "ok" for v in checks.values())

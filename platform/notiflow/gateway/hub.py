@@ -22,6 +22,7 @@ class Connection:
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_max)
         self._close = close
         self.closing: CloseCode | None = None
+        self.acks_in_flight = 0  # ids of this socket's acks not yet committed
 
     def push(self, frame: str) -> None:
         if self.closing is not None:
@@ -40,16 +41,18 @@ class Connection:
 class Hub:
     """User id -> this node's connections of that user."""
 
-    def __init__(self, *, drop_every: int = 0) -> None:
+    def __init__(self) -> None:
         self._users: dict[str, set[Connection]] = {}
-        self._drop_every = drop_every  # TEST ONLY fault switch, see Settings.fault_drop_ws_every
-        self._seen = 0
         self.frames_pushed = 0
+        self.size = 0  # connections registered on this node
+
 
     def add(self, conn: Connection) -> bool:
         """Register; True when it is the user's first socket on this node."""
         conns = self._users.setdefault(conn.user_id, set())
-        conns.add(conn)
+        if conn not in conns:
+            conns.add(conn)
+            self.size += 1
         return len(conns) == 1
 
     def remove(self, conn: Connection) -> bool:
@@ -58,6 +61,7 @@ class Hub:
         if not conns or conn not in conns:
             return False
         conns.discard(conn)
+        self.size -= 1
         if conns:
             return False
         del self._users[conn.user_id]
@@ -74,10 +78,6 @@ class Hub:
 
     def push(self, user_id: str, frame: str) -> None:
         for conn in tuple(self._users.get(user_id, ())):
-            if self._drop_every:
-                self._seen += 1
-                if self._seen % self._drop_every == 0:
-                    continue
             conn.push(frame)
             self.frames_pushed += 1
             metrics.FRAMES.inc()

@@ -5,14 +5,37 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from notiflow.errors import ApiError
 from notiflow.models import EVENT_RE, user_id_problem
 
 MAX_RECIPIENTS = 10_000
 MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_PAYLOAD_DEPTH = 64  # nesting of objects and arrays; the JSON encoder stops at 254
 MAX_TTL_S = 30 * 86_400
+#: The largest sequence number or DLQ id (PostgreSQL bigint): larger ones name nothing, and are 422.
+MAX_BIGINT = 2**63 - 1
+
+
+def payload_problem(payload: Any) -> str | None:
+    """Why a payload cannot be stored (PostgreSQL's jsonb refuses the NUL character; very deep nesting
+    cannot be encoded), or None. Iterative: a hostile depth cannot exhaust the stack."""
+    stack: list[tuple[Any, int]] = [(payload, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return "must not contain the NUL character (\\u0000)"
+        elif isinstance(value, dict | list):
+            if depth > MAX_PAYLOAD_DEPTH:
+                return f"must not nest objects and arrays more than {MAX_PAYLOAD_DEPTH} deep"
+            if isinstance(value, dict):
+                stack.extend((k, depth) for k in value)
+                stack.extend((v, depth + 1) for v in value.values())
+            else:
+                stack.extend((v, depth + 1) for v in value)
+    return None
 
 
 class NotificationIn(BaseModel):
@@ -26,6 +49,13 @@ class NotificationIn(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     ttl_seconds: int | None = Field(None, ge=1, le=MAX_TTL_S)
     webhook_url: str | None = Field(None, min_length=1, max_length=2048)
+
+    @field_validator("payload")
+    @classmethod
+    def _storable(cls, payload: dict[str, Any]) -> dict[str, Any]:
+        if problem := payload_problem(payload):
+            raise ValueError(f"payload {problem}")
+        return payload
 
     @model_validator(mode="after")
     def _recipients(self) -> NotificationIn:
@@ -48,7 +78,7 @@ class AckIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     ids: list[str] | None = Field(None, max_length=MAX_RECIPIENTS)
-    up_to_seq: int | None = Field(None, ge=0)
+    up_to_seq: int | None = Field(None, ge=0, le=MAX_BIGINT)
 
     @model_validator(mode="after")
     def _one(self) -> AckIn:

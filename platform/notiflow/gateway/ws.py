@@ -18,7 +18,7 @@ from notiflow.errors import StoreUnavailable
 from notiflow.gateway.auth import authorize_socket
 from notiflow.gateway.deps import services
 from notiflow.gateway.hub import Connection
-from notiflow.gateway.protocol import MAX_ACK_IDS, PONG, ClientFrame, CloseCode, FrameError
+from notiflow.gateway.protocol import MAX_ACK_IDS, PONG, ClientFrame, CloseCode, FrameError, origin_allowed
 from notiflow.models import user_id_problem
 
 router = APIRouter()
@@ -34,7 +34,7 @@ def _spawn(coro: Coroutine[Any, Any, None]) -> None:
     task.add_done_callback(_background.discard)
 
 
-def parse_client_frame(text: str) -> ClientFrame:
+def parse_client_frame(text: str, max_ack_ids: int = MAX_ACK_IDS) -> ClientFrame:
     try:
         msg = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -46,8 +46,8 @@ def parse_client_frame(text: str) -> ClientFrame:
         return ClientFrame("ping")
     if kind == "ack":
         ids = msg.get("ids")
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > MAX_ACK_IDS:
-            raise FrameError(f"ack needs 'ids': a list of at most {MAX_ACK_IDS} strings")
+        if not isinstance(ids, list) or len(ids) > max_ack_ids or not all(isinstance(i, str) for i in ids):
+            raise FrameError(f"ack needs 'ids': a list of at most {max_ack_ids} strings")
         return ClientFrame("ack", tuple(ids))
     raise FrameError("type must be 'ack' or 'ping'")
 
@@ -59,6 +59,10 @@ def _error_frame(message: str) -> str:
 @router.websocket("/ws/{user_id}")
 async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
     svc = services(ws)
+    limits = svc.settings
+    if not origin_allowed(ws.headers.get("origin"), limits.allowed_origins):
+        await ws.close(CloseCode.POLICY_VIOLATION)  # before accept: the handshake is answered 403
+        return
     # Accepted first, so that a refusal can carry its close code (a refused handshake cannot); nothing is
     # sent and nothing is registered before the checks below pass.
     await ws.accept()
@@ -73,6 +77,9 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
     if isinstance(who, CloseCode):
         await ws.close(who, who.name.lower())
         return
+    if svc.hub.size >= limits.ws_max_sockets:
+        await ws.close(CloseCode.TRY_AGAIN_LATER, "gateway node is full")
+        return
 
     def close_soon(code: CloseCode) -> None:
         _spawn(_close(ws, code))
@@ -82,7 +89,7 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
     # the socket, not an empty hub.
     svc.hub.add(conn)
     try:
-        await svc.sessions.opened(user_id)
+        sockets = await svc.sessions.opened(user_id)
     except StoreUnavailable:
         svc.hub.remove(conn)
         await ws.close(CloseCode.INTERNAL_ERROR, "presence unavailable, retry")
@@ -92,35 +99,62 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
     if who.expires_at is not None:
         delay = max(0.0, who.expires_at - time.time())
         expiry = asyncio.get_running_loop().call_later(delay, close_soon, CloseCode.UNAUTHORIZED)
-    writer = asyncio.create_task(_write(ws, conn))
+    writer: asyncio.Task[None] | None = None
     try:
-        while True:
-            text = await ws.receive_text()
-            try:
-                frame = parse_client_frame(text)
-            except FrameError as exc:
-                conn.push(_error_frame(str(exc)))
-                continue
-            if frame.kind == "ping":
-                conn.push(PONG)
-                continue
-            ids: list[uuid.UUID] = []
-            for raw in frame.ids:
-                try:
-                    ids.append(uuid.UUID(raw))
-                except ValueError:
-                    conn.push(_error_frame(f"not a notification id: {raw[:64]!r}"))
-            if ids:
-                # Not awaited inline: a slow commit must not stop this socket from reading pings.
-                _spawn(_ack(svc.queries.ack_from_socket, conn, ids))
+        if sockets > limits.ws_max_sockets_per_user:
+            await ws.close(CloseCode.TOO_MANY_SOCKETS, f"at most {limits.ws_max_sockets_per_user} sockets per user")
+            return
+        writer = asyncio.create_task(_write(ws, conn))
+        await _read(ws, conn, svc.queries.ack_from_socket, limits.ws_max_ack_ids, limits.ws_max_acks_in_flight)
     except (WebSocketDisconnect, RuntimeError):
         pass  # RuntimeError: receive after our own close (slow consumer); either way the socket is gone
     finally:
         if expiry is not None:
             expiry.cancel()
-        writer.cancel()
+        if writer is not None:
+            writer.cancel()
         svc.hub.remove(conn)
         await svc.sessions.closed(user_id)
+
+
+async def _read(
+    ws: WebSocket, conn: Connection, submit: Callable[[str, list[uuid.UUID]], Awaitable[None]],
+    max_ack_ids: int, max_acks_in_flight: int,
+) -> None:
+    """The reader loop: until the peer goes away or this socket is closed by a limit."""
+    while conn.closing is None:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None:
+            conn.push(_error_frame("binary frames are not part of the protocol: send JSON text frames"))
+            continue
+        try:
+            frame = parse_client_frame(text, max_ack_ids)
+        except FrameError as exc:
+            conn.push(_error_frame(str(exc)))
+            continue
+        if frame.kind == "ping":
+            conn.push(PONG)
+            continue
+        ids: list[uuid.UUID] = []
+        for raw in frame.ids:
+            try:
+                ids.append(uuid.UUID(raw))
+            except ValueError:
+                conn.push(_error_frame(f"not a notification id: {raw[:64]!r}"))
+        if not ids:
+            continue
+        if conn.acks_in_flight + len(ids) > max_acks_in_flight:
+            # An ack flood: acks are held in memory until their commit. Nothing is lost: what was not
+            # acknowledged stays in the offline queue.
+            conn.closing = CloseCode.POLICY_VIOLATION
+            await _close(ws, CloseCode.POLICY_VIOLATION)
+            return
+        conn.acks_in_flight += len(ids)
+        # Not awaited inline: a slow commit must not stop this socket from reading pings.
+        _spawn(_ack(submit, conn, ids))
 
 
 async def _write(ws: WebSocket, conn: Connection) -> None:
@@ -149,3 +183,5 @@ async def _ack(
             "type": "error", "code": "ack_failed", "message": "acknowledgement not applied; send it again",
             "ids": [str(i) for i in ids],
         }).decode())
+    finally:
+        conn.acks_in_flight -= len(ids)

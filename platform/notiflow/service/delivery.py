@@ -154,6 +154,7 @@ class DeliveryService:
         works = await self.load(entries)
         todo = [w for w in works.values() if w.webhook_status in _WORK_STATES and not w.webhook_not_due]
         todo = await self._within_budget(todo)
+        todo = await self._claim_attempts(todo)
         outcomes = await asyncio.gather(*(self._call(w) for w in todo))
         await self.record(list(outcomes))
         return list(outcomes)
@@ -183,6 +184,19 @@ class DeliveryService:
         self.held_back += len(held)
         held_keys = {w.key for w in held}
         return [w for w in todo if w.key not in held_keys]
+
+    async def _claim_attempts(self, todo: list[DeliveryWork]) -> list[DeliveryWork]:
+        """Only the caller that claims a delivery's next attempt calls the downstream: another entry for the
+        same delivery processed meanwhile finds the attempt taken and changes nothing. Expired deliveries
+        make no call and need no claim."""
+        calls = [w for w in todo if not w.expired]
+        if not calls:
+            return todo
+        async with pg_errors("claim webhook attempts"), self._pool.acquire() as conn:
+            won = await sql.claim_webhook_attempts(
+                conn, [(w.notification_id, w.user_id, w.webhook_attempts) for w in calls]
+            )
+        return [w for w in todo if w.expired or w.key in won]
 
     async def _call(self, w: DeliveryWork) -> Outcome:
         started = _now()

@@ -15,7 +15,7 @@ from notiflow.config import Settings
 from notiflow.errors import BackpressureError, IdempotencyConflict, StoreUnavailable
 from notiflow.models import Channel, NewNotification, StreamEntry
 from notiflow.store import ingest as sql
-from notiflow.store.pool import Pool, pg_errors
+from notiflow.store.pool import Pool, pg_errors, pg_write_errors
 from notiflow.streams.work import WorkStream
 from notiflow.webhook import check_webhook_url
 
@@ -58,6 +58,7 @@ class IngestService:
         self._backlog = 0
         self._xadded = 0
         self._unstreamed = 0
+        self._count_lock = asyncio.Lock()
         self._in_flight = 0  # entries of requests admitted but not answered yet
         self._refresher: asyncio.Task[None] | None = None
         # Committed notifications waiting for their XADD, in commit order. Bounded: past the bound they
@@ -102,10 +103,13 @@ class IngestService:
     async def _refresh_backlog(self) -> None:
         # A cached figure keeps XLEN off the request path; when Redis is unreachable the last figure
         # stands, and PostgreSQL keeps accepting (the reconciler enqueues once Redis is back).
+        # The lock keeps this node's XADDs out of the read's way: each entry is counted exactly once, in
+        # XLEN or in _xadded (an XADD racing the read was counted twice before, and a bound of 5 admitted 4).
         while True:
-            with contextlib.suppress(StoreUnavailable):
-                self._xadded = 0  # reset before the read: an XADD racing it is counted twice, never missed
-                self._backlog = await self._work.backlog()
+            async with self._count_lock:
+                with contextlib.suppress(StoreUnavailable):
+                    length = await self._work.backlog()
+                    self._backlog, self._xadded = length, 0
             await asyncio.sleep(0.1)
 
     async def _flush(self, items: list[NewNotification]) -> list[Accepted | BaseException]:
@@ -133,7 +137,9 @@ class IngestService:
             if item.idempotency_key:
                 primary.setdefault(sql.scoped_key(item), item)
         keyed = list(primary.values())
-        async with pg_errors("ingest"), self._pool.acquire() as conn:
+        # A failure to get a connection stored nothing (503 unavailable); one after the statements were sent
+        # has an unknown outcome (503 outcome_unknown): the reply may be all that was lost.
+        async with pg_errors("ingest"), self._pool.acquire() as conn, pg_write_errors("ingest"):
             if keyed:
                 async with conn.transaction():
                     claim = await sql.claim_idempotency_keys(conn, keyed)
@@ -202,14 +208,15 @@ class IngestService:
                 batch, self._to_enqueue = self._to_enqueue[:ENQUEUE_BATCH], self._to_enqueue[ENQUEUE_BATCH:]
                 entries = stream_entries(batch, self._s.fanout_chunk)
                 try:
-                    try:
-                        await self._work.add(entries)
-                    finally:
-                        # Counted as unstreamed until the XADD has answered and as XADDed from then on, in one
-                        # step: subtracting before the XADD left a window, one Redis round trip long, in which
-                        # these entries counted nowhere and a burst was admitted twice over the bound.
-                        self._unstreamed -= len(entries)
-                    self._xadded += len(entries)
+                    async with self._count_lock:
+                        try:
+                            await self._work.add(entries)
+                        finally:
+                            # Counted as unstreamed until the XADD has answered and as XADDed from then on, in one
+                            # step: subtracting before the XADD left a window, one Redis round trip long, in which
+                            # these entries counted nowhere and a burst was admitted twice over the bound.
+                            self._unstreamed -= len(entries)
+                        self._xadded += len(entries)
                     await sql.mark_enqueued(self._pool, [i.id for i in batch])
                 except Exception as exc:  # noqa: BLE001 - the outbox covers every failure after the commit
                     log.warning("enqueue after commit failed; the reconciler will enqueue",

@@ -66,8 +66,9 @@ class SessionService:
         except StoreUnavailable as exc:
             log.warning("presence leave failed; entries expire with the node key", extra={"error": str(exc)})
 
-    async def opened(self, user_id: str) -> None:
-        await self._presence.connect(self.node_id, user_id)
+    async def opened(self, user_id: str) -> int:
+        """Count a new socket of ``user_id``; returns how many the user now holds across live nodes."""
+        return await self._presence.connect(self.node_id, user_id)
 
     async def closed(self, user_id: str) -> None:
         try:

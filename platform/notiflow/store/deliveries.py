@@ -70,6 +70,26 @@ SELECT (SELECT count(*) FROM sock) AS socket_rows, (SELECT count(*) FROM hook) A
        (SELECT count(*) FROM att) AS attempt_rows, (SELECT count(*) FROM dead) AS dlq_rows
 """
 
+# Claims the next webhook attempt of each delivery before its call: only a caller that saw the current attempt
+# count wins, so two entries for the same delivery (an outbox or stuck-work re-enqueue racing the original, a
+# reclaim after a crash) never call the downstream twice for one attempt (SPEC I6: at most MAX_RETRIES + 1).
+# Row locks in key order, as everywhere (LOCK_IN_KEY_ORDER); a loser re-reads the row after the winner's commit
+# and no longer matches.
+_CLAIM_WEBHOOK_ATTEMPTS = """
+WITH k AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[]) AS k(nid, uid, seen)
+), locked AS (
+    SELECT d.notification_id, d.user_id, k.seen FROM deliveries d
+    JOIN k ON d.notification_id = k.nid AND d.user_id = k.uid
+    WHERE d.webhook_attempts = k.seen AND d.webhook_status IN ('pending', 'retrying')
+    ORDER BY d.notification_id, d.user_id FOR UPDATE OF d
+)
+UPDATE deliveries d SET webhook_attempts = l.seen + 1, updated_at = now()
+FROM locked l
+WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id AND d.webhook_attempts = l.seen
+RETURNING d.notification_id, d.user_id
+"""
+
 _INSERT_POISON = """
 INSERT INTO poison_entries (stream_id, fields, reason) SELECT * FROM unnest($1::text[], $2::jsonb[], $3::text[])
 """
@@ -123,6 +143,18 @@ async def record_outcomes(conn: Any, outcomes: list[Outcome], node_id: str) -> d
         node_id,
     )
     return dict(row)
+
+
+async def claim_webhook_attempts(
+    conn: Any, claims: list[tuple[uuid.UUID, str, int]]
+) -> set[tuple[uuid.UUID, str]]:
+    """Claim the next attempt of each (notification, user, attempts seen); the keys this caller won."""
+    if not claims:
+        return set()
+    rows = await conn.fetch(
+        _CLAIM_WEBHOOK_ATTEMPTS, [c[0] for c in claims], [c[1] for c in claims], [c[2] for c in claims]
+    )
+    return {(r["notification_id"], r["user_id"]) for r in rows}
 
 
 async def record_poison(conn: Any, entries: list[tuple[str, str, str]]) -> None:

@@ -12,9 +12,9 @@ import asyncpg
 import orjson
 from asyncpg.pool import Pool
 
-from notiflow.errors import StoreUnavailable
+from notiflow.errors import CommitOutcomeUnknown, StoreUnavailable
 
-__all__ = ["Pool", "connect_pool", "pg_errors", "retry_conflicts"]
+__all__ = ["Pool", "connect_pool", "pg_errors", "pg_write_errors", "retry_conflicts"]
 
 T = TypeVar("T")
 
@@ -44,6 +44,21 @@ async def pg_errors(what: str) -> AsyncIterator[None]:
     except Exception as exc:
         if _is_transient(exc):
             raise StoreUnavailable(f"postgresql: {what}: {type(exc).__name__}: {exc}") from exc
+        raise
+
+
+@asynccontextmanager
+async def pg_write_errors(what: str) -> AsyncIterator[None]:
+    """Like ``pg_errors`` around statements that write: a transient failure once the write is on its way
+    has an unknown outcome (``CommitOutcomeUnknown``), not "nothing happened"."""
+    try:
+        yield
+    except CommitOutcomeUnknown:
+        raise
+    except Exception as exc:
+        cause = exc.__cause__ if isinstance(exc, StoreUnavailable) else exc
+        if isinstance(exc, StoreUnavailable) or _is_transient(exc):
+            raise CommitOutcomeUnknown(f"postgresql: {what}: {type(cause).__name__}: {cause}") from exc
         raise
 
 

@@ -27,6 +27,19 @@ end
 return out
 """
 
+# Count this node's new socket; return the user's sockets on live nodes (this one included).
+_CONNECT = """
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+local total = 0
+local kv = redis.call('HGETALL', KEYS[1])
+for i = 1, #kv, 2 do
+    if kv[i] == ARGV[1] or redis.call('EXISTS', ARGV[2] .. kv[i] .. ARGV[3]) == 1 then
+        total = total + tonumber(kv[i + 1])
+    end
+end
+return total
+"""
+
 _RELEASE = """
 local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
 if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
@@ -43,6 +56,7 @@ class Presence:
         self.ttl_ms = max(1, int(settings.presence_ttl_s * 1000))
         self._lookup = redis.register_script(_LOOKUP)
         self._release = redis.register_script(_RELEASE)
+        self._connect = redis.register_script(_CONNECT)
 
     def _user_key(self, user_id: str) -> str:
         return self._s.key("presence", user_id)
@@ -50,9 +64,13 @@ class Presence:
     def _alive_key(self, node_id: str) -> str:
         return self._s.key("node", node_id, "alive")
 
-    async def connect(self, node_id: str, user_id: str) -> None:
+    async def connect(self, node_id: str, user_id: str) -> int:
+        """Count one more socket of ``user_id`` on ``node_id``; the user's open sockets on live nodes."""
         async with redis_errors("presence connect"):
-            await self._r.hincrby(self._user_key(user_id), node_id, 1)
+            total = await self._connect(
+                keys=[self._user_key(user_id)], args=[node_id, self._s.key("node", ""), ":alive"]
+            )
+        return int(total)
 
     async def disconnect(self, node_id: str, user_id: str) -> None:
         async with redis_errors("presence disconnect"):

@@ -148,7 +148,7 @@ class WorkStream:
         got: dict[str, dict[str, str] | None] = {_text(i): _fields(f) for i, f in rows if i is not None}
         return [(i, got.get(i)) for i in entry_ids]
 
-    async def keep(self, consumer: str, entry_ids: list[str], min_idle_ms: int) -> None:
+    async def keep(self, consumer: str, entry_ids: list[str]) -> None:
         """Reset the idle time of entries this consumer still works on (XCLAIM JUSTID, which leaves their
         delivery counters alone), so that no other consumer reclaims them while a store is away: an entry
         held through an outage was never the cause of a crash, and must not count towards poison."""
@@ -156,7 +156,7 @@ class WorkStream:
             return
         async with redis_errors("xclaim justid"):
             await self._r.execute_command(  # type: ignore[no-untyped-call]
-                "XCLAIM", self.stream, GROUP, consumer, str(min_idle_ms), *entry_ids, "JUSTID"
+                "XCLAIM", self.stream, GROUP, consumer, "0", *entry_ids, "JUSTID"
             )
 
     async def backlog(self) -> int:

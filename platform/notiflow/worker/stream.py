@@ -106,29 +106,39 @@ class StreamWorker:
         """Process the batch, and while a store is unavailable, keep it and try again in place (with
         backoff, until the process stops). Leaving it pending instead had other consumers reclaim it every
         ``RECLAIM_IDLE_MS``, and each reclaim counted towards ``POISON_MAX_DELIVERIES``: a long enough outage
-        parked healthy entries as poison. Their idle time is reset meanwhile, without counting a delivery."""
+        parked healthy entries as poison. A keeper task resets their idle time meanwhile, without counting a
+        delivery, however long each attempt takes to fail."""
         delay_s = 0.1
-        kept_at = asyncio.get_running_loop().time()
-        keep_every_s = self._s.reclaim_idle_ms / 3000
+        keeper: asyncio.Task[None] | None = None
+        try:
+            while True:
+                try:
+                    await process([e for _, e in items])
+                    return
+                except StoreUnavailable as exc:
+                    if self._stop.is_set():
+                        raise
+                    if keeper is None:
+                        log.warning("store unavailable; holding the batch until it answers",
+                                    extra={"error": str(exc), "entries": len(items)})
+                        keeper = asyncio.create_task(  # noqa: RUF006 - kept in `keeper`, cancelled below
+                            self._keep([i for i, _ in items]), name="keep-held")
+                    self.held_through_outage += 1
+                await pause(self._stop, delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+        finally:
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
+
+    async def _keep(self, entry_ids: list[str]) -> None:
+        period_s = self._s.reclaim_idle_ms / 3000
         while True:
-            try:
-                await process([e for _, e in items])
-                return
-            except StoreUnavailable as exc:
-                if self._stop.is_set():
-                    raise
-                if delay_s == 0.1:
-                    log.warning("store unavailable; holding the batch until it answers",
-                                extra={"error": str(exc), "entries": len(items)})
-                self.held_through_outage += 1
-            await pause(self._stop, delay_s)
-            delay_s = min(delay_s * 2, 5.0)
-            now = asyncio.get_running_loop().time()
-            if now - kept_at >= keep_every_s:
-                kept_at = now
-                # If Redis is the one away, nobody can reclaim the entries meanwhile either.
-                with contextlib.suppress(StoreUnavailable):
-                    await self._work.keep(self._consumer, [i for i, _ in items], self._s.reclaim_idle_ms // 6)
+            await asyncio.sleep(period_s)
+            # If Redis is the one away, nobody can reclaim the entries meanwhile either.
+            with contextlib.suppress(StoreUnavailable):
+                await self._work.keep(self._consumer, entry_ids)
 
     async def _ack(self, entry_ids: list[str]) -> None:
         try:

@@ -3,20 +3,20 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from harness import FAST, Platform, PlatformFactory, start_platform
-from sinkserver import Sink
+from pydantic import SecretStr
+from sinkserver import Sink, new_secret
 
 from notiflow.config import Settings
 
 
 @pytest.fixture
 async def sink() -> AsyncIterator[Sink]:
-    server = await Sink(secret=f"whsec-test-{secrets.token_hex(8)}").start()
+    server = await Sink(secret=new_secret()).start()
     yield server
     await server.stop()
 
@@ -25,7 +25,10 @@ async def sink() -> AsyncIterator[Sink]:
 def hook_settings(settings: Settings, sink: Sink) -> Settings:
     """The session stores' settings, with the sink allowed and signing with the sink's secret."""
     return settings.model_copy(
-        update={"webhook_allowed_hosts": [sink.host], "webhook_secret": sink.secret, **FAST}
+        update={
+            "webhook_allowed_hosts": [sink.host], "webhook_secret": SecretStr(sink.secret),
+            "webhook_allow_private": True, **FAST,
+        }
     )
 
 

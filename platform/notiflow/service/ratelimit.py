@@ -1,0 +1,59 @@
+"""The ingest rate limit use case: each client identity (an API key; every unauthenticated client shares
+one) may submit ``INGEST_RATE_PER_S`` notifications per second, in bursts of up to ``INGEST_BURST``.
+
+Concurrent checks are batched into one Redis script call (group commit, like ingest itself). The limit
+protects the platform; it must not become a way for Redis to stop ingestion, which PostgreSQL alone can
+serve: when Redis does not answer within ``CHECK_DEADLINE_S`` the request is admitted, and the next
+``OPEN_AFTER_FAILURE_S`` skip the check altogether (logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from notiflow.batching import Batcher
+from notiflow.config import Settings
+from notiflow.errors import RateLimited, StoreUnavailable
+from notiflow.streams.ratelimit import TokenBuckets
+
+log = logging.getLogger(__name__)
+
+CHECK_DEADLINE_S = 0.25
+OPEN_AFTER_FAILURE_S = 1.0
+
+
+class IngestLimiter:
+    def __init__(self, settings: Settings, buckets: TokenBuckets) -> None:
+        self._s = settings
+        self._buckets = buckets
+        self._batcher: Batcher[tuple[str, int], int] = Batcher(self._flush, max_batch=500, name="rate-limit")
+        self._open_until = 0.0
+        self.failed_open = 0  # checks admitted without Redis, for logs and tests
+
+    def start(self) -> None:
+        self._batcher.start()
+
+    async def close(self, grace_s: float) -> None:
+        await self._batcher.close(grace_s)
+
+    async def admit(self, identity: str, cost: int = 1) -> None:
+        """Take ``cost`` tokens of ``identity``'s bucket; raises RateLimited (429) when they are not there."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._open_until:
+            self.failed_open += 1
+            return
+        try:
+            wait_ms = await asyncio.wait_for(self._batcher.submit((identity, cost)), CHECK_DEADLINE_S)
+        except (StoreUnavailable, TimeoutError) as exc:
+            self._open_until = loop.time() + OPEN_AFTER_FAILURE_S
+            self.failed_open += 1
+            log.warning("rate limit unavailable; admitting without it", extra={"error": str(exc) or "timeout"})
+            return
+        if wait_ms > 0:
+            raise RateLimited(
+                f"over {self._s.ingest_rate_per_s:g} notifications/s for this client", retry_after_s=wait_ms / 1000
+            )
+
+    async def _flush(self, items: list[tuple[str, int]]) -> list[int | BaseException]:
+        return list(await self._buckets.take(items, self._s.ingest_rate_per_s, self._s.ingest_burst))
