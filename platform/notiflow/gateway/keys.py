@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from notiflow.credentials import KEY_NAME_RE, Scope
 from notiflow.errors import ApiError, NotFound
+from notiflow.gateway import responses as docs
 from notiflow.gateway.auth import require_scope
 from notiflow.gateway.deps import services
 from notiflow.gateway.http import JSON, read_json, validation_details
@@ -29,7 +30,7 @@ class KeyIn(BaseModel):
     scopes: list[Scope] = Field(min_length=1, max_length=len(Scope))
 
 
-@router.post("/keys", status_code=201)
+@router.post("/keys", status_code=201, responses=docs.errors(400, 409, 413, 415, 422, 503))
 async def create_key(request: Request) -> Response:
     raw = await read_json(request)
     try:
@@ -40,12 +41,12 @@ async def create_key(request: Request) -> Response:
     return JSON(created, status_code=201)
 
 
-@router.get("/keys")
+@router.get("/keys", responses=docs.READS)
 async def list_keys(request: Request, include_revoked: bool = False) -> Response:
     return JSON({"keys": await services(request).keys.list(include_revoked=include_revoked)})
 
 
-@router.delete("/keys/{name}", status_code=204)
+@router.delete("/keys/{name}", status_code=204, responses=docs.errors(404, 503))
 async def revoke_key(request: Request, name: str) -> Response:
     if not await services(request).keys.revoke(name):
         raise NotFound("live key")
