@@ -14,7 +14,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY platform/notiflow ./platform/notiflow
 RUN pip install . \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin notiflow
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin notiflow \
+ && mkdir -p /var/lib/notiflow/secrets && chown notiflow:notiflow /var/lib/notiflow/secrets && chmod 700 /var/lib/notiflow/secrets
 
 USER notiflow
 # In a container the gateway listens on every interface; publish the port on the host's loopback only.

@@ -23,6 +23,14 @@ from conformance.history import History
 #: Answers that mean "not done, and nothing was stored" (SPEC §2): a definite ``fail``.
 _DEFINITE_FAILURES = range(400, 500)
 
+#: A key sent with every request and socket of the checks (``--admin-key``: every scope), for a deployment
+#: with authentication on; None (the suite's own clusters run with auth off) sends none.
+CREDENTIAL: str | None = None
+
+
+def auth_headers() -> dict[str, str]:
+    return {"authorization": f"Bearer {CREDENTIAL}"} if CREDENTIAL else {}
+
 
 async def until(predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float, interval_s: float = 0.05) -> bool:
     """Wait until ``predicate()`` holds, at most ``timeout_s``; returns whether it held (never raises)."""
@@ -241,7 +249,9 @@ class Socket:
         self._changed = asyncio.Event()
 
     async def open(self, timeout_s: float = 10.0) -> Socket:
-        self._ws = await connect(self.url, open_timeout=timeout_s, max_size=2**22, close_timeout=2)
+        self._ws = await connect(
+            self.url, open_timeout=timeout_s, max_size=2**22, close_timeout=2, additional_headers=auth_headers()
+        )
         self._reader = asyncio.create_task(self._read(), name=f"ws-{self.conn}")
         # One ping/pong round trip: the gateway has registered the socket before it answers.
         await self.send({"type": "ping"})

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from conformance import report
+from conformance import client, report
 from conformance.cluster import Clusters, Stores, Target, shared_env
 from conformance.history import History
 from conformance.profile import PROFILES, Profile
@@ -33,6 +33,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         )
     group.addoption("--profile", choices=sorted(PROFILES), default="default", help="run sizes (default, soak)")
     group.addoption("--report-limit", type=int, default=25, help="rows per section of a failure report")
+    group.addoption("--admin-key", default=None,
+                    help="an API key with every scope, for I11 against --base-url (else I11 is skipped there)")
+    group.addoption("--jwt-secret", default=None,
+                    help="the deployment's NOTIFLOW_JWT_SECRET, for I11 to sign end users' tokens")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Against a deployment with auth on, every check speaks with the admin key (I11 makes its own).
+    client.CREDENTIAL = config.getoption("--admin-key", default=None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -110,8 +119,10 @@ def start_cluster(clusters: Clusters | None) -> Callable[..., Target]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def http() -> AsyncIterator[httpx.AsyncClient]:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0), limits=limits) as client:
-        yield client
+    async with httpx.AsyncClient(
+        timeout=httpx.Timeout(15.0, connect=5.0), limits=limits, headers=client.auth_headers()
+    ) as http_client:
+        yield http_client
 
 
 @pytest.fixture
@@ -129,8 +140,10 @@ def history(request: pytest.FixtureRequest) -> History:
 async def mixed(target: Target, profile: Profile) -> MixedRun:
     """The big mixed run, shared by the I1, I2 and I4 checks (it is the expensive part of the suite)."""
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0), limits=limits) as client:
-        run = await run_mixed(target.urls, client, profile, f"m{secrets.token_hex(3)}")
+    async with httpx.AsyncClient(
+        timeout=httpx.Timeout(15.0, connect=5.0), limits=limits, headers=client.auth_headers()
+    ) as http_client:
+        run = await run_mixed(target.urls, http_client, profile, f"m{secrets.token_hex(3)}")
     report.record("mixed run (I1, I2, I4)", run.verdict)
     return run
 

@@ -1,5 +1,5 @@
-"""Commands: gateway, stream-worker, retry-worker, migrate, dev, dlq; for people: send, tail, stats.
-Signal handling lives only here.
+"""Commands: gateway, stream-worker, retry-worker, migrate, dev, dlq; keys, token, secrets-init (auth);
+for people: send, tail, stats. Signal handling lives only here.
 
 Settings come from the environment (NOTIFLOW_*); flags override them.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from notiflow import logs, metrics
+from notiflow import cli_auth, logs, metrics
 from notiflow.config import Settings
 
 log = logging.getLogger("notiflow")
@@ -60,12 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--stream-worker-processes", type=int, default=None,
                      help="processes per stream worker (default NOTIFLOW_STREAM_WORKER_PROCESSES, else "
                           f"{DEV_STREAM_WORKER_PROCESSES})")
+    dev.add_argument("--auth", action="store_true",
+                     help="authentication on: prints a ready admin key and a user token (default: auth off)")
     dlq = sub.add_parser("dlq", parents=[common], help="operate on the dead-letter queue")
     dlq.add_argument("action", choices=["list", "replay", "purge"])
     dlq.add_argument("ids", nargs="*", type=int, help="entry ids (replay)")
     dlq.add_argument("--limit", type=int, default=100)
     dlq.add_argument("--user-id", default=None)
     dlq.add_argument("--event", default=None)
+    cli_auth.add_parsers(sub, common)
     _client_parsers(sub)
     return p
 
@@ -99,7 +102,10 @@ def _client_parsers(sub: Any) -> None:
 def build_settings(args: argparse.Namespace) -> Settings:
     names = (*_FLAG_SETTINGS, *_COMMAND_SETTINGS)
     overrides: dict[str, Any] = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-    return Settings(**overrides)
+    # Secrets may come as files too (Docker/Kubernetes secrets): NOTIFLOW_SECRETS_DIR/notiflow_jwt_secret
+    # and so on, one file per setting; the environment wins over a file.
+    secrets_dir = os.environ.get("NOTIFLOW_SECRETS_DIR") or None
+    return Settings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[call-arg]
 
 
 @contextlib.contextmanager
@@ -179,7 +185,9 @@ def cmd_gateway(settings: Settings, argv: list[str], reuse_port: bool) -> int:
         await serving
         stopping.cancel()
 
-    return _run_async(main)
+    _run_async(main)
+    # uvicorn returns quietly when the lifespan failed (e.g. auth not configured, already logged).
+    return 0 if server.started else 1
 
 
 def cmd_stream_worker(settings: Settings, argv: list[str]) -> int:
@@ -235,7 +243,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
         for name, (flag, env, default) in chosen.items()
     })
     return run_dev(settings, gateways=args.gateways, stream_workers=args.stream_workers,
-                   retry_workers=args.retry_workers, stop=stop)
+                   retry_workers=args.retry_workers, stop=stop, auth=args.auth)
 
 
 def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
@@ -291,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         "migrate": lambda: cmd_migrate(settings),
         "dev": lambda: cmd_dev(settings, args),
         "dlq": lambda: cmd_dlq(settings, args),
+        "keys": lambda: cli_auth.cmd_keys(settings, args),
+        "token": lambda: cli_auth.cmd_token(settings, args),
+        "secrets-init": lambda: cli_auth.cmd_secrets_init(args),
         **dict.fromkeys(("send", "tail", "stats"), lambda: cmd_client(settings, args)),
     }
     try:

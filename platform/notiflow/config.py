@@ -10,7 +10,7 @@ import base64
 import binascii
 import os
 import uuid
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -109,9 +109,29 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         2 * 1024 * 1024, ge=1024, description="Largest request body accepted, bytes. Default 2 MiB."
     )
-    api_keys: Annotated[list[str], NoDecode] = Field(
+    # --- authentication (SPEC §7) -----------------------------------------------------------
+    auth: Literal["on", "off"] | None = Field(
+        None, description="`off` runs a gateway with no authentication (it warns every minute). Unset or `on`: "
+        "a gateway refuses to start when no JWT key, no bootstrap key and no stored API key exists. Default unset.",
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="Bearer tokens accepted by the HTTP API, comma-separated. Default empty (no auth).",
+        description="Bootstrap API keys, comma-separated; each holds every scope (send, read, admin). "
+        "Default empty.",
+    )
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 key verifying end users' tokens. Default unset."
+    )
+    jwt_public_key: SecretStr | None = Field(
+        None, description="PEM public key (RSA: RS256, EC: ES256) verifying end users' tokens. Default unset."
+    )
+    jwt_audience: str | None = Field(None, description="Required `aud` of end users' tokens. Default unset (any).")
+    jwt_issuer: str | None = Field(None, description="Required `iss` of end users' tokens. Default unset (any).")
+    jwt_leeway_s: float = Field(
+        10.0, ge=0, le=300, description="Clock skew allowed on `exp`/`nbf`/`iat`, seconds. Default 10."
+    )
+    auth_off_warning_s: float = Field(
+        60.0, gt=0, description="Period of the warning a gateway logs while auth is off, seconds. Default 60."
     )
     ingest_rate_per_s: float = Field(
         50_000, gt=0, description="Notifications per second one client identity (API key) may submit, across all "
@@ -227,6 +247,19 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("jwt_public_key", mode="before")
+    @classmethod
+    def _pem_newlines(cls, value: Any) -> Any:
+        # A PEM in one environment line often arrives with backslash-n for its line breaks.
+        if isinstance(value, str) and "\\n" in value and "\n" not in value:
+            return value.replace("\\n", "\n")
+        return value
+
+    @property
+    def auth_configured(self) -> bool:
+        """True when the environment names a way to authenticate (stored API keys are checked at start)."""
+        return bool(self.jwt_secret or self.jwt_public_key or self.api_keys)
 
     @field_validator("webhook_secret")
     @classmethod

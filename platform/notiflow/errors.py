@@ -74,3 +74,21 @@ class IdempotencyConflict(ApiError):
         super().__init__(
             422, "idempotency_key_reused", "Idempotency-Key was already used with a different request body"
         )
+
+
+class Unauthorized(ApiError):
+    """No credentials, or credentials that are malformed, forged, expired, unknown or revoked (401)."""
+
+    def __init__(self, message: str, code: str = "unauthorized") -> None:
+        super().__init__(401, code, message)
+
+
+class Forbidden(ApiError):
+    """Valid credentials that do not allow this request (403)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(403, "forbidden", message)
+
+
+class AuthNotConfigured(PermanentError):
+    """A gateway with authentication on but no way to authenticate anyone: it refuses to start."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -10,6 +11,19 @@ from typing import Any
 import orjson
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+
+# Credentials never reach a log line, whoever wrote it (uvicorn names a socket's URL, ?token= included,
+# at debug level): query tokens, bearer values, API keys and anything shaped like a JWT are masked.
+_SECRETS = re.compile(
+    r"(?P<keep>[?&]token=|(?i:bearer)\s+)[^&\s\"',]+"
+    r"|nf_[A-Za-z0-9_-]{8,}"
+    r"|eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential in it replaced by ``[redacted]``."""
+    return _SECRETS.sub(lambda m: (m.group("keep") or "") + "[redacted]", text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,7 +44,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        return redact(orjson.dumps(out, default=str).decode())
 
 
 def configure(level: str, node_id: str) -> None:

@@ -82,6 +82,8 @@ class NewNotification:
     ttl_seconds: int | None
     webhook_url: str | None
     idempotency_key: str | None = None
+    #: Whose key it is (the API key that sent it, see credentials.Principal); '' with auth off.
+    idempotency_scope: str = ""
     request_hash: str | None = None
     # Set by the commit: the creation time stored, and each recipient's seq (in user_ids order).
     created_at: datetime | None = None

@@ -113,6 +113,9 @@ def settings(stores: Stores, clean_database: None) -> Iterator[Settings]:
         reconcile_interval_s=0.3,
         outbox_grace_s=1,
         shutdown_grace_s=2,
+        # The suites test delivery, not authentication: auth is off unless a test turns it on
+        # (tests of auth: platform/tests/integration/test_auth.py, conformance/test_i11_security.py).
+        auth="off",
     )
     # Only this test's keys: the server may be shared, so never FLUSHALL.
     client = redis.Redis.from_url(stores.redis_url)

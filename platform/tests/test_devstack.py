@@ -225,8 +225,13 @@ def test_settings_survive_the_trip_through_the_environment(monkeypatch: pytest.M
         webhook_secret=SecretStr("whsec_" + base64.b64encode(b"k" * 32).decode() + ",whsec_" + "A" * 32),
         webhook_allow_private=True,
         max_retries=3,
+        # Secrets travel as their values (str() of a SecretStr is "**********").
+        jwt_secret=SecretStr("a-secret-of-32-bytes-or-more-for-hs256"),
+        api_keys=[SecretStr("k1"), SecretStr("k2")],
+        auth="on",
     )
     env = settings_env(original)
+    assert env["NOTIFLOW_API_KEYS"] == "k1,k2" and env["NOTIFLOW_JWT_SECRET"].startswith("a-secret")
     assert "NOTIFLOW_NODE_ID" not in env and "NOTIFLOW_REDIS_URL" not in env
     for key in [k for k in os.environ if k.startswith("NOTIFLOW_")]:
         monkeypatch.delenv(key)
@@ -343,6 +348,7 @@ def test_run_dev_restarts_a_dead_child_and_stops_on_request(
         banner = "".join(printed)
         assert f"gateway     http://127.0.0.1:{port}" in banner
         assert "curl -X POST" in banner and "websocat ws://" in banner and str(tmp_path / "logs") in banner
+        assert "auth        OFF" in banner, "the banner must say that auth is off"
 
         [gateway_pid] = _pids_running("gateway", "--port", str(port))
         os.kill(gateway_pid, signal.SIGKILL)

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -30,6 +31,12 @@ log = logging.getLogger(__name__)
 # Set per process by the stack itself, never copied from the caller's settings.
 _PER_PROCESS = frozenset({"redis_url", "database_url", "node_id", "port", "metrics_port"})
 _ROLES = ("gateway", "stream-worker", "retry-worker")
+#: Any of these in a child's environment asks for authentication; with none, the stack runs with auth off.
+_AUTH_VARS = ("NOTIFLOW_AUTH", "NOTIFLOW_JWT_SECRET", "NOTIFLOW_JWT_PUBLIC_KEY", "NOTIFLOW_API_KEYS")
+
+
+def _text(value: object) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -39,14 +46,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         value = getattr(settings, name)
         if name in _PER_PROCESS or value is None:
             continue
-        if isinstance(value, SecretStr):
-            text = value.get_secret_value()  # to the child's environment only, never logged
-        elif isinstance(value, list | tuple):
-            text = ",".join(str(v) for v in value)
+        if isinstance(value, list | tuple):
+            text = ",".join(_text(v) for v in value)  # secrets as their values: to the child's env only
         elif isinstance(value, bool):
             text = "true" if value else "false"
         else:
-            text = str(value)
+            text = _text(value)
         env[f"NOTIFLOW_{name.upper()}"] = text
     return env
 
@@ -74,6 +79,8 @@ class DevStack:
     ``extra_env`` goes to every process; ``role_env`` (keyed by role: ``gateway``, ``stream-worker``,
     ``retry-worker``) to that role's processes only, over ``extra_env``: the chaos suite points each role at
     its own fault proxy that way. Migrations always use ``settings.database_url`` directly.
+    Authentication is off unless asked for: by ``settings`` (``auth``, a JWT key, API keys) or by the
+    same variables in ``extra_env``, ``role_env`` or the environment.
     """
 
     def __init__(
@@ -190,6 +197,8 @@ class DevStack:
             "NOTIFLOW_NODE_ID": node_id,
             "NOTIFLOW_METRICS_PORT": str(metrics_port),
         }
+        if not any(env.get(var) for var in _AUTH_VARS):
+            env["NOTIFLOW_AUTH"] = "off"
         self.node_ids[name] = node_id
         self.supervisor.start(ProcessSpec(name, argv, env, ready_url))
         if wait and ready_url is not None:
@@ -220,8 +229,39 @@ class DevStack:
         self.stop()
 
 
-def _banner(stack: DevStack) -> str:
+def _auth_on(settings: Settings) -> bool:
+    """The rule DevStack applies to its children (see ``_AUTH_VARS``), read from the settings."""
+    return settings.auth == "on" or (settings.auth is None and settings.auth_configured)
+
+
+@dataclass(frozen=True, slots=True)
+class DevCredentials:
+    """What `notiflow dev --auth` hands its user: an admin API key and a user's token."""
+
+    admin_key: str
+    user_id: str
+    user_token: str
+
+
+def _dev_credentials(settings: Settings, database_url: str) -> DevCredentials:
+    import asyncio
+
+    from notiflow.credentials import ALL_SCOPES, issue_token
+    from notiflow.worker.factory import key_service
+
+    async def admin_key() -> str:
+        async with key_service(settings.model_copy(update={"database_url": database_url})) as keys:
+            await keys.revoke("dev-admin")  # a kept workdir may hold one from an earlier run
+            created = await keys.create("dev-admin", ALL_SCOPES)
+            return str(created["key"])
+
+    return DevCredentials(asyncio.run(admin_key()), "alice", issue_token(settings, "alice", ttl_s=24 * 3600))
+
+
+def _banner(stack: DevStack, creds: DevCredentials | None = None) -> str:
     first = stack.gateway_urls[0]
+    ws = first.replace("http://", "ws://")
+    auth = "" if creds is None else f" -H 'authorization: Bearer {creds.admin_key}'"
     lines = ["", "notiflow dev is up", ""]
     lines += [f"  gateway     {url}" for url in stack.gateway_urls]
     lines += [
@@ -231,12 +271,26 @@ def _banner(stack: DevStack) -> str:
         *(f"  metrics     {name:<16} {url}" for name, url in stack.metrics_urls.items()),
         f"  dashboard   {first}/dashboard",
         f"  logs        {stack.log_dir}",
+    ]
+    if creds is not None:
+        lines += [
+            "  auth        ON (JWT HS256 + API keys)",
+            f"  admin key   {creds.admin_key}   (scopes send, read, admin; shown once)",
+            f"  user token  {creds.user_token}   (sub {creds.user_id}, 24 h)",
+        ]
+    elif _auth_on(stack.settings):
+        lines.append("  auth        ON (from your NOTIFLOW_* settings)")
+    else:
+        lines.append("  auth        OFF: anyone can send, read and delete (`notiflow dev --auth` turns it on)")
+    token = "" if creds is None else f"?token={creds.user_token}"
+    user_auth = "" if creds is None else f" -H 'authorization: Bearer {creds.user_token}'"
+    lines += [
         "",
         "Try:",
-        f"  curl -X POST {first}/notifications -H 'content-type: application/json' \\",
+        f"  curl -X POST {first}/notifications -H 'content-type: application/json'{auth} \\",
         """       -d '{"user_id":"alice","event":"hello","payload":{"text":"hi"}}'""",
-        f"  curl {first}/notifications/offline/alice",
-        f"  websocat {first.replace('http://', 'ws://')}/ws/alice",
+        f"  curl {first}/notifications/offline/alice{user_auth}",
+        f"  websocat '{ws}/ws/alice{token}'" if creds is not None else f"  websocat {ws}/ws/alice",
         "",
         "Ctrl-C stops everything.",
         "",
@@ -257,9 +311,15 @@ def run_dev(
     retry_workers: int,
     stop: threading.Event,
     workdir: Path | None = None,
+    auth: bool = False,
 ) -> int:
-    """Run a DevStack until ``stop`` is set; restart children that die. Returns the exit code."""
+    """Run a DevStack until ``stop`` is set; restart children that die. Returns the exit code.
+
+    ``auth``: authentication on, with a fresh JWT secret unless one is set, and a new admin key."""
     workdir = Path.cwd() / ".notiflow" / "dev" if workdir is None else workdir
+    if auth:
+        secret = settings.jwt_secret or SecretStr(secrets.token_urlsafe(32))
+        settings = settings.model_copy(update={"auth": "on", "jwt_secret": secret})
     if "NOTIFLOW_WEBHOOK_ALLOW_PRIVATE" not in os.environ:
         # On a developer's machine the downstream is usually on loopback too.
         settings = settings.model_copy(update={"webhook_allow_private": True})
@@ -275,7 +335,12 @@ def run_dev(
     except DevStackError as exc:
         log.error("notiflow dev failed to start: %s", exc)
         return 1
-    print(_banner(stack), flush=True)
+    try:
+        creds = _dev_credentials(settings, stack.database_url) if auth else None
+    except Exception:
+        stack.stop()
+        raise
+    print(_banner(stack, creds), flush=True)
     restarts: dict[str, list[float]] = {}
     code = 0
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -16,11 +18,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from notiflow import metrics
 from notiflow.config import Settings
-from notiflow.errors import ApiError, BackpressureError, CommitOutcomeUnknown, RateLimited, StoreUnavailable
-from notiflow.gateway import dashboard, http, openapi, responses, ws
+from notiflow.errors import (
+    ApiError,
+    AuthNotConfigured,
+    BackpressureError,
+    CommitOutcomeUnknown,
+    RateLimited,
+    StoreUnavailable,
+    Unauthorized,
+)
+from notiflow.gateway import dashboard, http, keys, openapi, responses, ws
 from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
+from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.dashboard import DashboardService
 from notiflow.service.ingest import IngestService
 from notiflow.service.queries import QueryService
@@ -36,6 +47,17 @@ from notiflow.streams.work import WorkStream
 
 log = logging.getLogger(__name__)
 
+AUTH_OFF_WARNING = (
+    "authentication is OFF (NOTIFLOW_AUTH=off): anyone who reaches this gateway can send, read and delete"
+)
+
+
+async def _warn_while_auth_off(period_s: float) -> None:
+    while True:
+        log.warning(AUTH_OFF_WARNING)
+        await asyncio.sleep(period_s)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -49,12 +71,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     queries = QueryService(settings, pool, work)
     ingest = IngestService(settings, pool, work)
     sessions = SessionService(settings, redis, Presence(redis, settings), queries, hub)
+    try:
+        auth = AuthService(settings, pool)
+        await auth.start()
+    except AuthNotConfigured as exc:
+        log.error("gateway refuses to start: %s", exc)
+        await redis.aclose()
+        await pool.close()
+        raise
+    warner = asyncio.create_task(_warn_while_auth_off(settings.auth_off_warning_s)) if auth.off else None
     limiter = IngestLimiter(settings, TokenBuckets(redis, settings))
     telemetry = Telemetry(settings, work, pool, StatsBoard(redis, settings), role="gateway", read_stores=True,
                           sockets=hub)
     dashboard_service = DashboardService(telemetry, queries)
     app.state.services = Services(
-        settings, pool, redis, ingest, queries, sessions, hub, limiter, telemetry, dashboard_service
+        settings, pool, redis, ingest, queries, sessions, hub, limiter, telemetry, dashboard_service, auth,
+        KeyService(pool),
     )
     queries.start()
     limiter.start()
@@ -71,6 +103,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await limiter.close(settings.shutdown_grace_s)
         await queries.close(settings.shutdown_grace_s)
         await sessions.close()
+        await auth.close(settings.shutdown_grace_s)
+        if warner is not None:
+            warner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warner
         await redis.aclose()
         await pool.close()
 
@@ -94,11 +131,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(http.router)
     app.include_router(ws.router)
     app.include_router(dashboard.router)
+    app.include_router(keys.router)
     app.add_middleware(Guard, settings=settings)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> Response:
-        return http.JSON(exc.body(), status_code=exc.status)
+        # RFC 6750: a 401 names the scheme the client should use.
+        headers = {"www-authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return http.JSON(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(BackpressureError)
     async def backpressure(_: Request, exc: BackpressureError) -> Response:

@@ -1,19 +1,21 @@
 """The live dashboard: one self-contained page (inline CSS and JS, no CDN, no build step) and the JSON
-it polls every second. Operators only: once API keys with scopes exist, both routes need ``admin``
-(attach it as a dependency of ``router``; SPEC §7). The page's replay buttons use the /dlq endpoints."""
+it polls every second. Operators only: both routes need the ``admin`` scope (SPEC §7); a browser passes
+the key as ``?token=`` and the page sends it on its own requests. Its replay buttons use the /dlq endpoints."""
 
 from __future__ import annotations
 
 from functools import cache
 from importlib import resources
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 
+from notiflow.credentials import Scope
+from notiflow.gateway.auth import require_scope
 from notiflow.gateway.deps import services
 from notiflow.gateway.http import JSON
 
-router = APIRouter(tags=["operators"])
+router = APIRouter(tags=["operators"], dependencies=[Depends(require_scope(Scope.ADMIN))])
 
 
 @cache

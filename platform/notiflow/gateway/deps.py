@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 
 from notiflow.config import Settings
 from notiflow.gateway.hub import Hub
+from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.dashboard import DashboardService
 from notiflow.service.ingest import IngestService
 from notiflow.service.queries import QueryService
@@ -32,6 +33,8 @@ class Services:
     limiter: IngestLimiter
     telemetry: Telemetry
     dashboard: DashboardService
+    auth: AuthService
+    keys: KeyService
 
     @staticmethod
     def new_id() -> uuid.UUID:

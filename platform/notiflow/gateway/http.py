@@ -6,12 +6,14 @@ import hashlib
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from notiflow.credentials import Principal, Scope
 from notiflow.errors import ApiError
 from notiflow.gateway import responses as docs
+from notiflow.gateway.auth import acting_for_user, require_scope
 from notiflow.gateway.deps import Services, services
 from notiflow.gateway.schemas import MAX_BATCH, MAX_BIGINT, MAX_PAYLOAD_BYTES, AckIn, NotificationIn, parse_uuid
 from notiflow.models import EVENT_RE, NewNotification, user_id_problem
@@ -89,13 +91,24 @@ def check_user_id(user_id: str) -> str:
     return user_id
 
 
+_SEND = Depends(require_scope(Scope.SEND))
+_READ = Depends(require_scope(Scope.READ))
+_ADMIN = Depends(require_scope(Scope.ADMIN))
+_FOR_USER = Depends(acting_for_user)
+
+
 def _check_key(key: object) -> str | None:
     if key is not None and not (isinstance(key, str) and 1 <= len(key) <= 255 and key.isprintable()):
         raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable characters")
     return key
 
 
-def _notification(svc: Services, raw: Any, key: str | None) -> NewNotification:
+def _rate_identity(request: Request, who: Principal) -> str:
+    # With auth on, the rate is the API key's (a stable id, whichever way the key is sent).
+    return who.identity if who.kind != "anonymous" else client_identity(request)
+
+
+def _notification(svc: Services, raw: Any, key: str | None, who: Principal) -> NewNotification:
     """A validated, checked notification of one request body (or batch item); ApiError otherwise."""
     try:
         body = NotificationIn.model_validate(raw)
@@ -112,6 +125,7 @@ def _notification(svc: Services, raw: Any, key: str | None) -> NewNotification:
         ttl_seconds=body.ttl_seconds,
         webhook_url=body.webhook_url,
         idempotency_key=key,
+        idempotency_scope=who.idempotency_scope,
         request_hash=request_hash(body.model_dump()) if key else None,
     )
     svc.ingest.check(item)
@@ -119,18 +133,18 @@ def _notification(svc: Services, raw: Any, key: str | None) -> NewNotification:
 
 
 @router.post("/notifications", status_code=202, responses=docs.INGEST)
-async def create_notification(request: Request) -> Response:
+async def create_notification(request: Request, who: Principal = _SEND) -> Response:
     raw = await read_json(request)
     key = _check_key(request.headers.get("idempotency-key"))
     svc = services(request)
-    item = _notification(svc, raw, key)
-    await svc.limiter.admit(client_identity(request), 1)
+    item = _notification(svc, raw, key, who)
+    await svc.limiter.admit(_rate_identity(request, who), 1)
     status, answer = await svc.ingest.accept(item)
     return JSON(answer, status_code=status)
 
 
 @router.post("/notifications/batch", status_code=202, responses=docs.INGEST)
-async def create_notifications(request: Request) -> Response:
+async def create_notifications(request: Request, who: Principal = _SEND) -> Response:
     """SPEC §2: validated as a whole (a 422 names the bad items by index, nothing is stored), committed
     together, answered per item in order."""
     raw = await read_json(request)
@@ -148,17 +162,17 @@ async def create_notifications(request: Request) -> Response:
                 raise ApiError(422, "invalid_request", "each notification must be a JSON object")
             body = dict(entry)
             key = _check_key(body.pop("idempotency_key", None))
-            items.append(_notification(svc, body, key))
+            items.append(_notification(svc, body, key, who))
         except ApiError as exc:
             bad.append({"index": index, "code": exc.code, "message": exc.message, "details": exc.details})
     if bad:
         raise ApiError(422, "invalid_request", f"{len(bad)} of {len(listed)} notifications are invalid", bad)
-    await svc.limiter.admit(client_identity(request), len(items))
+    await svc.limiter.admit(_rate_identity(request, who), len(items))
     results = await svc.ingest.accept_many(items)
     return JSON({"results": [r.body() if isinstance(r, ApiError) else r[1] for r in results]}, status_code=202)
 
 
-@router.get("/notifications/offline/{user_id}", responses=docs.OFFLINE)
+@router.get("/notifications/offline/{user_id}", responses=docs.OFFLINE, dependencies=[_FOR_USER])
 async def offline_queue(
     request: Request, user_id: str, limit: int = Query(100, ge=1, le=1000),
     after_seq: int = Query(0, ge=0, le=MAX_BIGINT),
@@ -167,7 +181,7 @@ async def offline_queue(
     return JSON(page)
 
 
-@router.post("/notifications/offline/{user_id}/ack", responses=docs.ACK)
+@router.post("/notifications/offline/{user_id}/ack", responses=docs.ACK, dependencies=[_FOR_USER])
 async def ack(request: Request, user_id: str) -> Response:
     check_user_id(user_id)
     raw = await read_json(request)
@@ -179,7 +193,7 @@ async def ack(request: Request, user_id: str) -> Response:
     return JSON({"acknowledged": n})
 
 
-@router.get("/notifications/{notification_id}", responses=docs.NOTIFICATION)
+@router.get("/notifications/{notification_id}", responses=docs.NOTIFICATION, dependencies=[_READ])
 async def get_notification(
     request: Request,
     notification_id: str = Path(json_schema_extra={"format": "uuid"}),  # parsed below: a 422 names the id
@@ -192,7 +206,7 @@ async def get_notification(
     return JSON(await services(request).queries.notification(nid, user_id, limit))
 
 
-@router.get("/dlq", responses=docs.DLQ_LIST)
+@router.get("/dlq", responses=docs.DLQ_LIST, dependencies=[_ADMIN])
 async def dlq_list(
     request: Request,
     limit: int = Query(100, ge=1, le=1000),
@@ -205,12 +219,12 @@ async def dlq_list(
     return JSON(await services(request).queries.dlq_list(after, user_id, event, limit))
 
 
-@router.post("/dlq/{entry_id}/replay", status_code=202, responses=docs.DLQ_REPLAY)
+@router.post("/dlq/{entry_id}/replay", status_code=202, responses=docs.DLQ_REPLAY, dependencies=[_ADMIN])
 async def dlq_replay(request: Request, entry_id: int = Path(ge=1, le=MAX_BIGINT)) -> Response:
     return JSON(await services(request).queries.dlq_replay(entry_id), status_code=202)
 
 
-@router.delete("/dlq/{entry_id}", status_code=204, responses=docs.DLQ_DELETE)
+@router.delete("/dlq/{entry_id}", status_code=204, responses=docs.DLQ_DELETE, dependencies=[_ADMIN])
 async def dlq_delete(request: Request, entry_id: int = Path(ge=1, le=MAX_BIGINT)) -> Response:
     await services(request).queries.dlq_delete(entry_id)
     return Response(status_code=204)

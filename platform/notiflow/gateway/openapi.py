@@ -29,6 +29,21 @@ _DLQ_ENTRY = {"id": 7, "notification_id": _NID, "user_id": "alice", "channel": "
               "last_error": "downstream answered 503", "attempts": 6, "failed_at": "2026-12-01T21:45:00+00:00"}
 
 
+_KEY_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["name", "scopes"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+        "scopes": {"type": "array", "items": {"enum": ["send", "read", "admin"]}, "minItems": 1, "maxItems": 3},
+    },
+}
+_KEY_ROW = {"id": 3, "name": "billing", "prefix": "nf_x1Y2z3", "scopes": ["send"],
+            "created_at": "2026-12-01T21:40:00+00:00"}
+_UNAUTHORIZED = {"error": {"code": "unauthorized", "message": "credentials are required: Authorization: Bearer "
+                           "<token or API key>", "details": None}}
+_FORBIDDEN = {"error": {"code": "forbidden", "message": "this needs an API key with the 'send' scope",
+                        "details": None}}
+
+
 def _json(example: Any, description: str = "") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"example": example}}}
 
@@ -40,6 +55,10 @@ def _body(schema: dict[str, Any], examples: dict[str, Any]) -> dict[str, Any]:
 
 
 _BAD = {"422": _json(_ERROR, "invalid input; nothing stored")}
+#: Every route that asks for credentials (its OpenAPI operation names a security scheme) may answer these.
+_AUTH_ANSWERS = {"401": _json(_UNAUTHORIZED, "no valid credentials"),
+                 "403": _json(_FORBIDDEN, "credentials that do not allow this")}
+
 
 DOCS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/notifications"): {
@@ -118,6 +137,26 @@ DOCS: dict[tuple[str, str], dict[str, Any]] = {
             "example": "# TYPE notiflow_notifications_accepted_total counter\n"
                        "notiflow_notifications_accepted_total 1234.0\n"}}}},
     },
+    ("POST", "/keys"): {
+        "summary": "Create an API key (admin); the key is in this answer only",
+        "description": "Only its SHA-256 is stored. Scopes: `send`, `read`, `admin` (they do not imply each other).",
+        "openapi_extra": _body(_KEY_SCHEMA, {"a producer": {"name": "billing", "scopes": ["send"]},
+                                             "a backend reading for its users": {"name": "app", "scopes": ["read"]}}),
+        "responses": {
+            "201": _json({**_KEY_ROW, "key": "nf_x1Y2z3...43 characters"}),
+            "409": _json({"error": {"code": "key_name_taken", "message": "a live key is already named 'billing'; "
+                                    "revoke it first", "details": None}}),
+        },
+    },
+    ("GET", "/keys"): {
+        "summary": "List API keys (admin); never the keys themselves",
+        "responses": {"200": _json({"keys": [{**_KEY_ROW, "revoked_at": None}]})},
+    },
+    ("DELETE", "/keys/{name}"): {
+        "summary": "Revoke the live key of that name (admin): refused by every gateway from the next request",
+        "responses": {"204": {"description": "revoked"},
+                      "404": _json({"error": {"code": "not_found", "message": "live key not found", "details": None}})},
+    },
     ("GET", "/dashboard"): {
         "summary": "The live dashboard page",
         "responses": {"200": {"description": "an HTML page", "content": {"text/html": {"example": "<!doctype html>"}}}},
@@ -189,6 +228,11 @@ def document(app: FastAPI) -> None:
             op.update(docs.get("openapi_extra", {}))
             for code, answer in docs.get("responses", {}).items():
                 _add_answer(op.setdefault("responses", {}), code, answer)
+        for ops in schema.get("paths", {}).values():
+            for op in ops.values():
+                if op.get("security"):
+                    for code, answer in _AUTH_ANSWERS.items():
+                        op.setdefault("responses", {}).setdefault(code, answer)
         app.openapi_schema = schema
         return schema
 

@@ -33,7 +33,8 @@ class CloseCode(IntEnum):
     TRY_AGAIN_LATER = 1013  # this node holds WS_MAX_SOCKETS sockets: reconnect with backoff (another node)
     SLOW_CONSUMER = 4008  # the client read too slowly and its send queue overflowed: reconnect
     BAD_USER_ID = 4400  # the user id in the path is invalid: do not reconnect
-    UNAUTHORIZED = 4401  # missing or wrong token: do not reconnect
+    UNAUTHORIZED = 4401  # missing, invalid or expired token (also at the token's exp): reconnect with a fresh one
+    FORBIDDEN = 4403  # valid token of another user (or a key without `read`): do not reconnect
     TOO_MANY_SOCKETS = 4429  # the user holds WS_MAX_SOCKETS_PER_USER sockets: backoff, a place frees on a close
 
 
@@ -46,7 +47,8 @@ RECONNECT: dict[CloseCode, bool] = {
     CloseCode.TRY_AGAIN_LATER: True,
     CloseCode.SLOW_CONSUMER: True,
     CloseCode.BAD_USER_ID: False,
-    CloseCode.UNAUTHORIZED: False,
+    CloseCode.UNAUTHORIZED: True,  # only with a new token; with the same one it is refused again
+    CloseCode.FORBIDDEN: False,
     CloseCode.TOO_MANY_SOCKETS: True,
 }
 

@@ -116,6 +116,7 @@ _WHY = {
     401: "credentials missing",
     403: "credentials that do not allow this",
     404: "not found",
+    409: "a live API key already has that name",
     413: "body or payload too large",
     415: "Content-Type is not application/json",
     422: "invalid input (unknown fields, wrong types, bad ids, values out of range)",

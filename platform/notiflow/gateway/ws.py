@@ -16,6 +16,7 @@ from starlette.websockets import WebSocketState
 
 from notiflow import metrics
 from notiflow.errors import StoreUnavailable
+from notiflow.gateway.auth import authorize_socket
 from notiflow.gateway.deps import services
 from notiflow.gateway.hub import Connection
 from notiflow.gateway.protocol import MAX_ACK_IDS, PONG, ClientFrame, CloseCode, FrameError, origin_allowed
@@ -63,16 +64,20 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
     if not origin_allowed(ws.headers.get("origin"), limits.allowed_origins):
         await ws.close(CloseCode.POLICY_VIOLATION)  # before accept: the handshake is answered 403
         return
+    # Accepted first, so that a refusal can carry its close code (a refused handshake cannot); nothing is
+    # sent and nothing is registered before the checks below pass.
     await ws.accept()
     if user_id_problem(user_id):
         await ws.close(CloseCode.BAD_USER_ID, "invalid user id")
         return
-    keys = svc.settings.api_keys
-    if keys:
-        token = ws.query_params.get("token") or ws.headers.get("authorization", "").removeprefix("Bearer ")
-        if token not in keys:
-            await ws.close(CloseCode.UNAUTHORIZED, "unauthorized")
-            return
+    try:
+        who = await authorize_socket(ws, user_id)
+    except StoreUnavailable:
+        await ws.close(CloseCode.INTERNAL_ERROR, "credentials could not be checked, retry")
+        return
+    if isinstance(who, CloseCode):
+        await ws.close(who, who.name.lower())
+        return
     if svc.hub.size >= limits.ws_max_sockets:
         await ws.close(CloseCode.TRY_AGAIN_LATER, "gateway node is full")
         return
@@ -90,6 +95,11 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
         svc.hub.remove(conn)
         await ws.close(CloseCode.INTERNAL_ERROR, "presence unavailable, retry")
         return
+    # A token's socket ends when the token does: the client reconnects with a fresh one.
+    expiry = None
+    if who.expires_at is not None:
+        delay = max(0.0, who.expires_at - time.time())
+        expiry = asyncio.get_running_loop().call_later(delay, close_soon, CloseCode.UNAUTHORIZED)
     writer: asyncio.Task[None] | None = None
     try:
         if sockets > limits.ws_max_sockets_per_user:
@@ -100,6 +110,8 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
     except (WebSocketDisconnect, RuntimeError):
         pass  # RuntimeError: receive after our own close (slow consumer); either way the socket is gone
     finally:
+        if expiry is not None:
+            expiry.cancel()
         if writer is not None:
             writer.cancel()
         svc.hub.remove(conn)

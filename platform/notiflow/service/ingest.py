@@ -164,10 +164,10 @@ class IngestService:
 
     async def _commit(self, items: list[NewNotification]) -> list[Accepted | BaseException]:
         # Within a batch the first request with a key is its primary; repeats follow its fate.
-        primary: dict[str, NewNotification] = {}
+        primary: dict[sql.ScopedKey, NewNotification] = {}
         for item in items:
-            if item.idempotency_key and item.idempotency_key not in primary:
-                primary[item.idempotency_key] = item
+            if item.idempotency_key:
+                primary.setdefault(sql.scoped_key(item), item)
         keyed = list(primary.values())
         # A failure to get a connection stored nothing (503 unavailable); one after the statements were sent
         # has an unknown outcome (503 outcome_unknown): the reply may be all that was lost.
@@ -186,18 +186,22 @@ class IngestService:
         return [self._result(item, primary, claim) for item in items]
 
     @staticmethod
-    def _is_fresh(item: NewNotification, primary: dict[str, NewNotification], claim: sql.KeyClaim) -> bool:
+    def _is_fresh(
+        item: NewNotification, primary: dict[sql.ScopedKey, NewNotification], claim: sql.KeyClaim
+    ) -> bool:
         """True when this request creates a notification (no key, or the first holder of a new key)."""
-        key = item.idempotency_key
-        return not key or (primary[key] is item and key in claim.won)
+        if not item.idempotency_key:
+            return True
+        key = sql.scoped_key(item)
+        return primary[key] is item and key in claim.won
 
     @staticmethod
     def _result(
-        item: NewNotification, primary: dict[str, NewNotification], claim: sql.KeyClaim
+        item: NewNotification, primary: dict[sql.ScopedKey, NewNotification], claim: sql.KeyClaim
     ) -> Accepted | BaseException:
-        key = item.idempotency_key
-        if not key:
+        if not item.idempotency_key:
             return 202, sql.accepted_body(item)
+        key = sql.scoped_key(item)
         first = primary[key]
         if key in claim.won:
             if item.request_hash != first.request_hash:

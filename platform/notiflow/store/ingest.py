@@ -13,18 +13,24 @@ from notiflow.models import NewNotification
 # Keys are claimed in sorted order, and so are user_seqs rows: two batches that share keys or users
 # then lock them in the same order and cannot deadlock.
 _CLAIM_KEYS = """
-INSERT INTO idempotency_keys AS k (key, request_hash, notification_id, response)
-SELECT key, hash, nid, resp
-FROM unnest($1::text[], $2::text[], $3::uuid[], $4::jsonb[]) AS t(key, hash, nid, resp)
-ORDER BY key
-ON CONFLICT (key) DO UPDATE
+INSERT INTO idempotency_keys AS k (scope, key, request_hash, notification_id, response)
+SELECT scope, key, hash, nid, resp
+FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[]) AS t(scope, key, hash, nid, resp)
+ORDER BY scope, key
+ON CONFLICT (scope, key) DO UPDATE
     SET request_hash = EXCLUDED.request_hash, notification_id = EXCLUDED.notification_id,
         response = EXCLUDED.response, created_at = now()
     WHERE k.created_at < now() - interval '24 hours'
-RETURNING key
+RETURNING scope, key
 """
 
-_EXISTING_KEYS = "SELECT key, request_hash, response FROM idempotency_keys WHERE key = ANY($1::text[])"
+_EXISTING_KEYS = """
+SELECT k.scope, k.key, k.request_hash, k.response
+FROM idempotency_keys k JOIN unnest($1::text[], $2::text[]) AS t(scope, key) USING (scope, key)
+"""
+
+#: An idempotency key as stored: unique per (scope, key), the scope being the API key that used it.
+ScopedKey = tuple[str, str]
 
 # One statement (one round trip, one implicit transaction) inserts the notifications, bumps each user's
 # seq counter by the number of new deliveries (rows locked in user order: no deadlocks between batches),
@@ -58,8 +64,13 @@ SELECT user_id, last_seq, now() AS created_at FROM bump
 class KeyClaim:
     """Result of claiming idempotency keys: which this batch won, and what the others hold."""
 
-    won: set[str]
-    existing: dict[str, tuple[str, Any]]  # key -> (request_hash, stored response)
+    won: set[ScopedKey]
+    existing: dict[ScopedKey, tuple[str, Any]]  # (scope, key) -> (request_hash, stored response)
+
+
+def scoped_key(item: NewNotification) -> ScopedKey:
+    assert item.idempotency_key is not None
+    return (item.idempotency_scope, item.idempotency_key)
 
 
 def accepted_body(item: NewNotification) -> dict[str, Any]:
@@ -74,17 +85,18 @@ async def claim_idempotency_keys(conn: Any, items: list[NewNotification]) -> Key
         return KeyClaim(set(), {})
     rows = await conn.fetch(
         _CLAIM_KEYS,
+        [i.idempotency_scope for i in keyed],
         [i.idempotency_key for i in keyed],
         [i.request_hash for i in keyed],
         [i.id for i in keyed],
         [orjson.dumps(accepted_body(i)).decode() for i in keyed],
     )
-    won = {r["key"] for r in rows}
-    lost = [i.idempotency_key for i in keyed if i.idempotency_key not in won]
-    existing: dict[str, tuple[str, Any]] = {}
+    won = {(r["scope"], r["key"]) for r in rows}
+    lost = [k for k in map(scoped_key, keyed) if k not in won]
+    existing: dict[ScopedKey, tuple[str, Any]] = {}
     if lost:
-        for r in await conn.fetch(_EXISTING_KEYS, lost):
-            existing[r["key"]] = (r["request_hash"], orjson.loads(r["response"]))
+        for r in await conn.fetch(_EXISTING_KEYS, [s for s, _ in lost], [k for _, k in lost]):
+            existing[(r["scope"], r["key"])] = (r["request_hash"], orjson.loads(r["response"]))
     return KeyClaim(won, existing)
 
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from notiflow.config import Settings
+from notiflow.service.auth import KeyService
 from notiflow.service.delivery import DeliveryService
 from notiflow.service.queries import QueryService
 from notiflow.service.reconciler import Reconciler
@@ -68,3 +69,12 @@ async def retry_worker(settings: Settings) -> AsyncIterator[RetryWorker]:
 async def query_service(settings: Settings) -> AsyncIterator[QueryService]:
     async with _stores(settings, pg_max=2) as (pool, redis):
         yield QueryService(settings, pool, WorkStream(redis, settings))
+
+
+@asynccontextmanager
+async def key_service(settings: Settings) -> AsyncIterator[KeyService]:
+    pool = await connect_pool(settings.database_url_required, max_size=1)
+    try:
+        yield KeyService(pool)
+    finally:
+        await pool.close()

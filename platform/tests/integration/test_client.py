@@ -9,6 +9,7 @@ import httpx
 import pytest
 from helpers import wait_for
 from integration_support import Gateways, Workers, notify, offline_ids, users
+from pydantic import SecretStr
 
 from notiflow.client import ClientGaveUp, Notification, NotiflowClient
 
@@ -97,7 +98,7 @@ async def test_an_invalid_user_id_gives_up_with_the_close_code(gateways: Gateway
 async def test_a_refused_token_is_refreshed_by_the_callback(
     gateways: Gateways, workers: Workers, http: httpx.AsyncClient
 ) -> None:
-    gw = await gateways.start(api_keys=["the-key"])
+    gw = await gateways.start(auth="on", api_keys=[SecretStr("the-key")])  # a bootstrap key: every scope
     await workers.stream()
     (user,) = users(1)
     handed: list[str] = []
@@ -116,7 +117,7 @@ async def test_a_refused_token_is_refreshed_by_the_callback(
 
 
 async def test_a_fixed_token_that_is_refused_gives_up(gateways: Gateways) -> None:
-    gw = await gateways.start(api_keys=["the-key"])
+    gw = await gateways.start(auth="on", api_keys=[SecretStr("the-key")])  # a bootstrap key: every scope
     with pytest.raises(ClientGaveUp) as failure:
         async with NotiflowClient([gw.url], "alice", token="wrong") as client:
             await asyncio.wait_for(_take(client, 1), timeout=20)

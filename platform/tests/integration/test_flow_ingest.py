@@ -190,22 +190,6 @@ async def test_bad_input_on_the_other_endpoints(
     assert await offline_ids(http, gw.url, mia) == [nid]
 
 
-async def test_bearer_tokens_when_api_keys_are_set(
-    gateways: Gateways, http: httpx.AsyncClient, db: asyncpg.Pool
-) -> None:
-    gw = await gateways.start(api_keys=["s3cret", "other"])
-    url = f"{gw.url}/notifications"
-    _assert_error_body(await http.post(url, json=_OK), 401, "unauthorized", "no token")
-    _assert_error_body(await http.post(url, json=_OK, headers={"authorization": "Bearer nope"}), 403, None, "bad")
-    _assert_error_body(await http.post(url, json=_OK, headers={"authorization": "s3cret"}), 401, None, "no scheme")
-    assert (await table_counts(db))["notifications"] == 0
-    ok = await http.post(url, json=_OK, headers={"authorization": "Bearer s3cret"})
-    assert ok.status_code == 202, ok.text
-    # Health and metrics stay open for probes.
-    for path in ("/healthz", "/readyz", "/metrics"):
-        assert (await http.get(f"{gw.url}{path}")).status_code == 200, path
-
-
 async def test_idempotent_ingest(
     gateways: Gateways, workers: Workers, http: httpx.AsyncClient, db: asyncpg.Pool
 ) -> None:

@@ -1,0 +1,187 @@
+"""Who is calling (SPEC §7): scopes, principals, API keys and end users' tokens. Pure: no I/O here.
+
+API keys are ``nf_`` + 256 random bits. Only their SHA-256 is stored: a slow password hash (bcrypt, argon2)
+protects guessable secrets, and nothing about a 256-bit random key is guessable, so a fast hash is as safe
+and lets a gateway find the key by an indexed lookup on every request without spending CPU on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from notiflow.config import Settings
+from notiflow.errors import Unauthorized
+from notiflow.models import user_id_problem
+
+KEY_PREFIX = "nf_"
+KEY_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: An HS256 secret shorter than this could be brute-forced offline from one token.
+MIN_JWT_SECRET_BYTES = 32
+
+
+class Scope(StrEnum):
+    """What an API key may do. Scopes do not imply each other: an admin key cannot send unless it says so."""
+
+    SEND = "send"  # POST /notifications, /notifications/batch
+    READ = "read"  # GET /notifications/{id}; offline endpoints and sockets of any user
+    ADMIN = "admin"  # /dlq, /dashboard, key management
+
+
+ALL_SCOPES = frozenset(Scope)
+
+
+def parse_scopes(text: str) -> frozenset[Scope]:
+    """``"send,read"`` -> {SEND, READ}; ValueError naming what is not a scope."""
+    names = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = sorted(names - {s.value for s in Scope})
+    if unknown or not names:
+        raise ValueError(f"scopes must be a non-empty list of {', '.join(Scope)}; not: {', '.join(unknown)}")
+    return frozenset(Scope(n) for n in names)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller: an API key (``scopes``), an end user (``user_id``), or anyone (auth off)."""
+
+    kind: str  # "key", "user" or "anonymous"
+    name: str  # the key's name, the user id, or "anonymous"
+    scopes: frozenset[Scope] = frozenset()
+    user_id: str | None = None
+    expires_at: float | None = None  # a token's exp (epoch seconds); None: does not expire
+    #: Idempotency keys are unique per this string: two producers may pick the same key without colliding.
+    idempotency_scope: str = ""
+
+    @property
+    def identity(self) -> str:
+        """A stable, non-secret name of the caller, e.g. for per-client rate limits: ``key:<id>``,
+        ``bootstrap:<hash prefix>``, ``user:<id>`` or ``anonymous``."""
+        if self.idempotency_scope:
+            return self.idempotency_scope
+        return "anonymous" if self.kind == "anonymous" else f"{self.kind}:{self.name}"
+
+    def allows(self, scope: Scope) -> bool:
+        return self.kind == "anonymous" or scope in self.scopes
+
+    def may_act_for(self, user_id: str) -> bool:
+        """May read and acknowledge ``user_id``'s notifications: that user's own token, or a read key."""
+        if self.kind == "user":
+            return self.user_id == user_id
+        return self.allows(Scope.READ)
+
+
+ANONYMOUS = Principal("anonymous", "anonymous")
+
+
+# --- API keys ------------------------------------------------------------------------------------
+
+
+def new_api_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def key_hash(key: str) -> str:
+    """The stored form of a key: SHA-256, hex."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def bootstrap_principals(keys: list[str]) -> list[tuple[str, Principal]]:
+    """(hash, principal) of each ``NOTIFLOW_API_KEYS`` entry; each holds every scope."""
+    out = []
+    for key in keys:
+        digest = key_hash(key)
+        out.append((digest, Principal("key", f"bootstrap-{digest[:8]}", ALL_SCOPES,
+                                      idempotency_scope=f"bootstrap:{digest[:16]}")))
+    return out
+
+
+def match_bootstrap(token: str, table: list[tuple[str, Principal]]) -> Principal | None:
+    """The bootstrap key ``token`` is, compared in constant time against every entry (no early exit)."""
+    digest = key_hash(token)
+    found = None
+    for stored, principal in table:
+        if hmac.compare_digest(stored, digest):
+            found = principal
+    return found
+
+
+def looks_like_jwt(token: str) -> bool:
+    return token.count(".") == 2 and not token.startswith(KEY_PREFIX)
+
+
+# --- end users' tokens ---------------------------------------------------------------------------
+
+
+def _public_key_algorithm(pem: str) -> tuple[str, Any]:
+    key = load_pem_public_key(pem.encode())
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RS256", key
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return "ES256", key
+    raise ValueError("NOTIFLOW_JWT_PUBLIC_KEY must be an RSA key (RS256) or a P-256 EC key (ES256)")
+
+
+class TokenVerifier:
+    """Verifies end users' JWTs with PyJWT: signature, ``exp`` (required), ``sub`` (the user id), and
+    ``aud``/``iss`` when configured. The algorithm is fixed by the configured key, never by the token."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._keys: dict[str, Any] = {}
+        if settings.jwt_secret is not None:
+            secret = settings.jwt_secret.get_secret_value().encode()
+            if len(secret) < MIN_JWT_SECRET_BYTES:
+                raise ValueError(f"NOTIFLOW_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes")
+            self._keys["HS256"] = secret
+        if settings.jwt_public_key is not None:
+            alg, key = _public_key_algorithm(settings.jwt_public_key.get_secret_value())
+            self._keys[alg] = key
+        self._audience = settings.jwt_audience
+        self._issuer = settings.jwt_issuer
+        self._leeway = settings.jwt_leeway_s
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def verify(self, token: str) -> Principal:
+        try:
+            alg = str(jwt.get_unverified_header(token).get("alg"))
+            key = self._keys.get(alg)
+            if key is None:
+                raise Unauthorized(f"token algorithm {alg!r} is not accepted", code="invalid_token")
+            claims = jwt.decode(
+                token, key, algorithms=[alg], audience=self._audience, issuer=self._issuer, leeway=self._leeway,
+                options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token has expired", code="token_expired") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}", code="invalid_token") from None
+        sub = claims["sub"]
+        if problem := user_id_problem(sub):
+            raise Unauthorized(f"token sub {problem}", code="invalid_token")
+        return Principal("user", sub, user_id=sub, expires_at=float(claims["exp"]))
+
+
+def issue_token(settings: Settings, user_id: str, ttl_s: float = 3600.0) -> str:
+    """An HS256 token for ``user_id`` signed with ``NOTIFLOW_JWT_SECRET`` (for `notiflow dev --auth` and
+    `notiflow token`; production tokens come from the application's own identity provider)."""
+    if settings.jwt_secret is None:
+        raise ValueError("NOTIFLOW_JWT_SECRET is not set: cannot sign a token")
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + int(ttl_s)}
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")

@@ -1,0 +1,74 @@
+"""Authentication at the transport boundary: FastAPI dependencies for routes, and the socket's check.
+
+Attach ``Depends(require_scope(Scope.ADMIN))`` (or SEND, READ) to a route to restrict it to API keys with
+that scope; ``Depends(acting_for_user)`` to a route with a ``{user_id}`` path parameter to admit that
+user's own token or a ``read`` key. A route with neither is open: only /healthz, /readyz, /metrics and
+the OpenAPI pages are (a test checks this).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request, Security, WebSocket
+from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
+
+from notiflow.credentials import Principal, Scope
+from notiflow.errors import Forbidden, Unauthorized
+from notiflow.gateway.deps import services
+from notiflow.gateway.protocol import CloseCode
+
+# auto_error=False: these only document the two ways in (OpenAPI, /docs); errors are ours (SPEC §2 JSON).
+_bearer = HTTPBearer(auto_error=False, description="An API key (`nf_...`) or an end user's JWT.")
+_query = APIKeyQuery(name="token", auto_error=False, description="The same, for browsers' WebSockets.")
+
+
+def bearer_token(conn: HTTPConnection) -> str | None:
+    """The token of ``Authorization: Bearer`` or else of ``?token=``; None when there is neither."""
+    header = conn.headers.get("authorization")
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        return value.strip()
+    return conn.query_params.get("token") or None
+
+
+async def principal(
+    request: Request,
+    _header: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    _query_token: Annotated[str | None, Security(_query)],
+) -> Principal:
+    """Who is calling; 401 when nobody valid is (auth off: anyone). Cached per request by FastAPI."""
+    return await services(request).auth.authenticate(bearer_token(request))
+
+
+def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting API keys with ``scope`` (403 for other valid credentials)."""
+
+    async def has_scope(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        if not who.allows(scope):
+            raise Forbidden(f"this needs an API key with the {scope.value!r} scope")
+        return who
+
+    return has_scope
+
+
+async def acting_for_user(user_id: str, who: Annotated[Principal, Depends(principal)]) -> Principal:
+    """A dependency for ``/.../{user_id}`` routes: that user's own token, or an API key with ``read``."""
+    if not who.may_act_for(user_id):
+        raise Forbidden("these credentials may not read or acknowledge this user's notifications")
+    return who
+
+
+async def authorize_socket(ws: WebSocket, user_id: str) -> Principal | CloseCode:
+    """The socket's principal, or the code to close it with: 4401 (no valid token), 4403 (not this user)."""
+    try:
+        who = await services(ws).auth.authenticate(bearer_token(ws))
+    except Unauthorized:
+        return CloseCode.UNAUTHORIZED
+    if not who.may_act_for(user_id):
+        return CloseCode.FORBIDDEN
+    return who

@@ -1,0 +1,44 @@
+"""Every route but the probes and the OpenAPI pages needs credentials: a route added without a guard fails
+here, before it ships open."""
+
+from __future__ import annotations
+
+import inspect
+
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute, APIWebSocketRoute
+
+from notiflow.config import Settings
+from notiflow.gateway import auth, http, keys, ws
+from notiflow.gateway.app import create_app
+
+OPEN = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
+
+
+def _calls(dependant: Dependant) -> set[object]:
+    found = {dependant.call}
+    for sub in dependant.dependencies:
+        found |= _calls(sub)
+    return found
+
+
+def _routes() -> list[object]:
+    # The routers' own routes (an app's include_router wraps them in a private type) and the app's.
+    app = create_app(Settings(_env_file=None))  # type: ignore[call-arg]
+    return [*http.router.routes, *ws.router.routes, *keys.router.routes, *app.routes]
+
+
+def test_every_route_but_probes_needs_credentials() -> None:
+    guarded, open_ = [], []
+    for route in _routes():
+        if isinstance(route, APIRoute):
+            (guarded if auth.principal in _calls(route.dependant) else open_).append(route.path)
+    assert set(open_) <= OPEN, f"routes without credentials: {sorted(set(open_) - OPEN)}"
+    assert {"/notifications", "/dlq", "/notifications/offline/{user_id}", "/keys"} <= set(guarded)
+
+
+def test_the_socket_checks_credentials_itself() -> None:
+    # The WebSocket endpoint cannot answer 401 (only close codes), so it calls authorize_socket.
+    sockets = [r for r in _routes() if isinstance(r, APIWebSocketRoute)]
+    assert [r.path for r in sockets] == ["/ws/{user_id}"]
+    assert "authorize_socket(" in inspect.getsource(ws.websocket_endpoint)
