@@ -228,7 +228,9 @@ class DeliveryService:
             return todo
         async with pg_errors("claim webhook attempts"), self._pool.acquire() as conn:
             won = await sql.claim_webhook_attempts(
-                conn, [(w.notification_id, w.user_id, w.webhook_attempts) for w in calls]
+                conn, [(w.notification_id, w.user_id, w.webhook_attempts) for w in calls],
+                # Past the call's own deadline and the outcome's write: a caller that died meanwhile frees it.
+                lease_s=self._s.webhook_timeout_s * 2 + 5,
             )
         return [w for w in todo if w.expired or w.key in won]
 

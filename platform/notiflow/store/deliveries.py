@@ -15,8 +15,10 @@ SELECT d.notification_id, d.user_id, d.seq, d.status, d.webhook_status, d.attemp
        -- A retry that is not due yet came from a duplicate entry (a reclaim after a crash between
        -- recording and acknowledging): it must wait for its scheduled time, not jump the backoff.
        coalesce(d.status = 'retrying' AND d.next_attempt_at > now() + interval '1 second', false) AS socket_not_due,
-       coalesce(d.webhook_status = 'retrying' AND d.webhook_next_at > now() + interval '1 second', false)
-           AS webhook_not_due
+       -- A pending or retrying webhook whose next time lies ahead is either scheduled later or claimed by a
+       -- caller whose outcome is not recorded yet (the claim sets a lease): either way, not this caller's.
+       coalesce(d.webhook_status IN ('pending', 'retrying') AND d.webhook_next_at > now() + interval '1 second',
+                false) AS webhook_not_due
 FROM unnest($1::uuid[], $2::text[]) AS k(nid, uid)
 JOIN deliveries d ON d.notification_id = k.nid AND d.user_id = k.uid
 JOIN notifications n ON n.id = d.notification_id
@@ -104,7 +106,8 @@ WITH k AS (
     WHERE d.webhook_attempts = k.seen AND d.webhook_status IN ('pending', 'retrying')
     ORDER BY d.notification_id, d.user_id FOR UPDATE OF d
 )
-UPDATE deliveries d SET webhook_attempts = l.seen + 1, updated_at = now()
+UPDATE deliveries d
+SET webhook_attempts = l.seen + 1, webhook_next_at = now() + $4 * interval '1 second', updated_at = now()
 FROM locked l
 WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id AND d.webhook_attempts = l.seen
 RETURNING d.notification_id, d.user_id
@@ -174,13 +177,15 @@ async def record_handoffs(conn: Any, handoffs: list[tuple[uuid.UUID, str, str]])
 
 
 async def claim_webhook_attempts(
-    conn: Any, claims: list[tuple[uuid.UUID, str, int]]
+    conn: Any, claims: list[tuple[uuid.UUID, str, int]], lease_s: float
 ) -> set[tuple[uuid.UUID, str]]:
-    """Claim the next attempt of each (notification, user, attempts seen); the keys this caller won."""
+    """Claim the next attempt of each (notification, user, attempts seen); the keys this caller won. The
+    claim holds the delivery for ``lease_s``: an entry loaded meanwhile finds it not due, rather than seeing
+    the claimed count and claiming the attempt after it before this one's outcome is recorded."""
     if not claims:
         return set()
     rows = await conn.fetch(
-        _CLAIM_WEBHOOK_ATTEMPTS, [c[0] for c in claims], [c[1] for c in claims], [c[2] for c in claims]
+        _CLAIM_WEBHOOK_ATTEMPTS, [c[0] for c in claims], [c[1] for c in claims], [c[2] for c in claims], lease_s
     )
     return {(r["notification_id"], r["user_id"]) for r in rows}
 
