@@ -40,6 +40,13 @@ async def test_gateway_processes_share_one_port_as_separate_nodes(
     await wait_for(lambda: len(copies()) == 2, timeout_s=20, message="two gateway copies")
     node = dev.node_ids["gateway-0"]
 
+    async def both_serving() -> bool:
+        # A copy counts once its lifespan has run (its node key is alive) and it answers on the shared port;
+        # before that the kernel sends every connection to the copy that is already listening.
+        alive = [await rds.exists(settings.key("node", f"{node}-p{i}", "alive")) for i in (0, 1)]
+        return all(alive)
+
+    await wait_for(both_serving, timeout_s=20, message="both gateway copies serving")
     # Enough sockets that the kernel's SO_REUSEPORT hash sends some to each copy.
     people = users(24)
     sockets = [await socket(gw, u) for u in people]
