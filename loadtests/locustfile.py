@@ -197,7 +197,11 @@ class SocketConsumer(User):
         url = (self.host or "").replace("http", "ws", 1).rstrip("/") + f"/ws/{quote(self.user, safe='')}"
         started = time.perf_counter()
         try:
-            self.ws = websocket.create_connection(url, timeout=10, enable_multithread=False)
+            self.ws = websocket.create_connection(
+                url, timeout=10, enable_multithread=False,
+                # A backend consumer, not a browser: no Origin header (the gateway refuses origins not allowed).
+                suppress_origin=True,
+            )
         except (OSError, websocket.WebSocketException) as exc:
             self._report("WS", "connect", started, exc)
             raise StopUser() from exc
