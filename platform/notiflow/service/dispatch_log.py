@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
+from collections import deque
 
 from notiflow.errors import StoreUnavailable
 from notiflow.store import deliveries as sql
@@ -31,19 +33,30 @@ Handoff = tuple[uuid.UUID, str, str]  # (notification id, user id, dispatched | 
 
 
 class DispatchLog:
+    """Hand-offs wait here until they are ``delay_s`` old, then are written in one statement per chunk.
+
+    The age counts per batch of hand-offs, not per flush period: a batch added just before a periodic
+    flush would otherwise be written at once, before its acknowledgement (typically tens of ms later)
+    could make the write unnecessary.
+    """
+
     def __init__(self, pool: Pool, delay_s: float) -> None:
         self._pool = pool
         self._delay_s = delay_s
-        self._held: list[Handoff] = []
+        self._held: deque[tuple[float, list[Handoff]]] = deque()  # (monotonic time added, hand-offs)
+        self._count = 0
         self._task: asyncio.Task[None] | None = None
         self.written = 0
         self.dropped = 0
 
     def add(self, handoffs: list[Handoff]) -> None:
-        if len(self._held) + len(handoffs) > HELD_MAX:
+        if not handoffs:
+            return
+        if self._count + len(handoffs) > HELD_MAX:
             self.dropped += len(handoffs)
             return
-        self._held.extend(handoffs)
+        self._held.append((time.monotonic(), handoffs))
+        self._count += len(handoffs)
 
     def start(self) -> None:
         if self._task is None:
@@ -61,16 +74,21 @@ class DispatchLog:
 
     async def _run(self) -> None:
         while True:
-            # The delay lets most acknowledgements land first: their rows need no hand-off write at all.
-            await asyncio.sleep(self._delay_s)
+            # A quarter of the delay between rounds: a hand-off is written between 1 and 1.25 delays old.
+            await asyncio.sleep(self._delay_s / 4)
             try:
-                await self.flush()
+                await self.flush(older_than_s=self._delay_s)
             except StoreUnavailable as exc:
                 log.warning("hand-off record failed; kept for the next round", extra={"error": str(exc)})
 
-    async def flush(self) -> None:
-        while self._held:
-            chunk, self._held = self._held[:WRITE_CHUNK], self._held[WRITE_CHUNK:]
+    async def flush(self, older_than_s: float = 0.0) -> None:
+        """Write the hand-offs held for at least ``older_than_s`` (all of them by default)."""
+        cutoff = time.monotonic() - older_than_s
+        due: list[Handoff] = []
+        while self._held and self._held[0][0] <= cutoff:
+            due.extend(self._held.popleft()[1])
+        for start in range(0, len(due), WRITE_CHUNK):
+            chunk = due[start:start + WRITE_CHUNK]
 
             async def write(chunk: list[Handoff] = chunk) -> None:
                 async with pg_errors("record hand-offs"), self._pool.acquire() as conn:
@@ -78,7 +96,8 @@ class DispatchLog:
 
             try:
                 await retry_conflicts(write)
-            except StoreUnavailable:
-                self._held = chunk + self._held  # in order, for the next round
+            except (StoreUnavailable, asyncio.CancelledError):
+                self._held.appendleft((cutoff, due[start:]))  # first in line for the next round (or close)
                 raise
+            self._count -= len(chunk)
             self.written += len(chunk)

@@ -1,0 +1,97 @@
+"""The socket channel's hand-off log (service/dispatch_log.py) on a real PostgreSQL: a hand-off is written
+only once it is DISPATCH_RECORD_DELAY_MS old, so an acknowledgement that lands meanwhile saves the write;
+an acknowledged row is never moved back; what a failed or cancelled round took is written by the next.
+
+Regression: the log used to write everything it held once per period, so a hand-off added just before a
+round was written at once, whatever the delay (in the side-by-side benchmark, 131k hand-off rows written of
+188k socket deliveries; 107k with the age rule).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import asyncpg
+import pytest
+from helpers import wait_for
+
+from notiflow.errors import StoreUnavailable
+from notiflow.service.dispatch_log import DispatchLog
+
+pytestmark = pytest.mark.timeout(30)
+
+DELAY_S = 0.4
+
+
+async def pending(db: asyncpg.Pool, users: list[str]) -> uuid.UUID:
+    nid = uuid.uuid4()
+    await db.execute(
+        "INSERT INTO notifications (id, event, payload, recipients) VALUES ($1, 'e', '{}', $2)", nid, len(users)
+    )
+    await db.executemany(
+        "INSERT INTO deliveries (notification_id, user_id, seq) VALUES ($1, $2, 1)", [(nid, u) for u in users]
+    )
+    return nid
+
+
+async def status(db: asyncpg.Pool, nid: uuid.UUID, user: str) -> str:
+    return str(await db.fetchval(
+        "SELECT status FROM deliveries WHERE notification_id = $1 AND user_id = $2", nid, user
+    ))
+
+
+async def test_a_hand_off_is_written_once_it_is_the_delay_old_not_at_the_next_round(db: asyncpg.Pool) -> None:
+    nid = await pending(db, ["a", "b"])
+    log = DispatchLog(db, DELAY_S)
+    log.start()
+    try:
+        # Mid-period: under the old rule (write all every DELAY_S) "a" went out about 0.1 s after it came.
+        await asyncio.sleep(DELAY_S * 0.75)
+        added = time.monotonic()
+        log.add([(nid, "a", "dispatched"), (nid, "b", "offline")])
+        await wait_for(lambda: log.written == 2, 5)
+        assert time.monotonic() - added >= DELAY_S
+        assert (await status(db, nid, "a"), await status(db, nid, "b")) == ("dispatched", "offline")
+    finally:
+        await log.close(grace_s=2)
+
+
+async def test_a_hand_off_acknowledged_within_the_delay_leaves_the_row_delivered(db: asyncpg.Pool) -> None:
+    nid = await pending(db, ["a"])
+    log = DispatchLog(db, DELAY_S)
+    log.add([(nid, "a", "dispatched")])
+    await log.flush(older_than_s=DELAY_S)
+    assert log.written == 0  # too young for a round
+    await db.execute("UPDATE deliveries SET status = 'delivered' WHERE notification_id = $1", nid)
+    await log.close(grace_s=2)  # writes what it holds, whatever its age
+    assert log.written == 1
+    assert await status(db, nid, "a") == "delivered"
+
+
+class _FailingPool:
+    """A pool whose connections cannot be had: PostgreSQL away."""
+
+    def acquire(self) -> _FailingPool:
+        return self
+
+    async def __aenter__(self) -> None:
+        raise OSError("connection refused")
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+async def test_hand_offs_a_failed_round_could_not_write_are_written_by_the_next(db: asyncpg.Pool) -> None:
+    nid = await pending(db, ["a", "b"])
+    log = DispatchLog(_FailingPool(), 0.0)  # type: ignore[arg-type]
+    log.add([(nid, "a", "dispatched")])
+    log.add([(nid, "b", "offline")])
+    with pytest.raises(StoreUnavailable):
+        await log.flush()
+    assert log.written == 0
+    log._pool = db  # PostgreSQL is back
+    await log.flush()
+    assert log.written == 2
+    assert (await status(db, nid, "a"), await status(db, nid, "b")) == ("dispatched", "offline")
