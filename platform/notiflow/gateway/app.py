@@ -31,6 +31,7 @@ from notiflow.gateway import dashboard, http, keys, openapi, responses, ws
 from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
+from notiflow.gateway.transport import FrameProtocol
 from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.dashboard import DashboardService
 from notiflow.service.ingest import IngestService
@@ -117,7 +118,8 @@ def websocket_options(settings: Settings) -> dict[str, Any]:
     bound (enforced by the websockets parser on the frame header, before the payload is read: 1009) and
     compression. Every way of serving the app uses these."""
     return {
-        "ws": "websockets-sansio",
+        # uvicorn's websockets-sansio protocol with batched frame writes (gateway/transport.py).
+        "ws": FrameProtocol,
         "ws_ping_interval": settings.ws_ping_interval_s,
         "ws_ping_timeout": settings.ws_ping_timeout_s,
         "ws_max_size": settings.ws_max_frame_bytes,

@@ -4,30 +4,51 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 
+from notiflow import metrics
 from notiflow.gateway.protocol import CloseCode
+from notiflow.gateway.transport import FrameWriter
+from notiflow.models import frame_created_at
 from notiflow.streams.pubsub import decode_frames
 
 log = logging.getLogger(__name__)
 
 
 class Connection:
-    """One socket's send side. Frames wait in a bounded buffer that the socket's writer empties in one go
-    (one wake-up per burst, not per frame); when it overflows, the socket is closed with SLOW_CONSUMER
-    rather than buffering without limit."""
+    """One socket's send side. Frames wait in a bounded buffer that is emptied in one go (one write per
+    burst, not per frame); when it overflows, the socket is closed with SLOW_CONSUMER rather than
+    buffering without limit.
 
-    __slots__ = ("_close", "_frames", "_max", "_ready", "acks_in_flight", "closing", "user_id")
+    With a FrameWriter (our uvicorn protocol, gateway/transport.py) the buffer is written once per event
+    loop iteration, straight to the transport, and held while the transport reports backpressure. Without
+    one (another server) a writer task per socket sends the frames through ASGI (``take``)."""
 
-    def __init__(self, user_id: str, queue_max: int, close: Callable[[CloseCode], None]) -> None:
+    __slots__ = (
+        "_close", "_frames", "_max", "_ready", "_scheduled", "_writer", "acks_in_flight", "closing", "user_id",
+    )
+
+    def __init__(
+        self, user_id: str, queue_max: int, close: Callable[[CloseCode], None], writer: FrameWriter | None = None
+    ) -> None:
         self.user_id = user_id
         self._frames: deque[str] = deque()
         self._max = queue_max
         self._ready = asyncio.Event()
         self._close = close
+        self._writer = writer
+        self._scheduled = False
+        if writer is not None:
+            writer.on_writable = self._flush
         self.closing: CloseCode | None = None
         self.acks_in_flight = 0  # ids of this socket's acks not yet committed
+
+    @property
+    def direct(self) -> bool:
+        """True when frames go straight to the transport (no writer task needed)."""
+        return self._writer is not None
 
     def push(self, frame: str) -> None:
         if self.closing is not None:
@@ -36,8 +57,25 @@ class Connection:
             self.close(CloseCode.SLOW_CONSUMER)
             return
         self._frames.append(frame)
-        if not self._ready.is_set():
+        if self._writer is not None:
+            # Every frame pushed in this loop iteration (one Pub/Sub message names many) goes in one write.
+            if not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        elif not self._ready.is_set():
             self._ready.set()
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        writer = self._writer
+        if writer is None or not self._frames or self.closing is not None:
+            return
+        if not writer.writable:
+            return  # the transport calls on_writable once it has drained
+        frames = list(self._frames)
+        self._frames.clear()
+        writer.write_texts(frames)
+        sent(frames)
 
     async def take(self) -> list[str]:
         """Every frame buffered so far, oldest first; waits while there are none."""
@@ -56,6 +94,16 @@ class Connection:
         if self.closing is None:
             self.closing = code
             self._close(code)
+
+
+def sent(frames: list[str]) -> None:
+    """Count frames handed to a socket, and the accept-to-send latency of each notification among them."""
+    now = time.time()
+    for frame in frames:
+        accepted_at = frame_created_at(frame)
+        if accepted_at is not None:
+            metrics.FRAMES.inc()
+            metrics.DELIVERY_LATENCY.observe(max(0.0, now - accepted_at))
 
 
 class Hub:

@@ -1,4 +1,4 @@
-"""The WebSocket endpoint (SPEC §3): one reader loop and one writer task per socket."""
+"""The WebSocket endpoint (SPEC §3): one reader loop per socket; frames are written by its Connection (hub.py)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from notiflow import metrics
 from notiflow.errors import StoreUnavailable
 from notiflow.gateway.auth import authorize_socket
 from notiflow.gateway.deps import services
-from notiflow.gateway.hub import Connection
+from notiflow.gateway.hub import Connection, sent
 from notiflow.gateway.protocol import MAX_ACK_IDS, PONG, ClientFrame, CloseCode, FrameError, origin_allowed
-from notiflow.models import frame_created_at, user_id_problem
+from notiflow.gateway.transport import frame_writer
+from notiflow.models import user_id_problem
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
     def close_soon(code: CloseCode) -> None:
         _spawn(_close(ws, code))
 
-    conn = Connection(user_id, svc.settings.ws_queue_max, close_soon)
+    conn = Connection(user_id, svc.settings.ws_queue_max, close_soon, frame_writer(ws.scope))
     # In the hub before presence says so: a frame routed here the moment presence is written must find
     # the socket, not an empty hub.
     svc.hub.add(conn)
@@ -105,7 +105,8 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
         if sockets > limits.ws_max_sockets_per_user:
             await ws.close(CloseCode.TOO_MANY_SOCKETS, f"at most {limits.ws_max_sockets_per_user} sockets per user")
             return
-        writer = asyncio.create_task(_write(ws, conn))
+        if not conn.direct:
+            writer = asyncio.create_task(_write(ws, conn))
         await _read(ws, conn, svc.queries.ack_from_socket, limits.ws_max_ack_ids, limits.ws_max_acks_in_flight)
     except (WebSocketDisconnect, RuntimeError):
         pass  # RuntimeError: receive after our own close (slow consumer); either way the socket is gone
@@ -159,14 +160,13 @@ async def _read(
 
 
 async def _write(ws: WebSocket, conn: Connection) -> None:
+    """Sends through ASGI, for a server that offers no FrameWriter."""
     with suppress(WebSocketDisconnect, RuntimeError, OSError):
         while True:
-            for frame in await conn.take():
+            frames = await conn.take()
+            for frame in frames:
                 await ws.send_text(frame)
-                accepted_at = frame_created_at(frame)
-                if accepted_at is not None:
-                    metrics.FRAMES.inc()
-                    metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - accepted_at))
+            sent(frames)
 
 
 async def _close(ws: WebSocket, code: CloseCode) -> None:
