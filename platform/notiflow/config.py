@@ -150,8 +150,8 @@ class Settings(BaseSettings):
     )
     reclaim_interval_s: float = Field(5.0, gt=0, description="How often idle entries are reclaimed, s. Default 5.")
     dispatch_record_delay_ms: int = Field(
-        500, ge=0, description="How long successful socket hand-offs (dispatched/offline) wait before they are "
-        "written, coalesced, ms; acknowledged meanwhile, they need no write. Default 500.",
+        2000, ge=0, description="How long successful socket hand-offs (dispatched/offline) wait before they are "
+        "written, coalesced, ms; acknowledged meanwhile, they need no write. Default 2000.",
     )
 
     # --- retry worker and reconciler --------------------------------------------------------

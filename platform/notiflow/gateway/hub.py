@@ -45,6 +45,11 @@ class Connection:
         self.closing: CloseCode | None = None
         self.acks_in_flight = 0  # ids of this socket's acks not yet committed
 
+    def read_with(self, on_text: Callable[[str], None]) -> None:
+        """Have the transport hand each text frame received to ``on_text`` (only when ``direct``)."""
+        if self._writer is not None:
+            self._writer.on_text = on_text
+
     @property
     def direct(self) -> bool:
         """True when frames go straight to the transport (no writer task needed)."""

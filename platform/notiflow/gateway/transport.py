@@ -1,10 +1,13 @@
 """The socket transport: uvicorn's sans-I/O WebSocket protocol, plus a way to write many frames at once.
 
 Through ASGI every text frame is one ``websocket.send`` message: an await through Starlette and uvicorn,
-a frame object built by ``websockets``, and one ``transport.write`` (a syscall) per frame. A fan-out
-hands each socket several frames at a time, so this protocol offers the application a ``FrameWriter``
+a frame object built by ``websockets``, and one ``transport.write`` (a syscall) per frame; and every
+frame received is a queue hop and a task wake-up. A fan-out hands each socket several frames at a time,
+and each socket answers with small ack frames, so this protocol offers the application a ``FrameWriter``
 in the scope's extensions (``EXTENSION``): it encodes a whole burst of text frames and writes them with
-one ``transport.write``, synchronously, without a task or an await per frame.
+one ``transport.write``, synchronously, without a task or an await per frame, and it hands each text
+frame received to a callback (``on_text``) as it is parsed. Binary frames and the disconnect still
+arrive through ASGI ``receive``.
 
 Everything else (the handshake, close, pings, reading, permessage-deflate) stays uvicorn's. Frames are
 encoded here only for a connection that negotiated no extension; otherwise ``websockets`` encodes them.
@@ -38,12 +41,15 @@ def encode_text_frame(data: bytes) -> bytes:
 class FrameWriter:
     """What the application holds of one socket's protocol: batched writes and write backpressure."""
 
-    __slots__ = ("_protocol", "on_writable")
+    __slots__ = ("_protocol", "on_text", "on_writable")
 
     def __init__(self, protocol: FrameProtocol) -> None:
         self._protocol = protocol
         #: Called when a transport that had too much buffered drains below its low-water mark.
         self.on_writable: Callable[[], None] | None = None
+        #: Called with each text message received, instead of queueing it for ASGI ``receive``. It runs in
+        #: the protocol's data callback: it must not block and must not raise.
+        self.on_text: Callable[[str], None] | None = None
 
     @property
     def open(self) -> bool:
@@ -84,6 +90,28 @@ class FrameProtocol(WebSocketsSansIOProtocol):
         if scope is not None:
             scope["extensions"][EXTENSION] = {"writer": self.frame_writer}
 
+    def send_receive_event_to_app(self) -> None:
+        on_text = self.frame_writer.on_text
+        if on_text is None or self.curr_msg_data_type != "text" or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            super().send_receive_event_to_app()  # uvicorn's answer to invalid UTF-8: close 1007
+            return
+        self.frames = []
+        try:
+            on_text(text)
+        except Exception:
+            # A bug in the handler must not escape into the event loop's data callback: this socket ends.
+            self.logger.exception("Exception in the socket's text handler")
+            self.conn.fail(1011, "internal error")
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+            self.transport.close()
+
     def resume_writing(self) -> None:
         super().resume_writing()
         if self.frame_writer.on_writable is not None:
@@ -91,7 +119,7 @@ class FrameProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        self.frame_writer.on_writable = None
+        self.frame_writer.on_writable = self.frame_writer.on_text = None
 
 
 def frame_writer(scope: MutableMapping[str, Any]) -> FrameWriter | None:

@@ -25,7 +25,7 @@ from notiflow.models import user_id_problem
 router = APIRouter()
 log = logging.getLogger(__name__)
 
-# Fire-and-forget tasks (closes, acks) are kept referenced until done, so they are not collected midway.
+# Fire-and-forget tasks (closes) are kept referenced until done, so they are not collected midway.
 _background: set[asyncio.Task[None]] = set()
 
 
@@ -105,9 +105,12 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
         if sockets > limits.ws_max_sockets_per_user:
             await ws.close(CloseCode.TOO_MANY_SOCKETS, f"at most {limits.ws_max_sockets_per_user} sockets per user")
             return
-        if not conn.direct:
+        reader = _Reader(conn, svc.queries.ack_from_socket, limits.ws_max_ack_ids, limits.ws_max_acks_in_flight)
+        if conn.direct:
+            conn.read_with(reader)
+        else:
             writer = asyncio.create_task(_write(ws, conn))
-        await _read(ws, conn, svc.queries.ack_from_socket, limits.ws_max_ack_ids, limits.ws_max_acks_in_flight)
+        await _receive(ws, conn, reader)
     except (WebSocketDisconnect, RuntimeError):
         pass  # RuntimeError: receive after our own close (slow consumer); either way the socket is gone
     finally:
@@ -119,11 +122,77 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
         await svc.sessions.closed(user_id)
 
 
-async def _read(
-    ws: WebSocket, conn: Connection, submit: Callable[[str, list[uuid.UUID]], Awaitable[None]],
-    max_ack_ids: int, max_acks_in_flight: int,
-) -> None:
-    """The reader loop: until the peer goes away or this socket is closed by a limit."""
+class _Reader:
+    """What a socket's text frames do (SPEC §3): pings are answered, acks are submitted to the group commit,
+    anything else is answered with a bad_frame error. Synchronous: it runs as the transport's ``on_text``
+    callback (no queue hop or task per frame), or from the ASGI receive loop under other servers."""
+
+    __slots__ = ("_conn", "_max_ack_ids", "_max_in_flight", "_submit")
+
+    def __init__(
+        self, conn: Connection, submit: Callable[[str, list[uuid.UUID]], Awaitable[Any]],
+        max_ack_ids: int, max_acks_in_flight: int,
+    ) -> None:
+        self._conn = conn
+        self._submit = submit
+        self._max_ack_ids = max_ack_ids
+        self._max_in_flight = max_acks_in_flight
+
+    def __call__(self, text: str) -> None:
+        conn = self._conn
+        if conn.closing is not None:
+            return
+        try:
+            frame = parse_client_frame(text, self._max_ack_ids)
+        except FrameError as exc:
+            conn.push(_error_frame(str(exc)))
+            return
+        if frame.kind == "ping":
+            conn.push(PONG)
+            return
+        ids: list[uuid.UUID] = []
+        for raw in frame.ids:
+            try:
+                ids.append(uuid.UUID(raw))
+            except ValueError:
+                conn.push(_error_frame(f"not a notification id: {raw[:64]!r}"))
+        if not ids:
+            return
+        if conn.acks_in_flight + len(ids) > self._max_in_flight:
+            # An ack flood: acks are held in memory until their commit. Nothing is lost: what was not
+            # acknowledged stays in the offline queue.
+            conn.close(CloseCode.POLICY_VIOLATION)
+            return
+        conn.acks_in_flight += len(ids)
+        # Not awaited here: a slow commit must not stop this socket from reading pings. The group commit
+        # hands back a future (no task per ack frame); its callback settles the socket's count.
+        pending: asyncio.Future[Any]
+        try:
+            pending = asyncio.ensure_future(self._submit(conn.user_id, ids))
+        except Exception as exc:  # noqa: BLE001 - the group commit is shutting down: answered as a failed ack
+            pending = asyncio.get_running_loop().create_future()
+            pending.set_exception(exc)
+        pending.add_done_callback(lambda done: self._settled(done, ids))
+
+    def _settled(self, done: asyncio.Future[Any], ids: list[uuid.UUID]) -> None:
+        conn = self._conn
+        conn.acks_in_flight -= len(ids)
+        error = "cancelled" if done.cancelled() else done.exception()
+        if error is None:
+            return
+        log.warning("socket ack failed", extra={"user_id": conn.user_id, "error": str(error)})
+        # Nothing is lost (the notifications stay in the offline queue), but the client must know
+        # that its ack did not take, or it would believe them delivered.
+        conn.push(orjson.dumps({
+            "type": "error", "code": "ack_failed", "message": "acknowledgement not applied; send it again",
+            "ids": [str(i) for i in ids],
+        }).decode())
+
+
+async def _receive(ws: WebSocket, conn: Connection, reader: _Reader) -> None:
+    """The ASGI receive loop, until the peer goes away or this socket is closed. With a FrameWriter text
+    frames never come this way (they go to ``reader`` as they are parsed): only binary frames and the
+    disconnect do."""
     while conn.closing is None:
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
@@ -132,31 +201,7 @@ async def _read(
         if text is None:
             conn.push(_error_frame("binary frames are not part of the protocol: send JSON text frames"))
             continue
-        try:
-            frame = parse_client_frame(text, max_ack_ids)
-        except FrameError as exc:
-            conn.push(_error_frame(str(exc)))
-            continue
-        if frame.kind == "ping":
-            conn.push(PONG)
-            continue
-        ids: list[uuid.UUID] = []
-        for raw in frame.ids:
-            try:
-                ids.append(uuid.UUID(raw))
-            except ValueError:
-                conn.push(_error_frame(f"not a notification id: {raw[:64]!r}"))
-        if not ids:
-            continue
-        if conn.acks_in_flight + len(ids) > max_acks_in_flight:
-            # An ack flood: acks are held in memory until their commit. Nothing is lost: what was not
-            # acknowledged stays in the offline queue.
-            conn.closing = CloseCode.POLICY_VIOLATION
-            await _close(ws, CloseCode.POLICY_VIOLATION)
-            return
-        conn.acks_in_flight += len(ids)
-        # Not awaited inline: a slow commit must not stop this socket from reading pings.
-        _spawn(_ack(submit, conn, ids))
+        reader(text)
 
 
 async def _write(ws: WebSocket, conn: Connection) -> None:
@@ -173,20 +218,3 @@ async def _close(ws: WebSocket, code: CloseCode) -> None:
     if ws.application_state == WebSocketState.CONNECTED:
         with suppress(RuntimeError, OSError):
             await ws.close(code, code.name.lower())
-
-
-async def _ack(
-    submit: Callable[[str, list[uuid.UUID]], Awaitable[None]], conn: Connection, ids: list[uuid.UUID]
-) -> None:
-    try:
-        await submit(conn.user_id, ids)
-    except Exception as exc:  # noqa: BLE001 - answered to the client, who may ack again
-        log.warning("socket ack failed", extra={"user_id": conn.user_id, "error": str(exc)})
-        # Nothing is lost (the notifications stay in the offline queue), but the client must know
-        # that its ack did not take, or it would believe them delivered.
-        conn.push(orjson.dumps({
-            "type": "error", "code": "ack_failed", "message": "acknowledgement not applied; send it again",
-            "ids": [str(i) for i in ids],
-        }).decode())
-    finally:
-        conn.acks_in_flight -= len(ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from typing import Any
@@ -70,9 +71,10 @@ class QueryService:
         metrics.ACKS.labels("http").inc(n)
         return n
 
-    async def ack_from_socket(self, user_id: str, ids: list[uuid.UUID]) -> None:
-        """Acks arriving over sockets are batched across sockets into one statement (group commit)."""
-        await self._acks.submit((user_id, ids))
+    def ack_from_socket(self, user_id: str, ids: list[uuid.UUID]) -> asyncio.Future[list[int | BaseException]]:
+        """Acks arriving over sockets are batched across sockets into one statement (group commit). The
+        future completes after the commit, or fails with what failed it; no task per ack."""
+        return self._acks.enqueue([(user_id, ids)])
 
     async def _flush_acks(self, frames: list[tuple[str, list[uuid.UUID]]]) -> list[int | BaseException]:
         pairs = list(dict.fromkeys((user, nid) for user, ids in frames for nid in ids))
