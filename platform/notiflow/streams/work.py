@@ -12,7 +12,7 @@ from redis.client import NEVER_DECODE
 
 from notiflow.config import Settings
 from notiflow.models import Channel, StreamEntry
-from notiflow.streams.client import Redis, is_nogroup, redis_errors
+from notiflow.streams.client import Redis, execute_packed, is_nogroup, pack_command, redis_errors
 
 GROUP = "notiflow-workers"
 
@@ -74,11 +74,11 @@ class WorkStream:
         """XADD every entry in one pipeline; returns their ids."""
         if not entries:
             return []
+        packed = b"".join(
+            pack_command("XADD", self.stream, "*", *(x for kv in e.fields().items() for x in kv)) for e in entries
+        )
         async with redis_errors("xadd"):
-            pipe = self._r.pipeline(transaction=False)
-            for e in entries:
-                pipe.xadd(self.stream, e.fields())  # type: ignore[arg-type]
-            return [str(i) for i in await pipe.execute()]
+            return [str(i) for i in await execute_packed(self._r, packed, len(entries))]
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if missing; a no-op when both exist."""
@@ -112,11 +112,9 @@ class WorkStream:
         is the backlog."""
         if not entry_ids:
             return
+        packed = pack_command("XACK", self.stream, GROUP, *entry_ids) + pack_command("XDEL", self.stream, *entry_ids)
         async with redis_errors("xack"):
-            pipe = self._r.pipeline(transaction=False)
-            pipe.xack(self.stream, GROUP, *entry_ids)
-            pipe.xdel(self.stream, *entry_ids)
-            await pipe.execute()
+            await execute_packed(self._r, packed, 2)
 
     async def idle(self, min_idle_ms: int, count: int) -> list[Pending]:
         """Entries that some consumer has held unacknowledged for at least ``min_idle_ms``."""
