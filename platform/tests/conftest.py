@@ -113,6 +113,8 @@ def settings(stores: Stores, clean_database: None) -> Iterator[Settings]:
         reconcile_interval_s=0.3,
         outbox_grace_s=1,
         shutdown_grace_s=2,
+        # Hand-offs (dispatched/offline) are recorded this late: tests that wait for them wait less.
+        dispatch_record_delay_ms=200,
         # The suites test delivery, not authentication: auth is off unless a test turns it on
         # (tests of auth: platform/tests/integration/test_auth.py, conformance/test_i11_security.py).
         auth="off",
