@@ -57,8 +57,10 @@ async def test_dead_host_sees_retries_within_the_budget_and_every_delivery_still
     assert len(hits) == answered, [a for u in users for a in await plat.attempts(nid, u)
                                    if not (a["error"] or "").startswith("HTTP 500")]
     # A fixed window per wall-clock second; the sink buckets by its own monotonic second, so one of its
-    # seconds can straddle two windows: at most twice the budget.
-    assert max(retries_per_second.values()) <= 2 * BUDGET_PER_S, retries_per_second
+    # seconds can straddle two windows, and a call granted in one window can reach the sink in the next
+    # (the grant comes before the attempt's claim in PostgreSQL and the call; make test once saw 26 in one
+    # sink second at the start, where the 60 first attempts load the machine): at most three windows' worth.
+    assert max(retries_per_second.values()) <= 3 * BUDGET_PER_S, retries_per_second
     # And over the whole run, retries came no faster than the budget allows (plus one window of slack).
     span_s = max(retries_per_second) - min(retries_per_second) + 1
     assert sum(retries_per_second.values()) <= BUDGET_PER_S * (span_s + 1)
