@@ -204,6 +204,10 @@ def notification_frame(nid: uuid.UUID, seq: int, event: str, payload_json: str, 
 
 
 _CREATED = '"created_at":"'
+#: Parsed created_at texts: a fan-out sends one notification's timestamp to every recipient, so it is parsed
+#: once, not per frame. Bounded (cleared when full).
+_CREATED_PARSED: dict[str, float] = {}
+_CREATED_PARSED_MAX = 4096
 
 
 def frame_created_at(frame: str) -> float | None:
@@ -214,10 +218,18 @@ def frame_created_at(frame: str) -> float | None:
     at = frame.rfind(_CREATED)
     if at < 0:
         return None
-    try:
-        return datetime.fromisoformat(frame[at + len(_CREATED) : frame.index('"', at + len(_CREATED))]).timestamp()
-    except ValueError:
-        return None
+    start = at + len(_CREATED)
+    text = frame[start : frame.find('"', start)]
+    parsed = _CREATED_PARSED.get(text)
+    if parsed is None:
+        try:
+            parsed = datetime.fromisoformat(text).timestamp()
+        except ValueError:
+            return None
+        if len(_CREATED_PARSED) >= _CREATED_PARSED_MAX:
+            _CREATED_PARSED.clear()
+        _CREATED_PARSED[text] = parsed
+    return parsed
 
 
 def _compact(payload_json: str) -> str:

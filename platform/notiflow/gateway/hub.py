@@ -36,7 +36,8 @@ class Connection:
         self.user_id = user_id
         self._frames: deque[str] = deque()
         self._max = queue_max
-        self._ready = asyncio.Event()
+        # Only the ASGI writer task waits on it (``take``); direct connections never make one (memory per socket).
+        self._ready: asyncio.Event | None = None
         self._close = close
         self._writer = writer
         self._scheduled = False
@@ -67,7 +68,7 @@ class Connection:
             if not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
-        elif not self._ready.is_set():
+        elif self._ready is not None and not self._ready.is_set():
             self._ready.set()
 
     def _flush(self) -> None:
@@ -84,6 +85,8 @@ class Connection:
 
     async def take(self) -> list[str]:
         """Every frame buffered so far, oldest first; waits while there are none."""
+        if self._ready is None:
+            self._ready = asyncio.Event()
         while not self._frames:
             self._ready.clear()
             await self._ready.wait()
@@ -104,11 +107,14 @@ class Connection:
 def sent(frames: list[str]) -> None:
     """Count frames handed to a socket, and the accept-to-send latency of each notification among them."""
     now = time.time()
+    notifications = 0
     for frame in frames:
         accepted_at = frame_created_at(frame)
         if accepted_at is not None:
-            metrics.FRAMES.inc()
+            notifications += 1
             metrics.DELIVERY_LATENCY.observe(max(0.0, now - accepted_at))
+    if notifications:
+        metrics.FRAMES.inc(notifications)
 
 
 class Hub:

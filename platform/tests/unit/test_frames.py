@@ -12,8 +12,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from notiflow import metrics
 from notiflow.batching import Batcher
-from notiflow.models import Carried, Channel, FrameTemplate, StreamEntry, frame_template, user_id_problem
+from notiflow.gateway.hub import sent
+from notiflow.models import (
+    Carried,
+    Channel,
+    FrameTemplate,
+    StreamEntry,
+    frame_created_at,
+    frame_template,
+    notification_frame,
+    user_id_problem,
+)
 from notiflow.streams.pubsub import decode_frames, encode_batch
 
 users = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/"), min_size=1,
@@ -79,3 +90,24 @@ async def test_a_submission_is_never_split_between_flushes() -> None:
     await batcher.close(1)
     assert results == [[10, 20], [30, 40, 50, 60], 70]
     assert flushed == [[1, 2], [3, 4, 5, 6], [7]]  # over max_batch, the group still goes whole
+
+
+def test_a_frames_accept_time_is_read_from_its_created_at_also_when_parsed_before() -> None:
+    frame = notification_frame(uuid.uuid4(), 3, "e", '{"a":1}', CREATED)
+    assert frame_created_at(frame) == CREATED.timestamp()
+    assert frame_created_at(frame) == CREATED.timestamp()  # the second time from the parsed texts
+    later = notification_frame(uuid.uuid4(), 4, "e", "{}", CREATED.replace(second=9))
+    assert frame_created_at(later) == CREATED.replace(second=9).timestamp()
+    assert frame_created_at('{"type":"pong"}') is None
+    assert frame_created_at('{"type":"notification","created_at":"not a time"}') is None
+
+
+def test_sent_counts_the_notification_frames_and_observes_each_ones_latency() -> None:
+    def value(name: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name) or 0.0
+
+    frames0, observed0 = value("notiflow_ws_frames_sent_total"), value("notiflow_delivery_latency_seconds_count")
+    frames = [notification_frame(uuid.uuid4(), k, "e", "{}", CREATED) for k in range(1, 4)]
+    sent([*frames, '{"type":"pong"}'])
+    assert value("notiflow_ws_frames_sent_total") - frames0 == 3
+    assert value("notiflow_delivery_latency_seconds_count") - observed0 == 3
