@@ -175,11 +175,16 @@ class DeliveryService:
         except StoreUnavailable as exc:
             outcomes += [self.failure(w, Channel.SOCKET, str(exc), started=started) for w in live]
         else:
-            handoffs: list[Handoff] = []
-            for w in live:
-                reached = any(receivers.get(n, 0) > 0 for n in nodes.get(w.user_id, ()))
-                status = DeliveryStatus.DISPATCHED if reached else DeliveryStatus.OFFLINE
-                handoffs.append((w.notification_id, w.user_id, status.value))
+            # Per user, not per delivery: a fan-out batch names each user once per notification.
+            heard = {n for n, count in receivers.items() if count > 0}
+            status_of = {
+                u: (DeliveryStatus.DISPATCHED if not heard.isdisjoint(at) else DeliveryStatus.OFFLINE).value
+                for u, at in nodes.items()
+            }
+            offline = DeliveryStatus.OFFLINE.value
+            handoffs: list[Handoff] = [
+                (w.notification_id, w.user_id, status_of.get(w.user_id, offline)) for w in live
+            ]
             self.dispatch_log.add(handoffs)
         await self.record(outcomes)
         return outcomes

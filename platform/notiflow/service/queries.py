@@ -34,7 +34,7 @@ class QueryService:
         self._s = settings
         self._pool = pool
         self._work = work
-        self._acks: Batcher[tuple[str, list[uuid.UUID]], int] = Batcher(
+        self._acks: Batcher[tuple[str, list[str]], int] = Batcher(
             self._flush_acks, max_batch=500, name="socket-acks"
         )
 
@@ -71,12 +71,13 @@ class QueryService:
         metrics.ACKS.labels("http").inc(n)
         return n
 
-    def ack_from_socket(self, user_id: str, ids: list[uuid.UUID]) -> asyncio.Future[list[int | BaseException]]:
-        """Acks arriving over sockets are batched across sockets into one statement (group commit). The
-        future completes after the commit, or fails with what failed it; no task per ack."""
+    def ack_from_socket(self, user_id: str, ids: list[str]) -> asyncio.Future[list[int | BaseException]]:
+        """Acks arriving over sockets (``ids``: UUIDs in text, checked by the transport) are batched across
+        sockets into one statement (group commit). The future completes after the commit, or fails with what
+        failed it; no task per ack."""
         return self._acks.enqueue([(user_id, ids)])
 
-    async def _flush_acks(self, frames: list[tuple[str, list[uuid.UUID]]]) -> list[int | BaseException]:
+    async def _flush_acks(self, frames: list[tuple[str, list[str]]]) -> list[int | BaseException]:
         pairs = list(dict.fromkeys((user, nid) for user, ids in frames for nid in ids))
 
         async def write() -> int:

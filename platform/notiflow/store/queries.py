@@ -106,8 +106,9 @@ async def ack_up_to(conn: Any, user_id: str, up_to_seq: int) -> int:
     return _affected(await conn.execute(_ACK_UP_TO, user_id, up_to_seq))
 
 
-async def ack_pairs(conn: Any, pairs: list[tuple[str, uuid.UUID]]) -> int:
-    """Acknowledge many users' deliveries in one statement (socket acks, batched across sockets)."""
+async def ack_pairs(conn: Any, pairs: list[tuple[str, str]]) -> int:
+    """Acknowledge many users' deliveries in one statement (socket acks, batched across sockets): pairs of
+    (user id, notification id as UUID text; asyncpg encodes it, and one bad id fails the statement)."""
     if not pairs:
         return 0
     return _affected(await conn.execute(_ACK_PAIRS, [p[0] for p in pairs], [p[1] for p in pairs]))

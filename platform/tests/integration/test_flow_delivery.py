@@ -156,6 +156,27 @@ async def test_concurrent_accepts_give_each_user_consecutive_seqs(
     assert [n["seq"] for n in page["notifications"]] == sorted(n["seq"] for n in page["notifications"])
 
 
+async def test_a_socket_ack_names_bad_ids_as_bad_frames_and_still_applies_the_good_ones(
+    gateways: Gateways, workers: Workers, socket: SocketFactory, http: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    gw = await gateways.start()
+    await workers.stream()
+    [gus] = users(1)
+    sock = await socket(gw, gus)
+    upper, plain = await notify(http, gw.url, [gus]), await notify(http, gw.url, [gus])
+    await sock.wait_ids([upper, plain])
+    # Any spelling uuid.UUID reads is an id; the one bad id neither fails the others nor the batch they join.
+    await sock.ack([upper.upper(), "not-a-uuid", uuid.UUID(plain).hex])
+    error = await sock.recv()
+    assert (error["type"], error["code"]) == ("error", "bad_frame") and "not-a-uuid" in error["message"], error
+
+    async def both_acknowledged() -> bool:
+        return await offline_ids(http, gw.url, gus) == []
+
+    await wait_for(both_acknowledged, timeout_s=5)
+    assert {await status_of(db, n, gus) for n in (upper, plain)} == {"delivered"}
+
+
 async def test_ack_of_foreign_or_unknown_ids_changes_nothing(
     gateways: Gateways, workers: Workers, socket: SocketFactory, http: httpx.AsyncClient, db: asyncpg.Pool
 ) -> None:

@@ -29,9 +29,9 @@ async def test_an_ack_flood_closes_the_socket_with_1008_and_acknowledges_nothing
     # Acks held back from their commit (a slow PostgreSQL): they stay in flight until released.
     release = asyncio.Event()
     real = gw.services.queries.ack_from_socket
-    held: list[list[uuid.UUID]] = []
+    held: list[list[str]] = []
 
-    async def slow_ack(user_id: str, ids: list[uuid.UUID]) -> None:
+    async def slow_ack(user_id: str, ids: list[str]) -> None:
         held.append(ids)
         await release.wait()
         await real(user_id, ids)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from notiflow import metrics
 from notiflow.batching import Batcher
 from notiflow.gateway.hub import sent
+from notiflow.gateway.ws import notification_id
 from notiflow.models import (
     Carried,
     Channel,
@@ -111,3 +112,14 @@ def test_sent_counts_the_notification_frames_and_observes_each_ones_latency() ->
     sent([*frames, '{"type":"pong"}'])
     assert value("notiflow_ws_frames_sent_total") - frames0 == 3
     assert value("notiflow_delivery_latency_seconds_count") - observed0 == 3
+
+
+def test_an_acked_id_is_taken_canonical_as_is_other_uuid_spellings_canonicalised_and_anything_else_refused() -> None:
+    nid = uuid.uuid4()
+    assert notification_id(str(nid)) == str(nid)
+    assert uuid.UUID(notification_id(str(nid).upper()) or "") == nid
+    assert notification_id(nid.hex) == str(nid)
+    assert notification_id("{" + str(nid) + "}") == str(nid)
+    assert notification_id(f"urn:uuid:{nid}") == str(nid)
+    for bad in ["", "nope", str(nid)[:-1], str(nid) + "0", str(nid).replace("-", "_"), f" {nid}"]:
+        assert notification_id(bad) is None, bad
