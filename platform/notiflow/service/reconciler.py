@@ -5,7 +5,10 @@ Each round (under a PostgreSQL advisory lock, so any number of retry workers may
    the round that recreates it rebuilds the stream and the retry schedule from every open delivery.
 2. Outbox: notifications committed but never marked enqueued (a crash between commit and XADD).
 3. Stuck work: deliveries still pending or retrying long after they should have been processed
-   (a lost ZADD, a replay whose XADD failed).
+   (a lost ZADD, a replay whose XADD failed, a stream entry lost). No index follows the socket channel's
+   state (acks and hand-offs must be HOT updates, migration 006): fresh pending work is looked at once, when
+   it becomes stale, through the notifications past a cursor; work found or put back before (retries,
+   re-enqueues, replays) carries a due time, which an index follows until the delivery is handed off.
 4. Expiry, and forgetting idempotency keys older than 24 h.
 """
 
@@ -15,10 +18,11 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from notiflow.config import Settings
-from notiflow.models import Channel, StreamEntry
+from notiflow.models import Channel, DeliveryStatus, StreamEntry
 from notiflow.store import reconcile as sql
 from notiflow.store.ingest import mark_enqueued
 from notiflow.store.pool import Pool, pg_errors
@@ -27,6 +31,10 @@ from notiflow.streams.work import WorkStream, retry_member
 log = logging.getLogger(__name__)
 
 PAGE = 2000
+#: Pages of FRESH_PAGE notifications the fresh sweep reads per round (it catches up over rounds).
+FRESH_PAGES_PER_ROUND = 20
+
+Page = Callable[[tuple[uuid.UUID, str] | None], Awaitable[list[dict[str, Any]]]]
 
 
 class Reconciler:
@@ -44,52 +52,80 @@ class Reconciler:
                 return done
             if await self._work.claim_epoch():
                 await self._work.ensure_group()
-                done["rebuilt"] = await self._requeue(conn, notification_ids=None, stale_s=0)
+                done["rebuilt"] = await self._requeue(
+                    conn, lambda after: sql.all_work(conn, after=after, limit=PAGE), touch=False
+                )
                 log.warning("redis had no epoch: rebuilt work from postgresql", extra={"entries": done["rebuilt"]})
             outbox = await sql.outbox(conn, self._s.outbox_grace_s, PAGE)
             if outbox:
                 # After a rebuild their open work is on the stream already; only the flag is left to clear.
                 if not done["rebuilt"]:
-                    done["outbox"] = await self._requeue(conn, notification_ids=outbox, stale_s=0)
+                    done["outbox"] = await self._requeue(
+                        conn, lambda after: sql.work_of(conn, outbox, after=after, limit=PAGE), touch=False
+                    )
                 await mark_enqueued(self._pool, outbox)
-            done["stuck"] = await self._requeue(conn, notification_ids=None, stale_s=self._s.stuck_after_s)
+            stale_s = self._s.stuck_after_s
+            done["stuck"] = await self._requeue(
+                conn, lambda after: sql.stale_work(conn, after=after, stale_s=stale_s, limit=PAGE), touch=True
+            )
+            done["stuck"] += await self._fresh(conn, stale_s)
             done["expired"] = await sql.expire_due(conn, PAGE)
             done["keys_forgotten"] = await sql.forget_old_keys(conn, PAGE)
         return done
 
-    async def _requeue(self, conn: Any, *, notification_ids: list[uuid.UUID] | None, stale_s: float) -> int:
-        """Put open work back: pending channels on the stream, retrying ones on the schedule."""
+    async def _requeue(self, conn: Any, page: Page, *, touch: bool) -> int:
+        """Put back every page of open work that ``page`` (a keyset reader) finds."""
         moved = 0
         after: tuple[uuid.UUID, str] | None = None
         while True:
-            rows = await sql.work_page(conn, after=after, notification_ids=notification_ids,
-                                       stale_s=stale_s, limit=PAGE)
+            rows = await page(after)
             if not rows:
                 return moved
             after = (rows[-1]["notification_id"], rows[-1]["user_id"])
-            pending: dict[tuple[uuid.UUID, Channel], list[str]] = defaultdict(list)
-            schedule: list[tuple[str, int]] = []
-            now_ms = int(time.time() * 1000)
-            for r in rows:
-                nid, uid = r["notification_id"], r["user_id"]
-                for channel, state, due in (
-                    (Channel.SOCKET, r["status"], r["next_attempt_at"]),
-                    (Channel.WEBHOOK, r["webhook_status"], r["webhook_next_at"]),
-                ):
-                    if state == "pending":
-                        pending[(nid, channel)].append(uid)
-                    elif state == "retrying":
-                        schedule.append((retry_member(nid, uid, channel), sql.due_ms(due) or now_ms))
-            entries = [
-                StreamEntry(nid, tuple(users[i : i + self._s.fanout_chunk]), channel)
-                for (nid, channel), users in pending.items()
-                for i in range(0, len(users), self._s.fanout_chunk)
-            ]
-            await self._work.add(entries)
-            await self._work.schedule(schedule)
-            if stale_s > 0:
-                # So that the next sweep does not take the same rows again before they had a chance.
-                await sql.touch(conn, [(r["notification_id"], r["user_id"]) for r in rows])
-            moved += len(entries) + len(schedule)
+            moved += await self._put_back(conn, rows, touch=touch)
             if len(rows) < PAGE:
                 return moved
+
+    async def _fresh(self, conn: Any, stale_s: float) -> int:
+        """Pending socket work of the notifications that became stale since the last round, looked at once;
+        what is still pending is put back and from then on in the stale sweep's view (touched)."""
+        start = after = await sql.cursor(conn, "fresh")
+        moved = 0
+        for _ in range(FRESH_PAGES_PER_ROUND):
+            rows, following = await sql.fresh_page(conn, after, stale_s)
+            if following is None:
+                break
+            moved += await self._put_back(conn, rows, touch=True)
+            after = following
+        if after != start:
+            await sql.set_cursor(conn, "fresh", *after)
+        return moved
+
+    async def _put_back(self, conn: Any, rows: list[dict[str, Any]], *, touch: bool) -> int:
+        """Pending channels on the stream, retrying ones on the schedule; ``touch`` marks them seen now."""
+        if not rows:
+            return 0
+        pending: dict[tuple[uuid.UUID, Channel], list[str]] = defaultdict(list)
+        schedule: list[tuple[str, int]] = []
+        now_ms = int(time.time() * 1000)
+        for r in rows:
+            nid, uid = r["notification_id"], r["user_id"]
+            for channel, state, due in (
+                (Channel.SOCKET, r["status"], r["next_attempt_at"]),
+                (Channel.WEBHOOK, r["webhook_status"], r["webhook_next_at"]),
+            ):
+                if state == DeliveryStatus.PENDING:
+                    pending[(nid, channel)].append(uid)
+                elif state == DeliveryStatus.RETRYING:
+                    schedule.append((retry_member(nid, uid, channel), sql.due_ms(due) or now_ms))
+        entries = [
+            StreamEntry(nid, tuple(users[i : i + self._s.fanout_chunk]), channel)
+            for (nid, channel), users in pending.items()
+            for i in range(0, len(users), self._s.fanout_chunk)
+        ]
+        await self._work.add(entries)
+        await self._work.schedule(schedule)
+        if touch:
+            # So that the next sweep does not take the same rows again before they had a chance.
+            await sql.touch(conn, [(r["notification_id"], r["user_id"]) for r in rows])
+        return len(entries) + len(schedule)

@@ -21,8 +21,9 @@ UPDATE dlq SET replayed_at = now() WHERE id = $1 AND replayed_at IS NULL
 RETURNING notification_id, user_id, channel
 """
 _EXISTS = "SELECT 1 FROM dlq WHERE id = $1"
+# A due time: should the replay's XADD fail, the reconciler's stale sweep finds it (store/reconcile.py).
 _RESET_SOCKET = """
-UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = NULL, updated_at = now()
+UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(), updated_at = now()
 WHERE notification_id = $1 AND user_id = $2 AND status = 'dead'
 """
 _RESET_WEBHOOK = """

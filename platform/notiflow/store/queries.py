@@ -20,6 +20,7 @@ SELECT user_id, channel, attempt, outcome, error, node_id, started_at, finished_
 WHERE notification_id = $1 AND user_id = ANY($2::text[]) ORDER BY id
 """
 
+# Through deliveries_user_seq, the state filtered on the row (no index follows it, migration 006).
 # Expired notifications leave the queue at once, before the sweeper marks them.
 _OFFLINE = f"""
 SELECT d.notification_id AS id, d.seq, n.event, n.payload::text AS payload, n.created_at
@@ -29,6 +30,8 @@ WHERE d.user_id = $1 AND d.seq > $2 AND d.status IN {_OPEN}
 ORDER BY d.seq LIMIT $3
 """
 
+# An ack changes no indexed column of a delivery that was never put back (its due time is NULL already): the
+# update is HOT (migration 006). One that was put back leaves the stale sweep's index with its due time.
 # Every statement that updates several deliveries first locks them in primary-key order (see
 # LOCK_IN_KEY_ORDER in store/deliveries.py): acks racing the stream worker's outcome writes on the same
 # rows then queue behind each other instead of deadlocking.
@@ -38,7 +41,7 @@ WITH locked AS (
     WHERE {{where}} AND d.status IN {_OPEN}
     ORDER BY notification_id, user_id FOR UPDATE
 )
-UPDATE deliveries d SET status = 'delivered', delivered_at = now(), updated_at = now()
+UPDATE deliveries d SET status = 'delivered', delivered_at = now(), updated_at = now(), next_attempt_at = NULL
 FROM locked l
 WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id AND d.status IN {_OPEN}
 """
@@ -56,7 +59,7 @@ WITH p AS (
         FOR UPDATE
     ) l
 )
-UPDATE deliveries d SET status = 'delivered', delivered_at = now(), updated_at = now()
+UPDATE deliveries d SET status = 'delivered', delivered_at = now(), updated_at = now(), next_attempt_at = NULL
 FROM locked l WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id
 """
 

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+
+from notiflow.models import OPEN_STATUSES, WORK_STATUSES, DeliveryStatus, sql_list
+
+_WORK = sql_list(WORK_STATUSES)
+# Socket states that expire with their notification (a dead delivery stays dead).
+_EXPIRABLE = sql_list(tuple(s.value for s in OPEN_STATUSES if s is not DeliveryStatus.DEAD))
+#: The expiry sweeps (see _EXPIRE): each a cursor and how far behind now it stays, seconds. The second one
+#: passes each expired notification once more a minute later, for one whose commit came that late.
+EXPIRY_SWEEPS: tuple[tuple[str, int], ...] = (("expiry", 2), ("expiry_late", 60))
+#: Notifications per page of the fresh sweep.
+FRESH_PAGE = 100
 
 # Only one reconciler works at a time; the others skip the round (any number may run safely).
 _TRY_LOCK = "SELECT pg_try_advisory_xact_lock(7349001)"
@@ -15,43 +26,87 @@ SELECT id FROM notifications WHERE NOT enqueued AND created_at < now() - $1 * in
 ORDER BY created_at LIMIT $2
 """
 
-# Work that must be in the stream (pending) or in the retry schedule (retrying), keyset by key.
-# `stale_s` limits it to rows untouched for that long (the stuck-work sweep); 0 takes everything
-# (the rebuild after Redis lost its data).
-_WORK = """
-SELECT d.notification_id, d.user_id, d.status, d.webhook_status, d.next_attempt_at, d.webhook_next_at
-FROM deliveries d
-WHERE (d.status IN ('pending', 'retrying') OR d.webhook_status IN ('pending', 'retrying'))
-  AND (d.notification_id, d.user_id) > ($1::uuid, $2::text)
-  AND ($3::uuid[] IS NULL OR d.notification_id = ANY($3::uuid[]))
-  AND d.updated_at < now() - $4 * interval '1 second'
+_COLUMNS = "d.notification_id, d.user_id, d.status, d.webhook_status, d.next_attempt_at, d.webhook_next_at"
+
+# Every delivery with open work, keyset by key: the rebuild after Redis lost its data (a full scan, once).
+_ALL_WORK = f"""
+SELECT {_COLUMNS} FROM deliveries d
+WHERE (d.status IN {_WORK} OR d.webhook_status IN {_WORK}) AND (d.notification_id, d.user_id) > ($1::uuid, $2::text)
 ORDER BY d.notification_id, d.user_id
-LIMIT $5
+LIMIT $3
 """
 
-_TOUCH = """
+# The open work of the named notifications (the outbox), through the primary key.
+_WORK_OF = f"""
+SELECT {_COLUMNS} FROM deliveries d
+WHERE d.notification_id = ANY($3::uuid[]) AND (d.notification_id, d.user_id) > ($1::uuid, $2::text)
+  AND (d.status IN {_WORK} OR d.webhook_status IN {_WORK})
+ORDER BY d.notification_id, d.user_id
+LIMIT $4
+"""
+
+# Stuck work that was put back before: socket work whose due time (retry, re-enqueue, replay) is `stale_s`
+# past (deliveries_socket_due), webhook work untouched that long (deliveries_webhook_work).
+_STALE_WORK = f"""
+SELECT {_COLUMNS} FROM deliveries d
+WHERE ((d.next_attempt_at < now() - $3 * interval '1 second' AND d.status IN {_WORK})
+       OR (d.webhook_status IN {_WORK} AND d.updated_at < now() - $3 * interval '1 second'))
+  AND (d.notification_id, d.user_id) > ($1::uuid, $2::text)
+ORDER BY d.notification_id, d.user_id
+LIMIT $4
+"""
+
+# Fresh work is looked at once, when it becomes stale: the next notifications past the `fresh` cursor
+# older than `stale_s` (notifications_created), and their socket deliveries still pending (their webhook
+# work is the stale sweep's). What is found is touched (a due time), so the stale sweep keeps it in view.
+_CURSOR = "SELECT at, id FROM reconciler_cursors WHERE name = $1"
+_SET_CURSOR = """
+INSERT INTO reconciler_cursors (name, at, id) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO UPDATE SET at = EXCLUDED.at, id = EXCLUDED.id
+"""
+_FRESH_PAGE = """
+SELECT id, created_at FROM notifications
+WHERE (created_at, id) > ($1::timestamptz, $2::uuid) AND created_at <= now() - $3 * interval '1 second'
+ORDER BY created_at, id
+LIMIT $4
+"""
+_FRESH_PENDING = f"""
+SELECT d.notification_id, d.user_id, d.status, NULL::text AS webhook_status, d.next_attempt_at,
+       NULL::timestamptz AS webhook_next_at
+FROM deliveries d WHERE d.notification_id = ANY($1::uuid[]) AND d.status = '{DeliveryStatus.PENDING.value}'
+ORDER BY d.notification_id, d.user_id
+"""
+
+# Found work gets a new due time (socket) and update time (webhook): the next stale sweep leaves it alone for
+# `stale_s`, and takes it again after that if it is still open.
+_TOUCH = f"""
 WITH locked AS (
     SELECT notification_id, user_id FROM deliveries
     WHERE (notification_id, user_id) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))
     ORDER BY notification_id, user_id FOR UPDATE
 )
-UPDATE deliveries d SET updated_at = now()
+UPDATE deliveries d
+SET updated_at = now(), next_attempt_at = CASE WHEN d.status IN {_WORK} THEN now() ELSE d.next_attempt_at END
 FROM locked l WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id
 """
 
-_EXPIRE = """
+# Expiry through the notifications that expired since a sweep's cursor (notifications_expiry), up to its lag
+# ago: a notification committed late (its expires_at was fixed when its transaction began) is still ahead of
+# the cursor. Fewer rows than the limit: the window is done and the cursor moves to $3.
+_EXPIRY_UPPER = "SELECT now() - $1 * interval '1 second'"
+_EXPIRE = f"""
 WITH due AS (
-    SELECT d.notification_id, d.user_id FROM deliveries d JOIN notifications n ON n.id = d.notification_id
-    WHERE n.expires_at <= now()
-      AND (d.status IN ('pending', 'dispatched', 'offline', 'retrying')
-           OR d.webhook_status IN ('pending', 'retrying'))
+    SELECT d.notification_id, d.user_id FROM notifications n JOIN deliveries d ON d.notification_id = n.id
+    WHERE n.expires_at IS NOT NULL AND n.expires_at > $2 AND n.expires_at <= $3
+      AND (d.status IN {_EXPIRABLE} OR d.webhook_status IN {_WORK})
     ORDER BY d.notification_id, d.user_id
     LIMIT $1
     FOR UPDATE OF d
 )
 UPDATE deliveries d
-SET status = CASE WHEN d.status IN ('pending', 'dispatched', 'offline', 'retrying') THEN 'expired' ELSE d.status END,
-    webhook_status = CASE WHEN d.webhook_status IN ('pending', 'retrying') THEN 'expired' ELSE d.webhook_status END,
+SET status = CASE WHEN d.status IN {_EXPIRABLE} THEN '{DeliveryStatus.EXPIRED.value}' ELSE d.status END,
+    webhook_status = CASE WHEN d.webhook_status IN {_WORK} THEN '{DeliveryStatus.EXPIRED.value}'
+                          ELSE d.webhook_status END,
     updated_at = now()
 FROM due WHERE d.notification_id = due.notification_id AND d.user_id = due.user_id
 """
@@ -62,6 +117,7 @@ DELETE FROM idempotency_keys WHERE key IN (
 """
 
 _ZERO_UUID = uuid.UUID(int=0)
+_BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 async def try_lock(conn: Any) -> bool:
@@ -72,16 +128,45 @@ async def outbox(conn: Any, grace_s: float, limit: int) -> list[uuid.UUID]:
     return [r["id"] for r in await conn.fetch(_OUTBOX, grace_s, limit)]
 
 
-async def work_page(
-    conn: Any,
-    *,
-    after: tuple[uuid.UUID, str] | None,
-    notification_ids: list[uuid.UUID] | None,
-    stale_s: float,
-    limit: int,
+async def all_work(conn: Any, *, after: tuple[uuid.UUID, str] | None, limit: int) -> list[dict[str, Any]]:
+    nid, uid = after or (_ZERO_UUID, "")
+    return [dict(r) for r in await conn.fetch(_ALL_WORK, nid, uid, limit)]
+
+
+async def work_of(
+    conn: Any, notification_ids: list[uuid.UUID], *, after: tuple[uuid.UUID, str] | None, limit: int
 ) -> list[dict[str, Any]]:
     nid, uid = after or (_ZERO_UUID, "")
-    return [dict(r) for r in await conn.fetch(_WORK, nid, uid, notification_ids, stale_s, limit)]
+    return [dict(r) for r in await conn.fetch(_WORK_OF, nid, uid, notification_ids, limit)]
+
+
+async def stale_work(
+    conn: Any, *, after: tuple[uuid.UUID, str] | None, stale_s: float, limit: int
+) -> list[dict[str, Any]]:
+    nid, uid = after or (_ZERO_UUID, "")
+    return [dict(r) for r in await conn.fetch(_STALE_WORK, nid, uid, stale_s, limit)]
+
+
+async def cursor(conn: Any, name: str) -> tuple[datetime, uuid.UUID]:
+    """Where the sweep ``name`` stands; a cursor nobody set yet (an emptied table) stands at the beginning."""
+    row = await conn.fetchrow(_CURSOR, name)
+    return (row["at"], row["id"]) if row is not None else (_BEGINNING, _ZERO_UUID)
+
+
+async def set_cursor(conn: Any, name: str, at: datetime, last_id: uuid.UUID) -> None:
+    await conn.execute(_SET_CURSOR, name, at, last_id)
+
+
+async def fresh_page(
+    conn: Any, after: tuple[datetime, uuid.UUID], stale_s: float
+) -> tuple[list[dict[str, Any]], tuple[datetime, uuid.UUID] | None]:
+    """The pending socket deliveries of the next FRESH_PAGE notifications past ``after`` that are older
+    than ``stale_s``, and the cursor after them (None: nothing is past ``after`` yet)."""
+    notes = await conn.fetch(_FRESH_PAGE, after[0], after[1], stale_s, FRESH_PAGE)
+    if not notes:
+        return [], None
+    rows = await conn.fetch(_FRESH_PENDING, [n["id"] for n in notes])
+    return [dict(r) for r in rows], (notes[-1]["created_at"], notes[-1]["id"])
 
 
 async def touch(conn: Any, keys: list[tuple[uuid.UUID, str]]) -> None:
@@ -90,7 +175,18 @@ async def touch(conn: Any, keys: list[tuple[uuid.UUID, str]]) -> None:
 
 
 async def expire_due(conn: Any, limit: int) -> int:
-    return int(str(await conn.execute(_EXPIRE, limit)).rsplit(" ", 1)[-1])
+    """Expire open deliveries of notifications whose TTL passed since each sweep's last complete round."""
+    done = 0
+    for name, lag_s in EXPIRY_SWEEPS:
+        since, _ = await cursor(conn, name)
+        upper = await conn.fetchval(_EXPIRY_UPPER, lag_s)
+        if upper <= since:
+            continue
+        n = int(str(await conn.execute(_EXPIRE, limit, since, upper)).rsplit(" ", 1)[-1])
+        if n < limit:
+            await set_cursor(conn, name, upper, _ZERO_UUID)
+        done += n
+    return done
 
 
 async def forget_old_keys(conn: Any, limit: int) -> int:

@@ -278,7 +278,8 @@ async def test_expired_notification_leaves_the_offline_queue(
     async def marked() -> bool:
         return await status_of(db, short, jack) == "expired"
 
-    await wait_for(marked, timeout_s=5)
+    # The expiry sweep stays EXPIRY_SWEEPS[0]'s lag (2 s) behind the TTL, then a reconciler round.
+    await wait_for(marked, timeout_s=10)
     # The lasting one is not expired: it waits as offline (its hand-off is written DISPATCH_RECORD_DELAY_MS late).
     assert await settled(db, lasting) == {jack: "offline"}
     detail = (await http.get(f"{gw.url}/notifications/{short}")).json()

@@ -102,6 +102,42 @@ async def test_stream_entries_lost_after_xadd_are_recovered_by_the_stuck_sweep(
     assert await offline_ids(http, gw.url, rosa) == ids
 
 
+async def test_work_lost_again_after_the_sweep_put_it_back_is_put_back_again(
+    gateways: Gateways, workers: Workers, http: httpx.AsyncClient, db: asyncpg.Pool, rds: aioredis.Redis,
+    settings: Settings,
+) -> None:
+    """Fresh work is looked at once (the fresh cursor passes it); what the sweep put back carries a due time,
+    and the stale sweep finds it again when its entries are lost a second time (migration 006)."""
+    gw = await gateways.start()
+    await workers.retry(stuck_after_s=1)
+    await wait_for(lambda: rds.exists(settings.key("epoch")), timeout_s=5, message="first reconciler round")
+    [ines] = users(1)
+    ids = [await notify(http, gw.url, [ines], payload={"i": i}) for i in range(2)]
+
+    async def in_stream() -> bool:
+        return bool(await rds.xlen(settings.stream_key) == 2)
+
+    async def put_back() -> bool:
+        due = await db.fetchval(
+            "SELECT count(*) FROM deliveries WHERE user_id = $1 AND next_attempt_at IS NOT NULL", ines
+        )
+        return bool(due == 2 and await rds.xlen(settings.stream_key) == 2)
+
+    await wait_for(in_stream, timeout_s=5, message="first XADD")
+    await rds.xtrim(settings.stream_key, maxlen=0)
+    await wait_for(put_back, timeout_s=10, message="put back by the fresh sweep")
+    await rds.xtrim(settings.stream_key, maxlen=0)  # lost again: the fresh cursor is past them now
+    await wait_for(in_stream, timeout_s=10, message="put back by the stale sweep")
+    await workers.stream()
+    for nid in ids:
+        assert await settled(db, nid, timeout_s=15) == {ines: "offline"}
+    assert await offline_ids(http, gw.url, ines) == ids
+    # Handed off: out of the stale sweep's view.
+    assert await db.fetchval(
+        "SELECT count(*) FROM deliveries WHERE user_id = $1 AND next_attempt_at IS NOT NULL", ines
+    ) == 0
+
+
 async def test_redis_losing_its_data_under_running_workers(
     gateways: Gateways, workers: Workers, socket: SocketFactory, http: httpx.AsyncClient, db: asyncpg.Pool,
     rds: aioredis.Redis, settings: Settings,
