@@ -147,7 +147,9 @@ async def mark_enqueued(pool: Any, notification_ids: list[uuid.UUID]) -> None:
     SET LOCAL and the UPDATE travel as one simple-protocol message: one round trip, one transaction."""
     if not notification_ids:
         return
-    ids = ",".join(str(uuid.UUID(str(i))) for i in notification_ids)
+    if not all(isinstance(i, uuid.UUID) for i in notification_ids):
+        raise TypeError("mark_enqueued takes uuid.UUID ids only (they are inlined into the statement)")
+    ids = ",".join([str(i) for i in notification_ids])
     async with pool.acquire() as conn:
         await conn.execute(
             "SET LOCAL synchronous_commit TO off; "
