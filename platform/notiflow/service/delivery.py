@@ -22,13 +22,14 @@ from notiflow import metrics
 from notiflow.backoff import compute_backoff_ms
 from notiflow.config import Settings
 from notiflow.errors import DownstreamError, NotiflowError, StoreUnavailable
-from notiflow.models import WORK_STATUSES, Channel, DeliveryStatus, DeliveryWork, FrameTemplate, Outcome, StreamEntry
-from notiflow.service.dispatch_log import DispatchLog, Handoff
+from notiflow.models import WORK_STATUSES, Channel, DeliveryStatus, DeliveryWork, Outcome, StreamEntry
+from notiflow.service import routing
+from notiflow.service.dispatch_log import DispatchLog
 from notiflow.store import deliveries as sql
 from notiflow.store.pool import Pool, pg_errors, retry_conflicts
 from notiflow.streams.budget import HostBudget
 from notiflow.streams.presence import Presence
-from notiflow.streams.pubsub import NodeBatch, Router
+from notiflow.streams.pubsub import Router
 from notiflow.streams.work import WorkStream, retry_member
 from notiflow.webhook import WebhookClient, host_of
 
@@ -146,46 +147,38 @@ class DeliveryService:
     async def deliver_socket(self, entries: list[StreamEntry]) -> list[Outcome]:
         """Route a batch to the gateway nodes of its online recipients; the rest are offline.
 
-        Entries that carry their frame (fresh from ingest) are pushed without reading PostgreSQL; the
-        others (retries, reclaims, the reconciler's) load their rows. Successful hand-offs go to the
-        dispatch log, written after the entries' ack; failures and expiries are recorded before it.
+        Entries that carry their frame (fresh from ingest) are pushed without reading PostgreSQL, entry by
+        entry (no object per recipient); the others (retries, reclaims, the reconciler's) load their rows.
+        Successful hand-offs go to the dispatch log, written after the entries' ack; failures and expiries
+        are recorded before it.
         """
         started = _now()
-        carried = [e for e in entries if e.carried is not None]
-        todo = self._carried(carried)
-        if len(carried) < len(entries):
+        now_ms = int(time.time() * 1000)
+        fresh: list[StreamEntry] = []
+        todo: list[DeliveryWork] = []
+        for e in entries:
+            c = e.carried
+            if c is None:
+                continue
+            if c.expires_at_ms is not None and c.expires_at_ms <= now_ms:
+                todo += self._carried([e])  # expired: recorded per delivery
+            else:
+                fresh.append(e)
+        if len(fresh) + len(todo) < len(entries):
             works = await self.load([e for e in entries if e.carried is None])
             todo += [w for w in works.values() if w.status in _WORK_STATES and not w.socket_not_due]
         outcomes = [self._done(w, Channel.SOCKET, "expired", "expired", started) for w in todo if w.expired]
         live = [w for w in todo if not w.expired]
         try:
-            nodes = await self._presence.live_nodes(sorted({w.user_id for w in live}))
-            per_node: dict[str, NodeBatch] = defaultdict(dict)
-            templates: dict[uuid.UUID, FrameTemplate] = {}
-            for w in live:
-                at = nodes.get(w.user_id)
-                if not at:
-                    continue  # offline: no frame to build
-                template = templates.get(w.notification_id)
-                if template is None:
-                    template = templates[w.notification_id] = w.template()
-                for node in at:
-                    per_node[node].setdefault(template, []).append((w.user_id, w.seq))
-            receivers = await self._router.publish(per_node)
+            users = {u for e in fresh for u in e.user_ids}
+            users.update(w.user_id for w in live)
+            nodes = await self._presence.live_nodes(sorted(users))
+            receivers = await self._router.publish(routing.frames_per_node(fresh, live, nodes))
         except StoreUnavailable as exc:
+            live = self._carried(fresh) + live
             outcomes += [self.failure(w, Channel.SOCKET, str(exc), started=started) for w in live]
         else:
-            # Per user, not per delivery: a fan-out batch names each user once per notification.
-            heard = {n for n, count in receivers.items() if count > 0}
-            status_of = {
-                u: (DeliveryStatus.DISPATCHED if not heard.isdisjoint(at) else DeliveryStatus.OFFLINE).value
-                for u, at in nodes.items()
-            }
-            offline = DeliveryStatus.OFFLINE.value
-            handoffs: list[Handoff] = [
-                (w.notification_id, w.user_id, status_of.get(w.user_id, offline)) for w in live
-            ]
-            self.dispatch_log.add(handoffs)
+            self.dispatch_log.add(routing.handoffs(fresh, live, nodes, receivers))
         await self.record(outcomes)
         return outcomes
 
