@@ -15,6 +15,8 @@ import orjson
 USER_ID_MAX = 255
 EVENT_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Joins user ids into one text (stream entries, SQL parameters): a control character, never in a user id.
+USER_SEP = "\x1f"
 #: Invisible characters that make two ids look alike or reorder how an id is shown: format characters
 #: (bidi overrides and isolates U+202A-202E/2066-2069, zero-width U+200B-200D/2060/FEFF, soft hyphen),
 #: surrogates, and the line and paragraph separators.
@@ -112,7 +114,7 @@ class StreamEntry:
     carried: Carried | None = None
 
     def fields(self) -> dict[str, str]:
-        out = {"n": str(self.notification_id), "u": "\x1f".join(self.user_ids), "c": self.channel.value}
+        out = {"n": str(self.notification_id), "u": USER_SEP.join(self.user_ids), "c": self.channel.value}
         if (c := self.carried) is not None:
             out.update({
                 "s": ",".join(map(str, c.seqs)), "e": c.event, "p": c.payload_json,
@@ -124,7 +126,7 @@ class StreamEntry:
     def parse(cls, fields: dict[Any, Any]) -> StreamEntry:
         """Parse raw stream fields; raises ValueError (a poison entry) when they are malformed."""
         raw = {_text(k): _text(v) for k, v in fields.items()}
-        users = tuple(raw["u"].split("\x1f")) if raw.get("u") else ()
+        users = tuple(raw["u"].split(USER_SEP)) if raw.get("u") else ()
         if not users or any(user_id_problem(u) for u in users):
             raise ValueError(f"bad recipients in stream entry: {raw.get('u')!r:.200}")
         carried = None

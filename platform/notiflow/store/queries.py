@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from notiflow.models import OPEN_STATUSES, sql_list
+from notiflow.models import OPEN_STATUSES, USER_SEP, sql_list
 
 _OPEN = sql_list(OPEN_STATUSES)
 
@@ -47,11 +47,13 @@ WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id AND d.stat
 """
 _ACK_IDS = _ACK.format(where="d.user_id = $1 AND d.notification_id = ANY($2::uuid[])")
 _ACK_UP_TO = _ACK.format(where="d.user_id = $1 AND d.seq <= $2")
-# Socket acks, many users at once: one key lookup per pair in key order (a plan that scans every open
+# Socket acks, many users at once, the pairs passed as two joined texts (asyncpg encodes a text[] element by
+# element, 0.7 us per pair against 0.2): one key lookup per pair in key order (a plan that scans every open
 # delivery, as stale statistics can pick for the IN form, holds the locks for seconds).
 _ACK_PAIRS = f"""
 WITH p AS (
-    SELECT DISTINCT nid, uid FROM unnest($2::uuid[], $1::text[]) AS p(nid, uid) ORDER BY nid, uid
+    SELECT DISTINCT nid, uid FROM unnest(string_to_array($2, ',')::uuid[], string_to_array($1, E'\\x1f')) AS p(nid, uid)
+    ORDER BY nid, uid
 ), locked AS (
     SELECT l.notification_id, l.user_id FROM p CROSS JOIN LATERAL (
         SELECT d.notification_id, d.user_id FROM deliveries d
@@ -111,10 +113,11 @@ async def ack_up_to(conn: Any, user_id: str, up_to_seq: int) -> int:
 
 async def ack_pairs(conn: Any, pairs: list[tuple[str, str]]) -> int:
     """Acknowledge many users' deliveries in one statement (socket acks, batched across sockets): pairs of
-    (user id, notification id as UUID text; asyncpg encodes it, and one bad id fails the statement)."""
+    (user id, notification id as UUID text; PostgreSQL casts it, and one bad id fails the statement)."""
     if not pairs:
         return 0
-    return _affected(await conn.execute(_ACK_PAIRS, [p[0] for p in pairs], [p[1] for p in pairs]))
+    users = USER_SEP.join([p[0] for p in pairs])
+    return _affected(await conn.execute(_ACK_PAIRS, users, ",".join([p[1] for p in pairs])))
 
 
 async def open_for_users(conn: Any, user_ids: list[str], per_user: int) -> list[dict[str, Any]]:

@@ -56,7 +56,7 @@ async def test_socket_acks_and_outcome_writes_on_the_same_rows_never_deadlock(po
 
     async def ack(order: list[str]) -> None:
         async with pool.acquire() as conn:
-            await queries_sql.ack_pairs(conn, [(u, nid) for u in order])
+            await queries_sql.ack_pairs(conn, [(u, str(nid)) for u in order])
 
     for _ in range(ROUNDS):
         async with pool.acquire() as conn:
