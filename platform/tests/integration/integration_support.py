@@ -301,6 +301,18 @@ async def notify(http: httpx.AsyncClient, base_url: str, user_ids: list[str], **
     return str(uuid.UUID(answer["id"]))
 
 
+async def insert_pending(db: asyncpg.Pool | asyncpg.Connection, users: list[str]) -> uuid.UUID:
+    """A notification with one pending delivery per user (seq 1), written straight into the record."""
+    nid = uuid.uuid4()
+    await db.execute(
+        "INSERT INTO notifications (id, event, payload, recipients) VALUES ($1, 'e', '{}', $2)", nid, len(users)
+    )
+    await db.executemany(
+        "INSERT INTO deliveries (notification_id, user_id, seq) VALUES ($1, $2, 1)", [(nid, u) for u in users]
+    )
+    return nid
+
+
 async def statuses(db: asyncpg.Pool, nid: str) -> dict[str, str]:
     """user_id -> socket-channel status of one notification's deliveries."""
     rows = await db.fetch("SELECT user_id, status FROM deliveries WHERE notification_id = $1", uuid.UUID(nid))

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 from helpers import wait_for
+from integration_support import insert_pending
 
 from notiflow.errors import StoreUnavailable
 from notiflow.service.dispatch_log import WRITE_CHUNK, DispatchLog
@@ -26,17 +27,6 @@ pytestmark = pytest.mark.timeout(30)
 DELAY_S = 0.4
 
 
-async def pending(db: asyncpg.Pool, users: list[str]) -> uuid.UUID:
-    nid = uuid.uuid4()
-    await db.execute(
-        "INSERT INTO notifications (id, event, payload, recipients) VALUES ($1, 'e', '{}', $2)", nid, len(users)
-    )
-    await db.executemany(
-        "INSERT INTO deliveries (notification_id, user_id, seq) VALUES ($1, $2, 1)", [(nid, u) for u in users]
-    )
-    return nid
-
-
 async def status(db: asyncpg.Pool, nid: uuid.UUID, user: str) -> str:
     return str(await db.fetchval(
         "SELECT status FROM deliveries WHERE notification_id = $1 AND user_id = $2", nid, user
@@ -44,7 +34,7 @@ async def status(db: asyncpg.Pool, nid: uuid.UUID, user: str) -> str:
 
 
 async def test_a_hand_off_is_written_once_it_is_the_delay_old_not_at_the_next_round(db: asyncpg.Pool) -> None:
-    nid = await pending(db, ["a", "b"])
+    nid = await insert_pending(db, ["a", "b"])
     log = DispatchLog(db, DELAY_S)
     log.start()
     try:
@@ -60,7 +50,7 @@ async def test_a_hand_off_is_written_once_it_is_the_delay_old_not_at_the_next_ro
 
 
 async def test_a_hand_off_acknowledged_within_the_delay_leaves_the_row_delivered(db: asyncpg.Pool) -> None:
-    nid = await pending(db, ["a"])
+    nid = await insert_pending(db, ["a"])
     log = DispatchLog(db, DELAY_S)
     log.add([(nid, "a", "dispatched")])
     await log.flush(older_than_s=DELAY_S)
@@ -85,7 +75,7 @@ class _FailingPool:
 
 
 async def test_hand_offs_a_failed_round_could_not_write_are_written_by_the_next(db: asyncpg.Pool) -> None:
-    nid = await pending(db, ["a", "b"])
+    nid = await insert_pending(db, ["a", "b"])
     log = DispatchLog(_FailingPool(), 0.0)  # type: ignore[arg-type]
     log.add([(nid, "a", "dispatched")])
     log.add([(nid, "b", "offline")])
@@ -114,7 +104,7 @@ async def test_a_burst_of_hand_offs_is_written_in_statements_of_at_most_write_ch
     # A burst comes due all at once; one statement for all of it held up the commits behind it (paced
     # p99 124-135 ms right after a blast with 5,000 per statement, 26-31 ms with 500).
     users = [f"u{i}" for i in range(1007)]
-    nid = await pending(db, users)
+    nid = await insert_pending(db, users)
     counting = _CountingPool(db)
     log = DispatchLog(counting, 0.0)  # type: ignore[arg-type]
     log.add([(nid, u, "offline") for u in users])

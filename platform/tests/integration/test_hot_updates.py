@@ -11,11 +11,11 @@ earlier transactions being pruned once no snapshot sees them (at 80, 23 of these
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Any
 
 import asyncpg
 import pytest
+from integration_support import insert_pending
 
 from notiflow.store import deliveries as delivery_sql
 from notiflow.store import queries as query_sql
@@ -23,17 +23,6 @@ from notiflow.store import queries as query_sql
 pytestmark = pytest.mark.timeout(30)
 
 USERS = [f"hot-{i}" for i in range(40)]
-
-
-async def _pending(conn: Any, users: list[str]) -> uuid.UUID:
-    nid = uuid.uuid4()
-    await conn.execute(
-        "INSERT INTO notifications (id, event, payload, recipients) VALUES ($1, 'e', '{}', $2)", nid, len(users)
-    )
-    await conn.executemany(
-        "INSERT INTO deliveries (notification_id, user_id, seq) VALUES ($1, $2, 1)", [(nid, u) for u in users]
-    )
-    return nid
 
 
 class _Updates:
@@ -62,7 +51,7 @@ async def test_no_index_of_deliveries_follows_the_socket_state(db: asyncpg.Pool)
 
 async def test_hand_offs_and_acks_are_hot_updates(db: asyncpg.Pool) -> None:
     async with db.acquire() as conn:
-        nid = await _pending(conn, USERS)
+        nid = await insert_pending(conn, USERS)
         updates = _Updates(conn)
         await updates.since()
         # Each in its own transaction, as on the hot path: a row version is pruned (its space reused on the
@@ -83,7 +72,7 @@ async def test_hand_offs_and_acks_are_hot_updates(db: asyncpg.Pool) -> None:
 
 async def test_an_ack_of_a_put_back_delivery_takes_it_out_of_the_stale_sweeps_view(db: asyncpg.Pool) -> None:
     async with db.acquire() as conn:
-        nid = await _pending(conn, USERS[:3])
+        nid = await insert_pending(conn, USERS[:3])
         await conn.execute("UPDATE deliveries SET next_attempt_at = now() WHERE notification_id = $1", nid)
         assert await query_sql.ack_ids(conn, USERS[0], [nid]) == 1
         due = await conn.fetch(
