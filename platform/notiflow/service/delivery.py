@@ -164,8 +164,9 @@ class DeliveryService:
                 todo += self._carried([e])  # expired: recorded per delivery
             else:
                 fresh.append(e)
-        if len(fresh) + len(todo) < len(entries):
-            works = await self.load([e for e in entries if e.carried is None])
+        loaded = [e for e in entries if e.carried is None]
+        if loaded:
+            works = await self.load(loaded)
             todo += [w for w in works.values() if w.status in _WORK_STATES and not w.socket_not_due]
         outcomes = [self._done(w, Channel.SOCKET, "expired", "expired", started) for w in todo if w.expired]
         live = [w for w in todo if not w.expired]

@@ -59,6 +59,8 @@ LIMIT $4
 # Fresh work is looked at once, when it becomes stale: the next notifications past the `fresh` cursor
 # older than `stale_s` (notifications_created), and their socket deliveries still pending (their webhook
 # work is the stale sweep's). What is found is touched (a due time), so the stale sweep keeps it in view.
+# (created_at is fixed when the ingest transaction begins: one that commits more than `stale_s` later would
+# be passed; the stream still holds its entries, and STUCK_AFTER_S defaults to 120 s.)
 _CURSOR = "SELECT at, id FROM reconciler_cursors WHERE name = $1"
 _SET_CURSOR = """
 INSERT INTO reconciler_cursors (name, at, id) VALUES ($1, $2, $3)
