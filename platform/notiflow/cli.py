@@ -124,7 +124,7 @@ def _stop_on_signals(loop: asyncio.AbstractEventLoop, on_stop: Callable[[], None
 # frame, a future and a few tuples per delivery. Measured in the peers' harness (paced 20,000 deliveries/s),
 # each gateway process spent about 2.2 s of a 5.5 s run in 700 generation-0, 64 generation-1 and 6 full
 # collections (about 250 ms each over 230,000 tracked objects, a stall every time), p99 1.7 s. With the
-# start-up objects frozen and a generation 0 of 20,000 allocations: 0.1-0.17 s, p99 0.5 s. Most of what a
+# start-up objects frozen and a generation 0 of 20,000 allocations: 0.1-0.17 s, p99 0.5-1.0 s. Most of what a
 # delivery allocates is freed by reference counting; cycles are still collected, only less often.
 GC_THRESHOLDS = (20_000, 10, 10)
 

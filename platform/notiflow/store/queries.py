@@ -52,7 +52,8 @@ _ACK_UP_TO = _ACK.format(where="d.user_id = $1 AND d.seq <= $2")
 # delivery, as stale statistics can pick for the IN form, holds the locks for seconds).
 _ACK_PAIRS = f"""
 WITH p AS (
-    SELECT DISTINCT nid, uid FROM unnest(string_to_array($2, ',')::uuid[], string_to_array($1, E'\\x1f')) AS p(nid, uid)
+    SELECT DISTINCT nid, uid
+    FROM unnest(string_to_array($2, ',')::uuid[], string_to_array($1, chr({ord(USER_SEP)}))) AS p(nid, uid)
     ORDER BY nid, uid
 ), locked AS (
     SELECT l.notification_id, l.user_id FROM p CROSS JOIN LATERAL (
