@@ -23,6 +23,8 @@ from websockets.exceptions import ConnectionClosed
 from chaos.cluster import ChaosTarget
 from conformance.client import Api, Socket
 from conformance.history import History
+from notiflow.models import USER_SEP
+from notiflow.streams import bundle
 from notiflow.streams.work import GROUP
 
 
@@ -110,6 +112,15 @@ class Kill(Nemesis):
             await asyncio.to_thread(self.stack.start_process, self.process)
 
 
+def _named_work(fields: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(notification id, user ids joined by USER_SEP, channel) of each notification a stream entry names: a
+    bundle names many (notiflow.streams.bundle). An entry the worker could not parse names what its fields say."""
+    try:
+        return [(str(e.notification_id), USER_SEP.join(e.user_ids), e.channel.value) for e in bundle.parse(fields)]
+    except (KeyError, ValueError):
+        return [(fields.get("n", ""), fields.get("u") or "", fields.get("c", "socket"))]
+
+
 def _redis(target: ChaosTarget, why: str) -> Any:
     import redis.asyncio as aioredis
 
@@ -121,8 +132,6 @@ class KillStreamWorkerHoldingEntries(Kill):
     acknowledged, checked still pending, then killed; its entries must be reclaimed by the others."""
 
     async def moment(self) -> None:
-        from notiflow.streams.work import GROUP
-
         rds = _redis(self.target, "it checks the victim's pending entries")
         victim = self.stack.node_ids[self.process]
         deadline = time.monotonic() + 15
@@ -213,8 +222,9 @@ class RedisRestart(Nemesis):
             for entry_id, fields in entries:
                 if str(entry_id) in in_memory:
                     continue
-                for user in (fields.get("u") or "").split("\x1f"):
-                    self.lost_work.add((fields.get("n", ""), user, fields.get("c", "socket")))
+                for nid, users, channel in _named_work(fields):
+                    for user in users.split(USER_SEP):
+                        self.lost_work.add((nid, user, channel))
             self.details["stream_entries_lost"] = len(entries)
             self.details["lost_work"] = sorted(self.lost_work)
             self.details["retries_lost"] = int(await rds.zcard(f"{self.target.key_prefix}:retry"))

@@ -101,7 +101,8 @@ class Settings(BaseSettings):
         100_000, ge=1, description="Stream entries over which ingestion answers 429. Default 100000."
     )
     ingest_batch_max: int = Field(
-        500, ge=1, description="Requests committed together in one ingest transaction. Default 500."
+        2000, ge=1, description="Notifications committed together in one ingest transaction (a batch request is "
+        "never split), count. Default 2000.",
     )
     fanout_chunk: int = Field(
         500, ge=1, description="Recipients carried by one stream entry. Default 500."

@@ -14,6 +14,7 @@ from redis.exceptions import NoScriptError
 
 from notiflow.config import Settings
 from notiflow.models import Channel, StreamEntry
+from notiflow.streams import bundle
 from notiflow.streams.client import Redis, execute_packed, is_nogroup, pack_command, redis_errors
 
 GROUP = "notiflow-workers"
@@ -89,12 +90,13 @@ class WorkStream:
         self._move_due = redis.register_script(_MOVE_DUE)
 
     async def add(self, entries: list[StreamEntry]) -> list[str]:
-        """XADD every entry in one script call (one command, one reply); returns their ids."""
+        """XADD every entry in one script call (one command, one reply), fresh socket entries in bundles
+        (streams/bundle.py); returns the ids of the stream entries written."""
         if not entries:
             return []
         args: list[str] = []
-        for e in entries:
-            fields = [x for kv in e.fields().items() for x in kv]
+        for packed_fields in bundle.pack(entries):
+            fields = [x for kv in packed_fields.items() for x in kv]
             args.append(str(len(fields)))
             args += fields
         packed = pack_command("EVALSHA", _XADD_MANY_SHA, "1", self.stream, *args)

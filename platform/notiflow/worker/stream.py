@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from notiflow import metrics
@@ -15,6 +16,7 @@ from notiflow.errors import StoreUnavailable
 from notiflow.models import Channel, Outcome, StreamEntry
 from notiflow.service.delivery import DeliveryService
 from notiflow.service.telemetry import Telemetry
+from notiflow.streams import bundle
 from notiflow.streams.work import WorkStream
 from notiflow.worker.lifecycle import drain, pause
 
@@ -72,23 +74,38 @@ class StreamWorker:
         sockets: list[Parsed] = []
         for entry_id, fields in raw:
             try:
-                entry = StreamEntry.parse(fields)
+                entries = bundle.parse(fields)
             except (KeyError, ValueError) as exc:
                 await self._poison(entry_id, fields, None, f"malformed entry: {exc}")
                 continue
-            if reclaimed and entry.carried is not None:
-                # Someone had it before and may have recorded an outcome: read the rows, not the entry.
-                entry = dataclasses.replace(entry, carried=None)
-            if entry.channel is Channel.WEBHOOK:
-                # Webhook calls may take seconds: they run beside the loop, bounded in number.
-                await self._hook_entries.acquire()
-                task = asyncio.create_task(self._hook((entry_id, entry)))
-                self._hooks.add(task)
-                task.add_done_callback(self._hooks.discard)
-            else:
-                sockets.append((entry_id, entry))
+            if reclaimed and bundle.is_bundle(fields):
+                await self._unpack(entry_id, entries)
+                continue
+            for entry in entries:
+                if reclaimed and entry.carried is not None:
+                    # Someone had it before and may have recorded an outcome: read the rows, not the entry.
+                    entry = dataclasses.replace(entry, carried=None)
+                if entry.channel is Channel.WEBHOOK:
+                    # Webhook calls may take seconds: they run beside the loop, bounded in number.
+                    await self._hook_entries.acquire()
+                    task = asyncio.create_task(self._hook((entry_id, entry)))
+                    self._hooks.add(task)
+                    task.add_done_callback(self._hooks.discard)
+                else:
+                    sockets.append((entry_id, entry))
         if sockets:
             await self._process(sockets, self._d.deliver_socket)
+
+    async def _unpack(self, entry_id: str, entries: list[StreamEntry]) -> None:
+        """A reclaimed bundle goes back as one entry per notification, read from the rows: should one of them
+        crash whoever processes it, it alone reaches the poison bound. Added before the bundle's ack."""
+        try:
+            await self._work.add([dataclasses.replace(e, carried=None) for e in entries])
+        except StoreUnavailable as exc:
+            log.warning("could not unpack a reclaimed bundle; left pending", extra={"entry_id": entry_id,
+                                                                                     "error": str(exc)})
+            return
+        await self._ack([entry_id])
 
     async def _hook(self, item: Parsed) -> None:
         try:
@@ -97,26 +114,38 @@ class StreamWorker:
             self._hook_entries.release()
 
     async def _process(self, items: list[Parsed], process: Process) -> None:
+        """Process, then acknowledge every entry whose items are all settled (a bundle names many items).
+        ``processed`` counts the entries acknowledged with at least one item not parked as poison."""
+        parked: list[str] = []
+        left = await self._settle(items, process, parked)
+        done = list(dict.fromkeys(i for i, _ in items if i not in left))
+        await self._ack(done)
+        named, poisoned = Counter(i for i, _ in items), Counter(parked)
+        count = sum(1 for i in done if poisoned[i] < named[i])
+        self.processed += count
+        metrics.ENTRIES.inc(count)
+
+    async def _settle(self, items: list[Parsed], process: Process, parked: list[str]) -> set[str]:
+        """Record the items' outcomes, or park what fails as poison (its entry id is added to ``parked``);
+        returns the entry ids left pending."""
         try:
             await self._through_outages(items, process)
         except StoreUnavailable as exc:
             # Stopping mid-outage: not acknowledged, so another consumer reclaims the entries later.
             log.warning("batch not processed; left pending", extra={"error": str(exc), "entries": len(items)})
-            return
+            return {i for i, _ in items}
         except Exception as exc:
             if len(items) > 1:
-                # Bisect: find the entry that fails, so that its neighbours still get through.
+                # Bisect: find the item that fails, so that its neighbours (in its bundle too) still get through.
                 half = len(items) // 2
-                await self._process(items[:half], process)
-                await self._process(items[half:], process)
-                return
+                first = await self._settle(items[:half], process, parked)
+                return first | await self._settle(items[half:], process, parked)
             entry_id, entry = items[0]
             log.exception("entry failed; parked as poison", extra={"entry_id": entry_id})
-            await self._poison(entry_id, entry.fields(), entry, f"{type(exc).__name__}: {exc}")
-            return
-        await self._ack([i for i, _ in items])
-        self.processed += len(items)
-        metrics.ENTRIES.inc(len(items))
+            if not await self._park(entry_id, entry.fields(), entry, f"{type(exc).__name__}: {exc}"):
+                return {entry_id}
+            parked.append(entry_id)
+        return set()
 
     async def _through_outages(self, items: list[Parsed], process: Process) -> None:
         """Process the batch, and while a store is unavailable, keep it and try again in place (with
@@ -163,13 +192,17 @@ class StreamWorker:
             # Outcomes are durable; a reclaimed entry finds its deliveries done and changes nothing.
             log.warning("ack failed; entries will be reclaimed", extra={"error": str(exc)})
 
-    async def _poison(self, entry_id: str, fields: dict[str, str], entry: StreamEntry | None, reason: str) -> None:
+    async def _park(self, entry_id: str, fields: dict[str, str], entry: StreamEntry | None, reason: str) -> bool:
         try:
             await self._d.park_poison(entry_id, fields, entry, reason)
         except Exception as exc:  # noqa: BLE001 - left pending: the next reclaim tries again
             log.warning("could not park poison entry", extra={"entry_id": entry_id, "error": str(exc)})
-            return
-        await self._ack([entry_id])
+            return False
+        return True
+
+    async def _poison(self, entry_id: str, fields: dict[str, str], entry: StreamEntry | None, reason: str) -> None:
+        if await self._park(entry_id, fields, entry, reason):
+            await self._ack([entry_id])
 
     async def _reclaim_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -194,11 +227,15 @@ class StreamWorker:
             if fields is None:
                 await self._ack([entry_id])  # deleted meanwhile: nothing left to do
             elif times[entry_id] >= self._s.poison_max_deliveries:
+                reason = f"claimed {times[entry_id]} times without an outcome"
                 try:
-                    entry: StreamEntry | None = StreamEntry.parse(fields)
+                    entries: list[StreamEntry | None] = list(bundle.parse(fields))
                 except (KeyError, ValueError):
-                    entry = None
-                await self._poison(entry_id, fields, entry, f"claimed {times[entry_id]} times without an outcome")
+                    entries = [None]
+                # A bundle (one its unpacking never reached) is parked item by item, then acknowledged.
+                parked = [await self._park(entry_id, fields, e, reason) for e in entries]
+                if all(parked):
+                    await self._ack([entry_id])
             else:
                 fresh.append((entry_id, fields))
         if fresh:

@@ -128,6 +128,14 @@ class Platform:
         assert resp.status_code == 202, resp.text
         return uuid.UUID(resp.json()["id"])
 
+    async def notify_batch(self, user_ids: list[str]) -> list[uuid.UUID]:
+        """POST /notifications/batch, one notification per user (committed together, so the stream gets
+        them as one bundle of fresh work); asserts the 202 and returns the ids in order."""
+        items = [{"event": "test.event", "payload": {"k": "v"}, "user_id": u} for u in user_ids]
+        resp = await self.http.post("/notifications/batch", json={"notifications": items})
+        assert resp.status_code == 202, resp.text
+        return [uuid.UUID(r["id"]) for r in resp.json()["results"]]
+
     # --- the record -------------------------------------------------------------------------
 
     async def delivery(self, nid: uuid.UUID, user_id: str) -> asyncpg.Record:

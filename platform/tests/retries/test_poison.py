@@ -170,3 +170,65 @@ async def test_an_entry_whose_workers_keep_dying_is_parked_on_reclaim(platform: 
     assert (entry["user_id"], entry["channel"], entry["reason"]) == (victim, "socket", "poison")
     assert "claimed 3 times" in entry["last_error"]
     assert [r["outcome"] for r in await plat.attempts(victim_nid, victim, "socket")] == ["poison"]
+
+
+async def bundled(plat: Platform, user_ids: list[str]) -> tuple[list[uuid.UUID], str]:
+    """Notifications committed together: one stream entry (a bundle) names them all. Returns their ids and
+    that entry's id, read by a consumer that then dies (it never acknowledges)."""
+    nids = await plat.notify_batch(user_ids)
+    await enqueued(plat, 1)
+    assert await plat.stream_length() == 1, "the batch's fresh socket work is one bundle"
+    r = plat.redis
+    await WorkStream(r, plat.settings).ensure_group()
+    ((_, [(entry_id, _)]),) = await r.xreadgroup(GROUP, "doomed-1", {plat.settings.stream_key: ">"}, count=10)
+    return nids, entry_id
+
+
+async def test_a_poison_notification_in_a_bundle_is_parked_alone(platform: PlatformFactory) -> None:
+    plat = await platform(stream_workers=0)
+    fine = users(6)
+    nids = await plat.notify_batch([*fine[:3], POISON_USER, *fine[3:]])
+    await enqueued(plat, 1)
+    assert await plat.stream_length() == 1, "the batch's fresh socket work is one bundle"
+    worker = await plat.start_stream_worker(prepare=crash_on_poison)
+
+    await wait_status(plat, list(zip(nids[:3] + nids[4:], fine, strict=True)), "offline")
+    await wait_status(plat, [(nids[3], POISON_USER)], "dead")
+    await wait_stream_drained(plat)
+    (entry,) = await plat.dlq()
+    assert (entry["notification_id"], entry["reason"]) == (nids[3], "poison")
+    assert worker.processed == 1  # the bundle, acknowledged once every notification in it was settled
+    assert not plat.crashed()
+
+
+async def test_a_reclaimed_bundle_is_unpacked_into_one_entry_per_notification(platform: PlatformFactory) -> None:
+    plat = await platform(stream_workers=0)
+    who = users(5)
+    nids, _ = await bundled(plat, who)
+
+    worker = await plat.start_stream_worker(poison_max_deliveries=3, reclaim_idle_ms=200, reclaim_interval_s=0.2)
+
+    await wait_status(plat, list(zip(nids, who, strict=True)), "offline")
+    await wait_stream_drained(plat)
+    # The bundle was acknowledged after its notifications went back as single entries, each processed.
+    assert worker.processed == len(who)
+    assert await plat.dlq() == []
+    assert not plat.crashed()
+
+
+async def test_a_bundle_whose_workers_keep_dying_is_parked_notification_by_notification(
+    platform: PlatformFactory,
+) -> None:
+    plat = await platform(stream_workers=0)
+    who = users(4)
+    nids, entry_id = await bundled(plat, who)
+    for consumer in ("doomed-2", "doomed-3"):  # each takeover counts a delivery
+        await plat.redis.xclaim(plat.settings.stream_key, GROUP, consumer, 0, [entry_id])
+
+    await plat.start_stream_worker(poison_max_deliveries=3, reclaim_idle_ms=200, reclaim_interval_s=0.2)
+
+    await wait_status(plat, list(zip(nids, who, strict=True)), "dead")
+    await wait_stream_drained(plat)
+    parked = await plat.dlq()
+    assert sorted((e["notification_id"], e["user_id"]) for e in parked) == sorted(zip(nids, who, strict=True))
+    assert all(e["reason"] == "poison" and "claimed 3 times" in e["last_error"] for e in parked)
