@@ -8,6 +8,7 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
+from notiflow import ids
 from notiflow.config import Settings
 from notiflow.gateway.hub import Hub
 from notiflow.service.auth import AuthService, KeyService
@@ -38,7 +39,7 @@ class Services:
 
     @staticmethod
     def new_id() -> uuid.UUID:
-        return uuid.uuid4()
+        return ids.new_id()
 
     async def readiness(self) -> dict[str, str]:
         checks: dict[str, str] = {}

@@ -61,7 +61,9 @@ def pack(entries: list[StreamEntry]) -> list[dict[str, str]]:
     return out
 
 
-def _parse_line(line: str) -> StreamEntry:
+def _parse_line(line: str, times: dict[str, datetime], events: set[str]) -> StreamEntry:
+    """One line; ``times`` and ``events`` remember what earlier lines of the bundle parsed or checked (the
+    lines of one commit share their created_at, and mostly their event)."""
     parts = line.split("\t", 6)
     if len(parts) != 7:
         raise ValueError(f"bundle line has {len(parts)} fields, not 7: {line!r:.200}")
@@ -70,9 +72,16 @@ def _parse_line(line: str) -> StreamEntry:
     if not users or any(user_id_problem(u) for u in users):
         raise ValueError(f"bad recipients in bundle line: {users_text!r:.200}")
     seqs = tuple(int(x) for x in seqs_text.split(","))
-    if len(seqs) != len(users) or not EVENT_RE.match(event):
-        raise ValueError("bundle line's frame does not match its recipients")
-    carried = Carried(seqs, event, payload, datetime.fromisoformat(created), int(expires) if expires else None)
+    if len(seqs) != len(users):
+        raise ValueError("bundle line's seqs do not match its recipients")
+    if event not in events:
+        if not EVENT_RE.match(event):
+            raise ValueError(f"bad event in bundle line: {event!r:.200}")
+        events.add(event)
+    at = times.get(created)
+    if at is None:
+        at = times[created] = datetime.fromisoformat(created)
+    carried = Carried(seqs, event, payload, at, int(expires) if expires else None)
     return StreamEntry(uuid.UUID(nid), users, Channel.SOCKET, carried)
 
 
@@ -89,4 +98,6 @@ def parse(fields: dict[Any, Any]) -> list[StreamEntry]:
     text = raw.decode() if isinstance(raw, bytes | bytearray) else str(raw)
     if not text:
         raise ValueError("empty bundle")
-    return [_parse_line(line) for line in text.split("\n")]
+    times: dict[str, datetime] = {}
+    events: set[str] = set()
+    return [_parse_line(line, times, events) for line in text.split("\n")]
