@@ -27,13 +27,17 @@ BUNDLE_MAX_DELIVERIES = 100
 BUNDLE = "b"
 
 
-def _line(e: StreamEntry) -> str:
+def _line(e: StreamEntry, times: dict[datetime, str]) -> str:
+    """One entry's line; ``times`` keeps the created_at texts written so far (one commit's entries share one)."""
     c = e.carried
     assert c is not None, "only carried entries are bundled"
     expires = "" if c.expires_at_ms is None else str(c.expires_at_ms)
+    created = times.get(c.created_at)
+    if created is None:
+        created = times[c.created_at] = c.created_at.isoformat()
     return "\t".join((
         str(e.notification_id), USER_SEP.join(e.user_ids), ",".join(map(str, c.seqs)), c.event,
-        c.created_at.isoformat(), expires, c.payload_json,
+        created, expires, c.payload_json,
     ))
 
 
@@ -43,13 +47,14 @@ def pack(entries: list[StreamEntry]) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     group: list[StreamEntry] = []
     held = 0
+    times: dict[datetime, str] = {}
     for e in [*entries, None]:
         small = e is not None and e.carried is not None and e.channel is Channel.SOCKET
         if e is None or not small or held + len(e.user_ids) > BUNDLE_MAX_DELIVERIES:
             if len(group) == 1:
                 out.append(group[0].fields())
             elif group:
-                out.append({"c": Channel.SOCKET.value, BUNDLE: "\n".join(_line(g) for g in group)})
+                out.append({"c": Channel.SOCKET.value, BUNDLE: "\n".join([_line(g, times) for g in group])})
             group, held = [], 0
         if e is None:
             break
