@@ -98,7 +98,9 @@ class Settings(BaseSettings):
 
     # --- ingestion --------------------------------------------------------------------------
     stream_max_backlog: int = Field(
-        100_000, ge=1, description="Stream entries over which ingestion answers 429. Default 100000."
+        100_000, ge=1, description="Backlog over which ingestion answers 429, in entries as written unbundled "
+        "(a notification, or a fan-out chunk of FANOUT_CHUNK recipients; a bundle counts its notifications). "
+        "Default 100000."
     )
     ingest_batch_max: int = Field(
         2000, ge=1, description="Notifications committed together in one ingest transaction (a batch request is "

@@ -94,6 +94,14 @@ def is_bundle(fields: dict[Any, Any]) -> bool:
     return BUNDLE in fields or BUNDLE.encode() in fields
 
 
+def units(fields: dict[Any, Any]) -> int:
+    """What an entry counts towards the backlog: a bundle its lines (parsable or not), anything else one."""
+    raw = fields.get(BUNDLE, fields.get(BUNDLE.encode()))
+    if raw is None:
+        return 1
+    return (raw.count(b"\n") if isinstance(raw, bytes | bytearray) else str(raw).count("\n")) + 1
+
+
 def parse(fields: dict[Any, Any]) -> list[StreamEntry]:
     """The entries a stream entry names: a bundle's lines, or the entry itself. Raises ValueError or KeyError
     (a poison entry) when any part is malformed: a bundle is taken whole or not at all."""

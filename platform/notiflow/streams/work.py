@@ -29,15 +29,18 @@ for _, member in ipairs(due) do
     redis.call('XADD', KEYS[2], '*', 'n', e.n, 'u', e.u, 'c', e.c)
     redis.call('ZREM', KEYS[1], member)
 end
+if #due > 0 then redis.call('INCRBY', KEYS[3], #due) end
 return #due
 """
 
-# Many XADDs in one call: ARGV holds, per entry, its number of field/value arguments and then those. One
-# command out and one reply back: a pipeline of 2,000 XADDs cost the client 11.6 us per entry (most of it
-# reading 2,000 replies through redis-py), this 6.8 us (measured in isolation on the local Redis).
+# Many XADDs in one call: ARGV[1] is the backlog units they add (KEYS[2]), then per entry its number of
+# field/value arguments and those. One command out and one reply back: a pipeline of 2,000 XADDs cost the
+# client 11.6 us per entry (most of it reading 2,000 replies through redis-py), this 6.8 us (measured in
+# isolation on the local Redis).
 _XADD_MANY = """
+redis.call('INCRBY', KEYS[2], ARGV[1])
 local out = {}
-local i = 1
+local i = 2
 local n = #ARGV
 while i <= n do
     local k = tonumber(ARGV[i])
@@ -47,6 +50,18 @@ end
 return out
 """
 _XADD_MANY_SHA = hashlib.sha1(_XADD_MANY.encode()).hexdigest()
+
+# XACK and XDEL of entries given as (id, units) pairs in ARGV; the units of each entry this call deleted come
+# off the backlog (KEYS[2]), never below zero: an entry acknowledged twice (or deleted meanwhile) counts once.
+_ACK = """
+local gone = 0
+for i = 1, #ARGV, 2 do
+    redis.call('XACK', KEYS[1], KEYS[3], ARGV[i])
+    if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then gone = gone + tonumber(ARGV[i + 1]) end
+end
+if gone > 0 and redis.call('DECRBY', KEYS[2], gone) < 0 then redis.call('SET', KEYS[2], 0) end
+return gone
+"""
 
 
 # Stream entries are read undecoded and decoded here, entry by entry: one entry whose bytes are not UTF-8
@@ -87,19 +102,23 @@ class WorkStream:
         self.stream = settings.stream_key
         self.retry_key = settings.key("retry")
         self.epoch_key = settings.key("epoch")
+        #: The backlog in units: each entry counts as the notifications (or fan-out chunks) it names, so that
+        #: a bundle of 100 counts 100 against STREAM_MAX_BACKLOG, as the same work unbundled did.
+        self.units_key = settings.key("stream-units")
         self._move_due = redis.register_script(_MOVE_DUE)
+        self._ack = redis.register_script(_ACK)
 
     async def add(self, entries: list[StreamEntry]) -> list[str]:
         """XADD every entry in one script call (one command, one reply), fresh socket entries in bundles
         (streams/bundle.py); returns the ids of the stream entries written."""
         if not entries:
             return []
-        args: list[str] = []
+        args: list[str] = [str(len(entries))]
         for packed_fields in bundle.pack(entries):
             fields = [x for kv in packed_fields.items() for x in kv]
             args.append(str(len(fields)))
             args += fields
-        packed = pack_command("EVALSHA", _XADD_MANY_SHA, "1", self.stream, *args)
+        packed = pack_command("EVALSHA", _XADD_MANY_SHA, "2", self.stream, self.units_key, *args)
         async with redis_errors("xadd"):
             try:
                 (ids,) = await execute_packed(self._r, packed, 1)
@@ -117,6 +136,9 @@ class WorkStream:
             except Exception as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+            # A stream from before the units were kept: its entries count one each (unless something was
+            # added since, which created the count: those older entries then count nothing).
+            await self._r.set(self.units_key, await self._r.xlen(self.stream), nx=True)
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, dict[str, str]]]:
         """New entries for this consumer; recreates the group if Redis lost it."""
@@ -136,14 +158,15 @@ class WorkStream:
             out.extend((_text(i), _fields(f) or {}) for i, f in entries)
         return out
 
-    async def ack(self, entry_ids: list[str]) -> None:
-        """XACK and XDEL in one round trip: the stream then holds only unfinished work, so its length
-        is the backlog."""
+    async def ack(self, entry_ids: list[str], units: list[int] | None = None) -> None:
+        """XACK and XDEL in one script call: the stream then holds only unfinished work, so its length is the
+        backlog; ``units`` (one each by default) are what each entry counted towards the backlog units."""
         if not entry_ids:
             return
-        packed = pack_command("XACK", self.stream, GROUP, *entry_ids) + pack_command("XDEL", self.stream, *entry_ids)
+        counts = units if units is not None else [1] * len(entry_ids)
+        args = [x for pair in zip(entry_ids, map(str, counts), strict=True) for x in pair]
         async with redis_errors("xack"):
-            await execute_packed(self._r, packed, 2)
+            await self._ack(keys=[self.stream, self.units_key, GROUP], args=args)
 
     async def idle(self, min_idle_ms: int, count: int) -> list[Pending]:
         """Entries that some consumer has held unacknowledged for at least ``min_idle_ms``."""
@@ -187,8 +210,9 @@ class WorkStream:
             )
 
     async def backlog(self) -> int:
-        async with redis_errors("xlen"):
-            return int(await self._r.xlen(self.stream))
+        """The backlog units (see ``units_key``): what ingestion's bound is compared with."""
+        async with redis_errors("backlog units"):
+            return int(await self._r.get(self.units_key) or 0)
 
     # --- the retry schedule -----------------------------------------------------------------
 
@@ -203,7 +227,7 @@ class WorkStream:
         """Move up to ``limit`` due retries back into the stream; returns how many moved."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
         async with redis_errors("move due retries"):
-            return int(await self._move_due(keys=[self.retry_key, self.stream], args=[now, limit]))
+            return int(await self._move_due(keys=[self.retry_key, self.stream, self.units_key], args=[now, limit]))
 
     async def scheduled(self) -> int:
         async with redis_errors("zcard"):

@@ -105,7 +105,7 @@ class StreamWorker:
             log.warning("could not unpack a reclaimed bundle; left pending", extra={"entry_id": entry_id,
                                                                                      "error": str(exc)})
             return
-        await self._ack([entry_id])
+        await self._ack([entry_id], [len(entries)])
 
     async def _hook(self, item: Parsed) -> None:
         try:
@@ -119,8 +119,8 @@ class StreamWorker:
         parked: list[str] = []
         left = await self._settle(items, process, parked)
         done = list(dict.fromkeys(i for i, _ in items if i not in left))
-        await self._ack(done)
         named, poisoned = Counter(i for i, _ in items), Counter(parked)
+        await self._ack(done, [named[i] for i in done])
         count = sum(1 for i in done if poisoned[i] < named[i])
         self.processed += count
         metrics.ENTRIES.inc(count)
@@ -185,9 +185,10 @@ class StreamWorker:
             with contextlib.suppress(StoreUnavailable):
                 await self._work.keep(self._consumer, entry_ids)
 
-    async def _ack(self, entry_ids: list[str]) -> None:
+    async def _ack(self, entry_ids: list[str], units: list[int] | None = None) -> None:
+        """Acknowledge (and delete) entries; ``units`` is what each counted towards the backlog (default 1)."""
         try:
-            await self._work.ack(entry_ids)
+            await self._work.ack(entry_ids, units)
         except StoreUnavailable as exc:
             # Outcomes are durable; a reclaimed entry finds its deliveries done and changes nothing.
             log.warning("ack failed; entries will be reclaimed", extra={"error": str(exc)})
@@ -202,7 +203,7 @@ class StreamWorker:
 
     async def _poison(self, entry_id: str, fields: dict[str, str], entry: StreamEntry | None, reason: str) -> None:
         if await self._park(entry_id, fields, entry, reason):
-            await self._ack([entry_id])
+            await self._ack([entry_id], [bundle.units(fields)])
 
     async def _reclaim_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -235,7 +236,7 @@ class StreamWorker:
                 # A bundle (one its unpacking never reached) is parked item by item, then acknowledged.
                 parked = [await self._park(entry_id, fields, e, reason) for e in entries]
                 if all(parked):
-                    await self._ack([entry_id])
+                    await self._ack([entry_id], [len(entries)])
             else:
                 fresh.append((entry_id, fields))
         if fresh:
