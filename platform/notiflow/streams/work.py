@@ -51,12 +51,13 @@ return out
 """
 _XADD_MANY_SHA = hashlib.sha1(_XADD_MANY.encode()).hexdigest()
 
-# XACK and XDEL of entries given as (id, units) pairs in ARGV; the units of each entry this call deleted come
-# off the backlog (KEYS[2]), never below zero: an entry acknowledged twice (or deleted meanwhile) counts once.
+# XACK (group ARGV[1]) and XDEL of entries given as (id, units) pairs in the rest of ARGV; the units of each
+# entry this call deleted come off the backlog (KEYS[2]), never below zero: an entry acknowledged twice (or
+# deleted meanwhile) counts once.
 _ACK = """
 local gone = 0
-for i = 1, #ARGV, 2 do
-    redis.call('XACK', KEYS[1], KEYS[3], ARGV[i])
+for i = 2, #ARGV, 2 do
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
     if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then gone = gone + tonumber(ARGV[i + 1]) end
 end
 if gone > 0 and redis.call('DECRBY', KEYS[2], gone) < 0 then redis.call('SET', KEYS[2], 0) end
@@ -164,9 +165,9 @@ class WorkStream:
         if not entry_ids:
             return
         counts = units if units is not None else [1] * len(entry_ids)
-        args = [x for pair in zip(entry_ids, map(str, counts), strict=True) for x in pair]
+        args = [GROUP, *(x for pair in zip(entry_ids, map(str, counts), strict=True) for x in pair)]
         async with redis_errors("xack"):
-            await self._ack(keys=[self.stream, self.units_key, GROUP], args=args)
+            await self._ack(keys=[self.stream, self.units_key], args=args)
 
     async def idle(self, min_idle_ms: int, count: int) -> list[Pending]:
         """Entries that some consumer has held unacknowledged for at least ``min_idle_ms``."""

@@ -236,7 +236,7 @@ class StreamWorker:
                 # A bundle (one its unpacking never reached) is parked item by item, then acknowledged.
                 parked = [await self._park(entry_id, fields, e, reason) for e in entries]
                 if all(parked):
-                    await self._ack([entry_id], [len(entries)])
+                    await self._ack([entry_id], [bundle.units(fields)])
             else:
                 fresh.append((entry_id, fields))
         if fresh:

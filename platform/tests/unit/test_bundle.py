@@ -93,3 +93,12 @@ def test_one_fresh_entry_is_not_a_bundle() -> None:
 def test_a_malformed_bundle_is_refused_whole(text: str) -> None:
     with pytest.raises((KeyError, ValueError)):
         bundle.parse({"c": "socket", "b": text})
+
+
+def test_units_count_a_bundles_lines_even_when_it_does_not_parse() -> None:
+    entries = [fresh((f"u{i}",)) for i in range(7)]
+    (fields,) = bundle.pack(entries)
+    assert bundle.units(fields) == 7
+    assert bundle.units({k.encode(): v.encode() for k, v in fields.items()}) == 7
+    assert bundle.units({"c": "socket", "b": "garbage\nmore garbage"}) == 2
+    assert bundle.units(entries[0].fields()) == 1
