@@ -444,10 +444,17 @@ export class NotiflowClient {
   async _flushHttp() {
     const path = `/notifications/offline/${encodeURIComponent(this.userId)}/ack`;
     while (this._acks.length) {
-      const ids = this._acks.slice(0, MAX_ACK_IDS);
+      // Taken out before the request, put back if it fails: two flushes may overlap (a timer's and stop's,
+      // or a new timer's while a POST is slow), and each must remove only the ids it sent. Removing "as
+      // many as I sent" from the front once the POST answered dropped ids another flush had taken meanwhile.
+      const ids = this._acks.splice(0, MAX_ACK_IDS);
       const base = this._link?.url ?? this.urls[this._index % this.urls.length];
-      await this._request("POST", base, path, { ids });
-      this._acks.splice(0, ids.length);
+      try {
+        await this._request("POST", base, path, { ids });
+      } catch (err) {
+        this._acks.unshift(...ids);
+        throw err;
+      }
     }
   }
 

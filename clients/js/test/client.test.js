@@ -37,6 +37,30 @@ test("tracker: the watermark waits at a gap and memory is bounded", () => {
   assert.ok(backoffMs(3, 100, 500, () => 0.999) < 500 && backoffMs(0, 100, 500, () => 0.5) === 50);
 });
 
+test("HTTP ack flushes that overlap each send their own ids: none is dropped", { timeout: 10000 }, async () => {
+  // Regression: a flush removed "as many ids as it sent" from the front of the queue once its POST answered,
+  // so an id queued while two POSTs overlapped was removed unsent (found by the failover test below, which
+  // saw one notification stay unacknowledged). Timers order the interleaving that dropped it.
+  const posted = [];
+  const delays = [30, 60];
+  const fetch = (url, init) => {
+    posted.push(...JSON.parse(init.body).ids);
+    const delay = delays.shift() ?? 0;
+    return new Promise((resolve) => setTimeout(() => resolve(new Response('{"acknowledged":1}', { status: 200 })), delay));
+  };
+  const c = new NotiflowClient({ urls: ["http://127.0.0.1:9"], userId: "acker", fetch }); // not started: HTTP acks
+  const at = (ms, run) => new Promise((resolve) => setTimeout(() => resolve(run()), ms));
+  c._ack("a");
+  const first = c._flushHttp(); // POST of [a], answered at 30 ms
+  c._ack("b");
+  const second = c._flushHttp(); // overlaps the first, answered at 60 ms
+  await at(40, () => c._ack("c")); // queued between the two answers
+  await Promise.all([first, second]);
+  await c._flushHttp();
+  assert.deepEqual(new Set(posted), new Set(["a", "b", "c"]));
+  assert.deepEqual(c._acks, []);
+});
+
 test("offline queue read page by page in seq order, then live, all acknowledged", { timeout: 60000 }, async () => {
   const [gw] = stack.urls;
   const user = uniqueUser("js-offline");
