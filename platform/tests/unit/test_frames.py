@@ -4,6 +4,7 @@ its recipients, the Pub/Sub batch format, and group commit of whole submissions.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -11,11 +12,13 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from notiflow import metrics
 from notiflow.batching import Batcher
 from notiflow.gateway.hub import sent
 from notiflow.gateway.ws import notification_id
+from notiflow.metrics import CountedHistogram
 from notiflow.models import (
     Carried,
     Channel,
@@ -103,15 +106,52 @@ def test_a_frames_accept_time_is_read_from_its_created_at_also_when_parsed_befor
     assert frame_created_at('{"type":"notification","created_at":"not a time"}') is None
 
 
-def test_sent_counts_the_notification_frames_and_observes_each_ones_latency() -> None:
+async def _next_iteration() -> None:
+    """Returns once the callbacks scheduled so far have run (the meter flushes in the next iteration)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    loop.call_soon(done.set_result, None)
+    await done
+
+
+async def test_sent_counts_the_notification_frames_and_observes_their_latency_once_per_iteration() -> None:
     def value(name: str) -> float:
         return metrics.REGISTRY.get_sample_value(name) or 0.0
 
-    frames0, observed0 = value("notiflow_ws_frames_sent_total"), value("notiflow_delivery_latency_seconds_count")
+    names = ("notiflow_ws_frames_sent_total", "notiflow_delivery_latency_seconds_count",
+             "notiflow_delivery_latency_seconds_sum")
+    frames0, observed0, sum0 = (value(n) for n in names)
+    later = CREATED.replace(second=9)
     frames = [notification_frame(uuid.uuid4(), k, "e", "{}", CREATED) for k in range(1, 4)]
-    sent([*frames, '{"type":"pong"}'])
-    assert value("notiflow_ws_frames_sent_total") - frames0 == 3
-    assert value("notiflow_delivery_latency_seconds_count") - observed0 == 3
+    before = time.time()
+    sent([*frames[:2], '{"type":"pong"}'])  # two sockets' writes in one iteration
+    sent([frames[2], notification_frame(uuid.uuid4(), 9, "e", "{}", later)])
+    after = time.time()
+    assert value(names[0]) == frames0, "counted before the iteration ended"
+    await _next_iteration()
+    assert value(names[0]) - frames0 == 4
+    assert value(names[1]) - observed0 == 4
+    # Each frame's latency is the send time (the iteration's first write) minus its own accept time.
+    observed = value(names[2]) - sum0
+    accepted = 3 * CREATED.timestamp() + later.timestamp()
+    assert 4 * before - accepted - 1e-3 <= observed <= 4 * after - accepted + 1e-3
+
+
+def test_a_counted_histogram_puts_each_observation_count_times_in_its_inclusive_bucket() -> None:
+    registry = CollectorRegistry()
+    histogram = CountedHistogram("t_seconds", "test", (1, 0.1), registry)
+    histogram.observe(0.1, 2)  # on a bound: that bucket (upper bounds are inclusive)
+    histogram.observe(0.5)
+    histogram.observe(5.0, 3)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert sample("t_seconds_bucket", le="0.1") == 2
+    assert sample("t_seconds_bucket", le="1.0") == 3
+    assert sample("t_seconds_bucket", le="+Inf") == 6
+    assert sample("t_seconds_count") == 6
+    assert sample("t_seconds_sum") == pytest.approx(0.2 + 0.5 + 15.0)
 
 
 def test_an_acked_id_is_taken_canonical_as_is_other_uuid_spellings_canonicalised_and_anything_else_refused() -> None:
