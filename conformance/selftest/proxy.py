@@ -60,7 +60,11 @@ class FaultProxy:
                 Route("/{path:path}", self._forward, methods=_METHODS),
             ]
         )
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        # Keep-alive longer than the clients' pools (httpx: 5 s, as uvicorn's default): see the gateway's
+        # NOTIFLOW_HTTP_KEEP_ALIVE_S.
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", timeout_keep_alive=75
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="fault-proxy", daemon=True)
         self.url = ""

@@ -177,11 +177,11 @@ def cmd_gateway(settings: Settings, argv: list[str], reuse_port: bool) -> int:
 
     import uvicorn
 
-    from notiflow.gateway.app import create_app, websocket_options
+    from notiflow.gateway.app import create_app, server_options
 
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-        **websocket_options(settings),
+        **server_options(settings),
         log_config=None, timeout_graceful_shutdown=int(settings.shutdown_grace_s), backlog=4096,
     )
     sockets = [_reuse_port_socket(settings.host, settings.port)] if reuse_port else None

@@ -182,6 +182,11 @@ class Settings(BaseSettings):
     ws_queue_max: int = Field(
         1000, ge=1, description="Frames queued per socket before it is closed as too slow. Default 1000."
     )
+    http_keep_alive_s: int = Field(
+        75, ge=1, description="How long an idle HTTP keep-alive connection stays open, seconds: longer than "
+        "HTTP clients keep one in their pools (httpx 5 s, Node 4 s), so that no request is sent on a connection "
+        "the gateway is closing. Default 75.",
+    )
     ws_ping_interval_s: float = Field(20.0, gt=0, description="WebSocket ping frame period, s. Default 20.")
     ws_ping_timeout_s: float = Field(20.0, gt=0, description="Pong wait before a peer is dead, s. Default 20.")
     ws_max_frame_bytes: int = Field(

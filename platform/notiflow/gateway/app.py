@@ -113,11 +113,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pool.close()
 
 
-def websocket_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's WebSocket options from the settings: the implementation, keepalive pings, the frame size
-    bound (enforced by the websockets parser on the frame header, before the payload is read: 1009) and
-    compression. Every way of serving the app uses these."""
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options from the settings: HTTP keep-alive, and for WebSockets the implementation,
+    keepalive pings, the frame size bound (enforced by the websockets parser on the frame header, before
+    the payload is read: 1009) and compression. Every way of serving the app uses these."""
     return {
+        "timeout_keep_alive": settings.http_keep_alive_s,
         # uvicorn's websockets-sansio protocol with batched frame writes (gateway/transport.py).
         "ws": FrameProtocol,
         "ws_ping_interval": settings.ws_ping_interval_s,

@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 
 from notiflow.config import Settings
 from notiflow.devstack import free_port
-from notiflow.gateway.app import create_app, websocket_options
+from notiflow.gateway.app import create_app, server_options
 from notiflow.gateway.deps import Services
 from notiflow.worker.factory import retry_worker, stream_worker
 
@@ -82,7 +82,7 @@ async def start_gateway(settings: Settings) -> Gateway:
     lifespan, which opens the stores and subscribes to the node's channel, has completed)."""
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=settings.port, http="httptools", **websocket_options(settings),
+        app, host="127.0.0.1", port=settings.port, http="httptools", **server_options(settings),
         log_config=None, lifespan="on", timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )  # fmt: skip
     server = _Server(config)
