@@ -9,8 +9,12 @@ one ``transport.write``, synchronously, without a task or an await per frame, an
 frame received to a callback (``on_text``) as it is parsed. Binary frames and the disconnect still
 arrive through ASGI ``receive``.
 
-Everything else (the handshake, close, pings, reading, permessage-deflate) stays uvicorn's. Frames are
-encoded here only for a connection that negotiated no extension; otherwise ``websockets`` encodes them.
+Everything else (the handshake, close, pings, permessage-deflate) stays uvicorn's. Frames are encoded
+here only for a connection that negotiated no extension; otherwise ``websockets`` encodes them. Likewise
+on the way in: while ``websockets``' parser stands at a frame boundary with nothing buffered, a chunk's
+leading complete, final, masked text frames are unmasked here and handed to ``on_text`` (the clients' ack
+frames: 0.45 µs each here against 3.1 µs through the parser); the parser takes the chunk from the first
+byte that is anything else, so it sees a stream that starts at a frame boundary, as it would have.
 Under another server (or another ``ws`` implementation) the extension is absent and the application
 falls back to ASGI sends.
 """
@@ -22,10 +26,21 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
+from websockets.streams import StreamReader
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # a build of websockets without its C extension
+    from websockets.utils import apply_mask
 
 EXTENSION = "notiflow.frame_writer"
 
 _TEXT_FIN = 0x81
+_MASKED = 0x80
+_LEN16 = 126
+#: Where ``websockets``' parser waits for the next frame with nothing buffered (its loop asks
+#: ``reader.at_eof()`` before each frame); waiting anywhere else, it is inside a frame.
+_AT_BOUNDARY = StreamReader.at_eof.__code__
 
 
 def encode_text_frame(data: bytes) -> bytes:
@@ -90,6 +105,53 @@ class FrameProtocol(WebSocketsSansIOProtocol):
         if scope is not None:
             scope["extensions"][EXTENSION] = {"writer": self.frame_writer}
 
+    def data_received(self, data: bytes) -> None:
+        if self._at_frame_boundary():
+            taken = self._take_texts(data)
+            if taken == len(data):
+                return
+            data = data[taken:]
+        super().data_received(data)
+
+    def _at_frame_boundary(self) -> bool:
+        """True when the parser waits for a new frame with nothing buffered, and a text frame would go
+        straight to ``on_text``: open, no extension, no fragmented message in progress."""
+        conn = self.conn
+        if self.frame_writer.on_text is None or self.close_sent or conn.state is not State.OPEN:
+            return False
+        if conn.extensions or conn.current_size is not None or self.frames or conn.reader.buffer:
+            return False
+        # The parser is a chain of generators (the handshake's, then the frames' loop, then a read); the
+        # innermost is the one waiting.
+        waiting: Any = conn.parser
+        while (inner := getattr(waiting, "gi_yieldfrom", None)) is not None:
+            waiting = inner
+        return getattr(waiting, "gi_code", None) is _AT_BOUNDARY
+
+    def _take_texts(self, data: bytes) -> int:
+        """Hands each leading complete, final, masked, valid UTF-8 text frame of ``data`` to ``on_text``;
+        returns how many bytes those frames took. Anything else stops it, for the parser to judge."""
+        limit = self.conn.max_message_size
+        end, pos = len(data), 0
+        while pos + 6 <= end and data[pos] == _TEXT_FIN and data[pos + 1] & _MASKED:
+            length, start = data[pos + 1] & 0x7F, pos + 6
+            if length == _LEN16:
+                length, start = int.from_bytes(data[pos + 2 : pos + 4], "big"), pos + 8
+            elif length > _LEN16:
+                break  # 64-bit lengths: not an ack frame
+            stop = start + length
+            if stop > end or (limit is not None and length > limit):
+                break
+            try:
+                text = apply_mask(data[start:stop], data[start - 4 : start]).decode()
+            except UnicodeDecodeError:
+                break  # the parser's path closes with 1007
+            pos = stop
+            self._hand_over(text)
+            if self.frame_writer.on_text is None or self.close_sent or self.conn.state is not State.OPEN:
+                break  # the handler closed the socket: the rest goes the parser's way
+        return pos
+
     def send_receive_event_to_app(self) -> None:
         on_text = self.frame_writer.on_text
         if on_text is None or self.curr_msg_data_type != "text" or self.close_sent:
@@ -102,6 +164,11 @@ class FrameProtocol(WebSocketsSansIOProtocol):
             super().send_receive_event_to_app()  # uvicorn's answer to invalid UTF-8: close 1007
             return
         self.frames = []
+        self._hand_over(text)
+
+    def _hand_over(self, text: str) -> None:
+        on_text = self.frame_writer.on_text
+        assert on_text is not None
         try:
             on_text(text)
         except Exception:
