@@ -35,7 +35,6 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 
-
 class CountedHistogram(Collector):
     """An unlabelled histogram whose observations carry a count: one call stands for ``count`` equal
     values (a fan-out writes one notification's frame to many sockets at one moment, and an observation

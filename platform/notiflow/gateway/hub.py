@@ -107,8 +107,8 @@ class Connection:
 class SendMeter:
     """Counts the notification frames handed to sockets and observes their accept-to-send latency, once
     per event-loop iteration: a fan-out hands one notification to every socket in one iteration, and a
-    histogram observation and a counter increment per frame were most of a frame's bookkeeping (4.3 µs
-    per frame here, against 1 µs gathered). The send time is the first write of the iteration."""
+    histogram observation and a counter increment per frame were most of a frame's bookkeeping (2.1 µs
+    per frame here, against 0.9 µs gathered). The send time is the first write of the iteration."""
 
     __slots__ = ("_at", "_loop", "_pending")
 

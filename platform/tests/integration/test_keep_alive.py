@@ -35,9 +35,10 @@ async def test_an_idle_connection_outlives_the_pools_of_common_http_clients(gate
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         assert (await _get(reader, writer, port)).split(b" ")[1] == b"200"
-        # Idleness is what is under test: nothing to wait on but the time itself.
-        await asyncio.sleep(IDLE_S)
-        assert not reader.at_eof()
+        # Waits for what must not happen: the gateway closing the idle connection (EOF) within IDLE_S.
+        with pytest.raises(TimeoutError):
+            early = await asyncio.wait_for(reader.read(1), IDLE_S)
+            pytest.fail(f"the gateway closed the idle connection (read {early!r})")
         assert (await _get(reader, writer, port)).split(b" ")[1] == b"200"
     finally:
         writer.close()
