@@ -12,7 +12,7 @@ from contextlib import suppress
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from notiflow.errors import StoreUnavailable
@@ -23,7 +23,6 @@ from notiflow.gateway.protocol import MAX_ACK_IDS, PONG, ClientFrame, CloseCode,
 from notiflow.gateway.transport import frame_writer
 from notiflow.models import user_id_problem
 
-router = APIRouter()
 log = logging.getLogger(__name__)
 
 # Fire-and-forget tasks (closes) are kept referenced until done, so they are not collected midway.
@@ -73,7 +72,16 @@ def _error_frame(message: str) -> str:
     return orjson.dumps({"type": "error", "code": "bad_frame", "message": message}).decode()
 
 
-@router.websocket("/ws/{user_id}")
+#: The socket's path (SPEC §3): ``/ws/{user_id}``, one segment, as Starlette's ``str`` parameter matches it.
+PATH = re.compile(r"/ws/(?P<user_id>[^/]+)")
+
+
+def socket_user(path: str) -> str | None:
+    """The user id of a socket's path, or None when the path is not the socket's."""
+    match = PATH.fullmatch(path)
+    return match.group("user_id") if match else None
+
+
 async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
     svc = services(ws)
     limits = svc.settings

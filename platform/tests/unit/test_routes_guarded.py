@@ -10,7 +10,7 @@ from fastapi.routing import APIRoute, APIWebSocketRoute
 
 from notiflow.config import Settings
 from notiflow.gateway import auth, http, keys, ws
-from notiflow.gateway.app import create_app
+from notiflow.gateway.app import GatewayApp, create_app
 
 OPEN = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
 
@@ -25,7 +25,7 @@ def _calls(dependant: Dependant) -> set[object]:
 def _routes() -> list[object]:
     # The routers' own routes (an app's include_router wraps them in a private type) and the app's.
     app = create_app(Settings(_env_file=None))  # type: ignore[call-arg]
-    return [*http.router.routes, *ws.router.routes, *keys.router.routes, *app.routes]
+    return [*http.router.routes, *keys.router.routes, *app.routes]
 
 
 def test_every_route_but_probes_needs_credentials() -> None:
@@ -38,7 +38,15 @@ def test_every_route_but_probes_needs_credentials() -> None:
 
 
 def test_the_socket_checks_credentials_itself() -> None:
-    # The WebSocket endpoint cannot answer 401 (only close codes), so it calls authorize_socket.
-    sockets = [r for r in _routes() if isinstance(r, APIWebSocketRoute)]
-    assert [r.path for r in sockets] == ["/ws/{user_id}"]
+    # The WebSocket endpoint cannot answer 401 (only close codes), so it calls authorize_socket. The app
+    # serves it ahead of the router (gateway/app.py: GatewayApp), so no route may serve a socket too.
+    assert not [r for r in _routes() if isinstance(r, APIWebSocketRoute)]
+    assert "ws.websocket_endpoint(" in inspect.getsource(GatewayApp.__call__)
     assert "authorize_socket(" in inspect.getsource(ws.websocket_endpoint)
+
+
+def test_only_the_socket_path_reaches_the_endpoint() -> None:
+    assert ws.socket_user("/ws/u1") == "u1"
+    assert ws.socket_user("/ws/user:42@example.com") == "user:42@example.com"
+    for path in ("/ws/", "/ws", "/ws/a/b", "/wsx/u1", "/api/ws/u1", "/ws/u1/"):
+        assert ws.socket_user(path) is None, path
