@@ -116,6 +116,23 @@ def tree_cpu_s(root: int, children: dict[int, list[int]], seen: set[int] | None 
     return total
 
 
+_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def tree_rss_kb(root: int, children: dict[int, list[int]]) -> int:
+    """Resident memory of ``root`` and every live descendant, kB (``/proc/<pid>/statm``)."""
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/statm") as fh:
+                total += int(fh.read().split()[1]) * _PAGE_KB
+        except (OSError, IndexError, ValueError):
+            continue
+        todo.extend(children.get(pid, ()))
+    return total
+
+
 def self_cpu_s() -> float:
     t = os.times()
     return t.user + t.system
@@ -148,6 +165,11 @@ class CpuMeter:
             if server is not None and server.pid is not None:
                 out[role] = [server.pid]
         return out
+
+    def gateway_rss_kb(self) -> int:
+        """Resident memory of every gateway process (each gateway's process tree), kB."""
+        children, _ = _scan()
+        return sum(tree_rss_kb(p, children) for p in self.groups().get("gateway", []))
 
     def snapshot(self) -> dict[str, Any]:
         children, own = _scan()
@@ -593,6 +615,7 @@ async def run(args: argparse.Namespace, stack: DevStack, database_url: str) -> d
     offline_users = [f"off{i}" for i in range(args.offline_users)]
     recipients = args.fanout or args.recipients
 
+    rss_before_kb = meter.gateway_rss_kb()
     t_open = time.monotonic()
     sockets = await open_sockets(online_users, urls, stats, args.connect_timeout) if n_sockets else []
     open_s = time.monotonic() - t_open
@@ -614,6 +637,11 @@ async def run(args: argparse.Namespace, stack: DevStack, database_url: str) -> d
         await asyncio.sleep(1.0)
         busy1, total1 = machine_cpu()
         idle_busy_pct = round(100 * (busy1 - busy0) / max(total1 - total0, 1e-9), 1)
+        # Memory per idle socket: the gateways' resident memory with every socket open (and idle for the
+        # second above) against before the first one opened.
+        idle_kb_per_socket = (
+            round((meter.gateway_rss_kb() - rss_before_kb) / len(sockets), 1) if sockets else None
+        )
         start = time.monotonic()
         end = start + args.duration
         stats.window = (start, end)
@@ -715,6 +743,7 @@ async def run(args: argparse.Namespace, stack: DevStack, database_url: str) -> d
         "after_202_latency_ms": percentiles(after_202),
         "arrived_before_202": sum(1 for v in after_202 if v < 0),
         "socket_open_s": round(open_s, 2),
+        "idle_kb_per_socket": idle_kb_per_socket,
         "drain_s": round(drain_s, 2),
         "cpu": cpu,
         # CPU cost per accepted notification, by role: unlike rates, barely moved by other load on the machine.
@@ -760,6 +789,8 @@ def print_table(r: dict[str, Any]) -> None:
         ("acks not applied (must be 0)", f"{r['acks_dropped']}  (left `dispatched` though every frame was acked)"),
         ("server warnings", " ".join(f"[{k}]={v}" for k, v in r["server_warnings"].items()) or "none"),
         ("drain after stop", f"{r['drain_s']} s"),
+        ("idle kB per socket (gateways)", "-" if r["idle_kb_per_socket"] is None else
+                                          f"{r['idle_kb_per_socket']}  (resident memory, {c['sockets']} sockets open)"),
         ("CPU cores (server/loadgen)", f"{cpu['server_cores']} / {cpu['loadgen_cores']} of {cpu['cores']}  "
                                        f"machine busy {cpu['machine_busy_pct']}%, other {cpu['other_cores']} cores; "
                                        f"busy before load {r['busy_before_load_pct']}%"),
