@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -96,41 +96,40 @@ def _scan() -> tuple[dict[int, list[int]], dict[int, tuple[str, float]]]:
     return children, own
 
 
-def tree_cpu_s(root: int, children: dict[int, list[int]], seen: set[int] | None = None) -> float:
-    """CPU seconds of ``root`` and every live descendant. Each live process counts its own time plus
-    that of its reaped children, so exited PostgreSQL backends are counted once and live ones once.
-    The pids visited are added to ``seen``."""
-    total = 0.0
+def _tree(root: int, children: dict[int, list[int]], seen: set[int] | None = None) -> Iterator[int]:
+    """``root`` and its descendants, each once; the pids visited are added to ``seen``."""
     todo = [root]
     seen = set() if seen is None else seen
     while todo:
         pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        stat = _proc_stat(pid)
-        if stat is None:
-            continue
-        total += stat[1]
-        todo.extend(children.get(pid, ()))
-    return total
+        if pid not in seen:
+            seen.add(pid)
+            yield pid
+            todo.extend(children.get(pid, ()))
+
+
+def tree_cpu_s(root: int, children: dict[int, list[int]], seen: set[int] | None = None) -> float:
+    """CPU seconds of ``root`` and every live descendant. Each live process counts its own time plus
+    that of its reaped children, so exited PostgreSQL backends are counted once and live ones once.
+    The pids visited are added to ``seen``."""
+    stats = (_proc_stat(pid) for pid in _tree(root, children, seen))
+    return sum(stat[1] for stat in stats if stat is not None)
 
 
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * _PAGE_KB
+    except (OSError, IndexError, ValueError):
+        return 0  # gone meanwhile
+
+
 def tree_rss_kb(root: int, children: dict[int, list[int]]) -> int:
     """Resident memory of ``root`` and every live descendant, kB (``/proc/<pid>/statm``)."""
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        try:
-            with open(f"/proc/{pid}/statm") as fh:
-                total += int(fh.read().split()[1]) * _PAGE_KB
-        except (OSError, IndexError, ValueError):
-            continue
-        todo.extend(children.get(pid, ()))
-    return total
+    return sum(_rss_kb(pid) for pid in _tree(root, children))
 
 
 def self_cpu_s() -> float:
@@ -389,7 +388,7 @@ async def producer(
         try:
             resp = await client.post(target, content=body, headers=headers)
         except HttpError as exc:
-            stats.errors[str(exc).split(":", 1)[0]] += 1
+            stats.errors[exc.kind] += 1
             continue
         t1 = time.monotonic()
         stats.statuses[resp.status_code] += 1

@@ -100,13 +100,14 @@ async def test_connection_close_in_the_answer_is_honoured(server: Server) -> Non
 CHUNKED = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
 
 
-@pytest.mark.parametrize("reply", [CHUNKED, b"garbage\r\n\r\n"])
-async def test_an_answer_it_cannot_read_is_an_error(server: Server, reply: bytes) -> None:
+@pytest.mark.parametrize(("reply", "kind"), [(CHUNKED, "no_content_length"), (b"garbage\r\n\r\n", "bad_status_line")])
+async def test_an_answer_it_cannot_read_is_an_error(server: Server, reply: bytes, kind: str) -> None:
     server.answer = lambda _: reply
     client = LeanClient(5)
     try:
-        with pytest.raises(HttpError):
+        with pytest.raises(HttpError) as error:
             await client.post(f"http://127.0.0.1:{server.port}/n", b"", {})
+        assert error.value.kind == kind
     finally:
         await client.aclose()
 
@@ -115,8 +116,9 @@ async def test_no_answer_within_the_timeout_is_an_error(server: Server) -> None:
     server.answer = lambda _: b""  # reads the request, never answers
     client = LeanClient(0.3)
     try:
-        with pytest.raises(HttpError, match="TimeoutError"):
+        with pytest.raises(HttpError) as error:
             await client.post(f"http://127.0.0.1:{server.port}/n", b"", {})
+        assert error.value.kind == "TimeoutError"
     finally:
         await client.aclose()
 
@@ -127,5 +129,6 @@ async def test_a_refused_connection_is_an_error() -> None:
     listener.close()
     await listener.wait_closed()
     client = LeanClient(5)
-    with pytest.raises(HttpError):
+    with pytest.raises(HttpError) as error:
         await client.post(f"http://127.0.0.1:{port}/n", b"", {})
+    assert error.value.kind == "ConnectionRefusedError"
