@@ -33,6 +33,7 @@ from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
 from notiflow.gateway.transport import FrameProtocol
+from notiflow.lifecycle import Deadline
 from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.dashboard import DashboardService
 from notiflow.service.ingest import IngestService
@@ -99,13 +100,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        # Stop intake first (no new accepts), drain what is queued, then release the stores.
-        await telemetry.close()
-        await ingest.close(settings.shutdown_grace_s)
-        await limiter.close(settings.shutdown_grace_s)
-        await queries.close(settings.shutdown_grace_s)
+        # Stop intake first (no new accepts), drain what is queued, then release the stores; the drains
+        # share one grace period (uvicorn's own, for the requests in flight, came before this).
+        deadline = Deadline(settings.shutdown_grace_s)
+        await telemetry.close(deadline.left())
+        await ingest.close(deadline.left())
+        await limiter.close(deadline.left())
+        await queries.close(deadline.left())
         await sessions.close()
-        await auth.close(settings.shutdown_grace_s)
+        await auth.close(deadline.left())
         if warner is not None:
             warner.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -14,6 +14,7 @@ from notiflow import metrics
 from notiflow.batching import Batcher
 from notiflow.config import Settings
 from notiflow.errors import BackpressureError, IdempotencyConflict, StoreUnavailable
+from notiflow.lifecycle import Deadline
 from notiflow.models import Carried, Channel, NewNotification, StreamEntry
 from notiflow.store import ingest as sql
 from notiflow.store.pool import Pool, pg_errors, pg_write_errors
@@ -89,13 +90,15 @@ class IngestService:
         self._enqueuer = asyncio.create_task(self._enqueue_loop(), name="enqueue")
 
     async def close(self, grace_s: float) -> None:
+        """Commit what is queued, then XADD what is committed, both within ``grace_s``."""
+        deadline = Deadline(grace_s)
         if self._refresher:
             self._refresher.cancel()
-        await self._batcher.close(grace_s)
+        await self._batcher.close(deadline.left())
         if self._enqueuer:
             # Whatever is not enqueued by now is found by the outbox sweep: nothing is lost by stopping.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained(), timeout=grace_s)
+                await asyncio.wait_for(self._drained(), timeout=deadline.left())
             self._enqueuer.cancel()
 
     def check(self, item: NewNotification) -> None:

@@ -35,7 +35,9 @@ class IngestLimiter:
         self._batcher.start()
 
     async def close(self, grace_s: float) -> None:
-        await self._batcher.close(grace_s)
+        # No request waits longer than CHECK_DEADLINE_S for a check: a check still out after that has
+        # nobody to answer, and waiting the whole grace for a black-holed Redis would only hold up shutdown.
+        await self._batcher.close(min(grace_s, CHECK_DEADLINE_S))
 
     async def admit(self, identity: str, cost: int = 1) -> None:
         """Take ``cost`` tokens of ``identity``'s bucket; raises RateLimited (429) when they are not there."""

@@ -119,12 +119,13 @@ class Telemetry:
         self._stop.clear()
         self._task = asyncio.create_task(self._loop(), name="telemetry")
 
-    async def close(self) -> None:
-        """Stop after the round in flight (bounded), cancelling it only if it hangs."""
+    async def close(self, grace_s: float = CLOSE_WAIT_S) -> None:
+        """Stop after the round in flight (within ``grace_s``, at most CLOSE_WAIT_S), cancelling it only if
+        it hangs."""
         self._stop.set()
         if self._task:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._task, timeout=CLOSE_WAIT_S)
+                await asyncio.wait_for(self._task, timeout=min(grace_s, CLOSE_WAIT_S))
 
     async def _loop(self) -> None:
         while not self._stop.is_set():

@@ -121,4 +121,4 @@ class NodeListener:
             finally:
                 # Closing a broken connection may fail too; there is nothing left to do about it.
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), timeout=1.0)  # type: ignore[no-untyped-call]
+                    await asyncio.wait_for(pubsub.aclose(), timeout=1.0)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8

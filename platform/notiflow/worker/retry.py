@@ -8,11 +8,11 @@ import logging
 from notiflow import metrics
 from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
+from notiflow.lifecycle import Deadline, drain, pause
 from notiflow.service.reconciler import Reconciler
 from notiflow.service.retention import RetentionService
 from notiflow.service.telemetry import Telemetry
 from notiflow.streams.work import WorkStream
-from notiflow.worker.lifecycle import drain, pause
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,10 @@ class RetryWorker:
             metrics.RETRIES_MOVED.inc(n)
             if n < self._s.retry_batch:  # a full batch means more are due: go again at once
                 await pause(stop, poll_s)
-        await drain(housekeeping, self._s.shutdown_grace_s)
+        deadline = Deadline(self._s.shutdown_grace_s)
+        await drain(housekeeping, deadline.left())
         if self._telemetry:
-            await self._telemetry.close()
+            await self._telemetry.close(deadline.left())
 
     async def _reconcile_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -13,12 +13,12 @@ from collections.abc import Awaitable, Callable
 from notiflow import metrics
 from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
+from notiflow.lifecycle import Deadline, drain, pause
 from notiflow.models import Channel, Outcome, StreamEntry
 from notiflow.service.delivery import DeliveryService
 from notiflow.service.telemetry import Telemetry
 from notiflow.streams import bundle
 from notiflow.streams.work import WorkStream
-from notiflow.worker.lifecycle import drain, pause
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,13 @@ class StreamWorker:
                 continue
             if raw:
                 await self.handle(raw)
-        # Intake has stopped; let webhook calls in flight finish within the grace period.
+        # Intake has stopped; webhook calls in flight, then the held hand-offs, within one grace period.
+        deadline = Deadline(self._s.shutdown_grace_s)
         reclaimer.cancel()
-        await drain([reclaimer, *self._hooks], self._s.shutdown_grace_s)
-        await self._d.dispatch_log.close(self._s.shutdown_grace_s)
+        await drain([reclaimer, *self._hooks], deadline.left())
+        await self._d.dispatch_log.close(deadline.left())
         if self._telemetry:
-            await self._telemetry.close()
+            await self._telemetry.close(deadline.left())
 
     async def handle(self, raw: list[Raw], *, reclaimed: bool = False) -> None:
         sockets: list[Parsed] = []

@@ -1,0 +1,46 @@
+"""Shutdown shared by the gateway and the workers: intake stops first, then in-flight work drains within
+one grace period, then whatever is left is cancelled (a worker's stream entries stay unacknowledged and
+are reclaimed by another consumer: cancellation never acknowledges).
+
+One grace period for the whole drain, not one per resource: a process that closes five resources one
+after another, each allowed the full grace, could take five times as long as its supervisor waits before
+SIGKILL. ``Deadline`` hands each close what is left of the one period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+
+log = logging.getLogger(__name__)
+
+
+class Deadline:
+    """A point in event-loop time; ``left()`` is the time remaining until it, never negative."""
+
+    def __init__(self, seconds: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._at = self._loop.time() + max(0.0, seconds)
+
+    def left(self) -> float:
+        return max(0.0, self._at - self._loop.time())
+
+
+async def drain(tasks: Iterable[asyncio.Task[object]], grace_s: float) -> None:
+    pending = {t for t in tasks if not t.done()}
+    if not pending:
+        return
+    _, still = await asyncio.wait(pending, timeout=grace_s)
+    if still:
+        log.warning("grace period over: cancelling in-flight work", extra={"tasks": len(still)})
+        for task in still:
+            task.cancel()
+        await asyncio.gather(*still, return_exceptions=True)
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep that ends early when the process is asked to stop."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -1,0 +1,58 @@
+"""Shutdown under one deadline (house style; found by make test: the rate limit's fail-open test timed out
+in its teardown on a loaded CI machine). The gateway's lifespan closed its resources one after another,
+each allowed the whole ``SHUTDOWN_GRACE_S``, so a black-holed Redis held it up for several grace periods,
+past the supervisor's wait before SIGKILL (grace + 5 s in devstack) and the tests' (grace + 10 s)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from integration_support import Gateways, users
+
+from notiflow.lifecycle import Deadline
+
+pytestmark = pytest.mark.timeout(60)
+
+GRACE_S = 3.0
+# What a stop costs besides the drains: uvicorn's 0.1 s pause, its tick, closing the pools. Before the fix
+# the two black-holed drains below took 2 × GRACE_S on their own, so the bound separates the two clearly.
+SLACK_S = 1.5
+
+
+async def _black_hole(*_: object) -> list[int]:
+    await asyncio.sleep(3600)  # a Redis that takes the command and never answers
+    return []
+
+
+async def test_a_gateway_with_a_black_holed_redis_stops_within_one_grace_period(
+    gateways: Gateways, http: httpx.AsyncClient
+) -> None:
+    gw = await gateways.start(shutdown_grace_s=GRACE_S, ingest_rate_per_s=1000, ingest_burst=1000)
+    services = gw.services
+    # Both drains meet the black hole: the rate-limit check in flight, and the XADD of what was committed.
+    services.limiter._buckets.take = _black_hole  # type: ignore[method-assign]
+    services.ingest._work.add = _black_hole  # type: ignore[method-assign]
+    (user,) = users(1)
+    answer = await http.post(f"{gw.url}/notifications", json={"user_id": user, "event": "stop.test", "payload": {}})
+    assert answer.status_code == 202, answer.text  # committed: the XADD is left to the outbox sweep
+    assert services.limiter.failed_open == 1
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await gw.stop()
+    took_s = loop.time() - started
+    assert took_s < GRACE_S + SLACK_S, f"the gateway took {took_s:.2f} s to stop with a grace of {GRACE_S} s"
+
+
+async def test_a_deadline_hands_out_what_is_left_and_never_less_than_zero() -> None:
+    deadline = Deadline(0.2)
+    first = deadline.left()
+    assert 0.1 < first <= 0.2
+    await asyncio.sleep(0.05)
+    assert deadline.left() < first
+    assert Deadline(-1).left() == 0.0
+    passed = Deadline(0.01)
+    await asyncio.sleep(0.02)
+    assert passed.left() == 0.0
