@@ -236,7 +236,11 @@ class Settings(BaseSettings):
 
     # --- process lifecycle ------------------------------------------------------------------
     shutdown_grace_s: float = Field(
-        10.0, ge=0, description="Drain time for in-flight work at shutdown before cancelling, s. Default 10."
+        10.0, ge=0,
+        description=(
+            "Drain time for in-flight work at shutdown before cancelling, one period for all of a process's"
+            " drains, s. Default 10."
+        ),
     )
     pg_pool_max: int = Field(10, ge=1, description="PostgreSQL connections per process. Default 10.")
     redis_pool_max: int = Field(
