@@ -100,13 +100,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        # Stop intake first (no new accepts), drain what is queued, then release the stores; the drains
-        # share one grace period (uvicorn's own, for the requests in flight, came before this).
+        # Stop intake first (no new accepts), drain what is queued, then release the stores. The drains
+        # share one grace period (uvicorn's own, for the requests in flight, came before this), the durable
+        # ones first: commits, then acks; telemetry's last round only if time is left.
         deadline = Deadline(settings.shutdown_grace_s)
-        await telemetry.close(deadline.left())
         await ingest.close(deadline.left())
         await limiter.close(deadline.left())
         await queries.close(deadline.left())
+        await telemetry.close(deadline.left())
         await sessions.close()
         await auth.close(deadline.left())
         if warner is not None:

@@ -119,6 +119,7 @@ class NodeListener:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 2.0)
             finally:
-                # Closing a broken connection may fail too; there is nothing left to do about it.
+                # Closing a broken connection may fail too; there is nothing left to do about it. (redis 8
+                # types aclose, earlier versions do not: the ignore may be unused.)
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), timeout=1.0)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8
+                    await asyncio.wait_for(pubsub.aclose(), timeout=1.0)  # type: ignore[no-untyped-call, unused-ignore]
