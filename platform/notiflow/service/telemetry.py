@@ -119,7 +119,7 @@ class Telemetry:
         self._stop.clear()
         self._task = asyncio.create_task(self._loop(), name="telemetry")
 
-    async def close(self, grace_s: float = CLOSE_WAIT_S) -> None:
+    async def close(self, grace_s: float) -> None:
         """Stop after the round in flight (within ``grace_s``, at most CLOSE_WAIT_S), cancelling it only if
         it hangs."""
         self._stop.set()

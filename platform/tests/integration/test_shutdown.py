@@ -1,7 +1,8 @@
-"""Shutdown under one deadline (house style; found by make test: the rate limit's fail-open test timed out
-in its teardown on a loaded CI machine). The gateway's lifespan closed its resources one after another,
-each allowed the whole ``SHUTDOWN_GRACE_S``, so a black-holed Redis held it up for several grace periods,
-past the supervisor's wait before SIGKILL (grace + 5 s in devstack) and the tests' (grace + 10 s)."""
+"""Shutdown under one deadline (house style). Found in CI: the rate limit's fail-open test timed out in its
+teardown. The gateway's lifespan closed its resources one after another, and the stream worker its webhook
+calls then its hand-offs, each allowed the whole ``SHUTDOWN_GRACE_S``: a store that stopped answering held a
+stop for several grace periods, past the supervisor's wait before SIGKILL (grace + 5 s in devstack) and the
+tests' (grace + 10 s)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import asyncio
 
 import httpx
 import pytest
-from integration_support import Gateways, users
+from integration_support import Gateways, Workers, users
 
 from notiflow.lifecycle import Deadline
 
@@ -21,7 +22,7 @@ GRACE_S = 3.0
 SLACK_S = 1.5
 
 
-async def _black_hole(*_: object) -> list[int]:
+async def _black_hole(*_: object, **__: object) -> list[int]:
     await asyncio.sleep(3600)  # a Redis that takes the command and never answers
     return []
 
@@ -44,6 +45,23 @@ async def test_a_gateway_with_a_black_holed_redis_stops_within_one_grace_period(
     await gw.stop()
     took_s = loop.time() - started
     assert took_s < GRACE_S + SLACK_S, f"the gateway took {took_s:.2f} s to stop with a grace of {GRACE_S} s"
+
+
+async def test_a_stream_worker_with_stuck_work_stops_within_one_grace_period(workers: Workers) -> None:
+    running = await workers.stream(shutdown_grace_s=GRACE_S)
+    worker = running.worker
+    # Both drains meet the black hole: a webhook call that never returns, and the held hand-offs' write to a
+    # PostgreSQL that never answers (the dispatch log writes at close whatever it still holds).
+    stuck = asyncio.create_task(_black_hole())
+    worker._hooks.add(stuck)
+    worker._d.dispatch_log.flush = _black_hole  # type: ignore[method-assign]
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await running.stop()
+    took_s = loop.time() - started
+    assert stuck.cancelled(), "the stuck call was not cancelled at the end of the grace period"
+    assert took_s < GRACE_S + SLACK_S, f"the stream worker took {took_s:.2f} s to stop with a grace of {GRACE_S} s"
 
 
 async def test_a_deadline_hands_out_what_is_left_and_never_less_than_zero() -> None:
