@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,14 @@ from notiflow.devstack import free_port
 from notiflow.gateway.app import create_app, server_options
 from notiflow.gateway.deps import Services
 from notiflow.worker.factory import retry_worker, stream_worker
+
+
+def dump_tasks(why: str) -> None:
+    """Print the stack of every task of the running loop to stderr (pytest shows it with the failure)."""
+    print(f"\n----- {why}: the loop's tasks -----", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=12, file=sys.stderr)
+
 
 # --- gateways -------------------------------------------------------------------------------------
 
@@ -74,7 +83,12 @@ class Gateway:
         if self.task.done():
             return
         self.server.should_exit = True
-        await asyncio.wait_for(asyncio.shield(self.task), timeout=self.settings.shutdown_grace_s + 10)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), timeout=self.settings.shutdown_grace_s + 10)
+        except TimeoutError:
+            # Where it hangs is what such a failure must show: every task's stack, with the failure.
+            dump_tasks(f"gateway {self.node_id} did not stop within its grace + 10 s")
+            raise
 
 
 async def start_gateway(settings: Settings) -> Gateway:
@@ -138,6 +152,9 @@ class RunningWorker:
         self.stop_event.set()
         try:
             await asyncio.wait_for(asyncio.shield(self.task), timeout=30)
+        except TimeoutError:
+            dump_tasks("a worker did not stop within 30 s")
+            raise
         finally:
             await self._exit.aclose()
 
@@ -321,6 +338,7 @@ async def statuses(db: asyncpg.Pool, nid: str) -> dict[str, str]:
 
 async def settled(db: asyncpg.Pool, nid: str, timeout_s: float = 10.0) -> dict[str, str]:
     """Wait until no delivery of ``nid`` is pending (a worker recorded its outcome); their statuses."""
+
     async def done() -> dict[str, str]:
         found = await statuses(db, nid)
         return found if found and "pending" not in found.values() else {}
