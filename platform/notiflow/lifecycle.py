@@ -16,6 +16,10 @@ from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 
+#: Seconds, after the grace period, for releasing the stores' connections. Nothing is drained then:
+#: every statement has ended or been cancelled, so a connection still not given back is cut.
+RELEASE_S = 1.0
+
 
 class Deadline:
     """A point in event-loop time; ``left()`` is the time remaining until it, never negative."""

@@ -33,7 +33,7 @@ from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
 from notiflow.gateway.transport import FrameProtocol
-from notiflow.lifecycle import Deadline
+from notiflow.lifecycle import RELEASE_S, Deadline
 from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.dashboard import DashboardService
 from notiflow.service.ingest import IngestService
@@ -41,8 +41,8 @@ from notiflow.service.queries import QueryService
 from notiflow.service.ratelimit import IngestLimiter
 from notiflow.service.sessions import SessionService
 from notiflow.service.telemetry import Telemetry
-from notiflow.store.pool import connect_pool
-from notiflow.streams.client import connect_redis
+from notiflow.store.pool import close_pool, connect_pool
+from notiflow.streams.client import close_redis, connect_redis
 from notiflow.streams.presence import Presence
 from notiflow.streams.ratelimit import TokenBuckets
 from notiflow.streams.stats import StatsBoard
@@ -79,8 +79,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await auth.start()
     except AuthNotConfigured as exc:
         log.error("gateway refuses to start: %s", exc)
-        await redis.aclose()
-        await pool.close()
+        await close_redis(redis, RELEASE_S)
+        await close_pool(pool, RELEASE_S)
         raise
     warner = asyncio.create_task(_warn_while_auth_off(settings.auth_off_warning_s)) if auth.off else None
     limiter = IngestLimiter(settings, TokenBuckets(redis, settings))
@@ -108,14 +108,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await limiter.close(deadline.left())
         await queries.close(deadline.left())
         await telemetry.close(deadline.left())
-        await sessions.close()
+        await sessions.close(deadline.left())
         await auth.close(deadline.left())
         if warner is not None:
             warner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await warner
-        await redis.aclose()
-        await pool.close()
+        # Then the connections, within a bound of their own: a connection never given back is cut.
+        await close_redis(redis, RELEASE_S)
+        await close_pool(pool, RELEASE_S)
 
 
 def server_options(settings: Settings) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
+from notiflow.lifecycle import RELEASE_S, Deadline
 from notiflow.models import notification_frame
 from notiflow.service.queries import QueryService
 from notiflow.streams.client import Redis
@@ -57,14 +58,24 @@ class SessionService:
         # Sockets may register only once frames can reach them.
         await asyncio.wait_for(self._listener.subscribed.wait(), timeout=10)
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float) -> None:
+        """Stop the feed and the heartbeat (cancelled: they get RELEASE_S to let go of their connections),
+        then leave presence within ``grace_s``. A task that absorbs its cancellation (a Redis client may,
+        inside a read) is left behind rather than waited for; a leave that does not finish in time is given
+        up, and the entries expire with the node key."""
+        deadline = Deadline(grace_s)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=RELEASE_S)
+            if stuck:
+                names = sorted(t.get_name() for t in stuck)
+                log.warning("session tasks did not end when cancelled", extra={"tasks": names})
         try:
-            await self._presence.leave(self.node_id, self._sockets.users())
-        except StoreUnavailable as exc:
-            log.warning("presence leave failed; entries expire with the node key", extra={"error": str(exc)})
+            await asyncio.wait_for(self._presence.leave(self.node_id, self._sockets.users()), deadline.left())
+        except (StoreUnavailable, TimeoutError) as exc:
+            reason = str(exc) or "timeout"
+            log.warning("presence leave failed; entries expire with the node key", extra={"error": reason})
 
     async def opened(self, user_id: str) -> int:
         """Count a new socket of ``user_id``; returns how many the user now holds across live nodes."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -15,9 +16,11 @@ from asyncpg.pool import Pool
 from notiflow import metrics
 from notiflow.errors import CommitOutcomeUnknown, StoreUnavailable
 
-__all__ = ["Pool", "connect_pool", "pg_errors", "pg_write_errors", "retry_conflicts"]
+__all__ = ["Pool", "close_pool", "connect_pool", "pg_errors", "pg_write_errors", "retry_conflicts"]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # Lost a deadlock or a serialization race: the statement did nothing and may simply run again.
 _CONFLICT_SQLSTATES = ("40P01", "40001")
@@ -107,3 +110,15 @@ async def connect_pool(dsn: str, *, max_size: int, min_size: int = 1) -> Pool:
         )
     assert pool is not None
     return pool
+
+
+async def close_pool(pool: Pool, timeout_s: float) -> None:
+    """Close ``pool`` within ``timeout_s``. ``Pool.close`` waits for every connection to be released, with
+    no bound: a connection never given back (a statement cut off by cancellation at the wrong moment, a
+    caller that hangs) held a process's stop past its supervisor's patience. Past ``timeout_s`` the pool
+    is terminated (asyncpg does so when its close is cancelled): the server rolls back whatever was open,
+    and nothing was acknowledged on the strength of it."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout=timeout_s)
+    except TimeoutError:
+        log.warning("postgresql pool not released in time: terminated", extra={"timeout_s": timeout_s})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,6 +17,8 @@ from notiflow import metrics
 from notiflow.errors import StoreUnavailable
 
 Redis = aioredis.Redis
+
+log = logging.getLogger(__name__)
 
 
 def connect_redis(url: str, *, max_connections: int = 64, wait_timeout_s: float = 5.0) -> Redis:
@@ -32,6 +36,15 @@ def connect_redis(url: str, *, max_connections: int = 64, wait_timeout_s: float 
         health_check_interval=10,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+async def close_redis(redis: Redis, timeout_s: float) -> None:
+    """Close ``redis``'s connections within ``timeout_s``; past it they are left to the process's exit (each
+    disconnect may otherwise wait ``socket_connect_timeout`` for a peer that does not answer)."""
+    try:
+        await asyncio.wait_for(redis.aclose(), timeout=timeout_s)
+    except (TimeoutError, RedisError, OSError) as exc:
+        log.warning("redis connections not closed in time", extra={"timeout_s": timeout_s, "error": repr(exc)})
 
 
 def pack_command(*args: str | bytes) -> bytes:

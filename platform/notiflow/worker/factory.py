@@ -6,15 +6,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from notiflow.config import Settings
+from notiflow.lifecycle import RELEASE_S
 from notiflow.service.auth import KeyService
 from notiflow.service.delivery import DeliveryService
 from notiflow.service.queries import QueryService
 from notiflow.service.reconciler import Reconciler
 from notiflow.service.retention import RetentionService
 from notiflow.service.telemetry import Telemetry
-from notiflow.store.pool import Pool, connect_pool
+from notiflow.store.pool import Pool, close_pool, connect_pool
 from notiflow.streams.budget import HostBudget
-from notiflow.streams.client import Redis, connect_redis
+from notiflow.streams.client import Redis, close_redis, connect_redis
 from notiflow.streams.presence import Presence
 from notiflow.streams.pubsub import Router
 from notiflow.streams.stats import StatsBoard
@@ -34,8 +35,8 @@ async def _stores(settings: Settings, *, pg_max: int) -> AsyncIterator[tuple[Poo
     try:
         yield pool, redis
     finally:
-        await redis.aclose()
-        await pool.close()
+        await close_redis(redis, RELEASE_S)
+        await close_pool(pool, RELEASE_S)
 
 
 @asynccontextmanager
@@ -77,4 +78,4 @@ async def key_service(settings: Settings) -> AsyncIterator[KeyService]:
     try:
         yield KeyService(pool)
     finally:
-        await pool.close()
+        await close_pool(pool, RELEASE_S)

@@ -2,7 +2,9 @@
 teardown. The gateway's lifespan closed its resources one after another, and the stream worker its webhook
 calls then its hand-offs, each allowed the whole ``SHUTDOWN_GRACE_S``: a store that stopped answering held a
 stop for several grace periods, past the supervisor's wait before SIGKILL (grace + 5 s in devstack) and the
-tests' (grace + 10 s)."""
+tests' (grace + 10 s). Found in CI again (an idle gateway's stop, in the keep-alive test): what came after the
+drains had no bound at all, leaving presence and closing the pools (asyncpg's ``Pool.close`` waits for every
+connection to be given back)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import httpx
 import pytest
 from integration_support import Gateways, Workers, users
 
-from notiflow.lifecycle import Deadline
+from notiflow.lifecycle import RELEASE_S, Deadline
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -20,6 +22,7 @@ GRACE_S = 3.0
 # What a stop costs besides the drains: uvicorn's 0.1 s pause, its tick, closing the pools. Before the fix
 # the two black-holed drains below took 2 × GRACE_S on their own, so the bound separates the two clearly.
 SLACK_S = 1.5
+CUT = "postgresql pool not released in time: terminated"
 
 
 async def _black_hole(*_: object, **__: object) -> list[int]:
@@ -35,6 +38,8 @@ async def test_a_gateway_with_a_black_holed_redis_stops_within_one_grace_period(
     # Both drains meet the black hole: the rate-limit check in flight, and the XADD of what was committed.
     services.limiter._buckets.take = _black_hole  # type: ignore[method-assign]
     services.ingest._work.add = _black_hole  # type: ignore[method-assign]
+    # And so does leaving presence, after the drains.
+    services.sessions._presence.leave = _black_hole  # type: ignore[method-assign]
     (user,) = users(1)
     answer = await http.post(f"{gw.url}/notifications", json={"user_id": user, "event": "stop.test", "payload": {}})
     assert answer.status_code == 202, answer.text  # committed: the XADD is left to the outbox sweep
@@ -45,6 +50,33 @@ async def test_a_gateway_with_a_black_holed_redis_stops_within_one_grace_period(
     await gw.stop()
     took_s = loop.time() - started
     assert took_s < GRACE_S + SLACK_S, f"the gateway took {took_s:.2f} s to stop with a grace of {GRACE_S} s"
+
+
+async def test_a_gateway_whose_database_connection_is_never_given_back_stops_in_bounded_time(
+    gateways: Gateways, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await gateways.start(shutdown_grace_s=GRACE_S)
+    await gw.services.pool.acquire()  # a caller that hangs with its connection
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await gw.stop()
+    took_s = loop.time() - started
+    # Nothing was left to drain; the pool was cut RELEASE_S after it began to close.
+    assert took_s < RELEASE_S + SLACK_S, f"the gateway took {took_s:.2f} s to stop"
+    assert CUT in caplog.messages, "the pool was not cut"
+
+
+async def test_a_stream_worker_whose_database_connection_is_never_given_back_stops_in_bounded_time(
+    workers: Workers, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = await workers.stream(shutdown_grace_s=GRACE_S)
+    await running.worker._d._pool.acquire()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await running.stop()
+    took_s = loop.time() - started
+    assert took_s < RELEASE_S + SLACK_S, f"the stream worker took {took_s:.2f} s to stop"
+    assert CUT in caplog.messages, "the pool was not cut"
 
 
 async def test_a_stream_worker_with_stuck_work_stops_within_one_grace_period(workers: Workers) -> None:
