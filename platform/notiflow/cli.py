@@ -177,10 +177,11 @@ def cmd_gateway(settings: Settings, argv: list[str], reuse_port: bool) -> int:
 
     import uvicorn
 
-    from notiflow.gateway.app import create_app, server_options
+    from notiflow.gateway.app import create_app, server_options, stop_serving
 
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+        app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
         **server_options(settings),
         log_config=None, timeout_graceful_shutdown=int(settings.shutdown_grace_s), backlog=4096,
     )
@@ -197,7 +198,7 @@ def cmd_gateway(settings: Settings, argv: list[str], reuse_port: bool) -> int:
         serving = asyncio.create_task(server.serve(sockets=sockets))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
-        server.should_exit = True  # stage 1: stop accepting; uvicorn drains within the grace, then closes
+        stop_serving(app, server)  # the grace period starts: requests in flight, then the drains
         await serving
         stopping.cancel()
 

@@ -238,8 +238,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         10.0, ge=0,
         description=(
-            "Drain time for in-flight work at shutdown before cancelling, one period for all of a process's"
-            " drains, s. Default 10."
+            "One period for a process's whole stop: a gateway's requests in flight, then every drain (commits,"
+            " acks, hand-offs, webhook calls); what still runs after it is cancelled, and closing the connections"
+            " takes at most 1 s more, s. Default 10."
         ),
     )
     pg_pool_max: int = Field(10, ge=1, description="PostgreSQL connections per process. Default 10.")

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
@@ -100,10 +101,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        # Stop intake first (no new accepts), drain what is queued, then release the stores. The drains
-        # share one grace period (uvicorn's own, for the requests in flight, came before this), the durable
-        # ones first: commits, then acks; telemetry's last round only if time is left.
-        deadline = Deadline(settings.shutdown_grace_s)
+        # Stop intake first (no new accepts), drain what is queued, then release the stores. Stage 1,
+        # uvicorn finishing the requests in flight, and these drains (stage 2) share one grace period, begun
+        # by stop_serving; the durable drains first: commits, then acks; telemetry's last round only if time
+        # is left.
+        deadline = app.state.stop_deadline or Deadline(settings.shutdown_grace_s)
         await ingest.close(deadline.left())
         await limiter.close(deadline.left())
         await queries.close(deadline.left())
@@ -117,6 +119,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Then the connections, within a bound of their own: a connection never given back is cut.
         await close_redis(redis, RELEASE_S)
         await close_pool(pool, RELEASE_S)
+
+
+def stop_serving(app: FastAPI, server: uvicorn.Server) -> None:
+    """Begin a gateway's stop: its one grace period starts now. Stage 1, uvicorn stops accepting and
+    finishes the requests in flight (within the same ``timeout_graceful_shutdown``); stage 2, the lifespan's
+    drains, gets what is left of the period rather than a period of its own."""
+    app.state.stop_deadline = Deadline(app.state.settings.shutdown_grace_s)
+    server.should_exit = True
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -157,6 +167,7 @@ class GatewayApp(FastAPI):
 def create_app(settings: Settings) -> FastAPI:
     app = GatewayApp(title="notiflow", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
+    app.state.stop_deadline = None  # set by stop_serving
     app.include_router(http.router)
     app.include_router(dashboard.router)
     app.include_router(keys.router)

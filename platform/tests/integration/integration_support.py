@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed
 
 from notiflow.config import Settings
 from notiflow.devstack import free_port
-from notiflow.gateway.app import create_app, server_options
+from notiflow.gateway.app import create_app, server_options, stop_serving
 from notiflow.gateway.deps import Services
 from notiflow.worker.factory import retry_worker, stream_worker
 
@@ -82,7 +82,7 @@ class Gateway:
     async def stop(self) -> None:
         if self.task.done():
             return
-        self.server.should_exit = True
+        stop_serving(self.app, self.server)
         try:
             await asyncio.wait_for(asyncio.shield(self.task), timeout=self.settings.shutdown_grace_s + 10)
         except TimeoutError:

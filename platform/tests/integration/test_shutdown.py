@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import httpx
 import pytest
+from helpers import wait_for
 from integration_support import Gateways, Workers, users
 
 from notiflow.lifecycle import RELEASE_S, Deadline
@@ -50,6 +52,34 @@ async def test_a_gateway_with_a_black_holed_redis_stops_within_one_grace_period(
     await gw.stop()
     took_s = loop.time() - started
     assert took_s < GRACE_S + SLACK_S, f"the gateway took {took_s:.2f} s to stop with a grace of {GRACE_S} s"
+
+
+async def test_a_gateway_with_a_request_in_flight_stops_within_one_grace_period_for_both_stages(
+    gateways: Gateways, http: httpx.AsyncClient
+) -> None:
+    # Stage 1 (uvicorn finishing the request in flight) and stage 2 (the lifespan's drains) both wait on a
+    # commit that does not finish: a lock holds the insert. Each stage had a grace period of its own.
+    gw = await gateways.start(shutdown_grace_s=GRACE_S)
+    locker = await asyncpg.connect(gw.settings.database_url_required)
+    try:
+        await locker.execute("BEGIN; LOCK TABLE notifications IN ACCESS EXCLUSIVE MODE")
+        (user,) = users(1)
+        body = {"user_id": user, "event": "stop.test", "payload": {}}
+        request = asyncio.create_task(http.post(f"{gw.url}/notifications", json=body))
+        await wait_for(lambda: gw.services.ingest._in_flight > 0, 5, message="the request is in flight")
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await gw.stop()
+        took_s = loop.time() - started
+        assert took_s < GRACE_S + SLACK_S, f"the gateway took {took_s:.2f} s to stop with a grace of {GRACE_S} s"
+        # The commit was cut: the request was not told 202, and nothing is stored.
+        answer = (await asyncio.gather(request, return_exceptions=True))[0]
+        assert isinstance(answer, Exception) or answer.status_code != 202, answer
+    finally:
+        await locker.close()  # rolls back: the lock goes with it
+    page = await (await gateways.start()).services.queries.offline(user, 0, 10)
+    assert page["notifications"] == [], "a commit cut at shutdown stored its notification"
 
 
 async def test_a_gateway_whose_database_connection_is_never_given_back_stops_in_bounded_time(

@@ -23,7 +23,7 @@ from helpers import wait_for
 
 from notiflow.config import Settings
 from notiflow.devstack import free_port
-from notiflow.gateway.app import create_app
+from notiflow.gateway.app import create_app, stop_serving
 from notiflow.service.reconciler import Reconciler
 from notiflow.streams.work import WorkStream
 from notiflow.worker.factory import retry_worker, stream_worker
@@ -190,12 +190,13 @@ async def start_platform(
     settings = base.model_copy(update={**overrides, "port": free_port()})
     exit_stack = contextlib.AsyncExitStack()
     try:
-        server = _Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port,
+        app = create_app(settings)
+        server = _Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port,
                                         log_config=None, lifespan="on", ws="none"))
         serving = asyncio.create_task(server.serve())
 
         async def stop_server() -> None:
-            server.should_exit = True
+            stop_serving(app, server)
             await asyncio.wait_for(serving, timeout=15)
 
         exit_stack.push_async_callback(stop_server)
