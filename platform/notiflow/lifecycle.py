@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,22 @@ async def drain(tasks: Iterable[asyncio.Task[object]], grace_s: float) -> None:
     _, still = await asyncio.wait(pending, timeout=grace_s)
     if still:
         log.warning("grace period over: cancelling in-flight work", extra={"tasks": len(still)})
-        for task in still:
-            task.cancel()
-        await asyncio.gather(*still, return_exceptions=True)
+        await cancel(still)
+
+
+async def cancel(tasks: Iterable[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
+    """Cancel ``tasks`` and give them RELEASE_S to end; returns those that did not. A task may absorb its
+    cancellation (a client library inside a read may turn it into its own timeout and go on): it is left
+    behind rather than waited for, since waiting on it is what held stops without bound."""
+    pending = {t for t in tasks if not t.done()}
+    for task in pending:
+        task.cancel()
+    if not pending:
+        return set()
+    _, still = await asyncio.wait(pending, timeout=RELEASE_S)
+    if still:
+        log.warning("tasks did not end when cancelled", extra={"tasks": sorted(t.get_name() for t in still)})
+    return still
 
 
 async def pause(stop: asyncio.Event, seconds: float) -> None:

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
-from notiflow.lifecycle import RELEASE_S, Deadline
+from notiflow.lifecycle import Deadline, cancel
 from notiflow.models import notification_frame
 from notiflow.service.queries import QueryService
 from notiflow.streams.client import Redis
@@ -64,13 +64,7 @@ class SessionService:
         inside a read) is left behind rather than waited for; a leave that does not finish in time is given
         up, and the entries expire with the node key."""
         deadline = Deadline(grace_s)
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            _, stuck = await asyncio.wait(self._tasks, timeout=RELEASE_S)
-            if stuck:
-                names = sorted(t.get_name() for t in stuck)
-                log.warning("session tasks did not end when cancelled", extra={"tasks": names})
+        await cancel(self._tasks)
         try:
             await asyncio.wait_for(self._presence.leave(self.node_id, self._sockets.users()), deadline.left())
         except (StoreUnavailable, TimeoutError) as exc:

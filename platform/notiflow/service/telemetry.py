@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from notiflow import metrics
 from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
+from notiflow.lifecycle import cancel
 from notiflow.store import dlq as dlq_sql
 from notiflow.store.pool import Pool, pg_errors
 from notiflow.streams.stats import StatsBoard
@@ -124,8 +125,9 @@ class Telemetry:
         it hangs."""
         self._stop.set()
         if self._task:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._task, timeout=min(grace_s, CLOSE_WAIT_S))
+            done, _ = await asyncio.wait({self._task}, timeout=min(grace_s, CLOSE_WAIT_S))
+            if not done:
+                await cancel([self._task])
 
     async def _loop(self) -> None:
         while not self._stop.is_set():

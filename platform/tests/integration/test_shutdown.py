@@ -9,6 +9,7 @@ connection to be given back)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import asyncpg
 import httpx
@@ -124,6 +125,51 @@ async def test_a_stream_worker_with_stuck_work_stops_within_one_grace_period(wor
     took_s = loop.time() - started
     assert stuck.cancelled(), "the stuck call was not cancelled at the end of the grace period"
     assert took_s < GRACE_S + SLACK_S, f"the stream worker took {took_s:.2f} s to stop with a grace of {GRACE_S} s"
+
+
+async def _deaf(done: asyncio.Event) -> None:
+    """A task that absorbs its cancellation, as a client library inside a read may, until ``done``."""
+    while not done.is_set():
+        with contextlib.suppress(asyncio.CancelledError):
+            await done.wait()
+
+
+async def test_a_stream_worker_task_that_absorbs_its_cancellation_does_not_hold_the_stop(workers: Workers) -> None:
+    running = await workers.stream(shutdown_grace_s=GRACE_S)
+    done = asyncio.Event()
+    deaf = asyncio.create_task(_deaf(done))
+    running.worker._hooks.add(deaf)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await running.stop()
+        took_s = loop.time() - started
+        # Waited for through the grace period, cancelled, then left behind after RELEASE_S.
+        assert took_s < 2 * GRACE_S, f"the stream worker took {took_s:.2f} s to stop"
+        assert not deaf.done()
+    finally:
+        done.set()
+        await deaf
+
+
+async def test_a_gateway_task_that_absorbs_its_cancellation_does_not_hold_the_stop(gateways: Gateways) -> None:
+    gw = await gateways.start(shutdown_grace_s=GRACE_S)
+    done, entered = asyncio.Event(), asyncio.Event()
+
+    async def deaf_round() -> None:
+        entered.set()
+        await _deaf(done)
+
+    gw.services.telemetry.tick = deaf_round  # type: ignore[method-assign]
+    await asyncio.wait_for(entered.wait(), 10)  # a telemetry round is under way, and will not end
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await gw.stop()
+        took_s = loop.time() - started
+        assert took_s < 2 * GRACE_S, f"the gateway took {took_s:.2f} s to stop"
+    finally:
+        done.set()
 
 
 async def test_a_deadline_hands_out_what_is_left_and_never_less_than_zero() -> None:
