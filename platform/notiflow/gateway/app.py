@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -34,7 +33,7 @@ from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
 from notiflow.gateway.transport import FrameProtocol
-from notiflow.lifecycle import RELEASE_S, Deadline
+from notiflow.lifecycle import RELEASE_S, Deadline, cancel
 from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.dashboard import DashboardService
 from notiflow.service.ingest import IngestService
@@ -113,9 +112,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await sessions.close(deadline.left())
         await auth.close(deadline.left())
         if warner is not None:
-            warner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await warner
+            await cancel([warner])
         # Then the connections, within a bound of their own: a connection never given back is cut.
         await close_redis(redis, RELEASE_S)
         await close_pool(pool, RELEASE_S)

@@ -21,6 +21,7 @@ import uuid
 from collections import deque
 
 from notiflow.errors import StoreUnavailable
+from notiflow.lifecycle import cancel
 from notiflow.store import deliveries as sql
 from notiflow.store.pool import Pool, pg_errors, retry_conflicts
 
@@ -69,9 +70,7 @@ class DispatchLog:
     async def close(self, grace_s: float) -> None:
         """Write what is held (within ``grace_s``), then stop."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel([self._task])
             self._task = None
         with contextlib.suppress(TimeoutError, StoreUnavailable):
             await asyncio.wait_for(self.flush(), timeout=grace_s)

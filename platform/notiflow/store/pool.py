@@ -114,8 +114,8 @@ async def connect_pool(dsn: str, *, max_size: int, min_size: int = 1) -> Pool:
 
 async def close_pool(pool: Pool, timeout_s: float) -> None:
     """Close ``pool`` within ``timeout_s``. ``Pool.close`` waits for every connection to be released, with
-    no bound: a connection never given back (a statement cut off by cancellation at the wrong moment, a
-    caller that hangs) held a process's stop past its supervisor's patience. Past ``timeout_s`` the pool
+    no bound: a connection never given back (a caller that hangs with it) would hold a process's stop past
+    its supervisor's patience. Past ``timeout_s`` the pool
     is terminated (asyncpg does so when its close is cancelled): the server rolls back whatever was open,
     and nothing was acknowledged on the strength of it."""
     try:

@@ -338,7 +338,6 @@ async def statuses(db: asyncpg.Pool, nid: str) -> dict[str, str]:
 
 async def settled(db: asyncpg.Pool, nid: str, timeout_s: float = 10.0) -> dict[str, str]:
     """Wait until no delivery of ``nid`` is pending (a worker recorded its outcome); their statuses."""
-
     async def done() -> dict[str, str]:
         found = await statuses(db, nid)
         return found if found and "pending" not in found.values() else {}

@@ -1,10 +1,12 @@
 """Shutdown under one deadline (house style). Found in CI: the rate limit's fail-open test timed out in its
-teardown. The gateway's lifespan closed its resources one after another, and the stream worker its webhook
-calls then its hand-offs, each allowed the whole ``SHUTDOWN_GRACE_S``: a store that stopped answering held a
-stop for several grace periods, past the supervisor's wait before SIGKILL (grace + 5 s in devstack) and the
-tests' (grace + 10 s). Found in CI again (an idle gateway's stop, in the keep-alive test): what came after the
-drains had no bound at all, leaving presence and closing the pools (asyncpg's ``Pool.close`` waits for every
-connection to be given back)."""
+teardown. The gateway's lifespan closed its resources one after another, and the stream worker its webhook calls
+then its hand-offs, each allowed the whole ``SHUTDOWN_GRACE_S``: a store that stopped answering held a stop for
+several grace periods, past the supervisor's wait before SIGKILL (grace + 5 s in devstack) and the tests' (grace
++ 10 s). CI then failed on an idle gateway's stop (the keep-alive test), which did not happen here (80 stops in a
+loop, with and without load, and every full run); what a stop could still wait on without bound is bounded now,
+each with its test: uvicorn's stage and the drains each with a grace period of their own, leaving presence, a
+cancelled task that does not end, and closing the pools (asyncpg's ``Pool.close`` waits for every connection to
+be given back)."""
 
 from __future__ import annotations
 
