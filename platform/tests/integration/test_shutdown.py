@@ -17,7 +17,7 @@ import asyncpg
 import httpx
 import pytest
 from helpers import wait_for
-from integration_support import Gateways, Workers, users
+from integration_support import Gateway, Gateways, RunningWorker, Workers, users
 
 from notiflow.lifecycle import RELEASE_S, Deadline
 
@@ -28,6 +28,14 @@ GRACE_S = 3.0
 # the two black-holed drains below took 2 × GRACE_S on their own, so the bound separates the two clearly.
 SLACK_S = 1.5
 CUT = "postgresql pool not released in time: terminated"
+
+
+async def _time_to_stop(process: Gateway | RunningWorker) -> float:
+    """Seconds that stopping ``process`` takes."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await process.stop()
+    return loop.time() - started
 
 
 async def _black_hole(*_: object, **__: object) -> list[int]:
@@ -50,10 +58,7 @@ async def test_a_gateway_with_a_black_holed_redis_stops_within_one_grace_period(
     assert answer.status_code == 202, answer.text  # committed: the XADD is left to the outbox sweep
     assert services.limiter.failed_open == 1
 
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await gw.stop()
-    took_s = loop.time() - started
+    took_s = await _time_to_stop(gw)
     assert took_s < GRACE_S + SLACK_S, f"the gateway took {took_s:.2f} s to stop with a grace of {GRACE_S} s"
 
 
@@ -71,10 +76,7 @@ async def test_a_gateway_with_a_request_in_flight_stops_within_one_grace_period_
         request = asyncio.create_task(http.post(f"{gw.url}/notifications", json=body))
         await wait_for(lambda: gw.services.ingest._in_flight > 0, 5, message="the request is in flight")
 
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await gw.stop()
-        took_s = loop.time() - started
+        took_s = await _time_to_stop(gw)
         assert took_s < GRACE_S + SLACK_S, f"the gateway took {took_s:.2f} s to stop with a grace of {GRACE_S} s"
         # The commit was cut: the request was not told 202, and nothing is stored.
         answer = (await asyncio.gather(request, return_exceptions=True))[0]
@@ -90,10 +92,7 @@ async def test_a_gateway_whose_database_connection_is_never_given_back_stops_in_
 ) -> None:
     gw = await gateways.start(shutdown_grace_s=GRACE_S)
     await gw.services.pool.acquire()  # a caller that hangs with its connection
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await gw.stop()
-    took_s = loop.time() - started
+    took_s = await _time_to_stop(gw)
     # Nothing was left to drain; the pool was cut RELEASE_S after it began to close.
     assert took_s < RELEASE_S + SLACK_S, f"the gateway took {took_s:.2f} s to stop"
     assert CUT in caplog.messages, "the pool was not cut"
@@ -104,10 +103,7 @@ async def test_a_stream_worker_whose_database_connection_is_never_given_back_sto
 ) -> None:
     running = await workers.stream(shutdown_grace_s=GRACE_S)
     await running.worker._d._pool.acquire()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await running.stop()
-    took_s = loop.time() - started
+    took_s = await _time_to_stop(running)
     assert took_s < RELEASE_S + SLACK_S, f"the stream worker took {took_s:.2f} s to stop"
     assert CUT in caplog.messages, "the pool was not cut"
 
@@ -121,10 +117,7 @@ async def test_a_stream_worker_with_stuck_work_stops_within_one_grace_period(wor
     worker._hooks.add(stuck)
     worker._d.dispatch_log.flush = _black_hole  # type: ignore[method-assign]
 
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await running.stop()
-    took_s = loop.time() - started
+    took_s = await _time_to_stop(running)
     assert stuck.cancelled(), "the stuck call was not cancelled at the end of the grace period"
     assert took_s < GRACE_S + SLACK_S, f"the stream worker took {took_s:.2f} s to stop with a grace of {GRACE_S} s"
 
@@ -142,10 +135,7 @@ async def test_a_stream_worker_task_that_absorbs_its_cancellation_does_not_hold_
     deaf = asyncio.create_task(_deaf(done))
     running.worker._hooks.add(deaf)
     try:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await running.stop()
-        took_s = loop.time() - started
+        took_s = await _time_to_stop(running)
         # Waited for through the grace period, cancelled, then left behind after RELEASE_S.
         assert took_s < 2 * GRACE_S, f"the stream worker took {took_s:.2f} s to stop"
         assert not deaf.done()
@@ -165,10 +155,7 @@ async def test_a_gateway_task_that_absorbs_its_cancellation_does_not_hold_the_st
     gw.services.telemetry.tick = deaf_round  # type: ignore[method-assign]
     await asyncio.wait_for(entered.wait(), 10)  # a telemetry round is under way, and will not end
     try:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await gw.stop()
-        took_s = loop.time() - started
+        took_s = await _time_to_stop(gw)
         assert took_s < 2 * GRACE_S, f"the gateway took {took_s:.2f} s to stop"
     finally:
         done.set()
