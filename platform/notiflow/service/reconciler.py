@@ -7,7 +7,8 @@ Each round (under a PostgreSQL advisory lock, so any number of retry workers may
 3. Stuck work: deliveries still pending or retrying long after they should have been processed
    (a lost ZADD, a replay whose XADD failed, a stream entry lost). No index follows the socket channel's
    state (acks and hand-offs must be HOT updates, migration 006): fresh pending work is looked at once, when
-   it becomes stale, through the notifications past a cursor; work found or put back before (retries,
+   it becomes stale, through the notifications past a cursor in commit order (migration 008: a late commit
+   is not passed, and one that expired meanwhile is expired); work found or put back before (retries,
    re-enqueues, replays) carries a due time, which an index follows until the delivery is handed off.
 4. Expiry, and forgetting idempotency keys older than 24 h.
 """
@@ -31,8 +32,13 @@ from notiflow.streams.work import WorkStream, retry_member
 log = logging.getLogger(__name__)
 
 PAGE = 2000
-#: Pages of FRESH_PAGE notifications the fresh sweep reads per round (it catches up over rounds).
-FRESH_PAGES_PER_ROUND = 20
+#: Notifications per page of the fresh sweep: the first page of a round, and the most a page grows to while
+#: every page comes back full (a backlog: ingest outran the sweep).
+FRESH_PAGE_MIN = 500
+FRESH_PAGE_MAX = 20_000
+#: Time a round's fresh sweep may take before the round commits, seconds (it goes on in the next round). It
+#: keeps the reconciler's transaction short while it follows a backlog of any size.
+FRESH_ROUND_S = 1.0
 
 Page = Callable[[tuple[uuid.UUID, str] | None], Awaitable[list[dict[str, Any]]]]
 
@@ -68,8 +74,9 @@ class Reconciler:
             done["stuck"] = await self._requeue(
                 conn, lambda after: sql.stale_work(conn, after=after, stale_s=stale_s, limit=PAGE), touch=True
             )
-            done["stuck"] += await self._fresh(conn, stale_s)
-            done["expired"] = await sql.expire_due(conn, PAGE)
+            fresh, late_expired = await self._fresh(conn, stale_s)
+            done["stuck"] += fresh
+            done["expired"] = late_expired + await sql.expire_due(conn, PAGE)
             done["keys_forgotten"] = await sql.forget_old_keys(conn, PAGE)
         return done
 
@@ -86,20 +93,28 @@ class Reconciler:
             if len(rows) < PAGE:
                 return moved
 
-    async def _fresh(self, conn: Any, stale_s: float) -> int:
-        """Pending socket work of the notifications that became stale since the last round, looked at once;
-        what is still pending is put back and from then on in the stale sweep's view (touched)."""
-        start = after = await sql.cursor(conn, "fresh")
-        moved = 0
-        for _ in range(FRESH_PAGES_PER_ROUND):
-            rows, following = await sql.fresh_page(conn, after, stale_s)
-            if following is None:
+    async def _fresh(self, conn: Any, stale_s: float) -> tuple[int, int]:
+        """Pending socket work of the notifications that became stale since the last round, in commit order,
+        looked at once: what is still pending is put back and from then on in the stale sweep's view, what
+        expired meanwhile is expired. Pages follow the backlog: each full page doubles the next one, within
+        FRESH_ROUND_S. Returns (entries put back, deliveries expired)."""
+        start = after = await sql.fresh_cursor(conn)
+        moved = expired = 0
+        size = FRESH_PAGE_MIN
+        clock = time.monotonic()
+        while True:
+            page = await sql.fresh_page(conn, after, stale_s, size)
+            if page.following is None:
                 break
-            moved += await self._put_back(conn, rows, touch=True)
-            after = following
+            moved += await self._put_back(conn, page.rows, touch=False)  # the page's statement touched them
+            expired += page.expired
+            after = page.following
+            if page.taken < size or time.monotonic() - clock > FRESH_ROUND_S:
+                break
+            size = min(size * 2, FRESH_PAGE_MAX)
         if after != start:
-            await sql.set_cursor(conn, "fresh", *after)
-        return moved
+            await sql.set_fresh_cursor(conn, *after)
+        return moved, expired
 
     async def _put_back(self, conn: Any, rows: list[dict[str, Any]], *, touch: bool) -> int:
         """Pending channels on the stream, retrying ones on the schedule; ``touch`` marks them seen now."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,8 +15,6 @@ _EXPIRABLE = sql_list(tuple(s.value for s in OPEN_STATUSES if s is not DeliveryS
 #: The expiry sweeps (see _EXPIRE): each a cursor and how far behind now it stays, seconds. The second one
 #: passes each expired notification once more a minute later, for one whose commit came that late.
 EXPIRY_SWEEPS: tuple[tuple[str, int], ...] = (("expiry", 2), ("expiry_late", 60))
-#: Notifications per page of the fresh sweep.
-FRESH_PAGE = 100
 
 # Only one reconciler works at a time; the others skip the round (any number may run safely).
 _TRY_LOCK = "SELECT pg_try_advisory_xact_lock(7349001)"
@@ -56,27 +55,66 @@ ORDER BY d.notification_id, d.user_id
 LIMIT $4
 """
 
-# Fresh work is looked at once, when it becomes stale: the next notifications past the `fresh` cursor
-# older than `stale_s` (notifications_created), and their socket deliveries still pending (their webhook
-# work is the stale sweep's). What is found is touched (a due time), so the stale sweep keeps it in view.
-# (created_at is fixed when the ingest transaction begins: one that commits more than `stale_s` later would
-# be passed; the stream still holds its entries, and STUCK_AFTER_S defaults to 120 s.)
+# Fresh work is looked at once, when it becomes stale: the notifications past the `fresh` cursor, in commit
+# order (migration 008), up to the first one younger than `stale_s`. One statement per page: it reads the page,
+# touches the pending socket deliveries of its notifications (a due time: the stale sweep keeps them in view
+# from now on) and returns them to be put back, expires the open deliveries of those already expired (a commit
+# later than the expiry sweeps' lags is still seen here), and returns where the cursor goes. Their webhook
+# work is the stale sweep's. The page ends below the oldest transaction still running: every transaction
+# with a smaller id has ended, so nothing can commit behind the cursor later.
 _CURSOR = "SELECT at, id FROM reconciler_cursors WHERE name = $1"
 _SET_CURSOR = """
 INSERT INTO reconciler_cursors (name, at, id) VALUES ($1, $2, $3)
 ON CONFLICT (name) DO UPDATE SET at = EXCLUDED.at, id = EXCLUDED.id
 """
-_FRESH_PAGE = """
-SELECT id, created_at FROM notifications
-WHERE (created_at, id) > ($1::timestamptz, $2::uuid) AND created_at <= now() - $3 * interval '1 second'
-ORDER BY created_at, id
-LIMIT $4
+_FRESH_CURSOR = "SELECT txid, id FROM reconciler_cursors WHERE name = 'fresh'"
+_SET_FRESH_CURSOR = """
+INSERT INTO reconciler_cursors (name, at, txid, id) VALUES ('fresh', now(), $1, $2)
+ON CONFLICT (name) DO UPDATE SET at = EXCLUDED.at, txid = EXCLUDED.txid, id = EXCLUDED.id
 """
-_FRESH_PENDING = f"""
-SELECT d.notification_id, d.user_id, d.status, NULL::text AS webhook_status, d.next_attempt_at,
-       NULL::timestamptz AS webhook_next_at
-FROM deliveries d WHERE d.notification_id = ANY($1::uuid[]) AND d.status = '{DeliveryStatus.PENDING.value}'
-ORDER BY d.notification_id, d.user_id
+_FRESH_PAGE = f"""
+WITH page AS (
+    SELECT id, txid, created_at, coalesce(expires_at <= now(), false) AS expired FROM notifications
+    WHERE (txid, id) > ($1::bigint, $2::uuid) AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+    ORDER BY txid, id
+    LIMIT $3
+), young AS (
+    SELECT txid, id FROM page WHERE created_at > now() - $4 * interval '1 second' ORDER BY txid, id LIMIT 1
+), taken AS (
+    SELECT p.* FROM page p
+    WHERE NOT EXISTS (SELECT 1 FROM young) OR (p.txid, p.id) < (SELECT y.txid, y.id FROM young y)
+), locked AS (
+    SELECT d.notification_id, d.user_id, t.expired FROM deliveries d JOIN taken t ON t.id = d.notification_id
+    WHERE (NOT t.expired AND d.status = '{DeliveryStatus.PENDING.value}')
+       OR (t.expired AND (d.status IN {_EXPIRABLE} OR d.webhook_status IN {_WORK}))
+    ORDER BY d.notification_id, d.user_id FOR UPDATE OF d
+), changed AS (
+    UPDATE deliveries d
+    SET status = CASE WHEN l.expired AND d.status IN {_EXPIRABLE} THEN '{DeliveryStatus.EXPIRED.value}'
+                      ELSE d.status END,
+        webhook_status = CASE WHEN l.expired AND d.webhook_status IN {_WORK} THEN '{DeliveryStatus.EXPIRED.value}'
+                              ELSE d.webhook_status END,
+        next_attempt_at = CASE WHEN l.expired THEN d.next_attempt_at ELSE now() END,
+        updated_at = now()
+    FROM locked l WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id
+    RETURNING d.notification_id, d.user_id, d.status, d.next_attempt_at, l.expired
+)
+SELECT (SELECT count(*) FROM page) AS read, (SELECT count(*) FROM taken) AS taken,
+       (SELECT t.txid FROM taken t ORDER BY t.txid DESC, t.id DESC LIMIT 1) AS last_txid,
+       (SELECT t.id FROM taken t ORDER BY t.txid DESC, t.id DESC LIMIT 1) AS last_id,
+       (SELECT count(*) FROM changed WHERE expired) AS expired,
+       array(SELECT c.notification_id FROM changed c WHERE NOT c.expired ORDER BY 1, c.user_id) AS nids,
+       array(SELECT c.user_id FROM changed c WHERE NOT c.expired ORDER BY c.notification_id, 1) AS uids,
+       array(SELECT c.next_attempt_at FROM changed c WHERE NOT c.expired ORDER BY c.notification_id, c.user_id)
+           AS dues
+"""
+# How far the fresh sweep is behind (benchmarks, operators): notifications past the cursor that are stale
+# already, and the age beyond `stale_s` of the oldest of them, seconds.
+_FRESH_LAG = """
+SELECT count(*) AS behind,
+       coalesce(extract(epoch FROM now() - $3 * interval '1 second' - min(created_at)), 0)::float8 AS lag_s
+FROM notifications
+WHERE (txid, id) > ($1::bigint, $2::uuid) AND created_at <= now() - $3 * interval '1 second'
 """
 
 # Found work gets a new due time (socket) and update time (webhook): the next stale sweep leaves it alone for
@@ -159,16 +197,46 @@ async def set_cursor(conn: Any, name: str, at: datetime, last_id: uuid.UUID) -> 
     await conn.execute(_SET_CURSOR, name, at, last_id)
 
 
-async def fresh_page(
-    conn: Any, after: tuple[datetime, uuid.UUID], stale_s: float
-) -> tuple[list[dict[str, Any]], tuple[datetime, uuid.UUID] | None]:
-    """The pending socket deliveries of the next FRESH_PAGE notifications past ``after`` that are older
-    than ``stale_s``, and the cursor after them (None: nothing is past ``after`` yet)."""
-    notes = await conn.fetch(_FRESH_PAGE, after[0], after[1], stale_s, FRESH_PAGE)
-    if not notes:
-        return [], None
-    rows = await conn.fetch(_FRESH_PENDING, [n["id"] for n in notes])
-    return [dict(r) for r in rows], (notes[-1]["created_at"], notes[-1]["id"])
+async def fresh_cursor(conn: Any) -> tuple[int, uuid.UUID]:
+    """Where the fresh sweep stands: (transaction id, notification id); the beginning when nobody set it."""
+    row = await conn.fetchrow(_FRESH_CURSOR)
+    return (row["txid"], row["id"]) if row is not None else (0, _ZERO_UUID)
+
+
+async def set_fresh_cursor(conn: Any, txid: int, last_id: uuid.UUID) -> None:
+    await conn.execute(_SET_FRESH_CURSOR, txid, last_id)
+
+
+@dataclass(slots=True, frozen=True)
+class FreshPage:
+    """One page of the fresh sweep: the pending socket work it touched (to be put back), how many deliveries
+    it expired, how many notifications it read and took, and the cursor after them (None: nothing taken)."""
+
+    rows: list[dict[str, Any]]
+    expired: int
+    read: int
+    taken: int
+    following: tuple[int, uuid.UUID] | None
+
+
+async def fresh_page(conn: Any, after: tuple[int, uuid.UUID], stale_s: float, limit: int) -> FreshPage:
+    """The next ``limit`` notifications past ``after`` in commit order, up to the first younger than
+    ``stale_s`` (see _FRESH_PAGE): one statement."""
+    r = await conn.fetchrow(_FRESH_PAGE, after[0], after[1], limit, stale_s)
+    rows = [
+        {"notification_id": n, "user_id": u, "status": DeliveryStatus.PENDING.value, "webhook_status": None,
+         "next_attempt_at": due, "webhook_next_at": None}
+        for n, u, due in zip(r["nids"], r["uids"], r["dues"], strict=True)
+    ]
+    following = None if r["last_txid"] is None else (int(r["last_txid"]), r["last_id"])
+    return FreshPage(rows, int(r["expired"]), int(r["read"]), int(r["taken"]), following)
+
+
+async def fresh_lag(conn: Any, stale_s: float) -> tuple[int, float]:
+    """(notifications the fresh sweep should have passed and has not, seconds the oldest of them waits)."""
+    txid, last_id = await fresh_cursor(conn)
+    r = await conn.fetchrow(_FRESH_LAG, txid, last_id, stale_s)
+    return int(r["behind"]), float(r["lag_s"])
 
 
 async def touch(conn: Any, keys: list[tuple[uuid.UUID, str]]) -> None:

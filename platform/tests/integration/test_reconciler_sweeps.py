@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from helpers import wait_for
 
 from notiflow.store import reconcile as sql
 
@@ -71,9 +72,23 @@ async def test_the_fresh_sweep_reads_each_notification_once(db: asyncpg.Pool) ->
             "($1, 'cy', 1, 'delivered')", stale,
         )
         await _notification(conn, ["di"], created_ago_s=0)
-        start = await sql.cursor(conn, "fresh")
-        rows, following = await sql.fresh_page(conn, start, stale_s=5)
-        assert [(r["notification_id"], r["user_id"], r["status"]) for r in rows] == [(stale, "bo", "pending")]
-        assert following is not None and following[1] == stale  # the young one is not stale yet
-        await sql.set_cursor(conn, "fresh", *following)
-        assert await sql.fresh_page(conn, following, stale_s=5) == ([], None)
+        start = await sql.fresh_cursor(conn)
+
+
+        async def taken() -> sql.FreshPage | None:
+            # A write transaction still running anywhere on the (shared) server holds the sweep below it.
+            page = await sql.fresh_page(conn, start, stale_s=5, limit=100)
+            return page if page.taken else None
+
+        page = await wait_for(taken, timeout_s=20, interval_s=0.1)
+        assert [(r["notification_id"], r["user_id"], r["status"]) for r in page.rows] == [(stale, "bo", "pending")]
+        assert page.read == 2 and page.taken == 1  # the young one is not stale yet
+        assert page.following is not None and page.following[1] == stale
+        await sql.set_fresh_cursor(conn, *page.following)
+        again = await sql.fresh_page(conn, page.following, stale_s=5, limit=100)
+        assert (again.rows, again.taken, again.following) == ([], 0, None)
+        # Touched: in the stale sweep's view from now on.
+        assert await conn.fetchval(
+            "SELECT next_attempt_at IS NOT NULL FROM deliveries WHERE notification_id = $1 AND user_id = 'bo'", stale
+        )
+
