@@ -24,6 +24,7 @@ from notiflow.config import Settings
 from notiflow.errors import DownstreamError, NotiflowError, StoreUnavailable
 from notiflow.models import WORK_STATUSES, Channel, DeliveryStatus, DeliveryWork, Outcome, StreamEntry
 from notiflow.service import routing
+from notiflow.service.clock import Clock, SystemClock
 from notiflow.service.dispatch_log import DispatchLog
 from notiflow.store import deliveries as sql
 from notiflow.store.pool import Pool, pg_errors, retry_conflicts
@@ -38,10 +39,6 @@ log = logging.getLogger(__name__)
 _WORK_STATES = WORK_STATUSES
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class DeliveryService:
     """The deliver, schedule_retry and dead_letter use cases."""
 
@@ -54,8 +51,12 @@ class DeliveryService:
         router: Router,
         webhooks: WebhookClient,
         budget: HostBudget,
+        clock: Clock | None = None,
     ) -> None:
         self._s = settings
+        # Due times and expiry are compared with PostgreSQL's clock: the worker reads time from it too
+        # (service/clock.py). The system clock only where none is given (unit tests of pure parts).
+        self._clock: Clock = clock or SystemClock()
         self._pool = pool
         self._work = work
         self._presence = presence
@@ -67,6 +68,9 @@ class DeliveryService:
         self.held_back = 0  # retries deferred by the per-host budget, for logs and tests
         self.dispatch_log = DispatchLog(pool, settings.dispatch_record_delay_ms / 1000)
 
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock.now_ms() / 1000, UTC)
+
     # --- outcomes ---------------------------------------------------------------------------
 
     def failure(
@@ -75,7 +79,7 @@ class DeliveryService:
     ) -> Outcome:
         """A failed attempt: retrying at its backoff time, or dead once retries are used up."""
         attempt = (w.attempts if channel is Channel.SOCKET else w.webhook_attempts) + 1
-        now = _now()
+        now = self._now()
         base = Outcome(w.notification_id, w.user_id, channel.value, attempt, "failed", "dead",
                        self._node, started or now, now, error=error[:2000])
         if permanent:
@@ -94,7 +98,7 @@ class DeliveryService:
     def _done(self, w: DeliveryWork, channel: Channel, outcome: str, status: str, started: datetime) -> Outcome:
         attempt = (w.attempts if channel is Channel.SOCKET else w.webhook_attempts) + 1
         return Outcome(w.notification_id, w.user_id, channel.value, attempt, outcome, status,
-                       self._node, started, _now())
+                       self._node, started, self._now())
 
     async def record(self, outcomes: list[Outcome]) -> None:
         """Make the outcomes durable, then put the retries on the schedule.
@@ -131,7 +135,7 @@ class DeliveryService:
 
     def _carried(self, entries: list[StreamEntry]) -> list[DeliveryWork]:
         """The work a fresh entry carries: what its first processing needs, without PostgreSQL."""
-        now_ms = int(time.time() * 1000)
+        now_ms = self._clock.now_ms()
         out: list[DeliveryWork] = []
         for e in entries:
             c = e.carried
@@ -152,8 +156,8 @@ class DeliveryService:
         Successful hand-offs go to the dispatch log, written after the entries' ack; failures and expiries
         are recorded before it.
         """
-        started = _now()
-        now_ms = int(time.time() * 1000)
+        started = self._now()
+        now_ms = self._clock.now_ms()
         fresh: list[StreamEntry] = []
         todo: list[DeliveryWork] = []
         for e in entries:
@@ -210,7 +214,7 @@ class DeliveryService:
         held = [w for host, ws in retries.items() for w in ws[granted.get(host, 0):]]
         if not held:
             return todo
-        now_ms = int(_now().timestamp() * 1000)
+        now_ms = self._clock.now_ms()
         # Spread over the next seconds so that held retries do not come back as one wave.
         spread_ms = max(1000, 1000 * len(held) // self._s.webhook_retry_rate_per_host)
         await self._work.schedule([
@@ -237,7 +241,7 @@ class DeliveryService:
         return [w for w in todo if w.expired or w.key in won]
 
     async def _call(self, w: DeliveryWork) -> Outcome:
-        started = _now()
+        started = self._now()
         if w.expired:
             return self._done(w, Channel.WEBHOOK, "expired", "expired", started)
         async with self._hook_slots:

@@ -122,7 +122,6 @@ class Reconciler:
             return 0
         pending: dict[tuple[uuid.UUID, Channel], list[str]] = defaultdict(list)
         schedule: list[tuple[str, int]] = []
-        now_ms = int(time.time() * 1000)
         for r in rows:
             nid, uid = r["notification_id"], r["user_id"]
             for channel, state, due in (
@@ -132,7 +131,7 @@ class Reconciler:
                 if state == DeliveryStatus.PENDING:
                     pending[(nid, channel)].append(uid)
                 elif state == DeliveryStatus.RETRYING:
-                    schedule.append((retry_member(nid, uid, channel), sql.due_ms(due) or now_ms))
+                    schedule.append((retry_member(nid, uid, channel), sql.due_ms(due)))
         entries = [
             StreamEntry(nid, tuple(users[i : i + self._s.fanout_chunk]), channel)
             for (nid, channel), users in pending.items()

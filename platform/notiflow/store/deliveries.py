@@ -196,3 +196,8 @@ async def record_poison(conn: Any, entries: list[tuple[str, str, str]]) -> None:
         await conn.execute(
             _INSERT_POISON, [e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries]
         )
+
+
+async def server_time_ms(conn: Any) -> int:
+    """PostgreSQL's wall clock now (not the transaction's start), milliseconds since the Unix epoch."""
+    return int(await conn.fetchval("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint"))

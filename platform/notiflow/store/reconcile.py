@@ -25,7 +25,9 @@ SELECT id FROM notifications WHERE NOT enqueued AND created_at < now() - $1 * in
 ORDER BY created_at LIMIT $2
 """
 
-_COLUMNS = "d.notification_id, d.user_id, d.status, d.webhook_status, d.next_attempt_at, d.webhook_next_at"
+# A retry's due time for the schedule: its own, or now by PostgreSQL's clock (the one due times are kept in).
+_COLUMNS = """d.notification_id, d.user_id, d.status, d.webhook_status,
+    coalesce(d.next_attempt_at, now()) AS next_attempt_at, coalesce(d.webhook_next_at, now()) AS webhook_next_at"""
 
 # Every delivery with open work, keyset by key: the rebuild after Redis lost its data (a full scan, once).
 _ALL_WORK = f"""
@@ -263,5 +265,5 @@ async def forget_old_keys(conn: Any, limit: int) -> int:
     return int(str(await conn.execute(_FORGET_KEYS, limit)).rsplit(" ", 1)[-1])
 
 
-def due_ms(when: datetime | None) -> int | None:
-    return None if when is None else int(when.timestamp() * 1000)
+def due_ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)

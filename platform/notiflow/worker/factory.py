@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from notiflow.config import Settings
 from notiflow.lifecycle import RELEASE_S
 from notiflow.service.auth import KeyService
+from notiflow.service.clock import Clock, RecordClock, SystemClock
 from notiflow.service.delivery import DeliveryService
 from notiflow.service.queries import QueryService
 from notiflow.service.reconciler import Reconciler
@@ -39,31 +40,42 @@ async def _stores(settings: Settings, *, pg_max: int) -> AsyncIterator[tuple[Poo
         await close_pool(pool, RELEASE_S)
 
 
+async def _record_clock(pool: Pool, local: Clock | None) -> RecordClock:
+    """PostgreSQL's clock through ``local`` (this machine's by default), measured once before any work."""
+    clock = RecordClock(pool, local or SystemClock())
+    await clock.try_sync()
+    return clock
+
+
 @asynccontextmanager
-async def stream_worker(settings: Settings) -> AsyncIterator[StreamWorker]:
+async def stream_worker(settings: Settings, *, local_clock: Clock | None = None) -> AsyncIterator[StreamWorker]:
+    """``local_clock``: this machine's clock, which the worker corrects to PostgreSQL's (service/clock.py)."""
     async with _stores(settings, pg_max=settings.pg_pool_max) as (pool, redis):
         webhooks = WebhookClient(settings)
         work = WorkStream(redis, settings)
         try:
+            clock = await _record_clock(pool, local_clock)
             deliveries = DeliveryService(
                 settings, pool, work, Presence(redis, settings), Router(redis, settings), webhooks,
-                HostBudget(redis, settings),
+                HostBudget(redis, settings), clock,
             )
             telemetry = Telemetry(settings, work, pool, StatsBoard(redis, settings), role="stream-worker",
                                   read_stores=False)
-            yield StreamWorker(settings, deliveries, work, telemetry)
+            yield StreamWorker(settings, deliveries, work, telemetry, clock)
         finally:
             await webhooks.aclose()
 
 
 @asynccontextmanager
-async def retry_worker(settings: Settings) -> AsyncIterator[RetryWorker]:
+async def retry_worker(settings: Settings, *, local_clock: Clock | None = None) -> AsyncIterator[RetryWorker]:
+    """``local_clock``: this machine's clock, which the worker corrects to PostgreSQL's (service/clock.py)."""
     async with _stores(settings, pg_max=2) as (pool, redis):
         work = WorkStream(redis, settings)
         telemetry = Telemetry(settings, work, pool, StatsBoard(redis, settings), role="retry-worker",
                               read_stores=True)
+        clock = await _record_clock(pool, local_clock)
         yield RetryWorker(settings, work, Reconciler(settings, pool, work), telemetry,
-                          RetentionService(settings, pool))
+                          RetentionService(settings, pool), clock)
 
 
 @asynccontextmanager

@@ -9,6 +9,7 @@ from notiflow import metrics
 from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
 from notiflow.lifecycle import Deadline, drain, pause
+from notiflow.service.clock import Clock, RecordClock, SystemClock
 from notiflow.service.reconciler import Reconciler
 from notiflow.service.retention import RetentionService
 from notiflow.service.telemetry import Telemetry
@@ -20,9 +21,12 @@ log = logging.getLogger(__name__)
 class RetryWorker:
     def __init__(
         self, settings: Settings, work: WorkStream, reconciler: Reconciler, telemetry: Telemetry | None = None,
-        retention: RetentionService | None = None,
+        retention: RetentionService | None = None, clock: RecordClock | None = None,
     ) -> None:
         self._s = settings
+        # Retries are due by PostgreSQL's clock, which wrote their due times (service/clock.py).
+        self._clock: Clock = clock or SystemClock()
+        self._record_clock = clock
         self._work = work
         self._reconciler = reconciler
         self._telemetry = telemetry
@@ -33,12 +37,14 @@ class RetryWorker:
         housekeeping = [asyncio.create_task(self._reconcile_loop(stop), name="reconcile")]
         if self._retention:
             housekeeping.append(asyncio.create_task(self._retention.run(stop), name="retention"))
+        if self._record_clock:
+            housekeeping.append(asyncio.create_task(self._record_clock.run(stop), name="clock"))
         if self._telemetry:
             self._telemetry.start()
         poll_s = self._s.retry_poll_ms / 1000
         while not stop.is_set():
             try:
-                n = await self._work.move_due(self._s.retry_batch)
+                n = await self._work.move_due(self._s.retry_batch, now_ms=self._clock.now_ms())
             except StoreUnavailable as exc:
                 log.warning("moving due retries failed", extra={"error": str(exc)})
                 await pause(stop, 1.0)

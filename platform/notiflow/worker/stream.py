@@ -15,6 +15,7 @@ from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
 from notiflow.lifecycle import Deadline, drain, pause
 from notiflow.models import Channel, Outcome, StreamEntry
+from notiflow.service.clock import RecordClock
 from notiflow.service.delivery import DeliveryService
 from notiflow.service.telemetry import Telemetry
 from notiflow.streams import bundle
@@ -29,9 +30,11 @@ Process = Callable[[list[StreamEntry]], Awaitable[list[Outcome]]]
 
 class StreamWorker:
     def __init__(
-        self, settings: Settings, deliveries: DeliveryService, work: WorkStream, telemetry: Telemetry | None = None
+        self, settings: Settings, deliveries: DeliveryService, work: WorkStream, telemetry: Telemetry | None = None,
+        clock: RecordClock | None = None,
     ) -> None:
         self._s = settings
+        self._clock = clock  # the deliveries' clock (service/clock.py), kept in step with PostgreSQL's here
         self._telemetry = telemetry
         self._d = deliveries
         self._work = work
@@ -49,6 +52,9 @@ class StreamWorker:
         await self._work.ensure_group()
         self._d.dispatch_log.start()
         reclaimer = asyncio.create_task(self._reclaim_loop(stop), name="reclaim")
+        housekeeping = [reclaimer]
+        if self._clock:
+            housekeeping.append(asyncio.create_task(self._clock.run(stop), name="clock"))
         if self._telemetry:
             self._telemetry.start()
         delay_s = 0.1
@@ -66,7 +72,7 @@ class StreamWorker:
         # Intake has stopped; webhook calls in flight, then the held hand-offs, within one grace period.
         deadline = Deadline(self._s.shutdown_grace_s)
         reclaimer.cancel()
-        await drain([reclaimer, *self._hooks], deadline.left())
+        await drain([*housekeeping, *self._hooks], deadline.left())
         await self._d.dispatch_log.close(deadline.left())
         if self._telemetry:
             await self._telemetry.close(deadline.left())

@@ -24,6 +24,7 @@ from helpers import wait_for
 from notiflow.config import Settings
 from notiflow.devstack import free_port
 from notiflow.gateway.app import create_app, stop_serving
+from notiflow.service.clock import Clock
 from notiflow.service.reconciler import Reconciler
 from notiflow.streams.work import WorkStream
 from notiflow.worker.factory import retry_worker, stream_worker
@@ -73,26 +74,28 @@ class Platform:
     # --- processes --------------------------------------------------------------------------
 
     async def start_stream_worker(
-        self, *, prepare: Callable[[StreamWorker], None] | None = None, **overrides: Any
+        self, *, prepare: Callable[[StreamWorker], None] | None = None, local_clock: Clock | None = None,
+        **overrides: Any,
     ) -> StreamWorker:
-        """A stream worker; ``prepare`` sees it before it reads anything (to inject a fault)."""
-        worker = await self._start("stream", stream_worker, overrides, prepare)
+        """A stream worker; ``prepare`` sees it before it reads anything (to inject a fault); ``local_clock``
+        is its machine's clock (the system's by default)."""
+        worker = await self._start("stream", stream_worker, overrides, prepare, local_clock)
         assert isinstance(worker, StreamWorker)
         return worker
 
-    async def start_retry_worker(self, **overrides: Any) -> RetryWorker:
-        worker = await self._start("retry", retry_worker, overrides)
+    async def start_retry_worker(self, *, local_clock: Clock | None = None, **overrides: Any) -> RetryWorker:
+        worker = await self._start("retry", retry_worker, overrides, local_clock=local_clock)
         assert isinstance(worker, RetryWorker)
         return worker
 
     async def _start(
-        self, role: str, factory: Callable[[Settings], Any], overrides: dict[str, Any],
-        prepare: Callable[[Any], None] | None = None,
+        self, role: str, factory: Callable[..., Any], overrides: dict[str, Any],
+        prepare: Callable[[Any], None] | None = None, local_clock: Clock | None = None,
     ) -> StreamWorker | RetryWorker:
         name = f"{role}-{len(self.workers)}-{secrets.token_hex(3)}"
         settings = self.settings.model_copy(update={**overrides, "node_id": name})
         exit_stack = contextlib.AsyncExitStack()
-        worker = await exit_stack.enter_async_context(factory(settings))
+        worker = await exit_stack.enter_async_context(factory(settings, local_clock=local_clock))
         if prepare is not None:
             prepare(worker)
         stop = asyncio.Event()
