@@ -50,6 +50,9 @@ class Reconciler:
         self._s = settings
         self._pool = pool
         self._work = work
+        #: The last round's fresh sweep stopped with work left (a full page when its time was up): the next
+        #: round should come at once rather than after the reconcile interval.
+        self.behind = False
 
     async def run_once(self) -> dict[str, int]:
         done = {"rebuilt": 0, "outbox": 0, "stuck": 0, "expired": 0, "keys_forgotten": 0}
@@ -100,6 +103,7 @@ class Reconciler:
         FRESH_ROUND_S. Returns (entries put back, deliveries expired)."""
         start = after = await sql.fresh_cursor(conn)
         moved = expired = 0
+        self.behind = False
         size = FRESH_PAGE_MIN
         clock = time.monotonic()
         while True:
@@ -109,7 +113,10 @@ class Reconciler:
             moved += await self._put_back(conn, page.rows, touch=False)  # the page's statement touched them
             expired += page.expired
             after = page.following
-            if page.taken < size or time.monotonic() - clock > FRESH_ROUND_S:
+            if page.taken < size:
+                break
+            if time.monotonic() - clock > FRESH_ROUND_S:
+                self.behind = True
                 break
             size = min(size * 2, FRESH_PAGE_MAX)
         if after != start:

@@ -60,6 +60,7 @@ class RetryWorker:
 
     async def _reconcile_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            behind = False
             try:
                 done = await self._reconciler.run_once()
                 for kind, n in done.items():
@@ -67,8 +68,10 @@ class RetryWorker:
                         metrics.REPAIRS.labels(kind).inc(n)
                 if any(done.values()):
                     log.info("reconciled", extra=done)
+                behind = self._reconciler.behind
             except StoreUnavailable as exc:
                 log.warning("reconcile failed", extra={"error": str(exc)})
             except Exception:
                 log.exception("reconcile crashed")
-            await pause(stop, self._s.reconcile_interval_s)
+            # Behind (ingest outran the fresh sweep): the next round at once, each round a short transaction.
+            await pause(stop, 0 if behind else self._s.reconcile_interval_s)
