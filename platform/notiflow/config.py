@@ -244,6 +244,19 @@ class Settings(BaseSettings):
         ),
     )
     pg_pool_max: int = Field(10, ge=1, description="PostgreSQL connections per process. Default 10.")
+    pg_lock_timeout_ms: int = Field(
+        5000, ge=0, description="Longest a statement of this process waits for a row lock held by another "
+        "transaction (PostgreSQL lock_timeout on its connections), milliseconds. Past it the statement fails and "
+        "its request is answered 503 store_busy with nothing stored (a worker retries later). 0 waits without "
+        "limit. Default 5000.",
+    )
+    pg_idle_in_transaction_timeout_ms: int = Field(
+        20000, ge=0, description="Longest a connection of this process may sit idle inside an open transaction "
+        "(PostgreSQL idle_in_transaction_session_timeout), milliseconds. Past it PostgreSQL ends the session and "
+        "rolls its transaction back, releasing its locks: a stalled process cannot hold users' rows (and every "
+        "ingest for them) for longer. Must exceed the longest Redis call made inside a transaction (15 s). "
+        "0 means no limit. Default 20000.",
+    )
     redis_pool_max: int = Field(
         64, ge=1, description="Redis connections per process; a command that finds them all busy waits for "
         "one (up to REDIS_POOL_TIMEOUT_S) instead of failing. Default 64.",

@@ -25,6 +25,7 @@ from notiflow.errors import (
     BackpressureError,
     CommitOutcomeUnknown,
     RateLimited,
+    StoreBusy,
     StoreUnavailable,
     Unauthorized,
 )
@@ -41,7 +42,7 @@ from notiflow.service.queries import QueryService
 from notiflow.service.ratelimit import IngestLimiter
 from notiflow.service.sessions import SessionService
 from notiflow.service.telemetry import Telemetry
-from notiflow.store.pool import close_pool, connect_pool
+from notiflow.store.pool import close_pool, connect_pool, pg_limits
 from notiflow.streams.client import close_redis, connect_redis
 from notiflow.streams.presence import Presence
 from notiflow.streams.ratelimit import TokenBuckets
@@ -64,7 +65,7 @@ async def _warn_while_auth_off(period_s: float) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    pool = await connect_pool(settings.database_url_required, max_size=settings.pg_pool_max)
+    pool = await connect_pool(settings.database_url_required, max_size=settings.pg_pool_max, **pg_limits(settings))
     redis = connect_redis(
         settings.redis_url_required, max_connections=settings.redis_pool_max,
         wait_timeout_s=settings.redis_pool_timeout_s,
@@ -189,6 +190,15 @@ def create_app(settings: Settings) -> FastAPI:
             503, "outcome_unknown",
             "the store failed while committing: the request may have been accepted; retry with the same "
             "Idempotency-Key", headers={"retry-after": "1"},
+        )
+
+    @app.exception_handler(StoreBusy)
+    async def busy(_: Request, exc: StoreBusy) -> Response:
+        log.warning("store busy", extra={"error": str(exc)})
+        return http.error_response(
+            503, "store_busy",
+            "a record this request needs stayed locked by another transaction (NOTIFLOW_PG_LOCK_TIMEOUT_MS): "
+            "nothing was stored; retry", headers={"retry-after": "1"},
         )
 
     @app.exception_handler(StoreUnavailable)
