@@ -239,6 +239,7 @@ class Socket:
         self.node = base_url.rsplit(":", 1)[-1]
         self.user, self.history, self.conn, self.live, self.auto_ack = user, history, conn, live, auto_ack
         self.received: dict[str, dict[str, Any]] = {}
+        self.confirmed: set[str] = set()  # ids of this socket's acks the gateway answered with ``acked``
         self.cids: set[str] = set()
         self.frames = 0
         self.close_code: int | None = None
@@ -282,6 +283,13 @@ class Socket:
                     self._on_notification(frame)
                     if self.auto_ack:
                         await self.ack([str(frame["id"])])
+                elif kind == "acked":
+                    ids = [str(i) for i in frame.get("ids") or []]
+                    self.confirmed.update(ids)
+                    self.history.observe(self.conn, "ws_acked", conn=self.conn, user_id=self.user, ids=ids)
+                elif kind == "error" and frame.get("code") == "ack_failed":
+                    ids = [str(i) for i in frame.get("ids") or []]
+                    self.history.observe(self.conn, "ws_ack_failed", conn=self.conn, user_id=self.user, ids=ids)
                 self._changed.set()
         except ConnectionClosed:
             pass
@@ -312,6 +320,11 @@ class Socket:
     async def wait_for_ids(self, ids: set[str], timeout_s: float) -> bool:
         """Wait until every notification id arrived; False if the socket closed or ``timeout_s`` passed."""
         return await self._wait(lambda: ids <= self.received.keys(), timeout_s)
+
+    async def wait_for_confirmed(self, ids: set[str], timeout_s: float) -> bool:
+        """Wait until the gateway confirmed (``acked``) an ack of every id; False if the socket closed or
+        ``timeout_s`` passed first."""
+        return await self._wait(lambda: ids <= self.confirmed, timeout_s)
 
     async def _wait(self, done: Callable[[], bool], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
