@@ -23,8 +23,9 @@ const UNAUTHORIZED = 4401;
 const MAX_ACK_IDS = 1000;
 const MAX_REFRESHES = 3;
 const PING = JSON.stringify({ type: "ping" });
-// Socket acks are not confirmed: those sent this recently when a socket dies are sent again (acks are
-// idempotent), since the node may have died before it committed them.
+// A socket ack is confirmed by an "acked" frame once committed. Those sent this recently and not answered
+// when a socket dies are sent again (acks are idempotent), since the node may have died before it committed
+// them; the window bounds what is kept for a gateway that never confirms.
 const ACK_RESEND_MS = 5000;
 
 /** An error of the client; `code` is the close code or HTTP status, `fatal` says the client gave up. */
@@ -35,6 +36,12 @@ export class NotiflowError extends Error {
     this.code = code;
     this.fatal = fatal;
   }
+}
+
+/** The gateway answered the ack frame of `ids` (one answer per frame): no resend if the socket dies. */
+function answered(link, ids) {
+  const k = link.sentAcks.findIndex(([, sent]) => sent.length === ids.length && sent.every((id, i) => id === ids[i]));
+  if (k >= 0) link.sentAcks.splice(k, 1);
 }
 
 /** Full jitter: uniform(0, min(cap, base * 2**attempt)) milliseconds (notiflow.backoff). */
@@ -293,7 +300,10 @@ export class NotiflowClient {
             result = { error: err };
             ws.close(1000);
           });
+        } else if (frame.type === "acked") {
+          answered(link, frame.ids ?? []);
         } else if (frame.type === "error" && frame.code === "ack_failed") {
+          answered(link, frame.ids ?? []); // queued again here, not resent twice
           for (const id of frame.ids ?? []) this._ack(id);
         }
       };

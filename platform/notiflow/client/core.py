@@ -261,7 +261,10 @@ class NotiflowClient:
                     link.held_overflow = True  # still in the offline queue: the catch-up reads again
             elif kind == "pong":
                 link.pong.set()
+            elif kind == "acked":
+                link.confirmed(frame.get("ids") or [])
             elif kind == "error" and frame.get("code") == "ack_failed":
+                link.confirmed(frame.get("ids") or [])  # answered: queued again below, not resent twice
                 for nid in frame.get("ids") or []:
                     self._ack(nid)
             elif kind == "error":
