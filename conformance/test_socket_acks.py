@@ -1,4 +1,4 @@
-"""What a socket ack promises (SPEC §3, issue 24 window 3), under PostgreSQL resets and socket closes.
+"""What a socket ack promises (SPEC §3, issue 24 window 3), under PostgreSQL resets, socket closes and a SIGKILL.
 
 The gateway answers each ack frame with ``acked`` once its commit is durable, or ``ack_failed`` when the commit
 failed; a socket that closes first gets neither. A confirmed ack holds like an HTTP ack: its notifications are
@@ -52,17 +52,17 @@ async def _sweep_once_healed(api: Api, user: str, timeout_s: float = 60.0) -> li
 
 
 @pytest.mark.timeout(300)
-async def test_a_confirmed_socket_ack_never_comes_back_through_resets_and_closes(
+async def test_a_confirmed_socket_ack_never_comes_back_through_resets_closes_and_a_kill(
     start_cluster: Callable[..., Target], http: httpx.AsyncClient, history: History, run_id: str, report_limit: int
 ) -> None:
-    target: Target = start_cluster("PostgreSQL resets", gateways=1, stream_workers=1, retry_workers=1)
-    assert target.database_url is not None
+    target: Target = start_cluster("PostgreSQL resets, SIGKILL", gateways=1, stream_workers=1, retry_workers=1)
+    assert target.database_url is not None and target.stack is not None
     url = target.urls[0]
     user = f"{run_id}-sockack"
     api = Api(http, url, history, "producer")
     sock = await Socket(url, user, history, "ws-0").open()
     ids: list[str] = []
-    for k in range(ROUNDS * PER_ROUND):
+    for k in range((ROUNDS + 1) * PER_ROUND):
         result = await api.ingest([user], event="socket.acks", payload={"k": k})
         assert result.outcome == "ok" and result.id is not None, f"ingest answered {result.status}: {result.body}"
         ids.append(result.id)
@@ -87,9 +87,17 @@ async def test_a_confirmed_socket_ack_never_comes_back_through_resets_and_closes
             sock = await Socket(url, user, history, f"ws-{r}", live=False).open()
         else:
             await sock.wait_for_confirmed(set(batch), 5)  # confirmed or not: both are allowed
+    assert resets > 0, "no backend was reset"
+
+    # Last, the node is killed (SIGKILL) right after an ack frame: acks still queued for their group commit die
+    # with it, unconfirmed. The node is started again for the reads.
+    batch = ids[ROUNDS * PER_ROUND :]
+    await sock.ack(batch)
+    target.stack.kill("gateway-0")
+    await sock.wait_for_confirmed(set(batch), 10)  # returns once the socket is seen closed
     await sock.close()
     confirmed |= sock.confirmed
-    assert resets > 0, "no backend was reset"
+    await asyncio.to_thread(target.stack.start_process, "gateway-0")
 
     # Healed: the queue is read (again, to see anything come back late); no confirmed ack may be listed.
     reader = api.as_process("reader")
@@ -99,7 +107,7 @@ async def test_a_confirmed_socket_ack_never_comes_back_through_resets_and_closes
     unconfirmed_back = sorted((set(ids) - confirmed) & listed)
     print(f"socket acks: {len(confirmed)} of {len(ids)} confirmed, {len(unconfirmed_back)} unconfirmed came back")
     judge(
-        "socket acks through PostgreSQL resets and socket closes",
+        "socket acks through PostgreSQL resets, socket closes and a SIGKILL",
         history,
         limit=report_limit,
         latency=False,
