@@ -5,6 +5,7 @@ stored) after ``pg_lock_timeout_ms``, and PostgreSQL ends the stalled session af
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
@@ -26,15 +27,28 @@ async def test_a_stalled_transaction_holds_a_users_ingest_only_within_the_bounds
     node = await gateways.start(pg_lock_timeout_ms=LOCK_TIMEOUT_MS, pg_idle_in_transaction_timeout_ms=IDLE_TIMEOUT_MS)
     [ivy, other] = users(2, "stall")
     # Another notiflow process (the same settings, so the same session bounds) stalls in the middle of an
-    # ingest for ivy: its transaction has taken her rows' locks, and it never sends another byte.
+    # ingest for ivy: its transaction has taken her rows' locks, and it never commits.
     stalled_pool = await connect_pool(settings.database_url_required, max_size=1, **pg_limits(node.settings))
     try:
         stalled = await stalled_pool.acquire()
         await stalled.execute("BEGIN")
         await insert_notifications(stalled, [NewNotification(uuid.uuid4(), [ivy], "test.event", "{}", None, None)])
 
+        # Until the refusal is seen the transaction keeps running short statements, so that the idle bound cannot
+        # end it before the request has waited on its lock however slow this machine is; then it goes idle.
+        refused = asyncio.Event()
+
+        async def busy_until_refused() -> None:
+            while not refused.is_set():
+                await stalled.execute("SELECT pg_sleep(0.05)")
+
+        busy = asyncio.create_task(busy_until_refused())
         body = {"user_id": ivy, "event": "test.event", "payload": {}}
-        blocked = await http.post(f"{node.url}/notifications", json=body, timeout=120)
+        try:
+            blocked = await http.post(f"{node.url}/notifications", json=body, timeout=120)
+        finally:
+            refused.set()
+            await asyncio.wait_for(busy, timeout=10)
         assert blocked.status_code == 503, blocked.text
         assert blocked.json()["error"]["code"] == "store_busy", blocked.text
         assert blocked.headers["retry-after"] == "1"
