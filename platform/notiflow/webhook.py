@@ -17,7 +17,7 @@ import socket
 import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 from standardwebhooks import Webhook
@@ -136,6 +136,17 @@ async def resolve(host: str, port: int, *, allow_private: bool) -> str:
     return addresses[0]
 
 
+#: What a webhook-id keeps as it is: visible ASCII but ``%``, which escapes everything else (UTF-8 bytes).
+_ID_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
+
+
+def webhook_id(work: DeliveryWork) -> str:
+    """Standard Webhooks ``webhook-id`` of a delivery: ``<notification id>:<user id>``, the user id
+    percent-encoded outside visible ASCII and for ``%`` (``josé`` is ``jos%C3%A9``). Always a valid header
+    value, the same for every attempt of the delivery, and never the same for two deliveries."""
+    return f"{work.notification_id}:{quote(work.user_id, safe=_ID_SAFE)}"
+
+
 def signature_header(signers: list[Webhook], msg_id: str, timestamp_s: int, body: bytes) -> str:
     """Standard Webhooks ``webhook-signature``: one ``v1,<base64>`` per secret, space-separated, so a
     receiver holding either the old or the new secret verifies during a rotation."""
@@ -209,7 +220,7 @@ class WebhookClient:
         port = url.port or _DEFAULT_PORTS[url.scheme]
         address = await resolve(host, port, allow_private=self._s.webhook_allow_private)
         body = work.webhook_body()
-        msg_id = f"{work.notification_id}:{work.user_id}"
+        msg_id = webhook_id(work)
         now_s = int(time.time())
         headers = {
             "host": url.netloc.decode("ascii"),
