@@ -34,6 +34,8 @@ export interface NotiflowClientOptions {
   pingIntervalMs?: number;
   /** A seq gap open this long triggers a read of the offline queue, ms (default 5000). */
   gapCheckMs?: number;
+  /** Deadline of each HTTP request (offline queue pages, acks), answer body included, ms (default 10000). */
+  requestTimeoutMs?: number;
   /** A WebSocket class (default: the global one, else the `ws` package). */
   WebSocket?: unknown;
   /** A fetch function (default: the global one). */
@@ -82,3 +84,6 @@ export declare class SeenTracker {
 }
 
 export declare function backoffMs(attempt: number, baseMs: number, capMs: number, random?: () => number): number;
+
+/** A frame's text as an object, or a NotiflowError saying why it is not a JSON object (never throws). */
+export declare function parseFrame(data: string | { toString(): string }): Record<string, unknown> | NotiflowError;
