@@ -1,5 +1,6 @@
 """The README stays a front door (at most 250 lines), and no markdown link points outside the repository:
-not to a sibling folder (``../shared``), not to an absolute path, not to the web. A clone must be whole."""
+not to a sibling folder (``../shared``), not to an absolute path, not to the web. A clone must be whole.
+Links inside it must lead somewhere: the file exists, and a ``#fragment`` names one of its headings."""
 
 from __future__ import annotations
 
@@ -51,6 +52,30 @@ def outside(source: Path, target: str) -> str | None:
     return None
 
 
+def anchors(text: str) -> set[str]:
+    """The fragments a markdown file's headings answer to, as GitHub makes them (a repeated one gets -1, -2...)."""
+    found: set[str] = set()
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", FENCE.sub("", text), re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        n, candidate = 0, slug
+        while candidate in found:
+            n += 1
+            candidate = f"{slug}-{n}"
+        found.add(candidate)
+    return found
+
+
+def broken_anchor(source: Path, target: str) -> str | None:
+    """Why ``target``'s fragment names no heading of the markdown file it points to, or None."""
+    path, _, fragment = target.partition("#")
+    file = (source.parent / path).resolve() if path else source
+    if not fragment or file.suffix != ".md" or not file.is_file():
+        return None
+    if fragment not in anchors(file.read_text(encoding="utf-8")):
+        return f"a fragment that no heading of {file.relative_to(ROOT)} makes"
+    return None
+
+
 def test_the_readme_is_at_most_250_lines() -> None:
     lines = (ROOT / "README.md").read_text(encoding="utf-8").count("\n")
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines; move detail into docs/"
@@ -64,7 +89,8 @@ def test_the_readme_links_every_doc() -> None:
 
 @pytest.mark.parametrize("path", markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_markdown_link_points_outside_the_repository(path: Path) -> None:
-    bad = [(t, why) for t in links(path.read_text(encoding="utf-8")) if (why := outside(path, t))]
+    found = links(path.read_text(encoding="utf-8"))
+    bad = [(t, why) for t in found if (why := outside(path, t) or broken_anchor(path, t))]
     assert not bad, f"{path.relative_to(ROOT)}: " + "; ".join(f"{t} is {why}" for t, why in bad)
 
 
@@ -81,6 +107,13 @@ def test_no_markdown_link_points_outside_the_repository(path: Path) -> None:
 def test_the_check_catches_links_that_leave(text: str, bad: str) -> None:
     assert links(text) == [bad]
     assert outside(ROOT / "README.md", bad) is not None
+
+
+def test_fragments_are_the_headings_slugs() -> None:
+    text = "# Two commands\n## §3 WebSocket: /ws/{user_id}\n## Two commands\n```\n# not a heading\n```\n"
+    assert anchors(text) == {"two-commands", "3-websocket-wsuser_id", "two-commands-1"}
+    assert broken_anchor(ROOT / "README.md", "docs/contract.md#close-codes") is None
+    assert broken_anchor(ROOT / "README.md", "docs/contract.md#no-such-heading") is not None
 
 
 def test_code_and_inside_links_pass() -> None:
