@@ -27,10 +27,9 @@ COMMAND = ".venv/bin/python -m notiflow.settings_doc --write docs/contract.md"
 
 def _default(name: str, field: FieldInfo) -> str:
     """The default as a reader would write it: ``unset`` for None, ``empty`` for an empty list."""
+    value: Any = field.get_default(call_default_factory=True)
     if field.default_factory is not None:
-        made: Any = field.default_factory()  # type: ignore[call-arg]
-        return "empty" if made == [] else "generated per process" if name == "node_id" else f"`{made}`"
-    value = field.default
+        return "empty" if value == [] else "generated per process" if name == "node_id" else f"`{value}`"
     if value is None or value is PydanticUndefined:
         return "unset"
     if isinstance(value, bool):
