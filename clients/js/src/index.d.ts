@@ -67,7 +67,10 @@ export declare class NotiflowClient {
   readonly url: string | null;
   on<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): this;
   off<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): this;
-  /** Resolves on the first connection (offline queue read); rejects if the client gives up first. */
+  /**
+   * Resolves on the first connection (offline queue read); rejects if the client gives up first. Where
+   * `globalThis.addEventListener` exists (a browser), the `online` event ends a reconnect backoff at once.
+   */
   start(): Promise<void>;
   /** Closes the socket and sends the pending acks over HTTP (at most 5 s). */
   stop(): Promise<void>;
