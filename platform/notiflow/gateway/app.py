@@ -229,5 +229,5 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.USERS.set(len(hub.users()))
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    openapi.document(app)
+    openapi.document(app, auth_off=settings.auth == "off")
     return app
