@@ -215,8 +215,9 @@ class Settings(BaseSettings):
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
         description="Host header names (no port) that HTTP requests and WebSocket handshakes may carry, comma-"
-        "separated; `*` accepts any. Another Host gets 400 (`invalid_host`): it defeats DNS rebinding. /healthz, "
-        "/readyz and /metrics accept any Host (probes and scrapers use addresses). Default localhost,127.0.0.1,::1.",
+        "separated; `*` accepts any. NOTIFLOW_HOST is added when it is one address (not 0.0.0.0 or ::). Another "
+        "Host gets 400 (`invalid_host`), a socket handshake 403: it defeats DNS rebinding. /healthz, /readyz and "
+        "/metrics accept any Host (probes and scrapers use addresses). Default localhost,127.0.0.1,::1.",
     )
     http_header_timeout_s: float = Field(
         10.0, gt=0, description="Longest time a client may take to send a request's line and headers, from the "

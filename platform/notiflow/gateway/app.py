@@ -33,7 +33,7 @@ from notiflow.gateway.deps import Services
 from notiflow.gateway.http_protocol import with_header_timeout
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
-from notiflow.gateway.security import header_host, host_allowed
+from notiflow.gateway.security import header_host, host_allowed, served_hosts
 from notiflow.gateway.transport import FrameProtocol
 from notiflow.lifecycle import RELEASE_S, Deadline, cancel
 from notiflow.service.auth import AuthService, KeyService
@@ -158,7 +158,7 @@ handshake whose Host is not allowed (security.py) is refused here, for every pat
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            if not host_allowed(header_host(scope["headers"]), self.state.settings.allowed_hosts):
+            if not host_allowed(header_host(scope["headers"]), self.state.allowed_hosts):
                 await WebSocket(scope, receive, send).close(1008)  # before accept: the handshake is answered 403
                 return
             path: str = scope["path"]
@@ -175,6 +175,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = GatewayApp(title="notiflow", version="0.1.0", lifespan=lifespan,
                      docs_url="/docs" if settings.api_docs else None, redoc_url=None)
     app.state.settings = settings
+    app.state.allowed_hosts = served_hosts(settings.allowed_hosts, settings.host)
     app.state.stop_deadline = None  # set by stop_serving
     app.include_router(http.router)
     app.include_router(dashboard.router)

@@ -45,10 +45,18 @@ def host_name(host: str) -> str:
     return name.rstrip(".") if name and port.isdigit() else host.rstrip(".")
 
 
-def host_allowed(host: str | None, allowed: Iterable[str]) -> bool:
-    """Whether a request's Host header names one of ``allowed`` (names, no ports; ``*`` any)."""
-    names = {host_name(a) for a in allowed}
+def host_allowed(host: str | None, names: frozenset[str]) -> bool:
+    """Whether a request's Host header names one of ``names`` (served_hosts: no ports; ``*`` any)."""
     return "*" in names or (host is not None and host_name(host) in names)
+
+
+def served_hosts(allowed: list[str], listen_host: str) -> frozenset[str]:
+    """The names a gateway answers to: ``allowed``, and the address it listens on when that is one address
+    (NOTIFLOW_HOST=10.0.0.5 is reached as 10.0.0.5; 0.0.0.0 and :: are every address, so not a name)."""
+    names = {host_name(a) for a in allowed}
+    if listen_host not in ("", "0.0.0.0", "::"):
+        names.add(host_name(listen_host))
+    return frozenset(names)
 
 
 def header_host(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
