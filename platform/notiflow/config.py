@@ -142,12 +142,14 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Period of the warning a gateway logs while auth is off, seconds. Default 60."
     )
     ingest_rate_per_s: float = Field(
-        50_000, gt=0, description="Notifications per second one client identity (API key) may submit, across all "
-        "gateways (a token bucket in Redis); over it, 429 with Retry-After. Default 50000.",
+        100_000, gt=0, description="Deliveries per second one client identity (API key) may submit, across all "
+        "gateways (a token bucket in Redis); a request costs one delivery per recipient, summed over its "
+        "notifications. Over it, 429 rate_limited with Retry-After. Default 100000.",
     )
     ingest_burst: int = Field(
-        100_000, ge=1, description="Token bucket size of the ingest rate limit: notifications one client may "
-        "submit at once above its rate. Default 100000.",
+        200_000, ge=1, description="Token bucket size of the ingest rate limit, deliveries: what one client may "
+        "submit at once above its rate, and the most one request may cost (recipients summed over its "
+        "notifications); a request over it is refused with 413 over_ingest_burst. Default 200000.",
     )
 
     # --- stream worker ----------------------------------------------------------------------

@@ -74,7 +74,9 @@ DOCS: dict[tuple[str, str], dict[str, Any]] = {
             "202": _json({"id": _NID, "status": "accepted", "recipients": 2}, "accepted and committed"),
             **_BAD,
             "413": _json({"error": {"code": "payload_too_large", "message": "payload is larger than 65536 bytes "
-                                    "serialised", "details": None}}, "body or payload too large"),
+                                    "serialised", "details": None}}, "body or payload too large, or the request "
+                                    "costs more deliveries (recipients) than NOTIFLOW_INGEST_BURST "
+                                    "(over_ingest_burst)"),
             "429": _json({"error": {"code": "backlog_full", "message": "backlog over its bound", "details": None}},
                          "over the backlog bound: come back after Retry-After seconds"),
         },

@@ -40,9 +40,11 @@ async def _stores(settings: Settings, *, pg_max: int) -> AsyncIterator[tuple[Poo
 
 
 @asynccontextmanager
-async def stream_worker(settings: Settings) -> AsyncIterator[StreamWorker]:
+async def stream_worker(settings: Settings, webhooks: WebhookClient | None = None) -> AsyncIterator[StreamWorker]:
+    """``webhooks``: the downstream client to call through (closed here whoever made it); by default one
+    built from ``settings``."""
     async with _stores(settings, pg_max=settings.pg_pool_max) as (pool, redis):
-        webhooks = WebhookClient(settings)
+        webhooks = webhooks or WebhookClient(settings)
         work = WorkStream(redis, settings)
         try:
             deliveries = DeliveryService(

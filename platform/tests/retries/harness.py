@@ -26,6 +26,7 @@ from notiflow.devstack import free_port
 from notiflow.gateway.app import create_app, stop_serving
 from notiflow.service.reconciler import Reconciler
 from notiflow.streams.work import WorkStream
+from notiflow.webhook import WebhookClient
 from notiflow.worker.factory import retry_worker, stream_worker
 from notiflow.worker.retry import RetryWorker
 from notiflow.worker.stream import StreamWorker
@@ -73,10 +74,13 @@ class Platform:
     # --- processes --------------------------------------------------------------------------
 
     async def start_stream_worker(
-        self, *, prepare: Callable[[StreamWorker], None] | None = None, **overrides: Any
+        self, *, prepare: Callable[[StreamWorker], None] | None = None,
+        webhooks: Callable[[Settings], WebhookClient] | None = None, **overrides: Any,
     ) -> StreamWorker:
-        """A stream worker; ``prepare`` sees it before it reads anything (to inject a fault)."""
-        worker = await self._start("stream", stream_worker, overrides, prepare)
+        """A stream worker; ``prepare`` sees it before it reads anything (to inject a fault); ``webhooks``
+        builds the downstream client it calls through (a faulty one, to inject a fault there)."""
+        factory = stream_worker if webhooks is None else (lambda s: stream_worker(s, webhooks(s)))
+        worker = await self._start("stream", factory, overrides, prepare)
         assert isinstance(worker, StreamWorker)
         return worker
 
