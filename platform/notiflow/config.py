@@ -128,7 +128,10 @@ class Settings(BaseSettings):
     jwt_public_key: SecretStr | None = Field(
         None, description="PEM public key (RSA: RS256, EC: ES256) verifying end users' tokens. Default unset."
     )
-    jwt_audience: str | None = Field(None, description="Required `aud` of end users' tokens. Default unset (any).")
+    jwt_audience: str | None = Field(
+        None, description="Required `aud` of end users' tokens; required with NOTIFLOW_JWT_PUBLIC_KEY (the gateway "
+        "refuses to start without it). Unset: a token that names any `aud` is refused. Default unset.",
+    )
     jwt_issuer: str | None = Field(None, description="Required `iss` of end users' tokens. Default unset (any).")
     jwt_max_lifetime_s: float = Field(
         86_400, gt=0, description="Longest lifetime an end user's token may claim, seconds: a token whose `exp` is "
