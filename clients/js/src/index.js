@@ -19,7 +19,7 @@
 
 const CLOSE_GIVE_UP = new Map([
   [4400, "invalid user id"],
-  [4403, "token is for another user"],
+  [4403, "not this user's token"],
   [1009, "frame too large"],
 ]);
 const UNAUTHORIZED = 4401;

@@ -41,7 +41,7 @@ from notiflow.gateway.protocol import MAX_ACK_IDS, CloseCode
 log = logging.getLogger("notiflow.client")
 
 _GIVE_UP: dict[int, str] = {
-    CloseCode.BAD_USER_ID: "invalid user id", 4403: "token is for another user", 1009: "frame too large",
+    CloseCode.BAD_USER_ID: "invalid user id", 4403: "not this user's token", 1009: "frame too large",
 }
 _PING = orjson.dumps({"type": "ping"}).decode()
 

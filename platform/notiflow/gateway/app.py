@@ -31,8 +31,10 @@ from notiflow.errors import (
 )
 from notiflow.gateway import dashboard, http, keys, openapi, responses, ws
 from notiflow.gateway.deps import Services
+from notiflow.gateway.http_protocol import with_header_timeout
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
+from notiflow.gateway.security import header_host, host_allowed, served_hosts
 from notiflow.gateway.transport import FrameProtocol
 from notiflow.lifecycle import RELEASE_S, Deadline, cancel
 from notiflow.service.auth import AuthService, KeyService
@@ -128,11 +130,15 @@ def stop_serving(app: FastAPI, server: uvicorn.Server) -> None:
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's options from the settings: HTTP keep-alive, and for WebSockets the implementation,
-    keepalive pings, the frame size bound (enforced by the websockets parser on the frame header, before
-    the payload is read: 1009) and compression. Every way of serving the app uses these."""
+    """uvicorn's options from the settings: the HTTP implementation (httptools with a deadline on request
+    heads), keep-alive and the concurrency bound, and for WebSockets the implementation, keepalive pings, the
+    frame size bound (enforced by the websockets parser on the frame header, before the payload is read: 1009)
+    and compression. Every way of serving the app uses these."""
     return {
+        "http": with_header_timeout(settings.http_header_timeout_s),
         "timeout_keep_alive": settings.http_keep_alive_s,
+        # uvicorn counts open sockets as connections too: the HTTP bound comes on top of the sockets' own.
+        "limit_concurrency": settings.ws_max_sockets + settings.http_max_concurrency,
         # uvicorn's websockets-sansio protocol with batched frame writes (gateway/transport.py).
         "ws": FrameProtocol,
         "ws_ping_interval": settings.ws_ping_interval_s,
@@ -148,10 +154,14 @@ class GatewayApp(FastAPI):
     through FastAPI's stack that was about 15 coroutine frames, three AsyncExitStacks and the scope's copies,
     12.5 kB per idle socket (RSS 28.6 -> 16.1 kB, one gateway process with 1,000 sockets). Nothing on that
     way acts on a socket (the middlewares pass WebSocket scopes through; the endpoint raises nothing for
-    them to handle). Any other WebSocket path goes the router's way (no route: the handshake is refused)."""
+    them to handle). Any other WebSocket path goes the router's way (no route: the handshake is refused). A
+handshake whose Host is not allowed (security.py) is refused here, for every path."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
+            if not host_allowed(header_host(scope["headers"]), self.state.allowed_hosts):
+                await WebSocket(scope, receive, send).close(1008)  # before accept: the handshake is answered 403
+                return
             path: str = scope["path"]
             root = scope.get("root_path", "")
             user_id = ws.socket_user(path[len(root):] if root and path.startswith(root) else path)
@@ -163,8 +173,10 @@ class GatewayApp(FastAPI):
 
 
 def create_app(settings: Settings) -> FastAPI:
-    app = GatewayApp(title="notiflow", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = GatewayApp(title="notiflow", version="0.1.0", lifespan=lifespan,
+                     docs_url="/docs" if settings.api_docs else None, redoc_url=None)
     app.state.settings = settings
+    app.state.allowed_hosts = served_hosts(settings.allowed_hosts, settings.host)
     app.state.stop_deadline = None  # set by stop_serving
     app.include_router(http.router)
     app.include_router(dashboard.router)
@@ -228,5 +240,5 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.USERS.set(len(hub.users()))
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    openapi.document(app)
+    openapi.document(app, auth_off=settings.auth == "off")
     return app

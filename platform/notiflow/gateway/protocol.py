@@ -41,7 +41,7 @@ class CloseCode(IntEnum):
     SLOW_CONSUMER = 4008  # the client read too slowly and its send queue overflowed: reconnect
     BAD_USER_ID = 4400  # the user id in the path is invalid: do not reconnect
     UNAUTHORIZED = 4401  # missing, invalid or expired token (also at the token's exp): reconnect with a fresh one
-    FORBIDDEN = 4403  # valid token of another user (or a key without `read`): do not reconnect
+    FORBIDDEN = 4403  # valid token of another user, or an API key (sockets are end users' own): do not reconnect
     TOO_MANY_SOCKETS = 4429  # the user holds WS_MAX_SOCKETS_PER_USER sockets: backoff, a place frees on a close
 
 
