@@ -17,7 +17,7 @@ import socket
 import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 from standardwebhooks import Webhook
@@ -67,19 +67,48 @@ def host_of(url: str) -> str:
     return f"{host}:{port}" if port else host
 
 
+#: Special-purpose blocks refused whatever Python's tables say (they differ between Python versions): no
+#: webhook downstream lives in them.
+_REFUSED_NETWORKS = (
+    ipaddress.ip_network("192.0.0.0/24"),  # IETF protocol assignments (192.0.0.8 the dummy address, DS-Lite)
+    ipaddress.ip_network("::/96"),  # IPv4-compatible IPv6 (deprecated, RFC 4291), :: and ::1 included
+    ipaddress.ip_network("64:ff9b:1::/48"),  # local-use NAT64 (RFC 8215)
+)
+#: IPv6 forms whose last 32 bits are an IPv4 address that the packets reach.
+_LOW_32_EMBEDS = (
+    ipaddress.ip_network("64:ff9b::/96"),  # well-known NAT64 prefix (RFC 6052)
+    ipaddress.ip_network("::ffff:0:0:0/96"),  # IPv4-translated (RFC 2765)
+    ipaddress.ip_network("::/96"),  # IPv4-compatible
+)
+_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _embedded_ipv4(ip: _IP) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries: mapped, translated, compatible, NAT64, 6to4, Teredo."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    found = [a for a in (ip.ipv4_mapped, ip.sixtofour, *(ip.teredo or ())) if a is not None]
+    if any(ip in net for net in _LOW_32_EMBEDS):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF))
+    return found
+
+
+def _reserved(ip: _IP) -> bool:
+    return not ip.is_global or ip.is_multicast or any(ip in net for net in _REFUSED_NETWORKS)
+
+
 def address_problem(address: str) -> str | None:
-    """Why a resolved address may not be called without ``WEBHOOK_ALLOW_PRIVATE``, or None if it is public."""
+    """Why a resolved address may not be called without ``WEBHOOK_ALLOW_PRIVATE``, or None if it is public.
+    An IPv6 address that embeds an IPv4 address (mapped, translated, compatible, NAT64, 6to4, Teredo) must
+    pass the check with both."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone id is not part of the address
-    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-    for candidate in (mapped, ip):
-        if candidate is None:
-            continue
-        if candidate.is_loopback:
-            return f"{address} is a loopback address"
-        if candidate.is_link_local:
-            return f"{address} is a link-local address"
-        if not candidate.is_global or candidate.is_multicast:
-            return f"{address} is a private or reserved address"
+    candidates: list[_IP] = [ip, *_embedded_ipv4(ip)]
+    if any(c.is_loopback for c in candidates):
+        return f"{address} is a loopback address"
+    if any(c.is_link_local for c in candidates):
+        return f"{address} is a link-local address"
+    if any(_reserved(c) for c in candidates):
+        return f"{address} is a private or reserved address"
     return None
 
 
@@ -105,6 +134,17 @@ async def resolve(host: str, port: int, *, allow_private: bool) -> str:
                     f"webhook host {host!r} resolves to {problem} (NOTIFLOW_WEBHOOK_ALLOW_PRIVATE is off)"
                 )
     return addresses[0]
+
+
+#: What a webhook-id keeps as it is: visible ASCII but ``%``, which escapes everything else (UTF-8 bytes).
+_ID_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
+
+
+def webhook_id(work: DeliveryWork) -> str:
+    """Standard Webhooks ``webhook-id`` of a delivery: ``<notification id>:<user id>``, the user id
+    percent-encoded outside visible ASCII and for ``%`` (``josé`` is ``jos%C3%A9``). Always a valid header
+    value, the same for every attempt of the delivery, and never the same for two deliveries."""
+    return f"{work.notification_id}:{quote(work.user_id, safe=_ID_SAFE)}"
 
 
 def signature_header(signers: list[Webhook], msg_id: str, timestamp_s: int, body: bytes) -> str:
@@ -180,7 +220,7 @@ class WebhookClient:
         port = url.port or _DEFAULT_PORTS[url.scheme]
         address = await resolve(host, port, allow_private=self._s.webhook_allow_private)
         body = work.webhook_body()
-        msg_id = f"{work.notification_id}:{work.user_id}"
+        msg_id = webhook_id(work)
         now_s = int(time.time())
         headers = {
             "host": url.netloc.decode("ascii"),

@@ -138,7 +138,7 @@ async def create_notification(request: Request, who: Principal = _SEND) -> Respo
     key = _check_key(request.headers.get("idempotency-key"))
     svc = services(request)
     item = _notification(svc, raw, key, who)
-    await svc.limiter.admit(_rate_identity(request, who), 1)
+    await svc.limiter.admit_items(_rate_identity(request, who), [item])
     status, answer = await svc.ingest.accept(item)
     return JSON(answer, status_code=status)
 
@@ -167,7 +167,7 @@ async def create_notifications(request: Request, who: Principal = _SEND) -> Resp
             bad.append({"index": index, "code": exc.code, "message": exc.message, "details": exc.details})
     if bad:
         raise ApiError(422, "invalid_request", f"{len(bad)} of {len(listed)} notifications are invalid", bad)
-    await svc.limiter.admit(_rate_identity(request, who), len(items))
+    await svc.limiter.admit_items(_rate_identity(request, who), items)
     results = await svc.ingest.accept_many(items)
     return JSON({"results": [r.body() if isinstance(r, ApiError) else r[1] for r in results]}, status_code=202)
 

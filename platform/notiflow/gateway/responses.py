@@ -117,7 +117,7 @@ _WHY = {
     403: "credentials that do not allow this",
     404: "not found",
     409: "a live API key already has that name",
-    413: "body or payload too large",
+    413: "body or payload too large, or more deliveries (recipients) than INGEST_BURST in one request",
     415: "Content-Type is not application/json",
     422: "invalid input (unknown fields, wrong types, bad ids, values out of range)",
     429: "over the backlog bound or this client's rate limit; see Retry-After",

@@ -254,6 +254,14 @@ class DeliveryService:
             except NotiflowError as exc:
                 metrics.WEBHOOK_SECONDS.labels("rejected").observe(time.perf_counter() - clock)
                 return self.failure(w, Channel.WEBHOOK, str(exc), permanent=True, started=started)
+            except Exception as exc:
+                # Unforeseen (a bug, a library's surprise): this recipient's failed attempt alone, retried on
+                # its schedule and dead-lettered after max_retries. Escaping, it would park the whole entry
+                # as poison, its recipients already called included.
+                metrics.WEBHOOK_SECONDS.labels("retry").observe(time.perf_counter() - clock)
+                log.exception("webhook call failed unexpectedly", extra={
+                    "notification_id": str(w.notification_id), "user_id": w.user_id})
+                return self.failure(w, Channel.WEBHOOK, f"{type(exc).__name__}: {exc}", started=started)
             metrics.WEBHOOK_SECONDS.labels("ok").observe(time.perf_counter() - clock)
         return self._done(w, Channel.WEBHOOK, "succeeded", "succeeded", started)
 

@@ -1,5 +1,9 @@
 """The ingest rate limit use case: each client identity (an API key; every unauthenticated client shares
-one) may submit ``INGEST_RATE_PER_S`` notifications per second, in bursts of up to ``INGEST_BURST``.
+one) may submit ``INGEST_RATE_PER_S`` deliveries per second, in bursts of up to ``INGEST_BURST``. The unit is
+the delivery, one per recipient of a notification: a request costs the recipients summed over its
+notifications, so the limit follows the work whether it comes as many notifications or as many recipients.
+A request that costs more than the whole burst could never be admitted: it is refused at once with 413
+``over_ingest_burst``, which names the limit (a 429 would invite retrying it forever).
 
 Concurrent checks are batched into one Redis script call (group commit, like ingest itself). The limit
 protects the platform; it must not become a way for Redis to stop ingestion, which PostgreSQL alone can
@@ -11,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from notiflow.batching import Batcher
 from notiflow.config import Settings
-from notiflow.errors import RateLimited, StoreUnavailable
+from notiflow.errors import ApiError, RateLimited, StoreUnavailable
+from notiflow.models import NewNotification
 from notiflow.streams.ratelimit import TokenBuckets
 
 log = logging.getLogger(__name__)
@@ -39,8 +45,22 @@ class IngestLimiter:
         # nobody to answer, and waiting the whole grace for a black-holed Redis would only hold up shutdown.
         await self._batcher.close(min(grace_s, CHECK_DEADLINE_S))
 
-    async def admit(self, identity: str, cost: int = 1) -> None:
-        """Take ``cost`` tokens of ``identity``'s bucket; raises RateLimited (429) when they are not there."""
+    async def admit_items(self, identity: str, items: Sequence[NewNotification]) -> None:
+        """Charge ``identity`` for the deliveries that ``items`` ask for (see ``admit``)."""
+        await self.admit(identity, sum(len(item.user_ids) for item in items))
+
+    async def admit(self, identity: str, cost: int) -> None:
+        """Take ``cost`` tokens (deliveries) of ``identity``'s bucket; raises ApiError (413) when ``cost`` is
+        over the whole burst, RateLimited (429) when the tokens are not there yet."""
+        burst = self._s.ingest_burst
+        if cost > burst:
+            raise ApiError(
+                413, "over_ingest_burst",
+                f"this request asks for {cost} deliveries (recipients summed over its notifications); one client "
+                f"may submit at most {burst} at once (NOTIFLOW_INGEST_BURST) and "
+                f"{self._s.ingest_rate_per_s:g} per second (NOTIFLOW_INGEST_RATE_PER_S): split it",
+                {"deliveries": cost, "ingest_burst": burst, "ingest_rate_per_s": self._s.ingest_rate_per_s},
+            )
         loop = asyncio.get_running_loop()
         if loop.time() < self._open_until:
             self.failed_open += 1
@@ -58,7 +78,8 @@ class IngestLimiter:
             raise wait_ms
         if wait_ms > 0:
             raise RateLimited(
-                f"over {self._s.ingest_rate_per_s:g} notifications/s for this client", retry_after_s=wait_ms / 1000
+                f"over {self._s.ingest_rate_per_s:g} deliveries/s (recipients summed over notifications) for this "
+                "client (NOTIFLOW_INGEST_RATE_PER_S)", retry_after_s=wait_ms / 1000,
             )
 
     async def _flush(self, items: list[tuple[str, int]]) -> list[int | BaseException]:

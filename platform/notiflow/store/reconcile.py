@@ -153,9 +153,10 @@ SET status = CASE WHEN d.status IN {_EXPIRABLE} THEN '{DeliveryStatus.EXPIRED.va
 FROM due WHERE d.notification_id = due.notification_id AND d.user_id = due.user_id
 """
 
+# Keys are unique per (scope, key): two producers may use the same key, and only the aged row goes.
 _FORGET_KEYS = """
-DELETE FROM idempotency_keys WHERE key IN (
-    SELECT key FROM idempotency_keys WHERE created_at < now() - interval '24 hours' LIMIT $1)
+DELETE FROM idempotency_keys WHERE (scope, key) IN (
+    SELECT scope, key FROM idempotency_keys WHERE created_at < now() - interval '24 hours' LIMIT $1)
 """
 
 _ZERO_UUID = uuid.UUID(int=0)

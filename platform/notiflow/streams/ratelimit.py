@@ -1,4 +1,4 @@
-"""Token buckets in Redis: how many notifications each client identity may submit, across every gateway.
+"""Token buckets in Redis: how many deliveries each client identity may submit, across every gateway.
 
 One hash per identity (``tokens``, ``at_ms``), refilled continuously at ``rate`` per second up to
 ``burst``, read and updated by one Lua script for a whole batch of requests, on Redis's own clock so
@@ -13,7 +13,8 @@ from notiflow.config import Settings
 from notiflow.streams.client import Redis, redis_errors
 
 # KEYS: one bucket per request (repeats allowed: taken in order). ARGV: rate per ms, burst, then costs.
-# Returns, per request, 0 when admitted or the milliseconds until its cost would be available.
+# Returns, per request, 0 when admitted or the milliseconds until its cost would be available (a cost over the
+# burst never is: the caller refuses it before asking).
 _TAKE = """
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -21,7 +22,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = math.ceil(burst / rate) + 1000
 local out = {}
 for i, key in ipairs(KEYS) do
-    local cost = math.min(tonumber(ARGV[2 + i]), burst)
+    local cost = tonumber(ARGV[2 + i])
     local b = redis.call('HMGET', key, 'tokens', 'at_ms')
     local tokens, at = tonumber(b[1]), tonumber(b[2])
     if tokens == nil or at == nil then

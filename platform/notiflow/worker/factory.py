@@ -14,7 +14,7 @@ from notiflow.service.queries import QueryService
 from notiflow.service.reconciler import Reconciler
 from notiflow.service.retention import RetentionService
 from notiflow.service.telemetry import Telemetry
-from notiflow.store.pool import Pool, close_pool, connect_pool
+from notiflow.store.pool import Pool, close_pool, connect_pool, pg_limits
 from notiflow.streams.budget import HostBudget
 from notiflow.streams.client import Redis, close_redis, connect_redis
 from notiflow.streams.presence import Presence
@@ -28,7 +28,7 @@ from notiflow.worker.stream import StreamWorker
 
 @asynccontextmanager
 async def _stores(settings: Settings, *, pg_max: int) -> AsyncIterator[tuple[Pool, Redis]]:
-    pool = await connect_pool(settings.database_url_required, max_size=pg_max)
+    pool = await connect_pool(settings.database_url_required, max_size=pg_max, **pg_limits(settings))
     redis = connect_redis(
         settings.redis_url_required, max_connections=settings.redis_pool_max,
         wait_timeout_s=settings.redis_pool_timeout_s,
@@ -48,10 +48,14 @@ async def _record_clock(pool: Pool, local: Clock | None) -> RecordClock:
 
 
 @asynccontextmanager
-async def stream_worker(settings: Settings, *, local_clock: Clock | None = None) -> AsyncIterator[StreamWorker]:
-    """``local_clock``: this machine's clock, which the worker corrects to PostgreSQL's (service/clock.py)."""
+async def stream_worker(
+    settings: Settings, webhooks: WebhookClient | None = None, *, local_clock: Clock | None = None
+) -> AsyncIterator[StreamWorker]:
+    """``webhooks``: the downstream client to call through (closed here whoever made it); by default one
+    built from ``settings``. ``local_clock``: this machine's clock, which the worker corrects to PostgreSQL's
+    (service/clock.py); the system's by default."""
     async with _stores(settings, pg_max=settings.pg_pool_max) as (pool, redis):
-        webhooks = WebhookClient(settings)
+        webhooks = webhooks or WebhookClient(settings)
         work = WorkStream(redis, settings)
         try:
             clock = await _record_clock(pool, local_clock)
@@ -86,7 +90,7 @@ async def query_service(settings: Settings) -> AsyncIterator[QueryService]:
 
 @asynccontextmanager
 async def key_service(settings: Settings) -> AsyncIterator[KeyService]:
-    pool = await connect_pool(settings.database_url_required, max_size=1)
+    pool = await connect_pool(settings.database_url_required, max_size=1, **pg_limits(settings))
     try:
         yield KeyService(pool)
     finally:

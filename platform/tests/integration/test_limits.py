@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
 from helpers import wait_for
-from integration_support import Gateways, SocketFactory, Workers, notify, users
+from integration_support import Gateways, SocketFactory, Workers, notify, table_counts, users
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -142,6 +143,47 @@ async def test_the_ingest_rate_limit_is_one_bucket_per_client_across_gateways(
     # Nothing refused was stored: the user's queue holds exactly the accepted ones.
     queue = (await http.get(f"{a.url}/notifications/offline/{user}")).json()["notifications"]
     assert len(queue) == 3 + 1 + 3
+
+
+async def test_the_ingest_rate_limit_counts_deliveries_and_refuses_a_request_over_the_burst(
+    gateways: Gateways, http: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    # Issue 25, finding 3: the cost was capped at the burst and counted per notification, so a batch of
+    # 1,000 or a notification to 10,000 users cost what one notification costs.
+    gw = await gateways.start(ingest_rate_per_s=1, ingest_burst=3)
+    many = users(10_000)
+    one = {"event": "rate.test", "payload": {}}
+    before = (await table_counts(db))["notifications"]
+    batch = {"notifications": [{**one, "user_id": u} for u in many[:1000]]}
+    for path, body, cost in [
+        ("/notifications/batch", batch, 1000),
+        ("/notifications", {**one, "user_ids": many}, 10_000),
+    ]:
+        resp = await http.post(f"{gw.url}{path}", json=body, headers={"authorization": "Bearer key-big"})
+        assert resp.status_code == 413, (path, resp.status_code, resp.text[:300])
+        error = resp.json()["error"]
+        assert error["code"] == "over_ingest_burst" and "NOTIFLOW_INGEST_BURST" in error["message"], error
+        assert error["details"]["deliveries"] == cost and error["details"]["ingest_burst"] == 3, error
+    assert (await table_counts(db))["notifications"] == before, "a refused request stored something"
+    # Small requests still pass: three deliveries, as one notification to three users or three single ones.
+    small = await http.post(f"{gw.url}/notifications", json={**one, "user_ids": users(3)},
+                            headers={"authorization": "Bearer key-small"})
+    assert small.status_code == 202, small.text
+    singles = [
+        (await http.post(f"{gw.url}/notifications", json={**one, "user_id": u},
+                         headers={"authorization": "Bearer key-singles"})).status_code
+        for u in users(3)
+    ]
+    assert singles == [202, 202, 202]
+
+    # Charged per recipient: after a notification to three users the bucket is empty (one token in 1,000 s).
+    slow = await gateways.start(ingest_rate_per_s=0.001, ingest_burst=3)
+    alice = {"authorization": "Bearer key-fanout"}
+    first = await http.post(f"{slow.url}/notifications", json={**one, "user_ids": users(3)}, headers=alice)
+    assert first.status_code == 202, first.text
+    second = await http.post(f"{slow.url}/notifications", json={**one, "user_id": users(1)[0]}, headers=alice)
+    assert second.status_code == 429 and second.json()["error"]["code"] == "rate_limited", second.text
+    assert "deliveries/s" in second.json()["error"]["message"]
 
 
 async def test_the_rate_limit_fails_open_when_redis_does_not_answer(

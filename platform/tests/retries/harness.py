@@ -27,6 +27,7 @@ from notiflow.gateway.app import create_app, stop_serving
 from notiflow.service.clock import Clock
 from notiflow.service.reconciler import Reconciler
 from notiflow.streams.work import WorkStream
+from notiflow.webhook import WebhookClient
 from notiflow.worker.factory import retry_worker, stream_worker
 from notiflow.worker.retry import RetryWorker
 from notiflow.worker.stream import StreamWorker
@@ -74,12 +75,18 @@ class Platform:
     # --- processes --------------------------------------------------------------------------
 
     async def start_stream_worker(
-        self, *, prepare: Callable[[StreamWorker], None] | None = None, local_clock: Clock | None = None,
+        self, *, prepare: Callable[[StreamWorker], None] | None = None,
+        webhooks: Callable[[Settings], WebhookClient] | None = None, local_clock: Clock | None = None,
         **overrides: Any,
     ) -> StreamWorker:
-        """A stream worker; ``prepare`` sees it before it reads anything (to inject a fault); ``local_clock``
-        is its machine's clock (the system's by default)."""
-        worker = await self._start("stream", stream_worker, overrides, prepare, local_clock)
+        """A stream worker; ``prepare`` sees it before it reads anything (to inject a fault); ``webhooks``
+        builds the downstream client it calls through (a faulty one, to inject a fault there);
+        ``local_clock`` is its machine's clock (the system's by default)."""
+        factory: Callable[..., Any] = stream_worker
+        if webhooks is not None:
+            make = webhooks
+            factory = lambda s, **adapters: stream_worker(s, make(s), **adapters)  # noqa: E731
+        worker = await self._start("stream", factory, overrides, prepare, local_clock)
         assert isinstance(worker, StreamWorker)
         return worker
 

@@ -8,8 +8,10 @@ import hashlib
 import hmac
 import math
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -20,7 +22,15 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from notiflow.config import Settings
 from notiflow.errors import ApiError, DownstreamError, DownstreamRejected
-from notiflow.webhook import address_problem, check_webhook_url, resolve, retry_after_s, signature_header
+from notiflow.models import DeliveryWork, user_id_problem
+from notiflow.webhook import (
+    address_problem,
+    check_webhook_url,
+    resolve,
+    retry_after_s,
+    signature_header,
+    webhook_id,
+)
 
 # --- the signature ---------------------------------------------------------------------------
 
@@ -54,6 +64,26 @@ def test_signatures_are_the_standard_webhooks_scheme_keyed_by_the_decoded_secret
     # A whsec_ secret is base64 of the HMAC key (what the reference library, which signs here, decodes).
     got = signature_header([Webhook(_whsec(key))], msg_id, timestamp, body)
     assert got == reference_signature(key, msg_id, timestamp, body)
+
+
+@given(user_id=st.text(min_size=1, max_size=64).filter(lambda u: user_id_problem(u) is None))
+def test_a_webhook_id_is_a_valid_header_that_names_one_delivery(user_id: str) -> None:
+    # Issue 25: the raw user id in the header made httpx raise for "josé", poisoning the whole entry.
+    nid = uuid.uuid4()
+    work = DeliveryWork(
+        notification_id=nid, user_id=user_id, seq=1, status="pending", webhook_status="pending", attempts=0,
+        webhook_attempts=0, event="e", payload_json="{}", created_at=datetime.now(UTC), expired=False,
+        webhook_url="http://h.example/",
+    )  # fmt: skip
+    got = webhook_id(work)
+    assert got.isascii() and got.isprintable() and " " not in got, got
+    httpx.Request("POST", "http://h.example/", headers={"webhook-id": got})  # what raised before
+    prefix, _, encoded = got.partition(":")
+    assert prefix == str(nid) and unquote(encoded, errors="strict") == user_id  # reversible: never shared
+    stamp = int(time.time())
+    headers = {"webhook-id": got, "webhook-timestamp": str(stamp),
+               "webhook-signature": signature_header([Webhook(_whsec(b"k" * 32))], got, stamp, b"{}")}
+    Webhook(_whsec(b"k" * 32)).verify(b"{}", headers, json_parse=False)
 
 
 def test_every_secret_signs_so_a_receiver_with_either_verifies_during_a_rotation() -> None:
