@@ -8,7 +8,8 @@ finds what it finds in production: nothing pending. Meanwhile a retry worker (th
 ``worker.factory.retry_worker``) runs the reconciler every ``--interval`` seconds, and once a second
 this prints the sweep's lag: the notifications it should have passed (older than ``--stale`` seconds) and
 has not, and how long the oldest of them has waited beyond ``--stale``. After ingest stops it keeps sampling
-until the sweep has caught up. A figure, not a test; the last line is one JSON object.
+until the sweep has caught up. The tables start with ``--prefill`` old, finished notifications and statistics,
+as on a running system. A figure, not a test; the last line is one JSON object.
 
     python loadtests/fresh_sweep_lag.py                                 # 20,000/s for 30 s
     python loadtests/fresh_sweep_lag.py --rate 5000 --duration 10 --no-handoff
@@ -41,6 +42,28 @@ from notiflow.store import ingest as ingest_sql
 from notiflow.store import reconcile as reconcile_sql
 from notiflow.store.pool import connect_pool
 from notiflow.worker.factory import retry_worker
+
+# What a running system already holds: finished notifications from an hour ago (the fresh sweep is past them).
+_PREFILL = """
+WITH n AS (
+    INSERT INTO notifications (id, event, payload, recipients, created_at, enqueued)
+    SELECT gen_random_uuid(), 'bench.old', '{"order": 42}', 1, now() - interval '1 hour', true
+    FROM generate_series(1, $1) RETURNING id
+)
+INSERT INTO deliveries (notification_id, user_id, seq, status) SELECT id, 'old-' || id, 1, 'offline' FROM n
+"""
+_PAST_PREFILL = "SELECT txid, id FROM notifications ORDER BY txid DESC, id DESC LIMIT 1"
+
+
+async def prefill(pool: Any, count: int) -> None:
+    """``count`` old notifications, the fresh cursor past them, and statistics on the tables (which a running
+    system has: without them the planner guesses, and some of the round's statements scan)."""
+    async with pool.acquire() as conn:
+        if count:
+            await conn.execute(_PREFILL, count)
+            last = await conn.fetchrow(_PAST_PREFILL)
+            await reconcile_sql.set_fresh_cursor(conn, last["txid"], last["id"])
+        await conn.execute("ANALYZE notifications, deliveries")
 
 
 def batch(size: int, recipients: int, run: str, first: int) -> list[NewNotification]:
@@ -80,6 +103,7 @@ async def run(args: argparse.Namespace, database_url: str, redis_url: str, prefi
     counts = [0] * args.connections
     samples: list[dict[str, float]] = []
     stop = asyncio.Event()
+    await prefill(pool, args.prefill)
     async with retry_worker(settings) as worker:
         sweeper = asyncio.create_task(worker.run(stop))
         try:
@@ -93,7 +117,7 @@ async def run(args: argparse.Namespace, database_url: str, redis_url: str, prefi
     caught_up = [s["t"] - args.duration for s in samples if s["t"] > args.duration and s["behind"] == 0]
     return {
         "target_per_s": args.rate, "duration_s": args.duration, "stale_s": args.stale, "interval_s": args.interval,
-        "handoff": args.handoff, "recipients": args.recipients,
+        "handoff": args.handoff, "recipients": args.recipients, "prefill": args.prefill,
         "ingest_per_s": round(sum(counts) / args.duration),
         "lag_s_median_second_half": statistics.median(s["lag_s"] for s in steady) if steady else None,
         "lag_s_max": max((s["lag_s"] for s in samples), default=None),
@@ -135,6 +159,8 @@ def main() -> int:
     p.add_argument("--recipients", type=int, default=1, help="recipients per notification (default 1)")
     p.add_argument("--stale", type=float, default=2.0, help="the sweep's stuck_after_s, s (default 2)")
     p.add_argument("--interval", type=float, default=2.0, help="reconcile interval, s (default 2, as deployed)")
+    p.add_argument("--prefill", type=int, default=200_000,
+                   help="old finished notifications in the tables before the run (default 200000)")
     p.add_argument("--drain", type=float, default=60.0, help="most seconds to wait for the sweep to catch up")
     p.add_argument("--no-handoff", dest="handoff", action="store_false",
                    help="leave every delivery pending (the sweep then puts all of it back on the stream)")
