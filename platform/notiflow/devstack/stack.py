@@ -20,7 +20,7 @@ from typing import Self
 from pydantic import SecretStr
 
 from notiflow.config import Settings
-from notiflow.devstack._proc import DevStackError, free_port
+from notiflow.devstack._proc import DevStackError, free_port_range
 from notiflow.devstack.embedded import EmbeddedPostgres, EmbeddedRedis
 from notiflow.devstack.supervisor import ProcessSpec, Supervisor
 
@@ -179,12 +179,13 @@ class DevStack:
             port = self.base_port + int(index)
             argv += ["--port", str(port)]
             ready_url = f"http://127.0.0.1:{port}/readyz"
-            self.metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"
-            metrics_port = 0
+            self.metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"  # whichever copy answers
+            copies = self.settings.gateway_processes
+            # Copies behind SO_REUSEPORT each serve their own registry too (processes.py); one copy needs none.
+            metrics_port = self._metrics_ports(name, copies) if copies > 1 else 0
         else:
-            metrics_port = free_port() if self.settings.metrics_port else 0
-            if metrics_port:
-                self.metrics_urls[name] = f"http://127.0.0.1:{metrics_port}/metrics"
+            copies = self.settings.stream_worker_processes if role == "stream-worker" else 1
+            metrics_port = self._metrics_ports(name, copies)
         env = {
             **os.environ,
             **settings_env(self.settings),
@@ -203,6 +204,17 @@ class DevStack:
         self.supervisor.start(ProcessSpec(name, argv, env, ready_url))
         if wait and ready_url is not None:
             self.supervisor.wait_ready(self.ready_timeout_s, names=[name])
+
+    def _metrics_ports(self, name: str, copies: int) -> int:
+        """The first of ``copies`` consecutive free ports for a process's metrics (copy i serves the first + i,
+        see processes.py), each recorded in ``metrics_urls``; 0 when the settings turn metrics off."""
+        if not self.settings.metrics_port:
+            return 0
+        first = free_port_range(copies)
+        for i in range(copies):
+            key = name if copies == 1 else f"{name}.p{i}"
+            self.metrics_urls[key] = f"http://127.0.0.1:{first + i}/metrics"
+        return first
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         self.supervisor.kill(name, sig)

@@ -32,6 +32,7 @@ from notiflow.gateway import dashboard, http, keys, openapi, responses, ws
 from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
+from notiflow.gateway.openfiles import check_open_files, open_files_limit
 from notiflow.gateway.transport import FrameProtocol
 from notiflow.lifecycle import RELEASE_S, Deadline, cancel
 from notiflow.service.auth import AuthService, KeyService
@@ -96,6 +97,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await ingest.start()
     await sessions.start()
     telemetry.start()
+    check_open_files(open_files_limit(), settings.ws_max_sockets)
     log.info("gateway ready", extra={"host": settings.host, "port": settings.port})
     try:
         yield

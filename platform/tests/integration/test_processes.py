@@ -1,6 +1,7 @@
 """`notiflow gateway --processes N` (NOTIFLOW_GATEWAY_PROCESSES): copies on one port, each a node of its own
 with its own routing channel; a notification reaches a user whichever copy holds the socket; the copies die
-with their parent, so a SIGKILLed gateway leaves nothing serving its port."""
+with their parent, so a SIGKILLed gateway leaves nothing serving its port. Each copy of a gateway or a
+stream worker serves its own metrics on NOTIFLOW_METRICS_PORT + i, so one scrape per copy sees every copy."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from helpers import wait_for
 from integration_support import SocketFactory, notify, users
+from prometheus_client.parser import text_string_to_metric_families
 
 from notiflow.config import Settings
 from notiflow.devstack import DevStack
@@ -71,6 +74,46 @@ async def test_gateway_processes_share_one_port_as_separate_nodes(
     await wait_for(gone, timeout_s=10, message="copies gone with their parent")
     with pytest.raises(httpx.TransportError):
         await http.get(f"{gw}/healthz", timeout=2)
+
+
+async def test_each_copy_serves_its_own_metrics(
+    stack: StackFactory, socket: SocketFactory, http: httpx.AsyncClient
+) -> None:
+    dev = await asyncio.to_thread(stack, gateways=1, stream_workers=1, retry_workers=0, gateway_processes=2,
+                                  stream_worker_processes=2, stats_interval_s=0.2)
+    urls = dev.metrics_urls
+    copies = {"gateway-0.p0", "gateway-0.p1", "stream-worker-0.p0", "stream-worker-0.p1"}
+    assert set(urls) == {"gateway-0", *copies}  # gateway-0: the shared port's /metrics, whichever copy answers
+    assert len({urls[name] for name in copies}) == len(copies)
+    people = users(24)  # enough that the kernel's SO_REUSEPORT hash sends some to each gateway copy
+    for u in people:
+        await socket(dev.gateway_urls[0], u)
+
+    async def websockets(url: str) -> float:
+        text = (await http.get(url)).text
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == "notiflow_websockets")
+
+    async def every_socket_counted_once() -> list[float]:
+        # The gauge is set by each copy's telemetry round (stats_interval_s): wait for both.
+        per_copy = [await websockets(urls[f"gateway-0.p{i}"]) for i in (0, 1)]
+        assert sum(per_copy) == len(people) and all(per_copy), per_copy
+        return per_copy
+
+    await wait_for(every_socket_counted_once, timeout_s=20, interval_s=0.1, retry_on=(AssertionError,
+                   httpx.TransportError), message="each gateway copy's port counts its own sockets")
+
+    async def workers_healthy() -> bool:
+        answers = [await http.get(urls[f"stream-worker-0.p{i}"].replace("/metrics", "/healthz")) for i in (0, 1)]
+        return all(r.status_code == 200 for r in answers)
+
+    await wait_for(workers_healthy, timeout_s=20, interval_s=0.1, retry_on=(AssertionError, httpx.TransportError),
+                   message="both stream worker copies serve /healthz")
+    # Each gateway copy logged its open-files limit at start (the copies share their parent's log).
+    lines = [orjson.loads(raw) for raw in dev.supervisor.log_path("gateway-0").read_bytes().splitlines()
+             if raw.startswith(b"{")]
+    limits = [r for r in lines if str(r.get("msg", "")).startswith("open-files limit")]
+    assert len(limits) == 2 and all(r["ws_max_sockets"] == 20_000 for r in limits), limits
 
 
 def _running(pid: int) -> bool:
