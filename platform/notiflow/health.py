@@ -39,9 +39,11 @@ class Health:
         self._last_beat = clock()
 
     def beat(self) -> None:
-        """The loop went round once (and so is running)."""
+        """The loop went round once (and so is running). Work that ends after the loop stopped (a webhook
+        call drained at shutdown) beats too, and does not bring a stopped loop back."""
         self._last_beat = self._clock()
-        self._state = LoopState.RUNNING
+        if self._state is LoopState.STARTING:
+            self._state = LoopState.RUNNING
 
     def stopped(self) -> None:
         """The loop has ended: asked to stop, or crashed."""

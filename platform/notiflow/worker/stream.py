@@ -123,6 +123,9 @@ class StreamWorker:
             await self._process([item], self._d.deliver_webhook)
         finally:
             self._hook_entries.release()
+            # The read loop may be waiting for this slot (backpressure): a call that ended is progress, and
+            # each is bounded by NOTIFLOW_WEBHOOK_TIMEOUT_S, far below health.STALE_AFTER_S.
+            self._health.beat()
 
     async def _process(self, items: list[Parsed], process: Process) -> None:
         """Process, then acknowledge every entry whose items are all settled (a bundle names many items).

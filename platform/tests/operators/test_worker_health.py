@@ -40,6 +40,8 @@ def test_health_follows_the_loop() -> None:
     assert health.check()[0] == 200
     health.stopped()
     assert health.check() == (503, {"status": "stopped", "last_beat_s": 0.0})
+    health.beat()  # a webhook call drained after the loop ended
+    assert health.check()[0] == 503
 
 
 def test_the_metrics_port_serves_healthz_beside_metrics() -> None:
