@@ -180,7 +180,7 @@ def _dead_unlisted(tl: Timeline) -> dict[Key, str]:
     """Socket deliveries in the DLQ that their user's final sweep did not list (SPEC §4: they stay listed)."""
     found = {}
     for key, d in tl.deliveries.items():
-        if "socket" not in d.dlq_channels or d.acked_ok_ns is not None or d.ws_acked_ns is not None:
+        if "socket" not in d.dlq_channels or d.acked_ok_ns is not None or d.ws_ack_sent_ns is not None:
             continue
         final = tl.final_sweep.get(key[1])
         if final is not None and key[0] not in final.ids:

@@ -12,7 +12,10 @@ The queue element is one *delivery*: a notification id and one of its recipients
 - ``recovered``: deliveries whose ingest had an unknown outcome (timeout) and which were observed after all;
 - ``missed_live``: deliveries a socket that was open the whole time did not receive (I2);
 - ``gaps`` and ``resurrected``: complete offline sweeps missing a committed, unacknowledged delivery, and
-  reads listing a delivery after its user's acknowledgement had completed (I3);
+  reads listing a delivery after its user's acknowledgement had completed (I3). An acknowledgement has completed
+  when the ack endpoint answered 200, or when the gateway confirmed a socket ack (``acked`` frame, SPEC §3); a
+  socket ack that was sent but not confirmed may or may not have been applied: it explains a delivery's absence
+  from the final sweep, and the delivery may still come back;
 - ``order``: per-user ``seq`` violations: a seq reused or changed, acceptance order broken, an unsorted
   page (I4).
 
@@ -134,7 +137,7 @@ _LEAVES_QUEUE = ("delivered", "expired")
 
 
 def _explained(d: Delivery) -> bool:
-    return d.acked_ok_ns is not None or d.ws_acked_ns is not None or d.terminal in _LEAVES_QUEUE
+    return d.acked_ok_ns is not None or d.ws_ack_sent_ns is not None or d.terminal in _LEAVES_QUEUE
 
 
 def _check_final_state(tl: Timeline, v: Verdict) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import jwt
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -28,8 +29,22 @@ _DEFINITE_FAILURES = range(400, 500)
 CREDENTIAL: str | None = None
 
 
+#: The deployment's NOTIFLOW_JWT_SECRET (``--jwt-secret``): sockets are end users' own (SPEC §7, an API key
+#: opens none), so against a deployment with authentication on each socket carries its user's token.
+JWT_SECRET: str | None = None
+
+
 def auth_headers() -> dict[str, str]:
     return {"authorization": f"Bearer {CREDENTIAL}"} if CREDENTIAL else {}
+
+
+def socket_headers(user_id: str) -> dict[str, str]:
+    """What a socket of ``user_id`` sends: its own token (one hour) when the secret is known, else nothing."""
+    if not JWT_SECRET:
+        return {}
+    now = int(time.time())
+    token = jwt.encode({"sub": user_id, "iat": now, "exp": now + 3600}, JWT_SECRET, algorithm="HS256")
+    return {"authorization": f"Bearer {token}"}
 
 
 async def until(predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float, interval_s: float = 0.05) -> bool:
@@ -239,6 +254,7 @@ class Socket:
         self.node = base_url.rsplit(":", 1)[-1]
         self.user, self.history, self.conn, self.live, self.auto_ack = user, history, conn, live, auto_ack
         self.received: dict[str, dict[str, Any]] = {}
+        self.confirmed: set[str] = set()  # ids of this socket's acks the gateway answered with ``acked``
         self.cids: set[str] = set()
         self.frames = 0
         self.close_code: int | None = None
@@ -250,7 +266,8 @@ class Socket:
 
     async def open(self, timeout_s: float = 10.0) -> Socket:
         self._ws = await connect(
-            self.url, open_timeout=timeout_s, max_size=2**22, close_timeout=2, additional_headers=auth_headers()
+            self.url, open_timeout=timeout_s, max_size=2**22, close_timeout=2,
+            additional_headers=socket_headers(self.user),
         )
         self._reader = asyncio.create_task(self._read(), name=f"ws-{self.conn}")
         # One ping/pong round trip: the gateway has registered the socket before it answers.
@@ -282,6 +299,13 @@ class Socket:
                     self._on_notification(frame)
                     if self.auto_ack:
                         await self.ack([str(frame["id"])])
+                elif kind == "acked":
+                    ids = [str(i) for i in frame.get("ids") or []]
+                    self.confirmed.update(ids)
+                    self.history.observe(self.conn, "ws_acked", conn=self.conn, user_id=self.user, ids=ids)
+                elif kind == "error" and frame.get("code") == "ack_failed":
+                    ids = [str(i) for i in frame.get("ids") or []]
+                    self.history.observe(self.conn, "ws_ack_failed", conn=self.conn, user_id=self.user, ids=ids)
                 self._changed.set()
         except ConnectionClosed:
             pass
@@ -312,6 +336,11 @@ class Socket:
     async def wait_for_ids(self, ids: set[str], timeout_s: float) -> bool:
         """Wait until every notification id arrived; False if the socket closed or ``timeout_s`` passed."""
         return await self._wait(lambda: ids <= self.received.keys(), timeout_s)
+
+    async def wait_for_confirmed(self, ids: set[str], timeout_s: float) -> bool:
+        """Wait until the gateway confirmed (``acked``) an ack of every id; False if the socket closed or
+        ``timeout_s`` passed first."""
+        return await self._wait(lambda: ids <= self.confirmed, timeout_s)
 
     async def _wait(self, done: Callable[[], bool], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s

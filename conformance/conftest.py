@@ -40,8 +40,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Against a deployment with auth on, every check speaks with the admin key (I11 makes its own).
+    # Against a deployment with auth on, every request carries the admin key and every socket its user's
+    # token, signed with --jwt-secret (I11 makes its own).
     client.CREDENTIAL = config.getoption("--admin-key", default=None)
+    client.JWT_SECRET = config.getoption("--jwt-secret", default=None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

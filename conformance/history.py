@@ -14,7 +14,9 @@ Operation functions (``f``) and their values:
                up and receive everything sent to its user while it is open)
 ``ws_recv``    ok ``{"conn", "user_id", "id", "seq", "cid", "event"}``
 ``ws_close``   ok ``{"conn", "user_id", "code", "by"}`` (``by``: ``client`` or ``server``)
-``ws_ack``     ok ``{"conn", "user_id", "ids"}``: an ack frame was sent (fire and forget: maybe applied)
+``ws_ack``     ok ``{"conn", "user_id", "ids"}``: an ack frame was sent (maybe applied until confirmed)
+``ws_acked``   ok ``{"conn", "user_id", "ids"}``: the gateway confirmed an ack (``acked``): applied, for good
+``ws_ack_failed`` ok ``{"conn", "user_id", "ids"}``: the gateway answered ``ack_failed``: maybe applied
 ``fetch``      invoke ``{"user_id", "after_seq", "limit"}``; ok ``{"items": [{"id", "seq", "cid"}], "next"}``
 ``sweep``      ok ``{"user_id", "items": [...], "complete"}``: a whole offline queue read page by page
 ``ack``        invoke ``{"user_id", "ids" | "up_to_seq"}``; ok ``{"acknowledged"}``

@@ -45,6 +45,13 @@ class Script:
     def ws_ack(self, conn: str, user: str, ids: list[str]) -> None:
         self.history.observe(conn, "ws_ack", conn=conn, user_id=user, ids=ids)
 
+    def ws_acked(self, conn: str, user: str, ids: list[str]) -> None:
+        """The gateway confirmed an ack of ``ids`` on ``conn`` (an ``acked`` frame arrived)."""
+        self.history.observe(conn, "ws_acked", conn=conn, user_id=user, ids=ids)
+
+    def ws_ack_failed(self, conn: str, user: str, ids: list[str]) -> None:
+        self.history.observe(conn, "ws_ack_failed", conn=conn, user_id=user, ids=ids)
+
     def _items(self, items: list[tuple[str, int]]) -> list[dict[str, Any]]:
         return [{"id": nid, "seq": seq, "cid": self.cids.get(nid)} for nid, seq in items]
 

@@ -140,6 +140,67 @@ def test_an_acknowledged_notification_listed_again_is_resurrected() -> None:
     assert set(v.resurrected) == {(a, "bob")}
 
 
+def test_a_confirmed_socket_ack_holds_like_an_http_ack() -> None:
+    """SPEC §3: once the gateway answered an ack frame with ``acked``, the notification never comes back."""
+    s = Script()
+    s.open("c1", "bob")
+    a = s.ingest("1", ["bob"])
+    s.recv("c1", "bob", a, seq=1)
+    s.ws_ack("c1", "bob", [a])
+    s.ws_acked("c1", "bob", [a])
+    s.close("c1", "bob")
+    s.fetch("bob", [(a, 1)])
+    s.sweep("bob", [])
+    v = check(s.history)
+    assert v.valid and not v.ok
+    assert set(v.resurrected) == {(a, "bob")}
+    assert "ack confirmed on c1" in v.stories[(a, "bob")]
+
+
+def test_an_unconfirmed_socket_ack_may_come_back_or_not() -> None:
+    """An ack frame without ``acked`` (the socket closed first, or ``ack_failed``) may or may not have been
+    applied: the notification listed again is no resurrection, and its absence from the final sweep no loss."""
+    s = Script()
+    s.open("c1", "bob")
+    a = s.ingest("1", ["bob"])
+    b = s.ingest("2", ["bob"])
+    c = s.ingest("3", ["bob"])
+    for nid, seq in ((a, 1), (b, 2), (c, 3)):
+        s.recv("c1", "bob", nid, seq=seq)
+    s.ws_ack("c1", "bob", [a, b, c])
+    s.ws_ack_failed("c1", "bob", [b])
+    s.close("c1", "bob", by="server", code=1011)
+    s.fetch("bob", [(a, 1), (b, 2)])
+    s.sweep("bob", [(a, 1), (b, 2)])  # c was applied after all: unconfirmed acks explain its absence
+    v = check(s.history)
+    assert v.valid and v.ok, v.report()
+    assert not v.resurrected
+
+
+def test_a_confirmed_socket_ack_does_not_condemn_a_read_begun_before_it() -> None:
+    s = Script()
+    s.open("c1", "bob")
+    a = s.ingest("1", ["bob"])
+    s.recv("c1", "bob", a, seq=1)
+    s.ws_ack("c1", "bob", [a])
+    read = s.history.invoke("fetcher-bob", "fetch", user_id="bob", after_seq=0, limit=100)
+    s.ws_acked("c1", "bob", [a])
+    read.ok(items=[{"id": a, "seq": 1, "cid": "1"}], next=None)
+    s.sweep("bob", [])
+    v = check(s.history)
+    assert v.valid and v.ok, v.report()
+
+
+def test_another_users_confirmed_socket_ack_does_not_explain_a_missing_notification() -> None:
+    s = Script()
+    a = s.ingest("1", ["alice"])
+    s.ws_ack("m1", "mallory", [a])
+    s.ws_acked("m1", "mallory", [a])
+    s.sweep("alice", [])
+    v = check(s.history)
+    assert set(v.lost) == {(a, "alice")}
+
+
 def test_a_foreign_ack_does_not_explain_a_missing_notification() -> None:
     s = Script()
     a = s.ingest("1", ["alice"])

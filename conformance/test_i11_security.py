@@ -180,7 +180,8 @@ async def test_another_users_token_reads_and_acknowledges_nothing(api: Api) -> N
 
     queue = f"/notifications/offline/{bob}"
     assert refused(await api.call("GET", queue, theirs), 403) == "forbidden"
-    assert refused(await api.call("GET", queue, params={"token": theirs}), 403) == "forbidden"
+    # ?token= is read only by /ws and GET /dashboard (issue 25): on this route it is no credential at all.
+    assert refused(await api.call("GET", queue, params={"token": mine}), 401) == "unauthorized"
     for body in ({"up_to_seq": 2**31}, {"ids": [nid]}):
         assert refused(await api.call("POST", f"{queue}/ack", theirs, json=body), 403) == "forbidden"
     for url in api.s.urls:
@@ -248,3 +249,48 @@ async def test_idempotency_keys_are_scoped_to_the_api_key(api: Api) -> None:
     assert first.status_code == again.status_code == other.status_code == 202
     assert first.json()["id"] == again.json()["id"], "one producer's key created two notifications"
     assert other.json()["id"] != first.json()["id"], "another producer's key answered with someone else's"
+
+
+# --- issue 25: key-held sockets, query tokens, headers ----------------------------------------------
+
+
+async def test_api_keys_open_no_sockets_and_cannot_lock_a_user_out(api: Api) -> None:
+    """Sockets are end users' own (SPEC §7): an API key's socket, which nothing would close at the key's
+    revocation, is refused with 4403 before anything is sent, and so never counts against the user's cap.
+    (Before: a read key's socket was served after DELETE /keys, and ten of them made dave's token get 4429.)"""
+    _, read = await api.key("read")
+    dave = user("dave")
+    for url in api.s.urls:
+        for cred in (read, api.s.admin_key):
+            code, frames = await socket_outcome(api.s.ws(url, dave, cred), timeout_s=5)
+            assert (code, frames) == (4403, []), f"{url}: an API key's socket must close 4403 before anything is sent"
+    attempts = [socket_outcome(api.s.ws(api.url, dave, read), timeout_s=5) for _ in range(11)]  # over a cap of 10
+    outcomes = {(code, tuple(frames)) for code, frames in await asyncio.gather(*attempts)}
+    assert outcomes == {(4403, ())}, f"eleven sockets of a read key: {outcomes}"
+    async with connect(api.s.ws(api.url, dave, api.s.token(dave)), open_timeout=10, proxy=None) as conn:
+        await conn.send('{"type":"ping"}')
+        assert '"pong"' in str(await asyncio.wait_for(conn.recv(), timeout=10)), "dave's own token is served"
+
+
+async def test_query_tokens_are_refused_on_http_routes(api: Api) -> None:
+    """A key in an address ends in logs and histories: ?token= is read by /ws and GET /dashboard only.
+    (Before: POST /keys?token=<admin> answered 201.)"""
+    name = f"conf-query-{secrets.token_hex(4)}"
+    body = {"name": name, "scopes": ["send"]}
+    r = await api.http.post(f"{api.url}/keys", params={"token": api.s.admin_key}, json=body)
+    assert refused(r, 401) == "unauthorized", "a key from ?token= created a key"
+    assert refused(await api.call("GET", "/dlq", params={"token": api.s.admin_key}), 401) == "unauthorized"
+    page = await api.call("GET", "/dashboard", params={"token": api.s.admin_key})
+    assert page.status_code == 200 and page.headers.get("referrer-policy") == "no-referrer", page.status_code
+    assert "history.replaceState" in page.text, "the dashboard must take the key out of the address bar"
+
+
+async def test_answers_forbid_framing_sniffing_and_referrers(api: Api) -> None:
+    for path, cred in (("/healthz", None), ("/dlq", api.s.admin_key), ("/dlq", None), ("/dashboard", api.s.admin_key)):
+        r = await api.call("GET", path, cred)
+        where = f"{path} ({r.status_code})"
+        assert r.headers.get("x-frame-options") == "DENY", where
+        assert r.headers.get("x-content-type-options") == "nosniff", where
+        assert r.headers.get("referrer-policy") == "no-referrer", where
+        assert "frame-ancestors 'none'" in r.headers.get("content-security-policy", ""), where
+    assert (await api.call("GET", "/docs")).status_code == 404, "/docs loads a CDN's script: off by default"

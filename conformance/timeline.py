@@ -54,8 +54,8 @@ class Delivery:
     listed_at_ns: list[int] = field(default_factory=list)
     listed_twice: int = 0
     seqs: set[int] = field(default_factory=set)
-    acked_ok_ns: int | None = None
-    ws_acked_ns: int | None = None
+    acked_ok_ns: int | None = None  # first ack known applied: an HTTP ack answered 200, or a socket ack confirmed
+    ws_ack_sent_ns: int | None = None  # first socket ack frame sent (maybe applied until confirmed)
     ack_invoked_ns: list[int] = field(default_factory=list)
     terminal: str | None = None
     dlq_channels: set[str] = field(default_factory=set)
@@ -246,9 +246,22 @@ class Timeline:
         for nid in op.value["ids"]:
             d = self.deliveries[(str(nid), op.value["user_id"])]
             d.ack_invoked_ns.append(op.time_ns)
-            if d.ws_acked_ns is None:
-                d.ws_acked_ns = op.time_ns
+            if d.ws_ack_sent_ns is None:
+                d.ws_ack_sent_ns = op.time_ns
             d.events.append((op.time_ns, f"ack frame sent on {op.value['conn']}"))
+
+    def _obs_ws_acked(self, op: Op) -> None:
+        """A confirmed socket ack holds like an HTTP ack that answered 200: never listed again after it."""
+        for nid in op.value["ids"]:
+            d = self.deliveries[(str(nid), op.value["user_id"])]
+            if d.acked_ok_ns is None or op.time_ns < d.acked_ok_ns:
+                d.acked_ok_ns = op.time_ns
+            d.events.append((op.time_ns, f"ack confirmed on {op.value['conn']}"))
+
+    def _obs_ws_ack_failed(self, op: Op) -> None:
+        for nid in op.value["ids"]:
+            d = self.deliveries[(str(nid), op.value["user_id"])]
+            d.events.append((op.time_ns, f"ack_failed on {op.value['conn']} (unconfirmed: may come back)"))
 
     def _obs_sweep(self, op: Op) -> None:
         v = op.value

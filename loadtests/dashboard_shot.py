@@ -80,7 +80,8 @@ async def shoot(url: str, out: Path, points: int, chromium: str) -> None:
     async with async_playwright() as pw:
         t0 = time.monotonic()
         browser = await pw.chromium.launch(executable_path=chromium, headless=True, args=FLAGS)
-        page = await browser.new_page(viewport={"width": 1440, "height": 1100})
+        # bypass_csp: wait_for_function evaluates a string, which the page's CSP forbids (no unsafe-eval).
+        page = await browser.new_page(viewport={"width": 1440, "height": 1100}, bypass_csp=True)
         await page.goto(url)
         print(f"page open after {time.monotonic() - t0:.1f} s", flush=True)
         # Once the charts hold ``points`` seconds of figures (the page polls every second), bounded.

@@ -192,7 +192,7 @@ def cmd_gateway(settings: Settings, argv: list[str], reuse_port: bool) -> int:
 
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+        app, host=settings.host, port=settings.port, loop="uvloop",
         **server_options(settings),
         log_config=None, timeout_graceful_shutdown=int(settings.shutdown_grace_s), backlog=4096,
     )

@@ -128,8 +128,16 @@ class Settings(BaseSettings):
     jwt_public_key: SecretStr | None = Field(
         None, description="PEM public key (RSA: RS256, EC: ES256) verifying end users' tokens. Default unset."
     )
-    jwt_audience: str | None = Field(None, description="Required `aud` of end users' tokens. Default unset (any).")
+    jwt_audience: str | None = Field(
+        None, description="Required `aud` of end users' tokens; required with NOTIFLOW_JWT_PUBLIC_KEY (the gateway "
+        "refuses to start without it). Unset: a token that names any `aud` is refused. Default unset.",
+    )
     jwt_issuer: str | None = Field(None, description="Required `iss` of end users' tokens. Default unset (any).")
+    jwt_max_lifetime_s: float = Field(
+        86_400, gt=0, description="Longest lifetime an end user's token may claim, seconds: a token whose `exp` is "
+        "more than this after its `iat` (after now, when it has no `iat`) is refused, and so a socket opened with "
+        "a token lives at most this long. Default 86400 (24 h).",
+    )
     jwt_leeway_s: float = Field(
         10.0, ge=0, le=300, description="Clock skew allowed on `exp`/`nbf`/`iat`, seconds. Default 10."
     )
@@ -209,6 +217,27 @@ class Settings(BaseSettings):
     ws_permessage_deflate: bool = Field(
         False, description="Offer permessage-deflate compression on sockets. Default false.",
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
+        description="Host header names (no port) that HTTP requests and WebSocket handshakes may carry, comma-"
+        "separated; `*` accepts any. NOTIFLOW_HOST is added when it is one address (not 0.0.0.0 or ::). Another "
+        "Host gets 400 (`invalid_host`), a socket handshake 403: it defeats DNS rebinding. /healthz, /readyz and "
+        "/metrics accept any Host (probes and scrapers use addresses). Default localhost,127.0.0.1,::1.",
+    )
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, description="Longest time a client may take to send a request's line and headers, from the "
+        "connection's start or the request's first byte, seconds; then the connection is closed. Default 10.",
+    )
+    http_max_concurrency: int = Field(
+        1000, ge=1, description="HTTP connections and requests in flight one gateway process serves besides its "
+        "sockets (uvicorn's limit_concurrency is this plus WS_MAX_SOCKETS); over it, requests get 503. "
+        "Default 1000.",
+    )
+    api_docs: bool = Field(
+        False, description="Serve the Swagger UI page at /docs. The page loads its script and style from the "
+        "jsDelivr CDN (the browser does, the gateway needs no internet), so it is off by default: third-party "
+        "script on the origin that holds the dashboard's admin key. /openapi.json is always served. Default false.",
+    )
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Browser origins (scheme://host[:port]) whose WebSocket handshakes are accepted, comma-"
@@ -246,6 +275,19 @@ class Settings(BaseSettings):
         ),
     )
     pg_pool_max: int = Field(10, ge=1, description="PostgreSQL connections per process. Default 10.")
+    pg_lock_timeout_ms: int = Field(
+        5000, ge=0, description="Longest a statement of this process waits for a row lock held by another "
+        "transaction (PostgreSQL lock_timeout on its connections), milliseconds. Past it the statement fails and "
+        "its request is answered 503 store_busy with nothing stored (a worker retries later). 0 waits without "
+        "limit. Default 5000.",
+    )
+    pg_idle_in_transaction_timeout_ms: int = Field(
+        20000, ge=0, description="Longest a connection of this process may sit idle inside an open transaction "
+        "(PostgreSQL idle_in_transaction_session_timeout), milliseconds. Past it PostgreSQL ends the session and "
+        "rolls its transaction back, releasing its locks: a stalled process cannot hold users' rows (and every "
+        "ingest for them) for longer. Must exceed the longest Redis call made inside a transaction (15 s). "
+        "0 means no limit. Default 20000.",
+    )
     redis_pool_max: int = Field(
         64, ge=1, description="Redis connections per process; a command that finds them all busy waits for "
         "one (up to REDIS_POOL_TIMEOUT_S) instead of failing. Default 64.",
@@ -256,7 +298,7 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Log level. Default INFO.")
 
-    @field_validator("webhook_allowed_hosts", "api_keys", "allowed_origins", mode="before")
+    @field_validator("webhook_allowed_hosts", "api_keys", "allowed_origins", "allowed_hosts", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -34,7 +34,7 @@ class Scope(StrEnum):
     """What an API key may do. Scopes do not imply each other: an admin key cannot send unless it says so."""
 
     SEND = "send"  # POST /notifications, /notifications/batch
-    READ = "read"  # GET /notifications/{id}; offline endpoints and sockets of any user
+    READ = "read"  # GET /notifications/{id}; offline endpoints of any user (sockets: end users only)
     ADMIN = "admin"  # /dlq, /dashboard, key management
 
 
@@ -78,6 +78,12 @@ class Principal:
         if self.kind == "user":
             return self.user_id == user_id
         return self.allows(Scope.READ)
+
+    def may_open_socket(self, user_id: str) -> bool:
+        """May open ``/ws/{user_id}``: that user's own token (or anyone, auth off). Never an API key: a key
+        is revoked on the server, a socket held by one would outlive its revocation, and its sockets would
+        count against the user's own cap; a token's socket closes at its ``exp``."""
+        return self.kind == "anonymous" or (self.kind == "user" and self.user_id == user_id)
 
 
 ANONYMOUS = Principal("anonymous", "anonymous")
@@ -132,8 +138,10 @@ def _public_key_algorithm(pem: str) -> tuple[str, Any]:
 
 
 class TokenVerifier:
-    """Verifies end users' JWTs with PyJWT: signature, ``exp`` (required), ``sub`` (the user id), and
-    ``aud``/``iss`` when configured. The algorithm is fixed by the configured key, never by the token."""
+    """Verifies end users' JWTs with PyJWT: signature, ``exp`` (required, at most ``jwt_max_lifetime_s`` after
+    ``iat``, or after now without one), ``sub`` (the user id), ``aud`` (the configured one; none configured:
+    a token must carry none; required with a public key) and ``iss`` when configured. The algorithm is fixed
+    by the configured key, never by the token."""
 
     def __init__(self, settings: Settings) -> None:
         self._keys: dict[str, Any] = {}
@@ -143,11 +151,17 @@ class TokenVerifier:
                 raise ValueError(f"NOTIFLOW_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes")
             self._keys["HS256"] = secret
         if settings.jwt_public_key is not None:
+            # A public key is an identity provider's, which signs tokens for other services too: only the
+            # audience tells notiflow's tokens from theirs.
+            if not settings.jwt_audience:
+                raise ValueError("NOTIFLOW_JWT_PUBLIC_KEY needs NOTIFLOW_JWT_AUDIENCE: without it, a token the "
+                                 "identity provider issued to any other service would be accepted here")
             alg, key = _public_key_algorithm(settings.jwt_public_key.get_secret_value())
             self._keys[alg] = key
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
         self._leeway = settings.jwt_leeway_s
+        self._max_lifetime_s = settings.jwt_max_lifetime_s
 
     @property
     def enabled(self) -> bool:
@@ -159,9 +173,11 @@ class TokenVerifier:
             key = self._keys.get(alg)
             if key is None:
                 raise Unauthorized(f"token algorithm {alg!r} is not accepted", code="invalid_token")
+            # aud is always verified: with no audience configured, a token that names one (it was meant
+            # for a service that checks it) is refused rather than taken for ours.
             claims = jwt.decode(
                 token, key, algorithms=[alg], audience=self._audience, issuer=self._issuer, leeway=self._leeway,
-                options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
+                options={"require": ["exp", "sub"]},
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token has expired", code="token_expired") from None
@@ -170,7 +186,13 @@ class TokenVerifier:
         sub = claims["sub"]
         if problem := user_id_problem(sub):
             raise Unauthorized(f"token sub {problem}", code="invalid_token")
-        return Principal("user", sub, user_id=sub, expires_at=float(claims["exp"]))
+        exp = float(claims["exp"])
+        # A token's socket lives until its exp: a lifetime bound is what bounds a stolen token's use.
+        issued = float(claims["iat"]) if isinstance(claims.get("iat"), (int, float)) else time.time()
+        if exp - issued > self._max_lifetime_s + self._leeway:
+            raise Unauthorized(f"token lifetime exceeds {self._max_lifetime_s:g} s (NOTIFLOW_JWT_MAX_LIFETIME_S)",
+                               code="invalid_token")
+        return Principal("user", sub, user_id=sub, expires_at=exp)
 
 
 def issue_token(settings: Settings, user_id: str, ttl_s: float = 3600.0) -> str:
@@ -178,6 +200,8 @@ def issue_token(settings: Settings, user_id: str, ttl_s: float = 3600.0) -> str:
     `notiflow token`; production tokens come from the application's own identity provider)."""
     if settings.jwt_secret is None:
         raise ValueError("NOTIFLOW_JWT_SECRET is not set: cannot sign a token")
+    if ttl_s > settings.jwt_max_lifetime_s:
+        raise ValueError(f"a token may live at most NOTIFLOW_JWT_MAX_LIFETIME_S = {settings.jwt_max_lifetime_s:g} s")
     now = int(time.time())
     claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + int(ttl_s)}
     if settings.jwt_audience:

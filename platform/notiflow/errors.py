@@ -30,6 +30,11 @@ class CommitOutcomeUnknown(StoreUnavailable):
     committed. Nobody can tell the client "not stored"; a retry with the same Idempotency-Key is safe."""
 
 
+class StoreBusy(StoreUnavailable):
+    """A statement waited for a row lock past ``pg_lock_timeout_ms`` (another transaction holds it, maybe a
+    stalled one) and was rolled back: nothing of it was written, and it may simply run again."""
+
+
 class BackpressureError(TransientError):
     """Ingestion is over its backlog bound; the client should come back after ``retry_after_s``."""
 

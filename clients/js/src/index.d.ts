@@ -34,6 +34,8 @@ export interface NotiflowClientOptions {
   pingIntervalMs?: number;
   /** A seq gap open this long triggers a read of the offline queue, ms (default 5000). */
   gapCheckMs?: number;
+  /** Deadline of each HTTP request (offline queue pages, acks), answer body included, ms (default 10000). */
+  requestTimeoutMs?: number;
   /** A WebSocket class (default: the global one, else the `ws` package). */
   WebSocket?: unknown;
   /** A fetch function (default: the global one). */
@@ -65,7 +67,10 @@ export declare class NotiflowClient {
   readonly url: string | null;
   on<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): this;
   off<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): this;
-  /** Resolves on the first connection (offline queue read); rejects if the client gives up first. */
+  /**
+   * Resolves on the first connection (offline queue read); rejects if the client gives up first. Where
+   * `globalThis.addEventListener` exists (a browser), the `online` event ends a reconnect backoff at once.
+   */
   start(): Promise<void>;
   /** Closes the socket and sends the pending acks over HTTP (at most 5 s). */
   stop(): Promise<void>;
@@ -82,3 +87,6 @@ export declare class SeenTracker {
 }
 
 export declare function backoffMs(attempt: number, baseMs: number, capMs: number, random?: () => number): number;
+
+/** A frame's text as an object, or a NotiflowError saying why it is not a JSON object (never throws). */
+export declare function parseFrame(data: string | { toString(): string }): Record<string, unknown> | NotiflowError;

@@ -13,18 +13,22 @@
 // - Close codes (gateway/protocol.py, SPEC §7): 4401 refreshes the token when `token` is a function, else
 //   gives up; 4400, 4403 and 1009 give up (an "error" event with `fatal: true`); anything else reconnects
 //   to the next URL after full-jitter backoff.
+// - Every HTTP request has a deadline (`requestTimeoutMs`); a frame that is not a JSON object is reported
+//   as an "error" event and skipped, never thrown into the socket's handler; in a browser, the `online`
+//   event ends a reconnect backoff at once.
 
 const CLOSE_GIVE_UP = new Map([
   [4400, "invalid user id"],
-  [4403, "token is for another user"],
+  [4403, "not this user's token"],
   [1009, "frame too large"],
 ]);
 const UNAUTHORIZED = 4401;
 const MAX_ACK_IDS = 1000;
 const MAX_REFRESHES = 3;
 const PING = JSON.stringify({ type: "ping" });
-// Socket acks are not confirmed: those sent this recently when a socket dies are sent again (acks are
-// idempotent), since the node may have died before it committed them.
+// A socket ack is confirmed by an "acked" frame once committed. Those sent this recently and not answered
+// when a socket dies are sent again (acks are idempotent), since the node may have died before it committed
+// them; the window bounds what is kept for a gateway that never confirms.
 const ACK_RESEND_MS = 5000;
 
 /** An error of the client; `code` is the close code or HTTP status, `fatal` says the client gave up. */
@@ -37,6 +41,12 @@ export class NotiflowError extends Error {
   }
 }
 
+/** The gateway answered the ack frame of `ids` (one answer per frame): no resend if the socket dies. */
+function answered(link, ids) {
+  const k = link.sentAcks.findIndex(([, sent]) => sent.length === ids.length && sent.every((id, i) => id === ids[i]));
+  if (k >= 0) link.sentAcks.splice(k, 1);
+}
+
 /** Full jitter: uniform(0, min(cap, base * 2**attempt)) milliseconds (notiflow.backoff). */
 export function backoffMs(attempt, baseMs, capMs, random = Math.random) {
   return random() * Math.min(capMs, baseMs * 2 ** Math.min(attempt, 52));
@@ -45,31 +55,33 @@ export function backoffMs(attempt, baseMs, capMs, random = Math.random) {
 /**
  * What a client has seen: every seq <= `watermark` was seen (or closed when the queue was read); seqs
  * above it seen out of order wait until the gap below closes; ids of the last `window` are kept.
+ * `seen` is O(1) (two Set lookups); `add` is O(1) for ids (a Set in insertion order, the oldest evicted
+ * first) and O(log n) for a seq above a gap (a min-heap beside a Set). Memory is O(window).
  */
 export class SeenTracker {
   constructor(afterSeq = 0, window = 10000) {
     if (window < 1) throw new RangeError("window must be >= 1");
     this.watermark = afterSeq;
     this.window = window;
-    this._above = []; // sorted ascending
+    this._above = new MinHeap(); // seen seqs > watermark
+    this._aboveSet = new Set();
     this._ids = new Set(); // insertion order = age
   }
 
   seen(id, seq) {
-    return seq <= this.watermark || this._ids.has(id) || this._above.includes(seq);
+    return seq <= this.watermark || this._aboveSet.has(seq) || this._ids.has(id);
   }
 
   add(id, seq) {
     this._ids.delete(id);
     this._ids.add(id);
-    while (this._ids.size > this.window) this._ids.delete(this._ids.values().next().value);
-    if (seq > this.watermark && !this._above.includes(seq)) {
-      let i = this._above.length;
-      while (i > 0 && this._above[i - 1] > seq) i--;
-      this._above.splice(i, 0, seq);
+    if (this._ids.size > this.window) this._ids.delete(this._ids.values().next().value);
+    if (seq > this.watermark && !this._aboveSet.has(seq)) {
+      this._above.push(seq);
+      this._aboveSet.add(seq);
     }
     this._advance();
-    while (this._above.length > this.window) this.raiseTo(this._above[0]);
+    while (this._above.size > this.window) this.raiseTo(this._above.peek()); // a gap held open too long
   }
 
   raiseTo(seq) {
@@ -78,14 +90,78 @@ export class SeenTracker {
   }
 
   get gaps() {
-    return this._above.length > 0;
+    return this._above.size > 0;
   }
 
   _advance() {
-    while (this._above.length && this._above[0] <= this.watermark + 1) {
-      this.watermark = Math.max(this.watermark, this._above.shift());
+    while (this._above.size && this._above.peek() <= this.watermark + 1) {
+      const seq = this._above.pop();
+      this._aboveSet.delete(seq);
+      this.watermark = Math.max(this.watermark, seq);
     }
   }
+}
+
+/** A binary min-heap of numbers (what Python's heapq gives the Python tracker). */
+class MinHeap {
+  constructor() {
+    this._items = [];
+  }
+
+  get size() {
+    return this._items.length;
+  }
+
+  peek() {
+    return this._items[0];
+  }
+
+  push(value) {
+    const a = this._items;
+    a.push(value);
+    let i = a.length - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (a[parent] <= value) break;
+      a[i] = a[parent];
+      i = parent;
+    }
+    a[i] = value;
+  }
+
+  pop() {
+    const a = this._items;
+    const top = a[0];
+    const last = a.pop();
+    if (a.length) {
+      let i = 0;
+      for (;;) {
+        let child = 2 * i + 1;
+        if (child >= a.length) break;
+        if (child + 1 < a.length && a[child + 1] < a[child]) child++;
+        if (a[child] >= last) break;
+        a[i] = a[child];
+        i = child;
+      }
+      a[i] = last;
+    }
+    return top;
+  }
+}
+
+/** A frame as an object, or a NotiflowError saying why it is not one (never throws). */
+export function parseFrame(data) {
+  const text = typeof data === "string" ? data : String(data);
+  let frame;
+  try {
+    frame = JSON.parse(text);
+  } catch (err) {
+    return new NotiflowError(`bad frame (not JSON: ${err.message}): ${text.slice(0, 100)}`);
+  }
+  if (frame === null || typeof frame !== "object" || Array.isArray(frame)) {
+    return new NotiflowError(`bad frame (not a JSON object): ${text.slice(0, 100)}`);
+  }
+  return frame;
 }
 
 async function socketClass(given) {
@@ -102,7 +178,7 @@ export class NotiflowClient {
   constructor({
     urls, userId, token = null, afterSeq = 0, buffer = 1000, window = 10000, pageSize = 500,
     backoffBaseMs = 250, backoffCapMs = 10000, ackIntervalMs = 50, pingIntervalMs = 10000,
-    gapCheckMs = 5000, WebSocket = null, fetch = null,
+    gapCheckMs = 5000, requestTimeoutMs = 10000, WebSocket = null, fetch = null,
   }) {
     this.urls = (Array.isArray(urls) ? urls : [urls]).map((u) => u.replace(/\/+$/, ""));
     if (!this.urls.length) throw new TypeError("give at least one gateway URL");
@@ -122,6 +198,7 @@ export class NotiflowClient {
     this._ackIntervalMs = ackIntervalMs;
     this._pingIntervalMs = pingIntervalMs;
     this._gapCheckMs = gapCheckMs;
+    this._requestTimeoutMs = requestTimeoutMs;
     this._givenWS = WebSocket;
     this._fetch = fetch ?? globalThis.fetch.bind(globalThis);
     this._listeners = new Map();
@@ -138,6 +215,7 @@ export class NotiflowClient {
     this._overflow = false;
     this._pumping = null;
     this._socket = null;
+    this._onOnline = () => this._wake?.(); // the network is back: end the backoff now
   }
 
   /** The gateway the socket is open to, or null. */
@@ -170,6 +248,7 @@ export class NotiflowClient {
   start() {
     if (!this._stopped) throw new Error("the client is already started");
     this._stopped = false;
+    globalThis.addEventListener?.("online", this._onOnline);
     return new Promise((resolve, reject) => {
       this._started = { resolve, reject };
       this._running = this._run().catch((err) => this._fail(err));
@@ -180,6 +259,7 @@ export class NotiflowClient {
   async stop() {
     if (this._stopped) return;
     this._stopped = true;
+    globalThis.removeEventListener?.("online", this._onOnline);
     this._wake?.();
     this._socket?.close(1000, "client stop");
     clearTimeout(this._ackTimer);
@@ -194,6 +274,7 @@ export class NotiflowClient {
 
   _fail(err) {
     this._stopped = true;
+    globalThis.removeEventListener?.("online", this._onOnline);
     this._socket?.close(1000);
     this._emitEvent("error", err);
     this._started?.reject(err);
@@ -281,8 +362,10 @@ export class NotiflowClient {
       };
       ws.onmessage = (ev) => {
         link.lastFrameAt = Date.now();
-        const frame = JSON.parse(typeof ev.data === "string" ? ev.data : ev.data.toString());
-        if (frame.type === "notification") {
+        const frame = parseFrame(ev.data);
+        if (frame instanceof NotiflowError) {
+          this._emitEvent("error", frame); // reported and skipped: the socket and the client go on
+        } else if (frame.type === "notification") {
           const { id, seq, event, payload, created_at } = frame;
           this._onLive(link, { id, seq, event, payload, created_at });
         } else if (frame.type === "pong" && !link.ready) {
@@ -293,7 +376,10 @@ export class NotiflowClient {
             result = { error: err };
             ws.close(1000);
           });
+        } else if (frame.type === "acked") {
+          answered(link, frame.ids ?? []);
         } else if (frame.type === "error" && frame.code === "ack_failed") {
+          answered(link, frame.ids ?? []); // queued again here, not resent twice
           for (const id of frame.ids ?? []) this._ack(id);
         }
       };
@@ -463,12 +549,22 @@ export class NotiflowClient {
     const headers = { accept: "application/json" };
     if (token) headers.authorization = `Bearer ${token}`;
     if (body !== undefined) headers["content-type"] = "application/json";
+    // One deadline for the whole exchange: the signal also aborts reading the body (resp.json()).
+    const signal = timeoutSignal(this._requestTimeoutMs);
     let resp;
     try {
-      resp = await this._fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+      resp = await this._fetch(base + path, {
+        method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal,
+      });
+      return await this._answer(method, path, resp);
     } catch (err) {
-      throw new NotiflowError(`${method} ${base}${path}: ${err.message}`);
+      if (err instanceof NotiflowError) throw err;
+      const why = signal.aborted ? `no answer within ${this._requestTimeoutMs} ms` : err.message;
+      throw new NotiflowError(`${method} ${base}${path}: ${why}`);
     }
+  }
+
+  async _answer(method, path, resp) {
     if (resp.status === 401 || resp.status === 403) {
       throw new NotiflowError(`${method} ${path} answered ${resp.status}`, { code: resp.status, fatal: resp.status === 403 });
     }
@@ -478,4 +574,12 @@ export class NotiflowClient {
     if (!resp.ok) throw new NotiflowError(`${method} ${path} answered ${resp.status}`, { code: resp.status });
     return resp.json();
   }
+}
+
+/** An AbortSignal that fires after `ms` (AbortSignal.timeout where it exists). */
+function timeoutSignal(ms) {
+  if (typeof AbortSignal.timeout === "function") return AbortSignal.timeout(ms);
+  const controller = new AbortController();
+  setTimeout(() => controller.abort(new Error("timeout")), ms);
+  return controller.signal;
 }

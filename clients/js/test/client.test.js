@@ -33,7 +33,7 @@ test("tracker: the watermark waits at a gap and memory is bounded", () => {
   t.add("n3", 3);
   assert.equal(t.watermark, 4);
   for (let seq = 10; seq < 100; seq++) t.add(`n${seq}`, seq);
-  assert.ok(t._ids.size === 4 && t._above.length <= 4);
+  assert.ok(t._ids.size === 4 && t._above.size <= 4);
   assert.ok(backoffMs(3, 100, 500, () => 0.999) < 500 && backoffMs(0, 100, 500, () => 0.5) === 50);
 });
 

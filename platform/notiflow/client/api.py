@@ -14,8 +14,9 @@ from websockets.asyncio.client import ClientConnection
 from notiflow.client.auth import Auth
 from notiflow.client.types import AuthFailed, ClientGaveUp, Notification, Unavailable
 
-# Socket acks are not confirmed: those sent this recently when a socket dies are sent again (acks are
-# idempotent), since the node may have died before it committed them.
+# A socket ack is confirmed by an ``acked`` frame once committed (SPEC §3). Those sent this recently and not
+# confirmed when a socket dies are sent again (acks are idempotent), since the node may have died before it
+# committed them; the window bounds what is kept for a gateway that never confirms.
 ACK_RESEND_S = 5.0
 
 
@@ -35,6 +36,14 @@ class Link:
         self.sent_acks.append((now, ids))
         while self.sent_acks[0][0] < now - ACK_RESEND_S:
             self.sent_acks.popleft()
+
+    def confirmed(self, ids: list[str]) -> None:
+        """The gateway answered the ack frame of ``ids`` (``acked`` or ``ack_failed``, one per frame, in the
+        order they were sent): it needs no resend if the socket dies."""
+        for k, (_, sent) in enumerate(self.sent_acks):
+            if sent == ids:
+                del self.sent_acks[k]
+                return
 
 
 class Api:

@@ -41,7 +41,7 @@ from notiflow.gateway.protocol import MAX_ACK_IDS, CloseCode
 log = logging.getLogger("notiflow.client")
 
 _GIVE_UP: dict[int, str] = {
-    CloseCode.BAD_USER_ID: "invalid user id", 4403: "token is for another user", 1009: "frame too large",
+    CloseCode.BAD_USER_ID: "invalid user id", 4403: "not this user's token", 1009: "frame too large",
 }
 _PING = orjson.dumps({"type": "ping"}).decode()
 
@@ -261,7 +261,10 @@ class NotiflowClient:
                     link.held_overflow = True  # still in the offline queue: the catch-up reads again
             elif kind == "pong":
                 link.pong.set()
+            elif kind == "acked":
+                link.confirmed(frame.get("ids") or [])
             elif kind == "error" and frame.get("code") == "ack_failed":
+                link.confirmed(frame.get("ids") or [])  # answered: queued again below, not resent twice
                 for nid in frame.get("ids") or []:
                     self._ack(nid)
             elif kind == "error":

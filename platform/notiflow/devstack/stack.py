@@ -270,9 +270,17 @@ def _dev_credentials(settings: Settings, database_url: str) -> DevCredentials:
     return DevCredentials(asyncio.run(admin_key()), "alice", issue_token(settings, "alice", ttl_s=24 * 3600))
 
 
+def _notiflow_command() -> str:
+    """This installation's ``notiflow``, as a shell can run it: a venv's bin is not on PATH."""
+    script = Path(sys.executable).parent / "notiflow"
+    if not script.exists():
+        return "notiflow"
+    relative = os.path.relpath(script)
+    return relative if not relative.startswith("..") else str(script)
+
+
 def _banner(stack: DevStack, creds: DevCredentials | None = None) -> str:
     first = stack.gateway_urls[0]
-    ws = first.replace("http://", "ws://")
     auth = "" if creds is None else f" -H 'authorization: Bearer {creds.admin_key}'"
     lines = ["", "notiflow dev is up", ""]
     lines += [f"  gateway     {url}" for url in stack.gateway_urls]
@@ -294,15 +302,19 @@ def _banner(stack: DevStack, creds: DevCredentials | None = None) -> str:
         lines.append("  auth        ON (from your NOTIFLOW_* settings)")
     else:
         lines.append("  auth        OFF: anyone can send, read and delete (`notiflow dev --auth` turns it on)")
-    token = "" if creds is None else f"?token={creds.user_token}"
     user_auth = "" if creds is None else f" -H 'authorization: Bearer {creds.user_token}'"
+    notiflow = _notiflow_command()
+    tail_token = "" if creds is None else f" --token {creds.user_token}"
+    send_token = "" if creds is None else f" --token {creds.admin_key}"
     lines += [
         "",
-        "Try:",
+        "Try (the socket side in one terminal, the sending side in another):",
+        f"  {notiflow} tail alice --url {first}{tail_token}",
+        f"  {notiflow} send alice hello '{{\"text\": \"hi\"}}' --url {first}{send_token}",
+        "Or over plain HTTP:",
         f"  curl -X POST {first}/notifications -H 'content-type: application/json'{auth} \\",
         """       -d '{"user_id":"alice","event":"hello","payload":{"text":"hi"}}'""",
         f"  curl {first}/notifications/offline/alice{user_auth}",
-        f"  websocat '{ws}/ws/alice{token}'" if creds is not None else f"  websocat {ws}/ws/alice",
         "",
         "Ctrl-C stops everything.",
         "",

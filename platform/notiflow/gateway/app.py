@@ -25,14 +25,17 @@ from notiflow.errors import (
     BackpressureError,
     CommitOutcomeUnknown,
     RateLimited,
+    StoreBusy,
     StoreUnavailable,
     Unauthorized,
 )
 from notiflow.gateway import dashboard, http, keys, openapi, responses, ws
 from notiflow.gateway.deps import Services
+from notiflow.gateway.http_protocol import with_header_timeout
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
 from notiflow.gateway.openfiles import check_open_files, open_files_limit
+from notiflow.gateway.security import header_host, host_allowed, served_hosts
 from notiflow.gateway.transport import FrameProtocol
 from notiflow.lifecycle import RELEASE_S, Deadline, cancel
 from notiflow.service.auth import AuthService, KeyService
@@ -42,7 +45,7 @@ from notiflow.service.queries import QueryService
 from notiflow.service.ratelimit import IngestLimiter
 from notiflow.service.sessions import SessionService
 from notiflow.service.telemetry import Telemetry
-from notiflow.store.pool import close_pool, connect_pool
+from notiflow.store.pool import close_pool, connect_pool, pg_limits
 from notiflow.streams.client import close_redis, connect_redis
 from notiflow.streams.presence import Presence
 from notiflow.streams.ratelimit import TokenBuckets
@@ -65,7 +68,7 @@ async def _warn_while_auth_off(period_s: float) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    pool = await connect_pool(settings.database_url_required, max_size=settings.pg_pool_max)
+    pool = await connect_pool(settings.database_url_required, max_size=settings.pg_pool_max, **pg_limits(settings))
     redis = connect_redis(
         settings.redis_url_required, max_connections=settings.redis_pool_max,
         wait_timeout_s=settings.redis_pool_timeout_s,
@@ -129,11 +132,15 @@ def stop_serving(app: FastAPI, server: uvicorn.Server) -> None:
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's options from the settings: HTTP keep-alive, and for WebSockets the implementation,
-    keepalive pings, the frame size bound (enforced by the websockets parser on the frame header, before
-    the payload is read: 1009) and compression. Every way of serving the app uses these."""
+    """uvicorn's options from the settings: the HTTP implementation (httptools with a deadline on request
+    heads), keep-alive and the concurrency bound, and for WebSockets the implementation, keepalive pings, the
+    frame size bound (enforced by the websockets parser on the frame header, before the payload is read: 1009)
+    and compression. Every way of serving the app uses these."""
     return {
+        "http": with_header_timeout(settings.http_header_timeout_s),
         "timeout_keep_alive": settings.http_keep_alive_s,
+        # uvicorn counts open sockets as connections too: the HTTP bound comes on top of the sockets' own.
+        "limit_concurrency": settings.ws_max_sockets + settings.http_max_concurrency,
         # uvicorn's websockets-sansio protocol with batched frame writes (gateway/transport.py).
         "ws": FrameProtocol,
         "ws_ping_interval": settings.ws_ping_interval_s,
@@ -149,10 +156,14 @@ class GatewayApp(FastAPI):
     through FastAPI's stack that was about 15 coroutine frames, three AsyncExitStacks and the scope's copies,
     12.5 kB per idle socket (RSS 28.6 -> 16.1 kB, one gateway process with 1,000 sockets). Nothing on that
     way acts on a socket (the middlewares pass WebSocket scopes through; the endpoint raises nothing for
-    them to handle). Any other WebSocket path goes the router's way (no route: the handshake is refused)."""
+    them to handle). Any other WebSocket path goes the router's way (no route: the handshake is refused). A
+handshake whose Host is not allowed (security.py) is refused here, for every path."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
+            if not host_allowed(header_host(scope["headers"]), self.state.allowed_hosts):
+                await WebSocket(scope, receive, send).close(1008)  # before accept: the handshake is answered 403
+                return
             path: str = scope["path"]
             root = scope.get("root_path", "")
             user_id = ws.socket_user(path[len(root):] if root and path.startswith(root) else path)
@@ -164,8 +175,10 @@ class GatewayApp(FastAPI):
 
 
 def create_app(settings: Settings) -> FastAPI:
-    app = GatewayApp(title="notiflow", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = GatewayApp(title="notiflow", version="0.1.0", lifespan=lifespan,
+                     docs_url="/docs" if settings.api_docs else None, redoc_url=None)
     app.state.settings = settings
+    app.state.allowed_hosts = served_hosts(settings.allowed_hosts, settings.host)
     app.state.stop_deadline = None  # set by stop_serving
     app.include_router(http.router)
     app.include_router(dashboard.router)
@@ -191,6 +204,15 @@ def create_app(settings: Settings) -> FastAPI:
             503, "outcome_unknown",
             "the store failed while committing: the request may have been accepted; retry with the same "
             "Idempotency-Key", headers={"retry-after": "1"},
+        )
+
+    @app.exception_handler(StoreBusy)
+    async def busy(_: Request, exc: StoreBusy) -> Response:
+        log.warning("store busy", extra={"error": str(exc)})
+        return http.error_response(
+            503, "store_busy",
+            "a record this request needs stayed locked by another transaction (NOTIFLOW_PG_LOCK_TIMEOUT_MS): "
+            "nothing was stored; retry", headers={"retry-after": "1"},
         )
 
     @app.exception_handler(StoreUnavailable)
@@ -220,5 +242,5 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.USERS.set(len(hub.users()))
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    openapi.document(app)
+    openapi.document(app, auth_off=settings.auth == "off")
     return app

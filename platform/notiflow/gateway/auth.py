@@ -25,35 +25,54 @@ _bearer = HTTPBearer(auto_error=False, description="An API key (`nf_...`) or an 
 _query = APIKeyQuery(name="token", auto_error=False, description="The same, for browsers' WebSockets.")
 
 
-def bearer_token(conn: HTTPConnection) -> str | None:
-    """The token of ``Authorization: Bearer`` or else of ``?token=``; None when there is neither."""
+def bearer_token(conn: HTTPConnection, *, query: bool = False) -> str | None:
+    """The token of ``Authorization: Bearer``, or else of ``?token=`` where ``query`` allows it (the
+    socket and the dashboard's page, which browsers open without headers); None when there is neither.
+    Anywhere else a ``?token=`` is refused with 401: a key in an address ends up in logs and histories."""
     header = conn.headers.get("authorization")
     if header is not None:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise Unauthorized("the Authorization header must be 'Bearer <token>'")
         return value.strip()
+    if "token" in conn.query_params and not query:
+        raise Unauthorized("?token= is accepted only by /ws and GET /dashboard: send Authorization: Bearer <token>")
     return conn.query_params.get("token") or None
 
 
 async def principal(
+    request: Request, _header: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+) -> Principal:
+    """Who is calling, by the Authorization header; 401 when nobody valid is (auth off: anyone). Cached
+    per request by FastAPI."""
+    return await services(request).auth.authenticate(bearer_token(request))
+
+
+async def page_principal(
     request: Request,
     _header: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     _query_token: Annotated[str | None, Security(_query)],
 ) -> Principal:
-    """Who is calling; 401 when nobody valid is (auth off: anyone). Cached per request by FastAPI."""
-    return await services(request).auth.authenticate(bearer_token(request))
+    """The same for a page a browser opens by its address (GET /dashboard): ``?token=`` is accepted too."""
+    return await services(request).auth.authenticate(bearer_token(request, query=True))
 
 
-def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
-    """A dependency admitting API keys with ``scope`` (403 for other valid credentials)."""
+def require_scope(scope: Scope, *, query_token: bool = False) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting API keys with ``scope`` (403 for other valid credentials); ``query_token``
+    also takes the key from ``?token=`` (GET /dashboard only)."""
 
-    async def has_scope(who: Annotated[Principal, Depends(principal)]) -> Principal:
+    def checked(who: Principal) -> Principal:
         if not who.allows(scope):
             raise Forbidden(f"this needs an API key with the {scope.value!r} scope")
         return who
 
-    return has_scope
+    async def has_scope(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        return checked(who)
+
+    async def page_has_scope(who: Annotated[Principal, Depends(page_principal)]) -> Principal:
+        return checked(who)
+
+    return page_has_scope if query_token else has_scope
 
 
 async def acting_for_user(user_id: str, who: Annotated[Principal, Depends(principal)]) -> Principal:
@@ -64,11 +83,12 @@ async def acting_for_user(user_id: str, who: Annotated[Principal, Depends(princi
 
 
 async def authorize_socket(ws: WebSocket, user_id: str) -> Principal | CloseCode:
-    """The socket's principal, or the code to close it with: 4401 (no valid token), 4403 (not this user)."""
+    """The socket's principal, or the code to close it with: 4401 (no valid token), 4403 (another user's
+    token, or an API key: sockets are end users' own, SPEC §7)."""
     try:
-        who = await services(ws).auth.authenticate(bearer_token(ws))
+        who = await services(ws).auth.authenticate(bearer_token(ws, query=True))
     except Unauthorized:
         return CloseCode.UNAUTHORIZED
-    if not who.may_act_for(user_id):
+    if not who.may_open_socket(user_id):
         return CloseCode.FORBIDDEN
     return who

@@ -1,5 +1,6 @@
-"""A plain ASGI middleware (no per-request task, unlike BaseHTTPMiddleware): header bound and request
-metrics, before any route runs. Authentication is per route (gateway/auth.py)."""
+"""A plain ASGI middleware (no per-request task, unlike BaseHTTPMiddleware): header bound, Host check,
+security headers (security.py) and request metrics, before any route runs. Authentication is per route
+(gateway/auth.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from notiflow import metrics
 from notiflow.config import Settings
+from notiflow.gateway import dashboard
 from notiflow.gateway.http import error_response
+from notiflow.gateway.security import PROBES, header_host, host_allowed, page_csp, security_headers, served_hosts
 
 MAX_HEADER_BYTES = 16 * 1024
 INGEST_PATHS = ("/notifications", "/notifications/batch")
@@ -21,14 +24,21 @@ _CODE = re.compile(rb'"code":"([a-z_]{1,40})"')
 class Guard:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
+        self.allowed_hosts = served_hosts(settings.allowed_hosts, settings.host)
+        self.dashboard_csp = page_csp(dashboard.page())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        extra = security_headers(scope["path"], self.dashboard_csp)
         if sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
             msg = f"request headers exceed {MAX_HEADER_BYTES} bytes"
-            await error_response(431, "headers_too_large", msg)(scope, receive, send)
+            await error_response(431, "headers_too_large", msg, headers=dict(_text(extra)))(scope, receive, send)
+            return
+        if scope["path"] not in PROBES and not host_allowed(header_host(scope["headers"]), self.allowed_hosts):
+            msg = "the Host header names no host this gateway serves (NOTIFLOW_ALLOWED_HOSTS)"
+            await error_response(400, "invalid_host", msg, headers=dict(_text(extra)))(scope, receive, send)
             return
         status = 500
         code = b""
@@ -39,6 +49,7 @@ class Guard:
             nonlocal status, code
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
             elif ingest and status >= 400 and not code and message["type"] == "http.response.body":
                 code = message.get("body", b"")[:400]
             await send(message)
@@ -53,6 +64,10 @@ class Guard:
                     metrics.INGEST_SECONDS.observe(time.perf_counter() - started)
                 else:
                     metrics.REFUSED.labels(refusal_reason(status, code)).inc()
+
+
+def _text(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(k.decode(), v.decode()) for k, v in headers]
 
 
 def refusal_reason(status: int, body: bytes) -> str:

@@ -209,8 +209,9 @@ def _add_answer(responses: dict[str, Any], code: str, answer: dict[str, Any]) ->
         existing.setdefault("content", {}).setdefault(media, {}).update(content)
 
 
-def document(app: FastAPI) -> None:
-    """Have ``app``'s OpenAPI document carry the summaries, request bodies and examples above.
+def document(app: FastAPI, *, auth_off: bool = False) -> None:
+    """Have ``app``'s OpenAPI document carry the summaries, request bodies and examples above; with
+    ``auth_off`` (NOTIFLOW_AUTH=off) it names no credentials, since that gateway asks for none.
 
     Applied to the generated document, not to the route objects: FastAPI builds included routers'
     routes lazily, and the document is the one thing every version hands over whole.
@@ -230,8 +231,12 @@ def document(app: FastAPI) -> None:
             op.update(docs.get("openapi_extra", {}))
             for code, answer in docs.get("responses", {}).items():
                 _add_answer(op.setdefault("responses", {}), code, answer)
+        if auth_off:
+            schema.get("components", {}).pop("securitySchemes", None)
         for ops in schema.get("paths", {}).values():
             for op in ops.values():
+                if auth_off:
+                    op.pop("security", None)
                 if op.get("security"):
                     for code, answer in _AUTH_ANSWERS.items():
                         op.setdefault("responses", {}).setdefault(code, answer)

@@ -1,11 +1,18 @@
 """The WebSocket protocol: frames and close codes, documented in this one place.
 
 Server to client: ``{"type": "notification", "id", "seq", "event", "payload", "created_at"}``,
-``{"type": "pong"}``, ``{"type": "error", "code", "message"}`` (the socket stays open): ``bad_frame`` for
-a frame that does not follow this protocol (a binary frame, bad JSON, an ack naming more than
-``WS_MAX_ACK_IDS`` ids), ``ack_failed`` (with ``ids``) when an acknowledgement could not be applied: those
-notifications are still in the offline queue, and the client should ack them again.
+``{"type": "pong"}``, ``{"type": "acked", "ids": [...]}`` once an ack frame's commit is durable, and
+``{"type": "error", "code", "message"}`` (the socket stays open): ``bad_frame`` for a frame that does not follow
+this protocol (a binary frame, bad JSON, an ack naming more than ``WS_MAX_ACK_IDS`` ids), ``ack_failed`` (with
+``ids``) when an acknowledgement's commit failed.
 Client to server: text frames only, ``{"type": "ack", "ids": [...]}``, ``{"type": "ping"}``.
+
+What a socket ack promises: each ack frame (its valid ids) is answered by exactly one of ``acked`` or
+``ack_failed``, unless the socket closes first. After ``acked`` those ids are acknowledged exactly as by
+``POST /notifications/offline/{user_id}/ack``: they are ``delivered``, never listed in the offline queue and
+never pushed again as open. An ack without ``acked`` (``ack_failed``, or the socket closed or the node died
+first) may or may not have been applied: those notifications may come back, and the client sends the ack again
+(acks are idempotent; unknown ids and other users' ids change nothing and are confirmed all the same).
 
 The handshake is refused (HTTP 403, no socket) when it carries an ``Origin`` header that is not in
 ``ALLOWED_ORIGINS``: browsers always send one, so only pages of allowed origins can open sockets. A
@@ -34,7 +41,7 @@ class CloseCode(IntEnum):
     SLOW_CONSUMER = 4008  # the client read too slowly and its send queue overflowed: reconnect
     BAD_USER_ID = 4400  # the user id in the path is invalid: do not reconnect
     UNAUTHORIZED = 4401  # missing, invalid or expired token (also at the token's exp): reconnect with a fresh one
-    FORBIDDEN = 4403  # valid token of another user (or a key without `read`): do not reconnect
+    FORBIDDEN = 4403  # valid token of another user, or an API key (sockets are end users' own): do not reconnect
     TOO_MANY_SOCKETS = 4429  # the user holds WS_MAX_SOCKETS_PER_USER sockets: backoff, a place frees on a close
 
 

@@ -200,16 +200,21 @@ class _Reader:
         pending.add_done_callback(lambda done: self._settled(done, ids))
 
     def _settled(self, done: asyncio.Future[Any], ids: list[str]) -> None:
+        """Answer an ack frame once its commit is settled (SPEC §3): ``acked`` after the commit, so the client
+        knows those notifications will never be listed or pushed as open again; ``ack_failed`` when the commit
+        failed. Neither reaches a socket that is closing: the ack is then unconfirmed, it may or may not have
+        been applied, and the client sends it again (acks are idempotent)."""
         conn = self._conn
         conn.acks_in_flight -= len(ids)
         error = "cancelled" if done.cancelled() else done.exception()
         if error is None:
+            conn.push(orjson.dumps({"type": "acked", "ids": ids}).decode())
             return
         log.warning("socket ack failed", extra={"user_id": conn.user_id, "error": str(error)})
         # Nothing is lost (the notifications stay in the offline queue), but the client must know
         # that its ack did not take, or it would believe them delivered.
         conn.push(orjson.dumps({
-            "type": "error", "code": "ack_failed", "message": "acknowledgement not applied; send it again",
+            "type": "error", "code": "ack_failed", "message": "acknowledgement not confirmed; send it again",
             "ids": ids,
         }).decode())
 

@@ -87,9 +87,10 @@ class QueryService:
         metrics.ACKS.labels("socket").inc(await retry_conflicts(write))
         return [len(ids) for _, ids in frames]
 
-    async def open_for_users(self, user_ids: list[str], per_user: int) -> list[dict[str, Any]]:
+    async def open_for_users(self, after_seq: dict[str, int], per_user: int) -> list[dict[str, Any]]:
+        """One page per user of its open notifications past its cursor (``after_seq``: user -> seq)."""
         async with pg_errors("resync"), self._pool.acquire() as conn:
-            return await sql.open_for_users(conn, user_ids, per_user)
+            return await sql.open_for_users(conn, after_seq, per_user)
 
     # --- the DLQ ----------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
@@ -22,7 +22,8 @@ from notiflow.streams.pubsub import NodeListener, Router
 log = logging.getLogger(__name__)
 
 RESYNC_USERS_PER_QUERY = 500
-RESYNC_PER_USER = 200
+#: Open notifications read per user and query: a resync pages through all of them, this many at a time.
+RESYNC_PAGE_PER_USER = 200
 
 
 class LocalSockets(Protocol):
@@ -96,15 +97,31 @@ class SessionService:
 
     async def resync(self) -> None:
         """Push every open notification of this node's users again: Pub/Sub messages published while
-        the subscription (or presence) was gone were lost. Clients de-duplicate by id."""
+        the subscription (or presence) was gone were lost. Clients de-duplicate by id.
+
+        Every open one, not only those past the highest seq a socket got: a retry or a re-dispatch
+        publishes an older seq again, and that frame may be the one the gap lost. Each user's open
+        notifications are read in pages (keyset by seq), for up to RESYNC_USERS_PER_QUERY users per query,
+        and pushed before the next page is read: memory holds one page per user of one group. A socket
+        that cannot take them all is closed as a slow consumer, and its client reads the offline queue."""
         self.resyncs += 1
         users = self._sockets.users()
         for i in range(0, len(users), RESYNC_USERS_PER_QUERY):
-            try:
-                rows = await self._queries.open_for_users(users[i : i + RESYNC_USERS_PER_QUERY], RESYNC_PER_USER)
-            except StoreUnavailable as exc:
-                log.warning("resync failed; clients can read their offline queue", extra={"error": str(exc)})
-                return
-            for r in rows:
-                frame = notification_frame(r["id"], r["seq"], r["event"], r["payload"], r["created_at"])
-                self._sockets.push(r["user_id"], frame)
+            cursors = dict.fromkeys(users[i : i + RESYNC_USERS_PER_QUERY], 0)
+            while cursors:
+                try:
+                    rows = await self._queries.open_for_users(cursors, RESYNC_PAGE_PER_USER)
+                except StoreUnavailable as exc:
+                    log.warning("resync failed; clients can read their offline queue", extra={"error": str(exc)})
+                    return
+                cursors = self._push_page(rows)
+
+    def _push_page(self, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """Push one page of rows (ordered by user, then seq); the cursors of the users whose page was full."""
+        taken: dict[str, int] = {}
+        for r in rows:
+            frame = notification_frame(r["id"], r["seq"], r["event"], r["payload"], r["created_at"])
+            self._sockets.push(r["user_id"], frame)
+            taken[r["user_id"]] = taken.get(r["user_id"], 0) + 1
+        full = {u for u, n in taken.items() if n >= RESYNC_PAGE_PER_USER}
+        return {r["user_id"]: r["seq"] for r in rows if r["user_id"] in full}

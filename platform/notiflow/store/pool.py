@@ -7,16 +7,19 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import asyncpg
 import orjson
 from asyncpg.pool import Pool
 
 from notiflow import metrics
-from notiflow.errors import CommitOutcomeUnknown, StoreUnavailable
+from notiflow.config import Settings
+from notiflow.errors import CommitOutcomeUnknown, StoreBusy, StoreUnavailable
 
-__all__ = ["Pool", "close_pool", "connect_pool", "pg_errors", "pg_write_errors", "retry_conflicts"]
+__all__ = [
+    "Pool", "close_pool", "connect_pool", "pg_errors", "pg_limits", "pg_write_errors", "retry_conflicts",
+]
 
 T = TypeVar("T")
 
@@ -27,8 +30,9 @@ _CONFLICT_SQLSTATES = ("40P01", "40001")
 CONFLICT_ATTEMPTS = 4
 
 # Errors after which the same statement may well succeed: the server went away, failed over,
-# was too busy, or our transaction lost a deadlock or serialization race.
-_TRANSIENT_SQLSTATE_PREFIXES = ("08", "53", "57P", "40")
+# was too busy, or our transaction lost a deadlock or serialization race, or waited past lock_timeout.
+_LOCK_NOT_AVAILABLE = "55P03"
+_TRANSIENT_SQLSTATE_PREFIXES = ("08", "53", "57P", "40", _LOCK_NOT_AVAILABLE)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -36,6 +40,15 @@ def _is_transient(exc: BaseException) -> bool:
         return True
     sqlstate = getattr(exc, "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate.startswith(_TRANSIENT_SQLSTATE_PREFIXES)
+
+
+def _lock_wait_exceeded(what: str, exc: BaseException) -> StoreBusy | None:
+    """A statement that waited past lock_timeout: PostgreSQL rolled its transaction back, nothing of it
+    was written (whether it was sent or not)."""
+    if getattr(exc, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+        return None
+    metrics.PG_ERRORS.labels(what).inc()
+    return StoreBusy(f"postgresql: {what}: a row it needs stayed locked by another transaction past lock_timeout")
 
 
 @asynccontextmanager
@@ -46,6 +59,9 @@ async def pg_errors(what: str) -> AsyncIterator[None]:
     except StoreUnavailable:
         raise
     except Exception as exc:
+        busy = _lock_wait_exceeded(what, exc)
+        if busy is not None:
+            raise busy from exc
         if _is_transient(exc):
             metrics.PG_ERRORS.labels(what).inc()
             raise StoreUnavailable(f"postgresql: {what}: {type(exc).__name__}: {exc}") from exc
@@ -58,9 +74,12 @@ async def pg_write_errors(what: str) -> AsyncIterator[None]:
     has an unknown outcome (``CommitOutcomeUnknown``), not "nothing happened"."""
     try:
         yield
-    except CommitOutcomeUnknown:
+    except (CommitOutcomeUnknown, StoreBusy):
         raise
     except Exception as exc:
+        busy = _lock_wait_exceeded(what, exc)
+        if busy is not None:
+            raise busy from exc
         cause = exc.__cause__ if isinstance(exc, StoreUnavailable) else exc
         if isinstance(exc, StoreUnavailable) or _is_transient(exc):
             raise CommitOutcomeUnknown(f"postgresql: {what}: {type(cause).__name__}: {cause}") from exc
@@ -95,13 +114,38 @@ async def _init_connection(conn: Any) -> None:
     )
 
 
-async def connect_pool(dsn: str, *, max_size: int, min_size: int = 1) -> Pool:
-    """A pool whose connections fail fast: a dead server must surface as an error, not a hang."""
+class SessionLimits(TypedDict):
+    lock_timeout_ms: int
+    idle_in_transaction_timeout_ms: int
+
+
+def pg_limits(settings: Settings) -> SessionLimits:
+    """``connect_pool``'s session bounds from the process's settings."""
+    return SessionLimits(
+        lock_timeout_ms=settings.pg_lock_timeout_ms,
+        idle_in_transaction_timeout_ms=settings.pg_idle_in_transaction_timeout_ms,
+    )
+
+
+async def connect_pool(
+    dsn: str, *, max_size: int, min_size: int = 1, lock_timeout_ms: int = 0, idle_in_transaction_timeout_ms: int = 0
+) -> Pool:
+    """A pool whose connections fail fast: a dead server must surface as an error, not a hang.
+
+    ``lock_timeout_ms`` bounds a statement's wait for a lock (it then fails with LockNotAvailable, raised as
+    ``StoreBusy``), and ``idle_in_transaction_timeout_ms`` has PostgreSQL end a session of this pool that
+    stalls inside a transaction, so that its locks go with it (0: no bound; both are set per session at
+    connect, no round trip)."""
+    server_settings = {
+        "lock_timeout": str(lock_timeout_ms),
+        "idle_in_transaction_session_timeout": str(idle_in_transaction_timeout_ms),
+    }
     async with pg_errors("connect"):
         pool = await asyncpg.create_pool(
             dsn,
             min_size=min(min_size, max_size),
             max_size=max_size,
+            server_settings=server_settings,
             init=_init_connection,
             reset=_keep_session,
             command_timeout=30,

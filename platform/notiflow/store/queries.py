@@ -66,15 +66,17 @@ UPDATE deliveries d SET status = 'delivered', delivered_at = now(), updated_at =
 FROM locked l WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id
 """
 
-# For a gateway resynchronising its sockets after its Pub/Sub subscription was lost.
+# For a gateway resynchronising its sockets after its Pub/Sub subscription was lost: per user, the next page of
+# open deliveries past that user's cursor (keyset by seq, one index range per user on deliveries_user_seq).
 _OPEN_FOR_USERS = f"""
 SELECT u.uid AS user_id, x.id, x.seq, x.event, x.payload, x.created_at
-FROM unnest($1::text[]) AS u(uid)
+FROM unnest($1::text[], $2::bigint[]) AS u(uid, after_seq)
 CROSS JOIN LATERAL (
     SELECT d.notification_id AS id, d.seq, n.event, n.payload::text AS payload, n.created_at
     FROM deliveries d JOIN notifications n ON n.id = d.notification_id
-    WHERE d.user_id = u.uid AND d.status IN {_OPEN} AND (n.expires_at IS NULL OR n.expires_at > now())
-    ORDER BY d.seq LIMIT $2
+    WHERE d.user_id = u.uid AND d.seq > u.after_seq AND d.status IN {_OPEN}
+      AND (n.expires_at IS NULL OR n.expires_at > now())
+    ORDER BY d.seq LIMIT $3
 ) AS x
 ORDER BY u.uid, x.seq
 """
@@ -121,5 +123,8 @@ async def ack_pairs(conn: Any, pairs: list[tuple[str, str]]) -> int:
     return _affected(await conn.execute(_ACK_PAIRS, users, ",".join([p[1] for p in pairs])))
 
 
-async def open_for_users(conn: Any, user_ids: list[str], per_user: int) -> list[dict[str, Any]]:
-    return [dict(r) for r in await conn.fetch(_OPEN_FOR_USERS, user_ids, per_user)]
+async def open_for_users(conn: Any, after_seq: dict[str, int], per_user: int) -> list[dict[str, Any]]:
+    """Per user of ``after_seq``, at most ``per_user`` open deliveries with a seq past that user's cursor,
+    oldest first; ordered by user, then seq."""
+    users = list(after_seq)
+    return [dict(r) for r in await conn.fetch(_OPEN_FOR_USERS, users, [after_seq[u] for u in users], per_user)]

@@ -14,7 +14,7 @@ from notiflow.service.queries import QueryService
 from notiflow.service.reconciler import Reconciler
 from notiflow.service.retention import RetentionService
 from notiflow.service.telemetry import Telemetry
-from notiflow.store.pool import Pool, close_pool, connect_pool
+from notiflow.store.pool import Pool, close_pool, connect_pool, pg_limits
 from notiflow.streams.budget import HostBudget
 from notiflow.streams.client import Redis, close_redis, connect_redis
 from notiflow.streams.presence import Presence
@@ -28,7 +28,7 @@ from notiflow.worker.stream import StreamWorker
 
 @asynccontextmanager
 async def _stores(settings: Settings, *, pg_max: int) -> AsyncIterator[tuple[Pool, Redis]]:
-    pool = await connect_pool(settings.database_url_required, max_size=pg_max)
+    pool = await connect_pool(settings.database_url_required, max_size=pg_max, **pg_limits(settings))
     redis = connect_redis(
         settings.redis_url_required, max_connections=settings.redis_pool_max,
         wait_timeout_s=settings.redis_pool_timeout_s,
@@ -79,7 +79,7 @@ async def query_service(settings: Settings) -> AsyncIterator[QueryService]:
 
 @asynccontextmanager
 async def key_service(settings: Settings) -> AsyncIterator[KeyService]:
-    pool = await connect_pool(settings.database_url_required, max_size=1)
+    pool = await connect_pool(settings.database_url_required, max_size=1, **pg_limits(settings))
     try:
         yield KeyService(pool)
     finally:

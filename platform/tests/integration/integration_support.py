@@ -96,7 +96,7 @@ async def start_gateway(settings: Settings) -> Gateway:
     lifespan, which opens the stores and subscribes to the node's channel, has completed)."""
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=settings.port, http="httptools", **server_options(settings),
+        app, host="127.0.0.1", port=settings.port, **server_options(settings),
         log_config=None, lifespan="on", timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )  # fmt: skip
     server = _Server(config)

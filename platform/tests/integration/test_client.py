@@ -12,6 +12,9 @@ from integration_support import Gateways, Workers, notify, offline_ids, users
 from pydantic import SecretStr
 
 from notiflow.client import ClientGaveUp, Notification, NotiflowClient
+from notiflow.credentials import issue_token
+
+_JWT_SECRET = "client-test-secret-of-at-least-32-bytes"
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,13 +101,15 @@ async def test_an_invalid_user_id_gives_up_with_the_close_code(gateways: Gateway
 async def test_a_refused_token_is_refreshed_by_the_callback(
     gateways: Gateways, workers: Workers, http: httpx.AsyncClient
 ) -> None:
-    gw = await gateways.start(auth="on", api_keys=[SecretStr("the-key")])  # a bootstrap key: every scope
+    # A bootstrap key (every scope) sends; the socket needs the user's own token (API keys open none).
+    gw = await gateways.start(auth="on", api_keys=[SecretStr("the-key")], jwt_secret=SecretStr(_JWT_SECRET))
     await workers.stream()
     (user,) = users(1)
     handed: list[str] = []
+    fresh = issue_token(gw.settings, user, ttl_s=600)
 
     async def token() -> str:
-        handed.append("stale" if not handed else "the-key")
+        handed.append("stale" if not handed else fresh)
         return handed[-1]
 
     headers = {"Authorization": "Bearer the-key"}
@@ -113,7 +118,7 @@ async def test_a_refused_token_is_refreshed_by_the_callback(
     async with NotiflowClient([gw.url], user, token=token, backoff_base_ms=10) as client:
         (n,) = await asyncio.wait_for(_take(client, 1), timeout=20)
     assert n["id"] == resp.json()["id"]
-    assert handed == ["stale", "the-key"]
+    assert handed == ["stale", fresh]
 
 
 async def test_a_fixed_token_that_is_refused_gives_up(gateways: Gateways) -> None:

@@ -77,7 +77,7 @@ async def test_gateway_processes_share_one_port_as_separate_nodes(
 
 
 async def test_each_copy_serves_its_own_metrics(
-    stack: StackFactory, socket: SocketFactory, http: httpx.AsyncClient
+    stack: StackFactory, socket: SocketFactory, http: httpx.AsyncClient, rds: aioredis.Redis, settings: Settings
 ) -> None:
     dev = await asyncio.to_thread(stack, gateways=1, stream_workers=1, retry_workers=0, gateway_processes=2,
                                   stream_worker_processes=2, stats_interval_s=0.2)
@@ -85,6 +85,13 @@ async def test_each_copy_serves_its_own_metrics(
     copies = {"gateway-0.p0", "gateway-0.p1", "stream-worker-0.p0", "stream-worker-0.p1"}
     assert set(urls) == {"gateway-0", *copies}  # gateway-0: the shared port's /metrics, whichever copy answers
     assert len({urls[name] for name in copies}) == len(copies)
+    node = dev.node_ids["gateway-0"]
+
+    async def both_serving() -> bool:
+        # Until a copy's lifespan has run, the kernel sends every connection to the copy already listening.
+        return all([await rds.exists(settings.key("node", f"{node}-p{i}", "alive")) for i in (0, 1)])
+
+    await wait_for(both_serving, timeout_s=20, message="both gateway copies serving")
     people = users(24)  # enough that the kernel's SO_REUSEPORT hash sends some to each gateway copy
     for u in people:
         await socket(dev.gateway_urls[0], u)

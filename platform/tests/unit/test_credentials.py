@@ -105,8 +105,8 @@ def test_rs256_and_es256_from_a_pem_public_key() -> None:
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ec_key = ec.generate_private_key(ec.SECP256R1())
     for private, alg in ((rsa_key, "RS256"), (ec_key, "ES256")):
-        verifier = TokenVerifier(_settings(jwt_public_key=SecretStr(_pem(private))))
-        assert verifier.verify(_token({"sub": "bob"}, private, alg)).user_id == "bob"
+        verifier = TokenVerifier(_settings(jwt_public_key=SecretStr(_pem(private)), jwt_audience="notiflow"))
+        assert verifier.verify(_token({"sub": "bob", "aud": "notiflow"}, private, alg)).user_id == "bob"
         with pytest.raises(Unauthorized):  # the algorithm is the key's, not the token's choice
             verifier.verify(_token({"sub": "bob"}, SECRET, "HS256"))
 
@@ -114,13 +114,13 @@ def test_rs256_and_es256_from_a_pem_public_key() -> None:
 def test_algorithm_confusion_with_the_public_key_as_hmac_secret_is_refused() -> None:
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = _pem(private)
-    verifier = TokenVerifier(_settings(jwt_public_key=SecretStr(pem)))
+    verifier = TokenVerifier(_settings(jwt_public_key=SecretStr(pem), jwt_audience="notiflow"))
 
     def b64(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
     head = b64(b'{"alg":"HS256","typ":"JWT"}')
-    body = b64(f'{{"sub":"bob","exp":{int(time.time()) + 600}}}'.encode())
+    body = b64(f'{{"sub":"bob","aud":"notiflow","exp":{int(time.time()) + 600}}}'.encode())
     sig = b64(hmac.new(pem.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest())
     with pytest.raises(Unauthorized):
         verifier.verify(f"{head}.{body}.{sig}")
@@ -135,18 +135,45 @@ def test_audience_and_issuer_when_configured() -> None:
             verifier.verify(_token(claims))
 
 
-def test_unset_audience_accepts_tokens_that_carry_one(hs: TokenVerifier) -> None:
-    assert hs.verify(_token({"sub": "a", "aud": "anything"})).user_id == "a"
+def test_with_no_audience_configured_a_token_meant_for_another_service_is_refused(hs: TokenVerifier) -> None:
+    """Issue 25, finding 8: a token whose ``aud`` names another service was accepted when none was set."""
+    with pytest.raises(Unauthorized, match="audience"):
+        hs.verify(_token({"sub": "a", "aud": "billing-service"}))
+    assert hs.verify(_token({"sub": "a"})).user_id == "a"
+
+
+def test_a_public_key_without_an_audience_refuses_to_start() -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(ValueError, match="NOTIFLOW_JWT_AUDIENCE"):
+        TokenVerifier(_settings(jwt_public_key=SecretStr(_pem(private))))
+
+
+def test_a_token_living_longer_than_the_max_lifetime_is_refused() -> None:
+    """Issue 25, finding 8: ``exp`` in the year 3000 was accepted."""
+    verifier = TokenVerifier(_settings(jwt_secret=SecretStr(SECRET), jwt_max_lifetime_s=3600, jwt_leeway_s=0))
+    now = int(time.time())
+    year_3000 = 32503680000
+    for claims in ({"sub": "a", "exp": year_3000}, {"sub": "a", "iat": now, "exp": year_3000},
+                   {"sub": "a", "iat": now - 60, "exp": now + 3600}, {"sub": "a", "exp": now + 3700}):
+        with pytest.raises(Unauthorized, match="lifetime exceeds 3600 s") as refused:
+            verifier.verify(_token(claims))
+        assert refused.value.code == "invalid_token", claims
+    assert verifier.verify(_token({"sub": "a", "iat": now, "exp": now + 3600})).user_id == "a"
+    assert verifier.verify(_token({"sub": "a", "exp": now + 3500})).user_id == "a"
+    assert _settings().jwt_max_lifetime_s == 86_400
+    with pytest.raises(ValueError, match="at most"):
+        issue_token(_settings(jwt_secret=SecretStr(SECRET), jwt_max_lifetime_s=60), "a", ttl_s=61)
 
 
 def test_short_hs256_secrets_and_unusable_keys_are_refused_at_start() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         TokenVerifier(_settings(jwt_secret=SecretStr("short")))
     with pytest.raises(ValueError):
-        TokenVerifier(_settings(jwt_public_key=SecretStr("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----")))
+        TokenVerifier(_settings(jwt_public_key=SecretStr("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----"),
+                                jwt_audience="notiflow"))
     p384 = ec.generate_private_key(ec.SECP384R1())
     with pytest.raises(ValueError, match="P-256"):
-        TokenVerifier(_settings(jwt_public_key=SecretStr(_pem(p384))))
+        TokenVerifier(_settings(jwt_public_key=SecretStr(_pem(p384)), jwt_audience="notiflow"))
 
 
 def test_issue_token_round_trips() -> None:
