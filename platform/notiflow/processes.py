@@ -5,7 +5,9 @@ Python runs one core per process, and the machine has more than one. Each copy i
 channel, and each stream worker copy is its own consumer. Gateway copies bind one port with SO_REUSEPORT:
 the kernel spreads new connections over them. Copy ``i`` serves its own metrics on
 ``NOTIFLOW_METRICS_PORT + i`` (a worker's ``/healthz`` too): a scrape of the gateways' shared port would reach
-one copy at random, so Prometheus scrapes each copy's port instead.
+one copy at random, so Prometheus scrapes each copy's port instead. Not prometheus_client's multiprocess mode:
+it aggregates only its own metric types through files (no custom collectors such as metrics.CountedHistogram or
+the store gauges), and each copy's telemetry reads its own in-process registry for the dashboard.
 
 The parent only supervises: it forwards SIGINT/SIGTERM, restarts a copy that dies (bounded, like
 ``notiflow dev``), and exits when every copy has. Copies die with the parent (PR_SET_PDEATHSIG), so a
