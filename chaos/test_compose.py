@@ -148,7 +148,7 @@ def test_workers_are_health_checked_on_their_metrics_port() -> None:
     services = _base()["services"]
     for name in WORKERS:
         check = " ".join(services[name]["healthcheck"]["test"])
-        assert f"{_default('metrics_port')} + i}}/healthz" in check, name
+        assert f"127.0.0.1:{_default('metrics_port')}/healthz" in check, name
 
 
 def test_prometheus_and_grafana_come_with_the_profile_and_load_the_dashboard() -> None:

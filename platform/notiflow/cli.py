@@ -158,18 +158,19 @@ def _without(argv: list[str], flag: str) -> list[str]:
 
 
 def _copies(command: str, argv: list[str], count: int, settings: Settings, *extra: str) -> int:
-    """Run ``count`` single-process copies of this command (see processes.py); each gets its own metrics port."""
+    """Run ``count`` single-process copies of this command (see processes.py), and serve their metrics (and a
+    worker's /healthz) together on NOTIFLOW_METRICS_PORT, each copy's labelled (fanin.py)."""
+    from notiflow.fanin import Copies, CopiesHealth, copies_registry
     from notiflow.processes import run_copies
 
     flags = _without(_without(argv, "--processes"), "--metrics-port")
     rest = flags[flags.index(command) + 1 :]
-    log.info("starting process copies", extra={"command": command, "copies": count,
-                                                "metrics_ports": _port_span(settings.metrics_port, count)})
-    return run_copies([command, *rest, "--processes", "1", *extra], count, settings.node_id, settings.metrics_port)
-
-
-def _port_span(port: int, count: int) -> str:
-    return "off" if port == 0 else f"{port}-{port + count - 1}"
+    log.info("starting process copies", extra={"command": command, "copies": count})
+    copies = Copies(settings.host, settings.metrics_port, count)
+    health = None if command == "gateway" else CopiesHealth(copies)
+    with metrics.serve(settings.host, settings.metrics_port, health, copies_registry(copies)):
+        return run_copies([command, *rest, "--processes", "1", *extra], count, settings.node_id,
+                          settings.metrics_port)
 
 
 def _reuse_port_socket(host: str, port: int) -> socket.socket:
@@ -213,7 +214,7 @@ def cmd_gateway(settings: Settings, argv: list[str], reuse_port: bool) -> int:
         await serving
         stopping.cancel()
 
-    # A copy behind SO_REUSEPORT also serves its own registry on its own port (see processes.py).
+    # A copy behind SO_REUSEPORT also serves its own registry on its own port, for its parent (fanin.py).
     with metrics.serve(settings.host, settings.metrics_port if reuse_port else 0):
         _run_async(main)
     # uvicorn returns quietly when the lifespan failed (e.g. auth not configured, already logged).

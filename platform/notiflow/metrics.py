@@ -1,10 +1,10 @@
 """Prometheus metrics of every notiflow process (one registry per process).
 
 Gateways serve them at ``GET /metrics`` on their HTTP port; stream and retry workers on their own
-``NOTIFLOW_METRICS_PORT`` (see ``serve``), beside ``GET /healthz``. Copies of one command
-(``--processes N``, processes.py) each serve their own registry on ``NOTIFLOW_METRICS_PORT + i``, gateway
-copies too: behind SO_REUSEPORT the HTTP port's ``/metrics`` reaches one copy at random. Counters end in
-``_total``, durations are ``_seconds`` histograms. Gauges read from the stores (stream length, lag, retry
+``NOTIFLOW_METRICS_PORT`` (see ``serve``), beside ``GET /healthz``. The parent of ``--processes N`` copies
+serves all of theirs there instead, labelled by copy (fanin.py), gateway copies' too: behind SO_REUSEPORT the
+HTTP port's ``/metrics`` reaches one copy at random. Counters end in ``_total``, durations are ``_seconds``
+histograms. Gauges read from the stores (stream length, lag, retry
 depth, DLQ size) are set by the periodic telemetry task (``service/telemetry.py``), never per scrape.
 """
 
@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import orjson
@@ -32,8 +32,6 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
-
-from notiflow.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -225,10 +223,17 @@ class _QuietHandler(WSGIRequestHandler):
         pass  # one line per scrape on stderr is noise; the log is JSON
 
 
-def worker_app(health: Health | None) -> Callable[..., Iterable[bytes]]:
-    """The WSGI app of a worker's metrics port: ``/healthz`` from ``health`` (404 without one), anything
-    else this process's registry, as prometheus_client serves it."""
-    exposition = make_wsgi_app(REGISTRY)
+class HealthCheck(Protocol):
+    """What answers ``/healthz``: (HTTP status, JSON body). A worker's ``health.Health``, or the parent of
+    ``--processes`` copies asking each copy (``fanin.CopiesHealth``)."""
+
+    def check(self) -> tuple[int, dict[str, Any]]: ...
+
+
+def worker_app(health: HealthCheck | None, registry: CollectorRegistry = REGISTRY) -> Callable[..., Iterable[bytes]]:
+    """The WSGI app of a metrics port: ``/healthz`` from ``health`` (404 without one), anything else
+    ``registry``, as prometheus_client serves it (its own start_http_server serves nothing else)."""
+    exposition = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != "/healthz":
@@ -242,8 +247,10 @@ def worker_app(health: Health | None) -> Callable[..., Iterable[bytes]]:
 
 
 @contextmanager
-def serve(host: str, port: int, health: Health | None = None) -> Iterator[int | None]:
-    """Serve this process's registry at ``http://host:port/metrics`` from a thread, and the worker's
+def serve(
+    host: str, port: int, health: HealthCheck | None = None, registry: CollectorRegistry = REGISTRY
+) -> Iterator[int | None]:
+    """Serve ``registry`` (this process's by default) at ``http://host:port/metrics`` from a thread, and
     liveness at ``/healthz`` when ``health`` is given (a gateway copy serves metrics only).
 
     Port 0 turns it off. A port already in use is logged and the worker runs on without metrics:
@@ -253,7 +260,7 @@ def serve(host: str, port: int, health: Health | None = None) -> Iterator[int | 
         yield None
         return
     try:
-        server = make_server(host, port, worker_app(health), _ThreadingServer, _QuietHandler)
+        server = make_server(host, port, worker_app(health, registry), _ThreadingServer, _QuietHandler)
     except OSError as exc:
         log.warning("metrics port unavailable; metrics are off", extra={"port": port, "error": str(exc)})
         yield None

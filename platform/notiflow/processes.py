@@ -3,11 +3,9 @@
 Python runs one core per process, and the machine has more than one. Each copy is a node of its own
 (``NOTIFLOW_NODE_ID`` gets a ``-p<i>`` suffix), so each gateway copy has its own presence entries and routing
 channel, and each stream worker copy is its own consumer. Gateway copies bind one port with SO_REUSEPORT:
-the kernel spreads new connections over them. Copy ``i`` serves its own metrics on
-``NOTIFLOW_METRICS_PORT + i`` (a worker's ``/healthz`` too): a scrape of the gateways' shared port would reach
-one copy at random, so Prometheus scrapes each copy's port instead. Not prometheus_client's multiprocess mode:
-it aggregates only its own metric types through files (no custom collectors such as metrics.CountedHistogram or
-the store gauges), and each copy's telemetry reads its own in-process registry for the dashboard.
+the kernel spreads new connections over them. Copy ``i`` serves its own metrics (a worker's ``/healthz`` too)
+on ``NOTIFLOW_METRICS_PORT + 1 + i``, and the parent serves all of them on ``NOTIFLOW_METRICS_PORT`` (fanin.py):
+a scrape of the gateways' shared HTTP port would reach one copy at random.
 
 The parent only supervises: it forwards SIGINT/SIGTERM, restarts a copy that dies (bounded, like
 ``notiflow dev``), and exits when every copy has. Copies die with the parent (PR_SET_PDEATHSIG), so a
@@ -25,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from notiflow.fanin import copy_port
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
@@ -39,9 +39,9 @@ def _die_with_parent() -> None:
 
 
 def copy_env(node_id: str, index: int, metrics_port: int) -> dict[str, str]:
-    """The environment of copy ``index``: its own node id and its own metrics port (``metrics_port + index``;
-    0 stays 0, off), so that one scrape per copy sees every copy; the copy itself runs single-process."""
-    port = metrics_port + index if metrics_port else 0
+    """The environment of copy ``index``: its own node id and its own metrics port (fanin.copy_port: the
+    parent keeps ``metrics_port`` for all of them; 0 stays 0, off); the copy itself runs single-process."""
+    port = copy_port(metrics_port, index)
     return {**os.environ, "NOTIFLOW_NODE_ID": f"{node_id}-p{index}", "NOTIFLOW_METRICS_PORT": str(port)}
 
 

@@ -23,6 +23,7 @@ from notiflow.config import Settings
 from notiflow.devstack._proc import DevStackError, free_port_range
 from notiflow.devstack.embedded import EmbeddedPostgres, EmbeddedRedis
 from notiflow.devstack.supervisor import ProcessSpec, Supervisor
+from notiflow.fanin import copy_port
 
 __all__ = ["DevStack", "run_dev", "settings_env"]
 
@@ -179,9 +180,9 @@ class DevStack:
             port = self.base_port + int(index)
             argv += ["--port", str(port)]
             ready_url = f"http://127.0.0.1:{port}/readyz"
-            self.metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"  # whichever copy answers
+            self.metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"
             copies = self.settings.gateway_processes
-            # Copies behind SO_REUSEPORT each serve their own registry too (processes.py); one copy needs none.
+            # Copies behind SO_REUSEPORT: their parent serves every copy's metrics (fanin.py); one needs none.
             metrics_port = self._metrics_ports(name, copies) if copies > 1 else 0
         else:
             copies = self.settings.stream_worker_processes if role == "stream-worker" else 1
@@ -206,14 +207,16 @@ class DevStack:
             self.supervisor.wait_ready(self.ready_timeout_s, names=[name])
 
     def _metrics_ports(self, name: str, copies: int) -> int:
-        """The first of ``copies`` consecutive free ports for a process's metrics (copy i serves the first + i,
-        see processes.py), each recorded in ``metrics_urls``; 0 when the settings turn metrics off."""
+        """A free metrics port for a process, recorded in ``metrics_urls``; 0 when the settings turn metrics off.
+        With copies, the port is their parent's (all of them, labelled) and the next ones each copy's own
+        (fanin.copy_port), recorded as ``<name>.p<i>``."""
         if not self.settings.metrics_port:
             return 0
-        first = free_port_range(copies)
-        for i in range(copies):
-            key = name if copies == 1 else f"{name}.p{i}"
-            self.metrics_urls[key] = f"http://127.0.0.1:{first + i}/metrics"
+        first = free_port_range(copies + 1 if copies > 1 else 1)
+        self.metrics_urls[name] = f"http://127.0.0.1:{first}/metrics"
+        if copies > 1:
+            for i in range(copies):
+                self.metrics_urls[f"{name}.p{i}"] = f"http://127.0.0.1:{copy_port(first, i)}/metrics"
         return first
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:

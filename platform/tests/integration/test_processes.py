@@ -1,7 +1,7 @@
 """`notiflow gateway --processes N` (NOTIFLOW_GATEWAY_PROCESSES): copies on one port, each a node of its own
 with its own routing channel; a notification reaches a user whichever copy holds the socket; the copies die
-with their parent, so a SIGKILLed gateway leaves nothing serving its port. Each copy of a gateway or a
-stream worker serves its own metrics on NOTIFLOW_METRICS_PORT + i, so one scrape per copy sees every copy."""
+with their parent, so a SIGKILLed gateway leaves nothing serving its port. The parent of gateway or stream
+worker copies serves every copy's metrics on NOTIFLOW_METRICS_PORT, labelled by copy: one scrape sees them all."""
 
 from __future__ import annotations
 
@@ -76,15 +76,15 @@ async def test_gateway_processes_share_one_port_as_separate_nodes(
         await http.get(f"{gw}/healthz", timeout=2)
 
 
-async def test_each_copy_serves_its_own_metrics(
+async def test_one_scrape_sees_every_copy(
     stack: StackFactory, socket: SocketFactory, http: httpx.AsyncClient, rds: aioredis.Redis, settings: Settings
 ) -> None:
     dev = await asyncio.to_thread(stack, gateways=1, stream_workers=1, retry_workers=0, gateway_processes=2,
                                   stream_worker_processes=2, stats_interval_s=0.2)
     urls = dev.metrics_urls
-    copies = {"gateway-0.p0", "gateway-0.p1", "stream-worker-0.p0", "stream-worker-0.p1"}
-    assert set(urls) == {"gateway-0", *copies}  # gateway-0: the shared port's /metrics, whichever copy answers
-    assert len({urls[name] for name in copies}) == len(copies)
+    copies = {f"{name}.p{i}" for name in ("gateway-0", "stream-worker-0") for i in (0, 1)}
+    assert set(urls) == {"gateway-0", "stream-worker-0", *copies}  # the parents' ports, and each copy's own
+    assert len({urls[name] for name in (*copies, "gateway-0", "stream-worker-0")}) == 6
     node = dev.node_ids["gateway-0"]
 
     async def both_serving() -> bool:
@@ -96,26 +96,24 @@ async def test_each_copy_serves_its_own_metrics(
     for u in people:
         await socket(dev.gateway_urls[0], u)
 
-    async def websockets(url: str) -> float:
-        text = (await http.get(url)).text
-        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                   if s.name == "notiflow_websockets")
-
-    async def every_socket_counted_once() -> list[float]:
-        # The gauge is set by each copy's telemetry round (stats_interval_s): wait for both.
-        per_copy = [await websockets(urls[f"gateway-0.p{i}"]) for i in (0, 1)]
-        assert sum(per_copy) == len(people) and all(per_copy), per_copy
-        return per_copy
+    async def every_socket_counted_once() -> dict[str, float]:
+        # One scrape of the parent; each copy's gauge is set by its telemetry round (stats_interval_s).
+        text = (await http.get(urls["gateway-0"])).text
+        got = {s.labels.get("copy", ""): s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "notiflow_websockets"}
+        assert set(got) == {"p0", "p1"} and sum(got.values()) == len(people) and all(got.values()), got
+        return got
 
     await wait_for(every_socket_counted_once, timeout_s=20, interval_s=0.1, retry_on=(AssertionError,
-                   httpx.TransportError), message="each gateway copy's port counts its own sockets")
+                   httpx.TransportError), message="the gateway parent's scrape counts every copy's sockets")
 
     async def workers_healthy() -> bool:
-        answers = [await http.get(urls[f"stream-worker-0.p{i}"].replace("/metrics", "/healthz")) for i in (0, 1)]
-        return all(r.status_code == 200 for r in answers)
+        r = await http.get(urls["stream-worker-0"].replace("/metrics", "/healthz"))
+        assert r.status_code == 200 and set(r.json()["copies"]) == {"p0", "p1"}, r.text
+        return True
 
     await wait_for(workers_healthy, timeout_s=20, interval_s=0.1, retry_on=(AssertionError, httpx.TransportError),
-                   message="both stream worker copies serve /healthz")
+                   message="the stream worker parent's /healthz: both copies running")
     # Each gateway copy logged its open-files limit at start (the copies share their parent's log).
     lines = [orjson.loads(raw) for raw in dev.supervisor.log_path("gateway-0").read_bytes().splitlines()
              if raw.startswith(b"{")]

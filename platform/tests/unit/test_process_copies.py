@@ -1,5 +1,5 @@
-"""Copies of one command (``--processes N``) each get their own node id and metrics port, and the flags the
-parent passes on cannot hand them all one port."""
+"""Copies of one command (``--processes N``) each get their own node id and metrics port (the parent keeps
+NOTIFLOW_METRICS_PORT for all of them), and the flags the parent passes on cannot hand them all one port."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from notiflow.processes import copy_env
 
 def test_each_copy_gets_its_own_metrics_port() -> None:
     envs = [copy_env("node", i, 9464) for i in range(3)]
-    assert [e["NOTIFLOW_METRICS_PORT"] for e in envs] == ["9464", "9465", "9466"]
+    assert [e["NOTIFLOW_METRICS_PORT"] for e in envs] == ["9465", "9466", "9467"]
     assert [e["NOTIFLOW_NODE_ID"] for e in envs] == ["node-p0", "node-p1", "node-p2"]
 
 
