@@ -34,6 +34,7 @@ from notiflow.gateway.deps import Services
 from notiflow.gateway.http_protocol import with_header_timeout
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
+from notiflow.gateway.openfiles import check_open_files, open_files_limit
 from notiflow.gateway.security import header_host, host_allowed, served_hosts
 from notiflow.gateway.transport import FrameProtocol
 from notiflow.lifecycle import RELEASE_S, Deadline, cancel
@@ -99,6 +100,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await ingest.start()
     await sessions.start()
     telemetry.start()
+    check_open_files(open_files_limit(), settings.ws_max_sockets)
     log.info("gateway ready", extra={"host": settings.host, "port": settings.port})
     try:
         yield

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from notiflow.config import Settings
+from notiflow.health import Health
 from notiflow.lifecycle import RELEASE_S
 from notiflow.service.auth import KeyService
 from notiflow.service.delivery import DeliveryService
@@ -40,9 +41,11 @@ async def _stores(settings: Settings, *, pg_max: int) -> AsyncIterator[tuple[Poo
 
 
 @asynccontextmanager
-async def stream_worker(settings: Settings, webhooks: WebhookClient | None = None) -> AsyncIterator[StreamWorker]:
+async def stream_worker(
+    settings: Settings, webhooks: WebhookClient | None = None, *, health: Health | None = None
+) -> AsyncIterator[StreamWorker]:
     """``webhooks``: the downstream client to call through (closed here whoever made it); by default one
-    built from ``settings``."""
+    built from ``settings``. ``health``: what the worker's loop beats (its /healthz)."""
     async with _stores(settings, pg_max=settings.pg_pool_max) as (pool, redis):
         webhooks = webhooks or WebhookClient(settings)
         work = WorkStream(redis, settings)
@@ -53,19 +56,19 @@ async def stream_worker(settings: Settings, webhooks: WebhookClient | None = Non
             )
             telemetry = Telemetry(settings, work, pool, StatsBoard(redis, settings), role="stream-worker",
                                   read_stores=False)
-            yield StreamWorker(settings, deliveries, work, telemetry)
+            yield StreamWorker(settings, deliveries, work, telemetry, health=health)
         finally:
             await webhooks.aclose()
 
 
 @asynccontextmanager
-async def retry_worker(settings: Settings) -> AsyncIterator[RetryWorker]:
+async def retry_worker(settings: Settings, *, health: Health | None = None) -> AsyncIterator[RetryWorker]:
     async with _stores(settings, pg_max=2) as (pool, redis):
         work = WorkStream(redis, settings)
         telemetry = Telemetry(settings, work, pool, StatsBoard(redis, settings), role="retry-worker",
                               read_stores=True)
         yield RetryWorker(settings, work, Reconciler(settings, pool, work), telemetry,
-                          RetentionService(settings, pool))
+                          RetentionService(settings, pool), health=health)
 
 
 @asynccontextmanager

@@ -8,6 +8,7 @@ import logging
 from notiflow import metrics
 from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
+from notiflow.health import Health
 from notiflow.lifecycle import Deadline, drain, pause
 from notiflow.service.reconciler import Reconciler
 from notiflow.service.retention import RetentionService
@@ -20,9 +21,10 @@ log = logging.getLogger(__name__)
 class RetryWorker:
     def __init__(
         self, settings: Settings, work: WorkStream, reconciler: Reconciler, telemetry: Telemetry | None = None,
-        retention: RetentionService | None = None,
+        retention: RetentionService | None = None, *, health: Health | None = None,
     ) -> None:
         self._s = settings
+        self._health = health or Health()  # what /healthz reads (metrics.serve)
         self._work = work
         self._reconciler = reconciler
         self._telemetry = telemetry
@@ -35,8 +37,19 @@ class RetryWorker:
             housekeeping.append(asyncio.create_task(self._retention.run(stop), name="retention"))
         if self._telemetry:
             self._telemetry.start()
+        try:
+            await self._move_loop(stop)
+        finally:
+            self._health.stopped()
+        deadline = Deadline(self._s.shutdown_grace_s)
+        await drain(housekeeping, deadline.left())
+        if self._telemetry:
+            await self._telemetry.close(deadline.left())
+
+    async def _move_loop(self, stop: asyncio.Event) -> None:
         poll_s = self._s.retry_poll_ms / 1000
         while not stop.is_set():
+            self._health.beat()
             try:
                 n = await self._work.move_due(self._s.retry_batch)
             except StoreUnavailable as exc:
@@ -47,10 +60,6 @@ class RetryWorker:
             metrics.RETRIES_MOVED.inc(n)
             if n < self._s.retry_batch:  # a full batch means more are due: go again at once
                 await pause(stop, poll_s)
-        deadline = Deadline(self._s.shutdown_grace_s)
-        await drain(housekeeping, deadline.left())
-        if self._telemetry:
-            await self._telemetry.close(deadline.left())
 
     async def _reconcile_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

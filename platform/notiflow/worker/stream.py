@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from notiflow import metrics
 from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
+from notiflow.health import Health
 from notiflow.lifecycle import Deadline, drain, pause
 from notiflow.models import Channel, Outcome, StreamEntry
 from notiflow.service.delivery import DeliveryService
@@ -29,9 +30,11 @@ Process = Callable[[list[StreamEntry]], Awaitable[list[Outcome]]]
 
 class StreamWorker:
     def __init__(
-        self, settings: Settings, deliveries: DeliveryService, work: WorkStream, telemetry: Telemetry | None = None
+        self, settings: Settings, deliveries: DeliveryService, work: WorkStream, telemetry: Telemetry | None = None,
+        *, health: Health | None = None,
     ) -> None:
         self._s = settings
+        self._health = health or Health()  # what /healthz reads (metrics.serve)
         self._telemetry = telemetry
         self._d = deliveries
         self._work = work
@@ -51,8 +54,22 @@ class StreamWorker:
         reclaimer = asyncio.create_task(self._reclaim_loop(stop), name="reclaim")
         if self._telemetry:
             self._telemetry.start()
+        try:
+            await self._read_loop(stop)
+        finally:
+            self._health.stopped()
+        # Intake has stopped; webhook calls in flight, then the held hand-offs, within one grace period.
+        deadline = Deadline(self._s.shutdown_grace_s)
+        reclaimer.cancel()
+        await drain([reclaimer, *self._hooks], deadline.left())
+        await self._d.dispatch_log.close(deadline.left())
+        if self._telemetry:
+            await self._telemetry.close(deadline.left())
+
+    async def _read_loop(self, stop: asyncio.Event) -> None:
         delay_s = 0.1
         while not stop.is_set():
+            self._health.beat()
             try:
                 raw = await self._work.read(self._consumer, self._s.worker_batch, self._s.worker_block_ms)
                 delay_s = 0.1
@@ -63,13 +80,6 @@ class StreamWorker:
                 continue
             if raw:
                 await self.handle(raw)
-        # Intake has stopped; webhook calls in flight, then the held hand-offs, within one grace period.
-        deadline = Deadline(self._s.shutdown_grace_s)
-        reclaimer.cancel()
-        await drain([reclaimer, *self._hooks], deadline.left())
-        await self._d.dispatch_log.close(deadline.left())
-        if self._telemetry:
-            await self._telemetry.close(deadline.left())
 
     async def handle(self, raw: list[Raw], *, reclaimed: bool = False) -> None:
         sockets: list[Parsed] = []
@@ -113,6 +123,9 @@ class StreamWorker:
             await self._process([item], self._d.deliver_webhook)
         finally:
             self._hook_entries.release()
+            # The read loop may be waiting for this slot (backpressure): a call that ended is progress, and
+            # each is bounded by NOTIFLOW_WEBHOOK_TIMEOUT_S, far below health.STALE_AFTER_S.
+            self._health.beat()
 
     async def _process(self, items: list[Parsed], process: Process) -> None:
         """Process, then acknowledge every entry whose items are all settled (a bundle names many items).
@@ -171,6 +184,7 @@ class StreamWorker:
                             self._keep([i for i, _ in items]), name="keep-held")
                     self.held_through_outage += 1
                 await pause(self._stop, delay_s)
+                self._health.beat()  # held, not stuck: the loop is alive and trying
                 delay_s = min(delay_s * 2, 5.0)
         finally:
             if keeper is not None:
