@@ -247,8 +247,10 @@ class Settings(BaseSettings):
 
     # --- operators: metrics, the dashboard, retention -----------------------------------------
     metrics_port: int = Field(
-        9464, ge=0, le=65535, description="Port of a stream or retry worker's /metrics (gateways use their HTTP "
-        "port). One per process; 0 turns it off; `notiflow dev` gives each worker a free port. Default 9464.",
+        9464, ge=0, le=65535, description="Port of a stream or retry worker's /metrics and /healthz (a gateway "
+        "uses its HTTP port). With --processes N the parent serves every copy's metrics here, each sample labelled "
+        "copy=\"p<i>\" (a worker's /healthz is 200 only when every copy's is), and copy i serves its own on this "
+        "port + 1 + i. 0 turns it off; `notiflow dev` gives each process free ports. Default 9464.",
     )
     stats_interval_s: float = Field(
         1.0, gt=0, description="Period of the telemetry task: store gauges refreshed and this node's figures "
