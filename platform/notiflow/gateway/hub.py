@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from notiflow import metrics
 from notiflow.gateway.protocol import CloseCode
-from notiflow.gateway.transport import FrameWriter
+from notiflow.gateway.serving import FrameWriter
 from notiflow.models import frame_created_at
 from notiflow.streams.pubsub import decode_frames
 
@@ -21,7 +21,7 @@ class Connection:
     burst, not per frame); when it overflows, the socket is closed with SLOW_CONSUMER rather than
     buffering without limit.
 
-    With a FrameWriter (our uvicorn protocol, gateway/transport.py) the buffer is written once per event
+    With a FrameWriter (``NOTIFLOW_SERVER=uvicorn-fast``, gateway/serving.py) the buffer is written once per event
     loop iteration, straight to the transport, and held while the transport reports backpressure. Without
     one (another server) a writer task per socket sends the frames through ASGI (``take``)."""
 

@@ -20,7 +20,7 @@ from notiflow.gateway.auth import authorize_socket
 from notiflow.gateway.deps import services
 from notiflow.gateway.hub import Connection, sent
 from notiflow.gateway.protocol import MAX_ACK_IDS, PONG, ClientFrame, CloseCode, FrameError, origin_allowed
-from notiflow.gateway.transport import frame_writer
+from notiflow.gateway.serving import frame_writer
 from notiflow.models import user_id_problem
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ def _protocols(gateway: Gateway) -> list[FrameProtocol]:
     return [p for p in gateway.server.server_state.connections if isinstance(p, FrameProtocol)]
 
 
+@pytest.mark.servers("uvicorn-fast")  # what transport.py's protocol lets go; uvicorn's own keeps it
 async def test_an_open_socket_keeps_nothing_of_its_handshake(gateways: Gateways, socket: SocketFactory) -> None:
     gateway = await gateways.start()
     sock = await socket(gateway, "footprint-1", additional_headers={"x-padding": "p" * 2000})

@@ -24,7 +24,8 @@ from websockets.utils import apply_mask
 
 from notiflow.gateway.protocol import PONG
 
-pytestmark = pytest.mark.timeout(60)
+# The byte-level reads hold on either server: uvicorn's own parser, or transport.py's direct path first.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.servers("uvicorn-fast", "uvicorn")]
 
 
 def client_frame(opcode: Opcode, data: bytes, *, fin: bool = True, mask: bytes | None = None) -> bytes:
