@@ -45,3 +45,13 @@ async def test_only_the_socket_path_reaches_the_endpoint(gateways: Gateways, soc
         assert refused.value.response.status_code == 403, path
     await socket(gateway, "footprint-2")
     assert gateway.services.hub.size == 1
+
+
+async def test_the_server_setting_picks_the_socket_path(gateways: Gateways, socket: SocketFactory, server: str) -> None:
+    """uvicorn-fast: frames go to the FrameWriter of transport.py's protocol; uvicorn: through ASGI, no
+    protocol of transport.py on the node (each test that opens sockets here runs on both)."""
+    gateway = await gateways.start()
+    await socket(gateway, "footprint-3")
+    [conn] = gateway.services.hub.connections()
+    assert conn.direct is (server == "uvicorn-fast")
+    assert len(_protocols(gateway)) == (1 if server == "uvicorn-fast" else 0)
