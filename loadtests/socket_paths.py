@@ -10,6 +10,7 @@ CPU time until every frame has arrived. The servers alternate, ``--runs`` times 
 
     python loadtests/socket_paths.py                          # 1,000 sockets, 100 notifications, 2 runs each
     python loadtests/socket_paths.py --servers uvicorn --runs 1
+    python loadtests/socket_paths.py --servers uvicorn-fast,uvicorn,granian   # granian: pip install granian
 
 Loopback only. A micro-measurement: client and server share the machine, figures move with its load.
 """
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 FRAME = (
@@ -33,12 +35,10 @@ FRAME = (
 )
 
 
-def _serve(server: str, port: int) -> None:
-    import uvicorn
+def app() -> Any:
+    """The gateway's socket side alone, as an ASGI application (a factory: granian imports it by name)."""
     from starlette.websockets import WebSocket
 
-    from notiflow.config import Settings
-    from notiflow.gateway.app import server_options
     from notiflow.gateway.hub import Connection, Hub
     from notiflow.gateway.serving import frame_writer
     from notiflow.gateway.ws import _write, parse_client_frame
@@ -63,7 +63,7 @@ def _serve(server: str, port: int) -> None:
         else:
             parse_client_frame(text)
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def serve_socket(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
@@ -86,19 +86,48 @@ def _serve(server: str, port: int) -> None:
                 writer.cancel()
             hub.remove(conn)
 
+    return serve_socket
+
+
+def _serve(server: str, port: int) -> None:
+    import uvicorn
+
+    from notiflow.config import Settings
+    from notiflow.gateway.app import server_options
+
     settings = Settings(server=server)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_config=None,
+    config = uvicorn.Config(app(), host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_config=None,
                             backlog=4096, **server_options(settings))
     uvicorn.Server(config).run()
 
 
+def _server_argv(server: str, port: int) -> list[str]:
+    if server == "granian":  # not a NOTIFLOW_SERVER value: measured for the evaluation (ASGI, 1 worker)
+        return [str(Path(sys.executable).with_name("granian")), "--interface", "asgi", "--factory", "--host",
+                "127.0.0.1", "--port", str(port), "--workers", "1", "--loop", "uvloop", "--log-level", "warning",
+                "--working-dir", str(Path(__file__).parent), "socket_paths:app"]
+    return [sys.executable, __file__, "--serve", server, "--port", str(port)]
+
+
+def _tree(pid: int) -> list[int]:
+    """The process and its descendants (granian's worker is a child of its main process)."""
+    pids = [pid]
+    for p in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{p}/task/{p}/children") as f:
+            pids.extend(int(c) for c in f.read().split())
+    return pids
+
+
 def _proc(pid: int) -> tuple[float, float]:
-    """The process's RSS (kB) and CPU time (s, user + system)."""
-    with open(f"/proc/{pid}/status") as f:
-        rss = next(float(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return rss, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """The RSS (kB) and CPU time (s, user + system) of the process and its descendants."""
+    rss = cpu = 0.0
+    for p in _tree(pid):
+        with open(f"/proc/{p}/status") as f:
+            rss += next(float(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        with open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return rss, cpu
 
 
 async def _measure(proc: subprocess.Popen[bytes], port: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -146,7 +175,7 @@ def _run(server: str, args: argparse.Namespace) -> dict[str, Any]:
 
     port = free_port()
     env = {**os.environ, "NOTIFLOW_SERVER": server}
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", server, "--port", str(port)], env=env)
+    proc = subprocess.Popen(_server_argv(server, port), env=env)
     try:
         return {"server": server, **asyncio.run(_measure(proc, port, args))}
     finally:
