@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def app() -> Any:
 
     from notiflow.gateway.hub import Connection, Hub
     from notiflow.gateway.serving import frame_writer
-    from notiflow.gateway.ws import _write, parse_client_frame
+    from notiflow.gateway.ws import _send, parse_client_frame
 
     hub = Hub()
     tasks: set[asyncio.Task[None]] = set()
@@ -71,19 +72,15 @@ def app() -> Any:
             return
         ws = WebSocket(scope, receive, send)
         await ws.accept()
-        conn = Connection(scope["path"].rsplit("/", 1)[-1], 100_000, lambda _: None, frame_writer(scope))
+        user = scope["path"].rsplit("/", 1)[-1]
+        conn = Connection(user, 100_000, lambda _: None, frame_writer(scope), partial(_send, ws))
         hub.add(conn)
-        writer = None
-        if conn.direct:
-            conn.read_with(on_text)
-        else:
-            writer = asyncio.create_task(_write(ws, conn))
+        conn.read_with(on_text)
         try:
             while (message := await ws.receive())["type"] != "websocket.disconnect":
                 on_text(message["text"])
         finally:
-            if writer is not None:
-                writer.cancel()
+            conn.stop()
             hub.remove(conn)
 
     return serve_socket

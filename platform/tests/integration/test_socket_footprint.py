@@ -6,7 +6,10 @@ Memory itself is measured by the benchmark (``loadtests/bench.py``: kB per idle 
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from helpers import wait_for
 from integration_support import Gateway, Gateways, SocketFactory
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -55,3 +58,23 @@ async def test_the_server_setting_picks_the_socket_path(gateways: Gateways, sock
     [conn] = gateway.services.hub.connections()
     assert conn.direct is (server == "uvicorn-fast")
     assert len(_protocols(gateway)) == (1 if server == "uvicorn-fast" else 0)
+
+
+def _socket_tasks() -> list[str]:
+    """The running tasks of the socket's own code (gateway/ws.py, gateway/hub.py), by coroutine name."""
+    names = []
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        if code is not None and code.co_filename.endswith(("gateway/ws.py", "gateway/hub.py")):
+            names.append(code.co_qualname)
+    return names
+
+
+async def test_an_idle_socket_keeps_no_task_of_its_own(gateways: Gateways, socket: SocketFactory) -> None:
+    """Beside the server's task that runs the socket's ASGI call (uvicorn's), an idle socket keeps none: on the
+    ASGI path frames are sent from a task that lives while there are frames to send (2.5 kB per socket)."""
+    gateway = await gateways.start()
+    for i in range(3):
+        await socket(gateway, f"footprint-idle-{i}")  # each answered a ping: frames were sent, and are done
+    assert gateway.services.hub.size == 3
+    await wait_for(lambda: _socket_tasks() == [], timeout_s=10, message=f"socket tasks left: {_socket_tasks()}")
