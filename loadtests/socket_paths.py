@@ -93,8 +93,9 @@ def _serve(server: str, port: int) -> None:
     from notiflow.gateway.app import server_options
 
     settings = Settings(server=server)
-    config = uvicorn.Config(app(), host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_config=None,
-                            backlog=4096, **server_options(settings))
+    options = {"http": "httptools", **server_options(settings)}  # the gateway's own options, as cli.py serves it
+    config = uvicorn.Config(app(), host="127.0.0.1", port=port, loop="uvloop", log_config=None, backlog=4096,
+                            **options)
     uvicorn.Server(config).run()
 
 
@@ -132,6 +133,8 @@ async def _measure(proc: subprocess.Popen[bytes], port: int, args: argparse.Name
 
     base = f"ws://127.0.0.1:{port}/ws/"
     for _ in range(300):  # bounded wait for the port
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
         with contextlib.suppress(OSError):
             async with connect(base + "probe", proxy=None):
                 break
