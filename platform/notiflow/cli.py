@@ -31,7 +31,7 @@ log = logging.getLogger("notiflow")
 _FLAG_SETTINGS = {
     "redis_url": str, "database_url": str, "host": str, "port": int, "node_id": str, "max_retries": int,
     "retry_base_ms": int, "retry_cap_ms": int, "presence_ttl_s": float, "stream_max_backlog": int,
-    "webhook_allowed_hosts": str, "log_level": str, "metrics_port": int,
+    "webhook_allowed_hosts": str, "log_level": str, "metrics_port": int, "server": str,
 }
 
 

@@ -183,6 +183,13 @@ class Settings(BaseSettings):
         1, ge=1, le=64, description="Processes one `notiflow gateway` runs, each a node of its own, sharing "
         "the port (SO_REUSEPORT). Default 1 (`notiflow dev` picks its own default, see the README).",
     )
+    server: Literal["uvicorn-fast", "uvicorn"] = Field(
+        "uvicorn-fast", description="What serves the gateway's HTTP API and sockets on its one port. "
+        "`uvicorn-fast`: uvicorn with notiflow's own socket protocol (gateway/transport.py: batched frame writes, "
+        "text frames read without a queue hop; it relies on uvicorn's and websockets' internals, pinned exactly). "
+        "`uvicorn`: uvicorn's `websockets-sansio` through public APIs only, the application sending and "
+        "receiving through ASGI. Default uvicorn-fast.",
+    )
     stream_worker_processes: int = Field(
         1, ge=1, le=64, description="Processes one `notiflow stream-worker` runs, each a consumer of its own. "
         "Default 1.",

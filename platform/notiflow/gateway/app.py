@@ -36,7 +36,7 @@ from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
 from notiflow.gateway.openfiles import check_open_files, open_files_limit
 from notiflow.gateway.security import header_host, host_allowed, served_hosts
-from notiflow.gateway.transport import FrameProtocol
+from notiflow.gateway.serving import ws_implementation
 from notiflow.lifecycle import RELEASE_S, Deadline, cancel
 from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.dashboard import DashboardService
@@ -141,8 +141,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "timeout_keep_alive": settings.http_keep_alive_s,
         # uvicorn counts open sockets as connections too: the HTTP bound comes on top of the sockets' own.
         "limit_concurrency": settings.ws_max_sockets + settings.http_max_concurrency,
-        # uvicorn's websockets-sansio protocol with batched frame writes (gateway/transport.py).
-        "ws": FrameProtocol,
+        # NOTIFLOW_SERVER: uvicorn's websockets-sansio, with batched frame writes or plain (serving.py).
+        "ws": ws_implementation(settings.server),
         "ws_ping_interval": settings.ws_ping_interval_s,
         "ws_ping_timeout": settings.ws_ping_timeout_s,
         "ws_max_size": settings.ws_max_frame_bytes,
