@@ -233,7 +233,9 @@ class Settings(BaseSettings):
     )
     http_header_timeout_s: float = Field(
         10.0, gt=0, description="Longest time a client may take to send a request's line and headers, from the "
-        "connection's start or the request's first byte, seconds; then the connection is closed. Default 10.",
+        "connection's start or the request's first byte, seconds; then the connection is closed. Armed under "
+        "SERVER=uvicorn-fast only (uvicorn's public options offer no such deadline: under SERVER=uvicorn a proxy in "
+        "front provides it). Default 10.",
     )
     http_max_concurrency: int = Field(
         1000, ge=1, description="HTTP connections and requests in flight one gateway process serves besides its "

@@ -6,7 +6,8 @@
   received handed to a callback as it is parsed.
 - ``uvicorn``: uvicorn's own ``websockets-sansio`` implementation, through its public options only. The
   application sends and receives through ASGI (hub.py's writer task, ws.py's receive loop). Nothing of
-  transport.py is imported.
+  transport.py or http_protocol.py is imported, so nothing arms a deadline on request heads
+  (``HTTP_HEADER_TIMEOUT_S``): a reverse proxy in front provides it.
 
 Both serve the HTTP API and the sockets on one port, with the same limits: the frame size bound (1009, on
 the frame header, before the payload is read), keepalive pings (a peer that does not answer is closed), the
@@ -48,6 +49,18 @@ def frame_writer(scope: MutableMapping[str, Any]) -> FrameWriter | None:
     """The socket's FrameWriter when the server offers one (``uvicorn-fast``), else None."""
     ext = (scope.get("extensions") or {}).get(EXTENSION)
     return ext.get("writer") if isinstance(ext, dict) else None
+
+
+def http_implementation(server: str, header_timeout_s: float) -> Any:
+    """uvicorn's ``http`` option for ``NOTIFLOW_SERVER``: under ``uvicorn-fast``, httptools with a deadline on
+    request heads (http_protocol.py, the other half of the pinned patch); under ``uvicorn``, its own httptools
+    protocol, which arms no such deadline (public options offer none): put a proxy with a header timeout in front,
+    as compose's nginx is."""
+    if server == "uvicorn-fast":
+        from notiflow.gateway.http_protocol import with_header_timeout
+
+        return with_header_timeout(header_timeout_s)
+    return "httptools"
 
 
 def ws_implementation(server: str) -> Any:

@@ -21,7 +21,9 @@ from notiflow.gateway.app import create_app, server_options
 settings = Settings(server="uvicorn")
 create_app(settings)
 print(server_options(settings)["ws"])
-print(sorted(m for m in sys.modules if m == "notiflow.gateway.transport" or ".websockets_sansio_impl" in m))
+print(server_options(settings)["http"])
+print(sorted(m for m in sys.modules if m in ("notiflow.gateway.transport", "notiflow.gateway.http_protocol")
+             or ".websockets_sansio_impl" in m))
 """
 
 
@@ -29,13 +31,16 @@ def test_the_plain_server_is_uvicorns_own_and_loads_nothing_of_transport() -> No
     done = subprocess.run([sys.executable, "-c", _PLAIN_GATEWAY], capture_output=True, text=True, timeout=50,
                           check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:2] == ["websockets-sansio", "[]"]
+    assert done.stdout.split("\n")[:3] == ["websockets-sansio", "httptools", "[]"]
 
 
 def test_the_fast_server_is_transports_protocol() -> None:
+    from notiflow.gateway.http_protocol import HeaderDeadlineProtocol
     from notiflow.gateway.transport import FrameProtocol
 
-    assert server_options(Settings(server="uvicorn-fast"))["ws"] is FrameProtocol
+    options = server_options(Settings(server="uvicorn-fast", http_header_timeout_s=7))
+    assert options["ws"] is FrameProtocol
+    assert issubclass(options["http"], HeaderDeadlineProtocol) and options["http"].header_timeout_s == 7
     assert Settings().server == "uvicorn-fast"
 
 

@@ -78,3 +78,18 @@ def test_the_frame_boundary_is_found_in_websockets_parser() -> None:
     conn.receive_data(frame[6:])
     assert [f.data for f in conn.events_received()] == [data]
     assert FrameProtocol._at_frame_boundary(protocol)  # type: ignore[arg-type]
+
+
+#: uvicorn's httptools protocol: the methods gateway/http_protocol.py overrides, each calling the original
+#: (asyncio.Protocol's connection callbacks and httptools' parser callbacks).
+HTTPTOOLS_METHODS = ("connection_made", "connection_lost", "on_message_begin", "on_headers_complete")
+
+
+@pytest.mark.parametrize("name", HTTPTOOLS_METHODS)
+def test_uvicorns_httptools_protocol_still_has_the_method(name: str) -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from notiflow.gateway.http_protocol import HeaderDeadlineProtocol
+
+    assert callable(getattr(HttpToolsProtocol, name, None)), f"uvicorn's httptools protocol has no {name}()"
+    assert issubclass(HeaderDeadlineProtocol, HttpToolsProtocol)
