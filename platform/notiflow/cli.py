@@ -24,13 +24,14 @@ import orjson
 
 from notiflow import cli_auth, logs, metrics
 from notiflow.config import Settings
+from notiflow.health import Health
 
 log = logging.getLogger("notiflow")
 
 _FLAG_SETTINGS = {
     "redis_url": str, "database_url": str, "host": str, "port": int, "node_id": str, "max_retries": int,
     "retry_base_ms": int, "retry_cap_ms": int, "presence_ttl_s": float, "stream_max_backlog": int,
-    "webhook_allowed_hosts": str, "log_level": str, "metrics_port": int,
+    "webhook_allowed_hosts": str, "log_level": str, "metrics_port": int, "server": str,
 }
 
 
@@ -150,15 +151,26 @@ def _run_async(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
     return 0
 
 
+def _without(argv: list[str], flag: str) -> list[str]:
+    """``argv`` less ``flag`` and its value (``--flag V`` or ``--flag=V``)."""
+    return [a for i, a in enumerate(argv)
+            if a != flag and not a.startswith(f"{flag}=") and (i == 0 or argv[i - 1] != flag)]
+
+
 def _copies(command: str, argv: list[str], count: int, settings: Settings, *extra: str) -> int:
-    """Run ``count`` single-process copies of this command (see processes.py)."""
+    """Run ``count`` single-process copies of this command (see processes.py), and serve their metrics (and a
+    worker's /healthz) together on NOTIFLOW_METRICS_PORT, each copy's labelled (fanin.py)."""
+    from notiflow.fanin import Copies, CopiesHealth, copies_registry
     from notiflow.processes import run_copies
 
-    flags = [a for i, a in enumerate(argv) if a != "--processes" and (i == 0 or argv[i - 1] != "--processes")]
-    flags = [a for a in flags if not a.startswith("--processes=")]
+    flags = _without(_without(argv, "--processes"), "--metrics-port")
     rest = flags[flags.index(command) + 1 :]
     log.info("starting process copies", extra={"command": command, "copies": count})
-    return run_copies([command, *rest, "--processes", "1", *extra], count, settings.node_id)
+    copies = Copies(settings.host, settings.metrics_port, count)
+    health = None if command == "gateway" else CopiesHealth(copies)
+    with metrics.serve(settings.host, settings.metrics_port, health, copies_registry(copies)):
+        return run_copies([command, *rest, "--processes", "1", *extra], count, settings.node_id,
+                          settings.metrics_port)
 
 
 def _reuse_port_socket(host: str, port: int) -> socket.socket:
@@ -202,7 +214,9 @@ def cmd_gateway(settings: Settings, argv: list[str], reuse_port: bool) -> int:
         await serving
         stopping.cancel()
 
-    _run_async(main)
+    # A copy behind SO_REUSEPORT also serves its own registry on its own port, for its parent (fanin.py).
+    with metrics.serve(settings.host, settings.metrics_port if reuse_port else 0):
+        _run_async(main)
     # uvicorn returns quietly when the lifespan failed (e.g. auth not configured, already logged).
     return 0 if server.started else 1
 
@@ -213,24 +227,28 @@ def cmd_stream_worker(settings: Settings, argv: list[str]) -> int:
 
     from notiflow.worker.factory import stream_worker
 
+    health = Health()
+
     async def main(stop: asyncio.Event) -> None:
-        async with stream_worker(settings) as worker:
+        async with stream_worker(settings, health=health) as worker:
             log.info("stream worker started", extra={"consumer": settings.node_id})
             await worker.run(stop)
 
-    with metrics.serve(settings.host, settings.metrics_port):
+    with metrics.serve(settings.host, settings.metrics_port, health):
         return _run_async(main)
 
 
 def cmd_retry_worker(settings: Settings) -> int:
     from notiflow.worker.factory import retry_worker
 
+    health = Health()
+
     async def main(stop: asyncio.Event) -> None:
-        async with retry_worker(settings) as worker:
+        async with retry_worker(settings, health=health) as worker:
             log.info("retry worker started")
             await worker.run(stop)
 
-    with metrics.serve(settings.host, settings.metrics_port):
+    with metrics.serve(settings.host, settings.metrics_port, health):
         return _run_async(main)
 
 

@@ -183,6 +183,13 @@ class Settings(BaseSettings):
         1, ge=1, le=64, description="Processes one `notiflow gateway` runs, each a node of its own, sharing "
         "the port (SO_REUSEPORT). Default 1 (`notiflow dev` picks its own default, see the README).",
     )
+    server: Literal["uvicorn-fast", "uvicorn"] = Field(
+        "uvicorn-fast", description="What serves the gateway's HTTP API and sockets on its one port. "
+        "`uvicorn-fast`: uvicorn with notiflow's own socket protocol (gateway/transport.py: batched frame writes, "
+        "text frames read without a queue hop; it relies on uvicorn's and websockets' internals, pinned exactly). "
+        "`uvicorn`: uvicorn's `websockets-sansio` through public APIs only, the application sending and "
+        "receiving through ASGI. Default uvicorn-fast.",
+    )
     stream_worker_processes: int = Field(
         1, ge=1, le=64, description="Processes one `notiflow stream-worker` runs, each a consumer of its own. "
         "Default 1.",
@@ -226,7 +233,9 @@ class Settings(BaseSettings):
     )
     http_header_timeout_s: float = Field(
         10.0, gt=0, description="Longest time a client may take to send a request's line and headers, from the "
-        "connection's start or the request's first byte, seconds; then the connection is closed. Default 10.",
+        "connection's start or the request's first byte, seconds; then the connection is closed. Armed under "
+        "SERVER=uvicorn-fast only (uvicorn's public options offer no such deadline: under SERVER=uvicorn a proxy in "
+        "front provides it). Default 10.",
     )
     http_max_concurrency: int = Field(
         1000, ge=1, description="HTTP connections and requests in flight one gateway process serves besides its "
@@ -247,8 +256,10 @@ class Settings(BaseSettings):
 
     # --- operators: metrics, the dashboard, retention -----------------------------------------
     metrics_port: int = Field(
-        9464, ge=0, le=65535, description="Port of a stream or retry worker's /metrics (gateways use their HTTP "
-        "port). One per process; 0 turns it off; `notiflow dev` gives each worker a free port. Default 9464.",
+        9464, ge=0, le=65535, description="Port of a stream or retry worker's /metrics and /healthz (a gateway "
+        "uses its HTTP port). With --processes N the parent serves every copy's metrics here, each sample labelled "
+        "copy=\"p<i>\" (a worker's /healthz is 200 only when every copy's is), and copy i serves its own on this "
+        "port + 1 + i. 0 turns it off; `notiflow dev` gives each process free ports. Default 9464.",
     )
     stats_interval_s: float = Field(
         1.0, gt=0, description="Period of the telemetry task: store gauges refreshed and this node's figures "

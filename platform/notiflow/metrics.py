@@ -1,9 +1,11 @@
 """Prometheus metrics of every notiflow process (one registry per process).
 
 Gateways serve them at ``GET /metrics`` on their HTTP port; stream and retry workers on their own
-``NOTIFLOW_METRICS_PORT`` (see ``serve``). Counters end in ``_total``, durations are ``_seconds``
-histograms. Gauges read from the stores (stream length, lag, retry depth, DLQ size) are set by the
-periodic telemetry task (``service/telemetry.py``), never per scrape.
+``NOTIFLOW_METRICS_PORT`` (see ``serve``), beside ``GET /healthz``. The parent of ``--processes N`` copies
+serves all of theirs there instead, labelled by copy (fanin.py), gateway copies' too: behind SO_REUSEPORT the
+HTTP port's ``/metrics`` reaches one copy at random. Counters end in ``_total``, durations are ``_seconds``
+histograms. Gauges read from the stores (stream length, lag, retry
+depth, DLQ size) are set by the periodic telemetry task (``service/telemetry.py``), never per scrape.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import bisect
 import itertools
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from socketserver import ThreadingMixIn
+from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import orjson
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -23,7 +28,7 @@ from prometheus_client import (
     Histogram,
     Metric,
     disable_created_metrics,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -209,9 +214,44 @@ class Snapshot:
         return sorted(self._buckets.get(name, {}).items())
 
 
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a slow scraper never holds the process's exit
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per scrape on stderr is noise; the log is JSON
+
+
+class HealthCheck(Protocol):
+    """What answers ``/healthz``: (HTTP status, JSON body). A worker's ``health.Health``, or the parent of
+    ``--processes`` copies asking each copy (``fanin.CopiesHealth``)."""
+
+    def check(self) -> tuple[int, dict[str, Any]]: ...
+
+
+def worker_app(health: HealthCheck | None, registry: CollectorRegistry = REGISTRY) -> Callable[..., Iterable[bytes]]:
+    """The WSGI app of a metrics port: ``/healthz`` from ``health`` (404 without one), anything else
+    ``registry``, as prometheus_client serves it (its own start_http_server serves nothing else)."""
+    exposition = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/healthz":
+            return exposition(environ, start_response)  # type: ignore[no-any-return]
+        status, body = health.check() if health is not None else (404, {"status": "no health here"})
+        reason = {200: "OK", 404: "Not Found"}.get(status, "Service Unavailable")
+        start_response(f"{status} {reason}", [("Content-Type", "application/json")])
+        return [orjson.dumps(body)]
+
+    return app
+
+
 @contextmanager
-def serve(host: str, port: int) -> Iterator[int | None]:
-    """Serve this process's registry at ``http://host:port/metrics`` from a thread, for a worker.
+def serve(
+    host: str, port: int, health: HealthCheck | None = None, registry: CollectorRegistry = REGISTRY
+) -> Iterator[int | None]:
+    """Serve ``registry`` (this process's by default) at ``http://host:port/metrics`` from a thread, and
+    liveness at ``/healthz`` when ``health`` is given (a gateway copy serves metrics only).
 
     Port 0 turns it off. A port already in use is logged and the worker runs on without metrics:
     an observability problem must not stop delivery. Yields the port served, or None.
@@ -220,17 +260,17 @@ def serve(host: str, port: int) -> Iterator[int | None]:
         yield None
         return
     try:
-        server: Any
-        server, thread = start_http_server(port, addr=host, registry=REGISTRY)
+        server = make_server(host, port, worker_app(health, registry), _ThreadingServer, _QuietHandler)
     except OSError as exc:
         log.warning("metrics port unavailable; metrics are off", extra={"port": port, "error": str(exc)})
         yield None
         return
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
     log.info("metrics served", extra={"url": f"http://{host}:{port}/metrics"})
     try:
         yield port
     finally:
         server.shutdown()
         server.server_close()
-        if isinstance(thread, threading.Thread):
-            thread.join(timeout=2)
+        thread.join(timeout=2)

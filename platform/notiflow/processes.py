@@ -3,7 +3,9 @@
 Python runs one core per process, and the machine has more than one. Each copy is a node of its own
 (``NOTIFLOW_NODE_ID`` gets a ``-p<i>`` suffix), so each gateway copy has its own presence entries and routing
 channel, and each stream worker copy is its own consumer. Gateway copies bind one port with SO_REUSEPORT:
-the kernel spreads new connections over them.
+the kernel spreads new connections over them. Copy ``i`` serves its own metrics (a worker's ``/healthz`` too)
+on ``NOTIFLOW_METRICS_PORT + 1 + i``, and the parent serves all of them on ``NOTIFLOW_METRICS_PORT`` (fanin.py):
+a scrape of the gateways' shared HTTP port would reach one copy at random.
 
 The parent only supervises: it forwards SIGINT/SIGTERM, restarts a copy that dies (bounded, like
 ``notiflow dev``), and exits when every copy has. Copies die with the parent (PR_SET_PDEATHSIG), so a
@@ -21,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from notiflow.fanin import copy_port
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
@@ -34,13 +38,16 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def copy_env(node_id: str, index: int) -> dict[str, str]:
-    """The environment of copy ``index``: its own node id; the copy itself runs single-process."""
-    return {**os.environ, "NOTIFLOW_NODE_ID": f"{node_id}-p{index}"}
+def copy_env(node_id: str, index: int, metrics_port: int) -> dict[str, str]:
+    """The environment of copy ``index``: its own node id and its own metrics port (fanin.copy_port: the
+    parent keeps ``metrics_port`` for all of them; 0 stays 0, off); the copy itself runs single-process."""
+    port = copy_port(metrics_port, index)
+    return {**os.environ, "NOTIFLOW_NODE_ID": f"{node_id}-p{index}", "NOTIFLOW_METRICS_PORT": str(port)}
 
 
-def run_copies(argv: list[str], count: int, node_id: str, *, poll_s: float = 0.2) -> int:
-    """Run ``count`` copies of ``python -m notiflow <argv>`` until a signal; returns the exit code."""
+def run_copies(argv: list[str], count: int, node_id: str, metrics_port: int, *, poll_s: float = 0.2) -> int:
+    """Run ``count`` copies of ``python -m notiflow <argv>`` until a signal; returns the exit code.
+    ``argv`` must not name ``--metrics-port``: each copy gets its own through the environment."""
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -52,7 +59,8 @@ def run_copies(argv: list[str], count: int, node_id: str, *, poll_s: float = 0.2
 
     def spawn(index: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "notiflow", *argv], env=copy_env(node_id, index), preexec_fn=_die_with_parent
+            [sys.executable, "-m", "notiflow", *argv], env=copy_env(node_id, index, metrics_port),
+            preexec_fn=_die_with_parent,
         )
 
     procs: dict[int, subprocess.Popen[bytes]] = {}

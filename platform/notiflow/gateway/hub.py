@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from notiflow import metrics
 from notiflow.gateway.protocol import CloseCode
-from notiflow.gateway.transport import FrameWriter
+from notiflow.gateway.serving import FrameWriter
 from notiflow.models import frame_created_at
 from notiflow.streams.pubsub import decode_frames
 
@@ -21,22 +21,25 @@ class Connection:
     burst, not per frame); when it overflows, the socket is closed with SLOW_CONSUMER rather than
     buffering without limit.
 
-    With a FrameWriter (our uvicorn protocol, gateway/transport.py) the buffer is written once per event
+    With a FrameWriter (``NOTIFLOW_SERVER=uvicorn-fast``, gateway/serving.py) the buffer is written once per event
     loop iteration, straight to the transport, and held while the transport reports backpressure. Without
-    one (another server) a writer task per socket sends the frames through ASGI (``take``)."""
+    one (``uvicorn``), ``send`` sends them through ASGI, from a task that lives while there are frames to send:
+    an idle socket keeps no task (2.5 kB per socket)."""
 
     __slots__ = (
-        "_close", "_frames", "_max", "_ready", "_scheduled", "_writer", "acks_in_flight", "closing", "user_id",
+        "_close", "_frames", "_max", "_scheduled", "_send", "_sending", "_writer", "acks_in_flight", "closing",
+        "user_id",
     )
 
     def __init__(
-        self, user_id: str, queue_max: int, close: Callable[[CloseCode], None], writer: FrameWriter | None = None
+        self, user_id: str, queue_max: int, close: Callable[[CloseCode], None], writer: FrameWriter | None = None,
+        send: Callable[[list[str]], Awaitable[bool]] | None = None,
     ) -> None:
         self.user_id = user_id
         self._frames: list[str] = []  # appended, then taken whole (a deque costs 760 bytes even when empty)
         self._max = queue_max
-        # Only the ASGI writer task waits on it (``take``); direct connections never make one (memory per socket).
-        self._ready: asyncio.Event | None = None
+        self._send = send  # without a FrameWriter: sends frames through ASGI, in order; False once gone
+        self._sending: asyncio.Task[None] | None = None
         self._close = close
         self._writer = writer
         self._scheduled = False
@@ -67,8 +70,8 @@ class Connection:
             if not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
-        elif self._ready is not None and not self._ready.is_set():
-            self._ready.set()
+        elif self._sending is None and self._send is not None:
+            self._sending = asyncio.get_running_loop().create_task(self._drain())
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -81,15 +84,23 @@ class Connection:
         writer.write_texts(frames)
         sent(frames)
 
-    async def take(self) -> list[str]:
-        """Every frame buffered so far, oldest first; waits while there are none."""
-        if self._ready is None:
-            self._ready = asyncio.Event()
-        while not self._frames:
-            self._ready.clear()
-            await self._ready.wait()
-        frames, self._frames = self._frames, []
-        return frames
+    async def _drain(self) -> None:
+        """Sends what is buffered through ASGI, oldest first, until nothing is; frames pushed meanwhile wait
+        in the buffer (and count towards its bound)."""
+        try:
+            while self._frames and self._send is not None:
+                frames, self._frames = self._frames, []
+                if not await self._send(frames):
+                    self._send = None  # the socket is gone: nothing more is sent (or counted as sent)
+                    return
+                sent(frames)
+        finally:
+            self._sending = None
+
+    def stop(self) -> None:
+        """The socket is gone: nothing more is sent."""
+        if self._sending is not None:
+            self._sending.cancel()
 
     @property
     def buffered(self) -> int:

@@ -15,8 +15,9 @@ on the way in: while ``websockets``' parser stands at a frame boundary with noth
 leading complete, final, masked text frames are unmasked here and handed to ``on_text`` (the clients' ack
 frames: 0.45 µs each here against 3.1 µs through the parser); the parser takes the chunk from the first
 byte that is anything else, so it sees a stream that starts at a frame boundary, as it would have.
-Under another server (or another ``ws`` implementation) the extension is absent and the application
-falls back to ASGI sends.
+Under another server (``NOTIFLOW_SERVER=uvicorn``, gateway/serving.py) the extension is absent and the
+application falls back to ASGI sends and receives. This is the one module that touches uvicorn's and
+websockets' internals: nothing else imports it, except serving.py when ``uvicorn-fast`` is chosen.
 
 An idle socket should cost little memory: the protocol's event queue and write flag are the few methods
 uvicorn uses of ``asyncio.Queue`` and ``asyncio.Event``, without their up-front deques, and the handshake's
@@ -26,19 +27,19 @@ request and response are let go once answered.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 from websockets.streams import StreamReader
 
+from notiflow.gateway.serving import EXTENSION
+
 try:
     from websockets.speedups import apply_mask
 except ImportError:  # a build of websockets without its C extension
     from websockets.utils import apply_mask
-
-EXTENSION = "notiflow.frame_writer"
 
 _TEXT_FIN = 0x81
 _MASKED = 0x80
@@ -58,8 +59,8 @@ def encode_text_frame(data: bytes) -> bytes:
     return bytes((_TEXT_FIN, 127)) + n.to_bytes(8, "big") + data
 
 
-class FrameWriter:
-    """What the application holds of one socket's protocol: batched writes and write backpressure."""
+class DirectWriter:
+    """The FrameWriter (serving.py) of one socket's protocol: batched writes and write backpressure."""
 
     __slots__ = ("_protocol", "on_text", "on_writable")
 
@@ -96,12 +97,12 @@ class FrameWriter:
 
 
 class FrameProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's ``websockets-sansio`` protocol that offers a FrameWriter to the application and keeps less
-    per socket (``_Inbox``, ``_Flag``, the handshake let go)."""
+    """uvicorn's ``websockets-sansio`` protocol that offers a FrameWriter (DirectWriter) to the application
+    and keeps less per socket (``_Inbox``, ``_Flag``, the handshake let go)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.frame_writer = FrameWriter(self)
+        self.frame_writer = DirectWriter(self)
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]
         self.writable.set()
@@ -205,12 +206,6 @@ class FrameProtocol(WebSocketsSansIOProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.frame_writer.on_writable = self.frame_writer.on_text = None
-
-
-def frame_writer(scope: MutableMapping[str, Any]) -> FrameWriter | None:
-    """The socket's FrameWriter when the server offers one."""
-    ext = (scope.get("extensions") or {}).get(EXTENSION)
-    return ext.get("writer") if isinstance(ext, dict) else None
 
 
 class _Flag:

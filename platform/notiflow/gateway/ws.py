@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
 import orjson
@@ -18,9 +19,9 @@ from starlette.websockets import WebSocketState
 from notiflow.errors import StoreUnavailable
 from notiflow.gateway.auth import authorize_socket
 from notiflow.gateway.deps import services
-from notiflow.gateway.hub import Connection, sent
+from notiflow.gateway.hub import Connection
 from notiflow.gateway.protocol import MAX_ACK_IDS, PONG, ClientFrame, CloseCode, FrameError, origin_allowed
-from notiflow.gateway.transport import frame_writer
+from notiflow.gateway.serving import frame_writer
 from notiflow.models import user_id_problem
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
     def close_soon(code: CloseCode) -> None:
         _spawn(_close(ws, code))
 
-    conn = Connection(user_id, svc.settings.ws_queue_max, close_soon, frame_writer(ws.scope))
+    conn = Connection(user_id, svc.settings.ws_queue_max, close_soon, frame_writer(ws.scope), partial(_send, ws))
     # In the hub before presence says so: a frame routed here the moment presence is written must find
     # the socket, not an empty hub.
     svc.hub.add(conn)
@@ -124,24 +125,19 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
     if who.expires_at is not None:
         delay = max(0.0, who.expires_at - time.time())
         expiry = asyncio.get_running_loop().call_later(delay, close_soon, CloseCode.UNAUTHORIZED)
-    writer: asyncio.Task[None] | None = None
     try:
         if sockets > limits.ws_max_sockets_per_user:
             await ws.close(CloseCode.TOO_MANY_SOCKETS, f"at most {limits.ws_max_sockets_per_user} sockets per user")
             return
         reader = _Reader(conn, svc.queries.ack_from_socket, limits.ws_max_ack_ids, limits.ws_max_acks_in_flight)
-        if conn.direct:
-            conn.read_with(reader)
-        else:
-            writer = asyncio.create_task(_write(ws, conn))
+        conn.read_with(reader)
         await _receive(ws, conn, reader)
     except (WebSocketDisconnect, RuntimeError):
         pass  # RuntimeError: receive after our own close (slow consumer); either way the socket is gone
     finally:
         if expiry is not None:
             expiry.cancel()
-        if writer is not None:
-            writer.cancel()
+        conn.stop()
         svc.hub.remove(conn)
         await svc.sessions.closed(user_id)
 
@@ -234,14 +230,15 @@ async def _receive(ws: WebSocket, conn: Connection, reader: _Reader) -> None:
         reader(text)
 
 
-async def _write(ws: WebSocket, conn: Connection) -> None:
-    """Sends through ASGI, for a server that offers no FrameWriter."""
-    with suppress(WebSocketDisconnect, RuntimeError, OSError):
-        while True:
-            frames = await conn.take()
-            for frame in frames:
-                await ws.send_text(frame)
-            sent(frames)
+async def _send(ws: WebSocket, frames: list[str]) -> bool:
+    """Sends through ASGI, for a server that offers no FrameWriter (hub.py's Connection calls it); False
+    when the socket is gone."""
+    try:
+        for frame in frames:
+            await ws.send_text(frame)
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        return False
+    return True
 
 
 async def _close(ws: WebSocket, code: CloseCode) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -45,32 +44,6 @@ async def close_redis(redis: Redis, timeout_s: float) -> None:
         await asyncio.wait_for(redis.aclose(), timeout=timeout_s)
     except (TimeoutError, RedisError, OSError) as exc:
         log.warning("redis connections not closed in time", extra={"timeout_s": timeout_s, "error": repr(exc)})
-
-
-def pack_command(*args: str | bytes) -> bytes:
-    """One command in the Redis protocol (RESP2 array of bulk strings)."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg.encode() if isinstance(arg, str) else arg
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
-
-
-async def execute_packed(redis: Redis, packed: bytes, replies: int) -> list[Any]:
-    """Send commands packed by ``pack_command`` on one pooled connection, as a pipeline, and read their
-    raw ``replies`` in order (no redis-py response callbacks). A hot path's batch (thousands of XADDs) costs
-    a third of what redis-py's pipeline spends building and parsing command objects. An error reply is
-    raised as redis-py raises it; the connection is then dropped, since the replies after it were not read."""
-    pool = redis.connection_pool
-    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
-        await conn.send_packed_command(packed)
-        return [await conn.read_response() for _ in range(replies)]
-    except BaseException:
-        await conn.disconnect()
-        raise
-    finally:
-        await pool.release(conn)
 
 
 def is_nogroup(exc: BaseException) -> bool:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from notiflow.config import Settings
+from notiflow.health import Health
 from notiflow.lifecycle import RELEASE_S
 from notiflow.service.auth import KeyService
 from notiflow.service.clock import Clock, RecordClock, SystemClock
@@ -49,11 +50,12 @@ async def _record_clock(pool: Pool, local: Clock | None) -> RecordClock:
 
 @asynccontextmanager
 async def stream_worker(
-    settings: Settings, webhooks: WebhookClient | None = None, *, local_clock: Clock | None = None
+    settings: Settings, webhooks: WebhookClient | None = None, *, health: Health | None = None,
+    local_clock: Clock | None = None,
 ) -> AsyncIterator[StreamWorker]:
     """``webhooks``: the downstream client to call through (closed here whoever made it); by default one
-    built from ``settings``. ``local_clock``: this machine's clock, which the worker corrects to PostgreSQL's
-    (service/clock.py); the system's by default."""
+    built from ``settings``. ``health``: what the worker's loop beats (its /healthz). ``local_clock``: this
+    machine's clock, which the worker corrects to PostgreSQL's (service/clock.py); the system's by default."""
     async with _stores(settings, pg_max=settings.pg_pool_max) as (pool, redis):
         webhooks = webhooks or WebhookClient(settings)
         work = WorkStream(redis, settings)
@@ -65,13 +67,15 @@ async def stream_worker(
             )
             telemetry = Telemetry(settings, work, pool, StatsBoard(redis, settings), role="stream-worker",
                                   read_stores=False)
-            yield StreamWorker(settings, deliveries, work, telemetry, clock)
+            yield StreamWorker(settings, deliveries, work, telemetry, clock, health=health)
         finally:
             await webhooks.aclose()
 
 
 @asynccontextmanager
-async def retry_worker(settings: Settings, *, local_clock: Clock | None = None) -> AsyncIterator[RetryWorker]:
+async def retry_worker(
+    settings: Settings, *, health: Health | None = None, local_clock: Clock | None = None
+) -> AsyncIterator[RetryWorker]:
     """``local_clock``: this machine's clock, which the worker corrects to PostgreSQL's (service/clock.py)."""
     async with _stores(settings, pg_max=2) as (pool, redis):
         work = WorkStream(redis, settings)
@@ -79,7 +83,7 @@ async def retry_worker(settings: Settings, *, local_clock: Clock | None = None) 
                               read_stores=True)
         clock = await _record_clock(pool, local_clock)
         yield RetryWorker(settings, work, Reconciler(settings, pool, work), telemetry,
-                          RetentionService(settings, pool), clock)
+                          RetentionService(settings, pool), clock, health=health)
 
 
 @asynccontextmanager

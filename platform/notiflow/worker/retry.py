@@ -8,6 +8,7 @@ import logging
 from notiflow import metrics
 from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
+from notiflow.health import Health
 from notiflow.lifecycle import Deadline, drain, pause
 from notiflow.service.clock import Clock, RecordClock, SystemClock
 from notiflow.service.reconciler import Reconciler
@@ -21,9 +22,11 @@ log = logging.getLogger(__name__)
 class RetryWorker:
     def __init__(
         self, settings: Settings, work: WorkStream, reconciler: Reconciler, telemetry: Telemetry | None = None,
-        retention: RetentionService | None = None, clock: RecordClock | None = None,
+        retention: RetentionService | None = None, clock: RecordClock | None = None, *,
+        health: Health | None = None,
     ) -> None:
         self._s = settings
+        self._health = health or Health()  # what /healthz reads (metrics.serve)
         # Retries are due by PostgreSQL's clock, which wrote their due times (service/clock.py).
         self._clock: Clock = clock or SystemClock()
         self._record_clock = clock
@@ -41,8 +44,19 @@ class RetryWorker:
             housekeeping.append(asyncio.create_task(self._record_clock.run(stop), name="clock"))
         if self._telemetry:
             self._telemetry.start()
+        try:
+            await self._move_loop(stop)
+        finally:
+            self._health.stopped()
+        deadline = Deadline(self._s.shutdown_grace_s)
+        await drain(housekeeping, deadline.left())
+        if self._telemetry:
+            await self._telemetry.close(deadline.left())
+
+    async def _move_loop(self, stop: asyncio.Event) -> None:
         poll_s = self._s.retry_poll_ms / 1000
         while not stop.is_set():
+            self._health.beat()
             try:
                 n = await self._work.move_due(self._s.retry_batch, now_ms=self._clock.now_ms())
             except StoreUnavailable as exc:
@@ -53,10 +67,6 @@ class RetryWorker:
             metrics.RETRIES_MOVED.inc(n)
             if n < self._s.retry_batch:  # a full batch means more are due: go again at once
                 await pause(stop, poll_s)
-        deadline = Deadline(self._s.shutdown_grace_s)
-        await drain(housekeeping, deadline.left())
-        if self._telemetry:
-            await self._telemetry.close(deadline.left())
 
     async def _reconcile_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from notiflow import metrics
 from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
+from notiflow.health import Health
 from notiflow.lifecycle import Deadline, drain, pause
 from notiflow.models import Channel, Outcome, StreamEntry
 from notiflow.service.clock import RecordClock
@@ -31,9 +32,10 @@ Process = Callable[[list[StreamEntry]], Awaitable[list[Outcome]]]
 class StreamWorker:
     def __init__(
         self, settings: Settings, deliveries: DeliveryService, work: WorkStream, telemetry: Telemetry | None = None,
-        clock: RecordClock | None = None,
+        clock: RecordClock | None = None, *, health: Health | None = None,
     ) -> None:
         self._s = settings
+        self._health = health or Health()  # what /healthz reads (metrics.serve)
         self._clock = clock  # the deliveries' clock (service/clock.py), kept in step with PostgreSQL's here
         self._telemetry = telemetry
         self._d = deliveries
@@ -57,8 +59,22 @@ class StreamWorker:
             housekeeping.append(asyncio.create_task(self._clock.run(stop), name="clock"))
         if self._telemetry:
             self._telemetry.start()
+        try:
+            await self._read_loop(stop)
+        finally:
+            self._health.stopped()
+        # Intake has stopped; webhook calls in flight, then the held hand-offs, within one grace period.
+        deadline = Deadline(self._s.shutdown_grace_s)
+        reclaimer.cancel()
+        await drain([*housekeeping, *self._hooks], deadline.left())
+        await self._d.dispatch_log.close(deadline.left())
+        if self._telemetry:
+            await self._telemetry.close(deadline.left())
+
+    async def _read_loop(self, stop: asyncio.Event) -> None:
         delay_s = 0.1
         while not stop.is_set():
+            self._health.beat()
             try:
                 raw = await self._work.read(self._consumer, self._s.worker_batch, self._s.worker_block_ms)
                 delay_s = 0.1
@@ -69,13 +85,6 @@ class StreamWorker:
                 continue
             if raw:
                 await self.handle(raw)
-        # Intake has stopped; webhook calls in flight, then the held hand-offs, within one grace period.
-        deadline = Deadline(self._s.shutdown_grace_s)
-        reclaimer.cancel()
-        await drain([*housekeeping, *self._hooks], deadline.left())
-        await self._d.dispatch_log.close(deadline.left())
-        if self._telemetry:
-            await self._telemetry.close(deadline.left())
 
     async def handle(self, raw: list[Raw], *, reclaimed: bool = False) -> None:
         sockets: list[Parsed] = []
@@ -119,6 +128,9 @@ class StreamWorker:
             await self._process([item], self._d.deliver_webhook)
         finally:
             self._hook_entries.release()
+            # The read loop may be waiting for this slot (backpressure): a call that ended is progress, and
+            # each is bounded by NOTIFLOW_WEBHOOK_TIMEOUT_S, far below health.STALE_AFTER_S.
+            self._health.beat()
 
     async def _process(self, items: list[Parsed], process: Process) -> None:
         """Process, then acknowledge every entry whose items are all settled (a bundle names many items).
@@ -177,6 +189,7 @@ class StreamWorker:
                             self._keep([i for i, _ in items]), name="keep-held")
                     self.held_through_outage += 1
                 await pause(self._stop, delay_s)
+                self._health.beat()  # held, not stuck: the loop is alive and trying
                 delay_s = min(delay_s * 2, 5.0)
         finally:
             if keeper is not None:

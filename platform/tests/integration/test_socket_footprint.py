@@ -6,7 +6,10 @@ Memory itself is measured by the benchmark (``loadtests/bench.py``: kB per idle 
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from helpers import wait_for
 from integration_support import Gateway, Gateways, SocketFactory
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -20,6 +23,7 @@ def _protocols(gateway: Gateway) -> list[FrameProtocol]:
     return [p for p in gateway.server.server_state.connections if isinstance(p, FrameProtocol)]
 
 
+@pytest.mark.servers("uvicorn-fast")  # what transport.py's protocol lets go; uvicorn's own keeps it
 async def test_an_open_socket_keeps_nothing_of_its_handshake(gateways: Gateways, socket: SocketFactory) -> None:
     gateway = await gateways.start()
     sock = await socket(gateway, "footprint-1", additional_headers={"x-padding": "p" * 2000})
@@ -44,3 +48,33 @@ async def test_only_the_socket_path_reaches_the_endpoint(gateways: Gateways, soc
         assert refused.value.response.status_code == 403, path
     await socket(gateway, "footprint-2")
     assert gateway.services.hub.size == 1
+
+
+async def test_the_server_setting_picks_the_socket_path(gateways: Gateways, socket: SocketFactory, server: str) -> None:
+    """uvicorn-fast: frames go to the FrameWriter of transport.py's protocol; uvicorn: through ASGI, no
+    protocol of transport.py on the node (each test that opens sockets here runs on both)."""
+    gateway = await gateways.start()
+    await socket(gateway, "footprint-3")
+    [conn] = gateway.services.hub.connections()
+    assert conn.direct is (server == "uvicorn-fast")
+    assert len(_protocols(gateway)) == (1 if server == "uvicorn-fast" else 0)
+
+
+def _socket_tasks() -> list[str]:
+    """The running tasks of the socket's own code (gateway/ws.py, gateway/hub.py), by coroutine name."""
+    names = []
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        if code is not None and code.co_filename.endswith(("gateway/ws.py", "gateway/hub.py")):
+            names.append(code.co_qualname)
+    return names
+
+
+async def test_an_idle_socket_keeps_no_task_of_its_own(gateways: Gateways, socket: SocketFactory) -> None:
+    """Beside the server's task that runs the socket's ASGI call (uvicorn's), an idle socket keeps none: on the
+    ASGI path frames are sent from a task that lives while there are frames to send (2.5 kB per socket)."""
+    gateway = await gateways.start()
+    for i in range(3):
+        await socket(gateway, f"footprint-idle-{i}")  # each answered a ping: frames were sent, and are done
+    assert gateway.services.hub.size == 3
+    await wait_for(lambda: _socket_tasks() == [], timeout_s=10, message=f"socket tasks left: {_socket_tasks()}")

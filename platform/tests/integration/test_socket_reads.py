@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 import pytest_asyncio
+from helpers import wait_for
 from integration_support import Gateways
 from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
@@ -24,7 +25,8 @@ from websockets.utils import apply_mask
 
 from notiflow.gateway.protocol import PONG
 
-pytestmark = pytest.mark.timeout(60)
+# The byte-level reads hold on either server: uvicorn's own parser, or transport.py's direct path first.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.servers("uvicorn-fast", "uvicorn")]
 
 
 def client_frame(opcode: Opcode, data: bytes, *, fin: bool = True, mask: bytes | None = None) -> bytes:
@@ -179,3 +181,17 @@ async def test_invalid_utf8_closes_with_1007_and_nothing_after_it_is_read(raw: R
     assert Close.parse(f.data).code == 1007
     # The answer to "a" may or may not make it out before the close (as through the parser alone); "b"'s never.
     assert not any("'b'" in t for t in texts), texts
+
+
+async def test_a_peer_that_answers_no_ping_is_closed_with_1011_and_leaves_the_hub(gateways: Gateways) -> None:
+    """Dead-peer detection (NOTIFLOW_WS_PING_INTERVAL_S / NOTIFLOW_WS_PING_TIMEOUT_S): a client that stops
+    reading answers no keepalive ping; the gateway closes the socket and lets it go."""
+    gateway = await gateways.start(ws_ping_interval_s=0.2, ws_ping_timeout_s=0.3)
+    sock = await RawSocket.open(gateway.ws_url(f"raw-{os.urandom(4).hex()}"))
+    try:
+        sock.write(client_frame(Opcode.TEXT, b'{"type":"ping"}'))
+        assert await sock.text() == PONG  # in the hub; from here on the client reads (and answers) nothing
+        await wait_for(lambda: gateway.services.hub.size == 0, timeout_s=10, message="the dead peer is still held")
+        assert await sock.close_code() == 1011
+    finally:
+        sock.close()

@@ -1,6 +1,6 @@
-"""The hot path's hand-made encodings against the libraries they stand in for: WebSocket text frames (our
-FrameWriter against ``websockets``' own serialiser and parser) and Redis commands (``pack_command`` and
-``execute_packed`` against a real Redis, error replies and the connection afterwards included)."""
+"""The hot path's encodings against the libraries they stand in for: WebSocket text frames (our FrameWriter
+against ``websockets``' own serialiser and parser), and the stream's many-XADD script call against a real
+Redis that lost its scripts."""
 
 from __future__ import annotations
 
@@ -12,14 +12,12 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
-from redis.exceptions import ResponseError
 from websockets.frames import Frame, Opcode
 from websockets.protocol import OPEN, Protocol
 from websockets.protocol import Side as WsSide
 
 from notiflow.gateway.transport import encode_text_frame
 from notiflow.models import Carried, StreamEntry
-from notiflow.streams.client import execute_packed, pack_command
 from notiflow.streams.work import WorkStream
 
 pytestmark = pytest.mark.timeout(60)
@@ -41,34 +39,6 @@ def test_a_burst_of_frames_parses_back_into_the_same_messages_in_order(texts: li
     frames = client.events_received()
     assert [(f.opcode, f.fin, bytes(f.data).decode()) for f in frames] == [(Opcode.TEXT, True, t) for t in texts]
     assert client.parser_exc is None
-
-
-@pytest.mark.parametrize("arg", ["", "plain", "with\r\nnewline", "ünïcode", "x" * 10_000])
-async def test_a_packed_command_is_read_by_redis_as_sent(stores: Any, arg: str) -> None:
-    r = aioredis.Redis.from_url(stores.redis_url, decode_responses=True)
-    try:
-        key = "test:packed:echo"
-        packed = pack_command("SET", key, arg) + pack_command("GET", key) + pack_command("DEL", key)
-        assert await execute_packed(r, packed, 3) == ["OK", arg, 1]  # raw replies: no redis-py callbacks
-    finally:
-        await r.aclose()
-
-
-async def test_an_error_reply_is_raised_and_the_connection_after_it_still_serves(stores: Any) -> None:
-    # One connection only: the one the failed pipeline used must come back clean (its unread replies dropped).
-    pool = aioredis.BlockingConnectionPool.from_url(
-        stores.redis_url, max_connections=1, decode_responses=True
-    )
-    r = aioredis.Redis.from_pool(pool)
-    try:
-        key = "test:packed:err"
-        packed = pack_command("SET", key, "v") + pack_command("INCR", key) + pack_command("GET", key)
-        with pytest.raises(ResponseError):
-            await execute_packed(r, packed, 3)
-        assert await execute_packed(r, pack_command("GET", key) + pack_command("DEL", key), 2) == ["v", 1]
-        assert await r.ping()
-    finally:
-        await r.aclose()
 
 
 async def test_many_xadds_in_one_script_call_survive_a_script_flush(stores: Any, settings: Any) -> None:

@@ -1,0 +1,7 @@
+"""``python -m bench`` from loadtests/: the same as ``python loadtests/bench.py``."""
+
+import sys
+
+from bench.cli import main
+
+sys.exit(main())
