@@ -9,12 +9,17 @@
   costs more than the whole burst is refused with 413 ``over_ingest_burst`` naming the limit, whether it is a
   batch of 1,000 notifications or one notification to 10,000 users; small requests pass; a notification to
   three users takes three tokens. Proven on a dedicated cluster with a burst of 3.
+- Idempotency keys belong to the producer (API key) that used them: when one producer's key ages out and is
+  forgotten, another producer's live key of the same name still answers its repeats. Proven on a dedicated cluster
+  with a 12 s ``IDEMPOTENCY_WINDOW_S``.
 
 The first check needs the suite's sink to hold the cluster's webhook secret (a cluster the suite started).
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -101,3 +106,57 @@ async def test_a_request_over_the_burst_is_refused_with_a_413_naming_the_limit(
     assert int(over.headers["retry-after"]) >= 1
     offline = await http.get(f"{url}/notifications/offline/{run_id}-d")
     assert offline.json()["notifications"] == [], "a refused notification was stored"
+
+
+# --- idempotency keys belong to their producer, on a dedicated cluster with a short key window -------------------
+
+#: The dedicated cluster's IDEMPOTENCY_WINDOW_S: short enough to watch a key age out, long enough that producer
+#: B's key, used half a window after A's, is still live when A's is forgotten.
+WINDOW_S = 12
+
+
+@pytest.fixture(scope="module")
+def two_producers(start_cluster: Callable[..., Target]) -> Iterator[tuple[Target, str, str]]:
+    a, b = (f"conf-producer-{secrets.token_urlsafe(24)}" for _ in range(2))
+    target = start_cluster(
+        "a short idempotency window and two producers' keys", gateways=1, stream_workers=1, retry_workers=1,
+        env={"NOTIFLOW_API_KEYS": f"{a},{b}", "NOTIFLOW_IDEMPOTENCY_WINDOW_S": str(WINDOW_S)},
+    )  # fmt: skip
+    yield target, a, b
+    target.stop()
+
+
+async def test_forgetting_one_producers_aged_key_keeps_another_producers_live_key(
+    two_producers: tuple[Target, str, str], http: httpx.AsyncClient, run_id: str
+) -> None:
+    """Producers A and B both use ``Idempotency-Key: order-42``, B half a window after A. Once A's key has aged
+    out, the reconciler forgets it (its ``keys_forgotten`` counter moves); B's, younger, must still answer B's
+    repeat with B's first response (I5). (The cleanup deleted every row with that key name, so B's repeat created
+    a second notification.) A does not repeat meanwhile: a repeat of an aged key renews it without the cleanup."""
+    target, key_a, key_b = two_producers
+    url = target.urls[0]
+    body = _one(f"{run_id}-order")
+
+    async def send(api_key: str) -> str:
+        resp = await http.post(f"{url}/notifications", json=body,
+                               headers={"Authorization": f"Bearer {api_key}", "Idempotency-Key": "order-42"})
+        assert resp.status_code == 202, resp.text
+        return str(resp.json()["id"])
+
+    async def forgotten() -> float:
+        metrics = await http.get(target.stack.metrics_urls["retry-worker-0"])
+        found = re.search(r'^notiflow_reconciler_repairs_total\{kind="keys_forgotten"\} (\S+)$', metrics.text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    first_a = await send(key_a)
+    await asyncio.sleep(WINDOW_S / 2)  # the condition is time itself: B's key is to be half a window younger
+    first_b = await send(key_b)
+    assert first_b != first_a, "two producers' keys collided"
+    assert await forgotten() == 0, "a key was forgotten before it aged"
+
+    async def a_forgotten() -> bool:
+        return await forgotten() >= 1
+
+    assert await until(a_forgotten, WINDOW_S * 2, interval_s=0.25), "A's aged key was never forgotten"
+    assert await send(key_b) == first_b, "B's live key was forgotten with A's: B's repeat created a second notification"
+    assert await send(key_a) != first_a, "A's forgotten key still answered A's first response"

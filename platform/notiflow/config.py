@@ -149,6 +149,11 @@ class Settings(BaseSettings):
         "gateways (a token bucket in Redis); a request costs one delivery per recipient, summed over its "
         "notifications. Over it, 429 rate_limited with Retry-After. Default 100000.",
     )
+    idempotency_window_s: int = Field(
+        86_400, ge=1, le=30 * 86_400, description="How long an Idempotency-Key holds, seconds: the same key (per "
+        "API key) within it answers the first response and creates nothing; older keys are forgotten by the "
+        "reconciler and may be used again. Default 86400 (24 h).",
+    )
     ingest_burst: int = Field(
         200_000, ge=1, description="Token bucket size of the ingest rate limit, deliveries: what one client may "
         "submit at once above its rate, and the most one request may cost (recipients summed over its "

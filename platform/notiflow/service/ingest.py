@@ -177,7 +177,7 @@ class IngestService:
         async with pg_errors("ingest"), self._pool.acquire() as conn, pg_write_errors("ingest"):
             if keyed:
                 async with conn.transaction():
-                    claim = await sql.claim_idempotency_keys(conn, keyed)
+                    claim = await sql.claim_idempotency_keys(conn, keyed, self._s.idempotency_window_s)
                     fresh = [i for i in items if self._is_fresh(i, primary, claim)]
                     await sql.insert_notifications(conn, fresh)
             else:

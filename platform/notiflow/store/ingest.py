@@ -20,7 +20,7 @@ ORDER BY scope, key
 ON CONFLICT (scope, key) DO UPDATE
     SET request_hash = EXCLUDED.request_hash, notification_id = EXCLUDED.notification_id,
         response = EXCLUDED.response, created_at = now()
-    WHERE k.created_at < now() - interval '24 hours'
+    WHERE k.created_at < now() - make_interval(secs => $6)
 RETURNING scope, key
 """
 
@@ -78,8 +78,8 @@ def accepted_body(item: NewNotification) -> dict[str, Any]:
     return {"id": str(item.id), "status": "accepted", "recipients": len(item.user_ids)}
 
 
-async def claim_idempotency_keys(conn: Any, items: list[NewNotification]) -> KeyClaim:
-    """Claim each item's key; a key held by a live (< 24 h) earlier request is not won."""
+async def claim_idempotency_keys(conn: Any, items: list[NewNotification], window_s: int) -> KeyClaim:
+    """Claim each item's key; a key held by a live (younger than ``window_s``) earlier request is not won."""
     keyed = [i for i in items if i.idempotency_key]
     if not keyed:
         return KeyClaim(set(), {})
@@ -90,6 +90,7 @@ async def claim_idempotency_keys(conn: Any, items: list[NewNotification]) -> Key
         [i.request_hash for i in keyed],
         [i.id for i in keyed],
         [orjson.dumps(accepted_body(i)).decode() for i in keyed],
+        float(window_s),
     )
     won = {(r["scope"], r["key"]) for r in rows}
     lost = [k for k in map(scoped_key, keyed) if k not in won]

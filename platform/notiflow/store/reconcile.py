@@ -164,7 +164,7 @@ FROM due WHERE d.notification_id = due.notification_id AND d.user_id = due.user_
 # Keys are unique per (scope, key): two producers may use the same key, and only the aged row goes.
 _FORGET_KEYS = """
 DELETE FROM idempotency_keys WHERE (scope, key) IN (
-    SELECT scope, key FROM idempotency_keys WHERE created_at < now() - interval '24 hours' LIMIT $1)
+    SELECT scope, key FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $2) LIMIT $1)
 """
 
 _ZERO_UUID = uuid.UUID(int=0)
@@ -270,8 +270,8 @@ async def expire_due(conn: Any, limit: int) -> int:
     return done
 
 
-async def forget_old_keys(conn: Any, limit: int) -> int:
-    return int(str(await conn.execute(_FORGET_KEYS, limit)).rsplit(" ", 1)[-1])
+async def forget_old_keys(conn: Any, limit: int, window_s: int) -> int:
+    return int(str(await conn.execute(_FORGET_KEYS, limit, float(window_s))).rsplit(" ", 1)[-1])
 
 
 def due_ms(when: datetime) -> int:
