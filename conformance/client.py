@@ -255,6 +255,10 @@ class Socket:
         self.user, self.history, self.conn, self.live, self.auto_ack = user, history, conn, live, auto_ack
         self.received: dict[str, dict[str, Any]] = {}
         self.confirmed: set[str] = set()  # ids of this socket's acks the gateway answered with ``acked``
+        # Each ack frame carries a ref (this socket's counter); the gateway answers with the ref alone, so the
+        # ids of each ref awaiting an answer are kept here.
+        self._refs: dict[int, list[str]] = {}
+        self._next_ref = 0
         self.cids: set[str] = set()
         self.frames = 0
         self.close_code: int | None = None
@@ -284,7 +288,10 @@ class Socket:
 
     async def ack(self, ids: list[str]) -> None:
         if ids:
-            await self.send({"type": "ack", "ids": ids})
+            ref = self._next_ref
+            self._next_ref += 1
+            self._refs[ref] = ids  # before sending: the answer may come before send() returns
+            await self.send({"type": "ack", "ids": ids, "ref": ref})
             self.history.observe(self.conn, "ws_ack", conn=self.conn, user_id=self.user, ids=ids)
 
     async def _read(self) -> None:
@@ -300,11 +307,11 @@ class Socket:
                     if self.auto_ack:
                         await self.ack([str(frame["id"])])
                 elif kind == "acked":
-                    ids = [str(i) for i in frame.get("ids") or []]
+                    ids = self._answered(frame)
                     self.confirmed.update(ids)
                     self.history.observe(self.conn, "ws_acked", conn=self.conn, user_id=self.user, ids=ids)
                 elif kind == "error" and frame.get("code") == "ack_failed":
-                    ids = [str(i) for i in frame.get("ids") or []]
+                    ids = self._answered(frame)
                     self.history.observe(self.conn, "ws_ack_failed", conn=self.conn, user_id=self.user, ids=ids)
                 self._changed.set()
         except ConnectionClosed:
@@ -315,6 +322,11 @@ class Socket:
                 self.closed_by, self.close_code = "server", rcvd
                 self.history.observe(self.conn, "ws_close", conn=self.conn, user_id=self.user, code=rcvd, by="server")
             self._changed.set()
+
+    def _answered(self, frame: dict[str, Any]) -> list[str]:
+        """The ids of the ack frame an ``acked``/``ack_failed`` answers (by its ref); none for a ref not sent."""
+        ref = frame.get("ref")
+        return self._refs.pop(ref, []) if isinstance(ref, int) else []
 
     def _on_notification(self, frame: dict[str, Any]) -> None:
         self.frames += 1

@@ -15,7 +15,8 @@ Operation functions (``f``) and their values:
 ``ws_recv``    ok ``{"conn", "user_id", "id", "seq", "cid", "event"}``
 ``ws_close``   ok ``{"conn", "user_id", "code", "by"}`` (``by``: ``client`` or ``server``)
 ``ws_ack``     ok ``{"conn", "user_id", "ids"}``: an ack frame was sent (maybe applied until confirmed)
-``ws_acked``   ok ``{"conn", "user_id", "ids"}``: the gateway confirmed an ack (``acked``): applied, for good
+``ws_acked``   ok ``{"conn", "user_id", "ids"}``: the gateway confirmed an ack (``acked`` with the frame's ref; the ids
+               are the client's, kept by ref): applied, for good
 ``ws_ack_failed`` ok ``{"conn", "user_id", "ids"}``: the gateway answered ``ack_failed``: maybe applied
 ``fetch``      invoke ``{"user_id", "after_seq", "limit"}``; ok ``{"items": [{"id", "seq", "cid"}], "next"}``
 ``sweep``      ok ``{"user_id", "items": [...], "complete"}``: a whole offline queue read page by page

@@ -1,7 +1,8 @@
 """What a socket ack promises (SPEC §3, issue 24 window 3), under PostgreSQL resets, socket closes and a SIGKILL.
 
-The gateway answers each ack frame with ``acked`` once its commit is durable, or ``ack_failed`` when the commit
-failed; a socket that closes first gets neither. A confirmed ack holds like an HTTP ack: its notifications are
+The gateway answers each ack frame that carries a ``ref`` (the conformance client sends one with every ack) with
+``{"type": "acked", "ref"}`` once its commit is durable, or ``ack_failed`` with the ref when the commit failed; a
+socket that closes first gets neither. A confirmed ack holds like an HTTP ack: its notifications are
 never listed again. An unconfirmed one may or may not have been applied. The history records every ack frame
 sent (``ws_ack``) and every confirmation (``ws_acked``), and the checker holds confirmed acks to the promise
 (``resurrected``) while unconfirmed ones may come back.

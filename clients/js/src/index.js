@@ -26,9 +26,10 @@ const UNAUTHORIZED = 4401;
 const MAX_ACK_IDS = 1000;
 const MAX_REFRESHES = 3;
 const PING = JSON.stringify({ type: "ping" });
-// A socket ack is confirmed by an "acked" frame once committed. Those sent this recently and not answered
-// when a socket dies are sent again (acks are idempotent), since the node may have died before it committed
-// them; the window bounds what is kept for a gateway that never confirms.
+// A socket ack frame carries a "ref" (a counter per socket) and is confirmed by {"type":"acked","ref"} once
+// committed. Those sent this recently and not answered when a socket dies are sent again (acks are
+// idempotent), since the node may have died before it committed them; the window bounds what is kept for a
+// gateway that never confirms.
 const ACK_RESEND_MS = 5000;
 
 /** An error of the client; `code` is the close code or HTTP status, `fatal` says the client gave up. */
@@ -41,10 +42,13 @@ export class NotiflowError extends Error {
   }
 }
 
-/** The gateway answered the ack frame of `ids` (one answer per frame): no resend if the socket dies. */
-function answered(link, ids) {
-  const k = link.sentAcks.findIndex(([, sent]) => sent.length === ids.length && sent.every((id, i) => id === ids[i]));
-  if (k >= 0) link.sentAcks.splice(k, 1);
+/** The gateway answered the ack frame `ref` (acked or ack_failed): no resend if the socket dies. Its ids
+ * (none for a ref that is not one of this socket's acks awaiting an answer). */
+function answered(link, ref) {
+  const entry = link.sentAcks.get(ref);
+  if (entry === undefined) return [];
+  link.sentAcks.delete(ref);
+  return entry[1];
 }
 
 /** Full jitter: uniform(0, min(cap, base * 2**attempt)) milliseconds (notiflow.backoff). */
@@ -337,7 +341,9 @@ export class NotiflowClient {
       const ws = headers ? new WS(wsUrl, opts) : new WS(wsUrl);
       this._socket = ws;
       const link = {
-        ws, url, held: [], heldOverflow: false, live: false, ready: false, lastFrameAt: Date.now(), sentAcks: [],
+        ws, url, held: [], heldOverflow: false, live: false, ready: false, lastFrameAt: Date.now(),
+        sentAcks: new Map(), // ref -> [sent at, ids], oldest first: ack frames not answered yet
+        nextRef: 0,
       };
       let result = {};
       const timers = [];
@@ -348,8 +354,8 @@ export class NotiflowClient {
         const wasLive = link.live;
         link.live = false;
         if (this._link === link) this._link = null;
-        for (const [, ids] of link.sentAcks) for (const id of ids) this._ack(id);
-        link.sentAcks = [];
+        for (const [, ids] of link.sentAcks.values()) for (const id of ids) this._ack(id);
+        link.sentAcks.clear();
         if (wasLive) this._emitEvent("disconnected", { url, code, reason });
         resolve({ ...result, code, reason, stable: wasLive });
       };
@@ -377,10 +383,9 @@ export class NotiflowClient {
             ws.close(1000);
           });
         } else if (frame.type === "acked") {
-          answered(link, frame.ids ?? []);
+          answered(link, frame.ref);
         } else if (frame.type === "error" && frame.code === "ack_failed") {
-          answered(link, frame.ids ?? []); // queued again here, not resent twice
-          for (const id of frame.ids ?? []) this._ack(id);
+          for (const id of answered(link, frame.ref)) this._ack(id); // queued again here, not resent twice
         }
       };
       ws.onerror = () => {}; // a close event follows
@@ -513,10 +518,14 @@ export class NotiflowClient {
       if (link?.live && link.ws.readyState === 1) {
         while (this._acks.length) {
           const ids = this._acks.splice(0, MAX_ACK_IDS);
-          link.ws.send(JSON.stringify({ type: "ack", ids }));
+          const ref = link.nextRef++;
+          link.ws.send(JSON.stringify({ type: "ack", ids, ref }));
           const now = Date.now();
-          link.sentAcks.push([now, ids]);
-          while (link.sentAcks[0][0] < now - ACK_RESEND_MS) link.sentAcks.shift();
+          link.sentAcks.set(ref, [now, ids]);
+          for (const [old, [sentAt]] of link.sentAcks) {
+            if (old === ref || sentAt >= now - ACK_RESEND_MS) break;
+            link.sentAcks.delete(old);
+          }
         }
       } else {
         await this._flushHttp();

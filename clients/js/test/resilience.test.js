@@ -146,6 +146,35 @@ test("the browser's online event ends the reconnect backoff at once; stop remove
   assert.ok(!listening.has("online"), "stop removed the online listener");
 });
 
+test("each ack frame carries its own ref; a dead socket's unanswered acks are queued again, answered ones not", { timeout: 10000 }, async () => {
+  const { FakeSocket, sockets } = fakeSocketClass((ws) => {
+    ws.onPing = () => ws.message(JSON.stringify({ type: "pong" }));
+    ws.open();
+  });
+  const fetch = async (url, init) => new Response(init.method === "GET" ? EMPTY_QUEUE : '{"acknowledged":1}', { status: 200 });
+  // Acks are gathered for an hour: only the explicit flushes below send them.
+  const c = new NotiflowClient({ urls: ["http://127.0.0.1:9"], userId: "u", WebSocket: FakeSocket, fetch, ackIntervalMs: 3600e3 });
+  await c.start();
+  const [ws] = sockets;
+  for (const id of ["a", "b", "c"]) {
+    c._ack(id);
+    clearTimeout(c._ackTimer); // flushed here instead (an hour's timer would hold the test process)
+    await c._flushAcks();
+  }
+  const acks = ws.sent.map((raw) => JSON.parse(raw)).filter((f) => f.type === "ack");
+  assert.deepEqual(acks, [{ type: "ack", ids: ["a"], ref: 0 }, { type: "ack", ids: ["b"], ref: 1 }, { type: "ack", ids: ["c"], ref: 2 }]);
+  ws.message(JSON.stringify({ type: "acked", ref: 0 }));
+  ws.message(JSON.stringify({ type: "error", code: "ack_failed", message: "m", ref: 1 }));
+  ws.message(JSON.stringify({ type: "acked", ref: 99 })); // not one of ours: changes nothing
+  assert.deepEqual(c._acks, ["b"], "a failed ack is queued again");
+  ws.close(1012);
+  await waitFor(() => c._acks.length === 2, { message: "the unanswered ack queued again" });
+  assert.deepEqual(c._acks, ["b", "c"], "the confirmed ack is not sent again");
+  assert.deepEqual(ws.thrown, []);
+  clearTimeout(c._ackTimer);
+  await c.stop();
+});
+
 /** The tracker as it was, with array searches: the reference its answers must match. */
 class ArrayTracker {
   constructor(afterSeq, window) {

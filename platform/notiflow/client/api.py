@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from typing import Any
 from urllib.parse import quote
 
@@ -14,9 +13,10 @@ from websockets.asyncio.client import ClientConnection
 from notiflow.client.auth import Auth
 from notiflow.client.types import AuthFailed, ClientGaveUp, Notification, Unavailable
 
-# A socket ack is confirmed by an ``acked`` frame once committed (SPEC §3). Those sent this recently and not
-# confirmed when a socket dies are sent again (acks are idempotent), since the node may have died before it
-# committed them; the window bounds what is kept for a gateway that never confirms.
+# A socket ack frame carries a ``ref`` (a counter per socket) and is confirmed by ``{"type": "acked", "ref"}``
+# once committed (SPEC §3). Those sent this recently and not answered when a socket dies are sent again (acks
+# are idempotent), since the node may have died before it committed them; the window bounds what is kept for
+# a gateway that never answers.
 ACK_RESEND_S = 5.0
 
 
@@ -29,21 +29,33 @@ class Link:
         self.held: list[Notification] | None = []  # None: live mode, frames go straight to the consumer
         self.held_overflow = False
         self.pong = asyncio.Event()
-        self.sent_acks: deque[tuple[float, list[str]]] = deque()
+        #: Ack frames not answered yet, by ref, oldest first: (sent at, ids).
+        self.sent_acks: dict[int, tuple[float, list[str]]] = {}
+        self._next_ref = 0
 
-    def sent(self, ids: list[str]) -> None:
+    def sent(self, ids: list[str]) -> int:
+        """Registers an ack frame of ``ids`` about to be sent (before, so its answer always finds it); the
+        frame's ``ref``."""
         now = time.monotonic()
-        self.sent_acks.append((now, ids))
-        while self.sent_acks[0][0] < now - ACK_RESEND_S:
-            self.sent_acks.popleft()
+        ref = self._next_ref
+        self._next_ref += 1
+        acks = self.sent_acks
+        acks[ref] = (now, ids)
+        while (oldest := next(iter(acks))) != ref and acks[oldest][0] < now - ACK_RESEND_S:
+            del acks[oldest]
+        return ref
 
-    def confirmed(self, ids: list[str]) -> None:
-        """The gateway answered the ack frame of ``ids`` (``acked`` or ``ack_failed``, one per frame, in the
-        order they were sent): it needs no resend if the socket dies."""
-        for k, (_, sent) in enumerate(self.sent_acks):
-            if sent == ids:
-                del self.sent_acks[k]
-                return
+    def confirmed(self, ref: Any) -> list[str]:
+        """The gateway answered the ack frame ``ref`` (``acked`` or ``ack_failed``): it needs no resend if the
+        socket dies. Its ids (none when the ref is not one of this socket's acks awaiting an answer)."""
+        entry = self.sent_acks.pop(ref, None) if isinstance(ref, int) else None
+        return entry[1] if entry is not None else []
+
+    def unanswered(self) -> list[str]:
+        """The ids of every ack frame not answered yet, oldest first; forgets them."""
+        ids = [nid for _, sent in self.sent_acks.values() for nid in sent]
+        self.sent_acks.clear()
+        return ids
 
 
 class Api:

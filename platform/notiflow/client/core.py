@@ -231,9 +231,7 @@ class NotiflowClient:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                     await reader
-                for _sent_at, ids in link.sent_acks:
-                    self._acks.extend(ids)
-                link.sent_acks.clear()
+                self._acks.extend(link.unanswered())
 
     @staticmethod
     async def _until(waiting: Any, reader: asyncio.Task[None], *, timeout_s: float) -> None:
@@ -262,10 +260,9 @@ class NotiflowClient:
             elif kind == "pong":
                 link.pong.set()
             elif kind == "acked":
-                link.confirmed(frame.get("ids") or [])
+                link.confirmed(frame.get("ref"))
             elif kind == "error" and frame.get("code") == "ack_failed":
-                link.confirmed(frame.get("ids") or [])  # answered: queued again below, not resent twice
-                for nid in frame.get("ids") or []:
+                for nid in link.confirmed(frame.get("ref")):  # answered: queued again here, not resent twice
                     self._ack(nid)
             elif kind == "error":
                 log.warning("gateway reported a bad frame", extra={"message": frame.get("message")})
@@ -322,12 +319,13 @@ class NotiflowClient:
                 if link is not None:
                     while self._acks:
                         batch, self._acks = self._acks[:MAX_ACK_IDS], self._acks[MAX_ACK_IDS:]
+                        ref = link.sent(batch)
                         try:
-                            await link.ws.send(orjson.dumps({"type": "ack", "ids": batch}).decode())
+                            await link.ws.send(orjson.dumps({"type": "ack", "ids": batch, "ref": ref}).decode())
                         except ConnectionClosed:
+                            link.confirmed(ref)  # never sent: queued again here, not with the unanswered
                             self._acks[:0] = batch
                             raise
-                        link.sent(batch)
                 else:
                     await self._flush_http()
             except (ConnectionClosed, Unavailable, AuthFailed) as exc:

@@ -1,18 +1,23 @@
 """The WebSocket protocol: frames and close codes, documented in this one place.
 
 Server to client: ``{"type": "notification", "id", "seq", "event", "payload", "created_at"}``,
-``{"type": "pong"}``, ``{"type": "acked", "ids": [...]}`` once an ack frame's commit is durable, and
-``{"type": "error", "code", "message"}`` (the socket stays open): ``bad_frame`` for a frame that does not follow
-this protocol (a binary frame, bad JSON, an ack naming more than ``WS_MAX_ACK_IDS`` ids), ``ack_failed`` (with
-``ids``) when an acknowledgement's commit failed.
-Client to server: text frames only, ``{"type": "ack", "ids": [...]}``, ``{"type": "ping"}``.
+``{"type": "pong"}``, ``{"type": "acked", "ref"}`` once the commit of an ack frame that carried ``ref`` is
+durable, and ``{"type": "error", "code", "message"}`` (the socket stays open): ``bad_frame`` for a frame that
+does not follow this protocol (a binary frame, bad JSON, an ack naming more than ``WS_MAX_ACK_IDS`` ids or with
+a bad ``ref``), ``ack_failed`` (with the frame's ``ref``) when the commit of an ack frame that carried ``ref``
+failed.
+Client to server: text frames only, ``{"type": "ack", "ids": [...]}`` or ``{"type": "ack", "ids": [...],
+"ref": n}``, ``{"type": "ping"}``. ``ref`` is the client's own number for the frame: an integer from 0 to
+2**53 - 1 (exact in every JSON reader); any other value is a ``bad_frame`` and the frame is not applied.
 
-What a socket ack promises: each ack frame (its valid ids) is answered by exactly one of ``acked`` or
-``ack_failed``, unless the socket closes first. After ``acked`` those ids are acknowledged exactly as by
-``POST /notifications/offline/{user_id}/ack``: they are ``delivered``, never listed in the offline queue and
-never pushed again as open. An ack without ``acked`` (``ack_failed``, or the socket closed or the node died
-first) may or may not have been applied: those notifications may come back, and the client sends the ack again
-(acks are idempotent; unknown ids and other users' ids change nothing and are confirmed all the same).
+What a socket ack promises: an ack frame with ``ref`` is answered by exactly one of ``acked`` or
+``ack_failed`` carrying that ``ref`` (ids are not echoed), unless the socket closes first. After ``acked``
+those ids are acknowledged exactly as by ``POST /notifications/offline/{user_id}/ack``: they are
+``delivered``, never listed in the offline queue and never pushed again as open. An ack frame without ``ref``
+is applied all the same but never answered. An ack without ``acked`` (no ``ref``, ``ack_failed``, or the
+socket closed or the node died first) may or may not have been applied: those notifications may come back,
+and the client sends the ack again (acks are idempotent; unknown ids and other users' ids change nothing and
+are confirmed all the same).
 
 The handshake is refused (HTTP 403, no socket) when it carries an ``Origin`` header that is not in
 ``ALLOWED_ORIGINS``: browsers always send one, so only pages of allowed origins can open sockets. A
@@ -62,14 +67,18 @@ RECONNECT: dict[CloseCode, bool] = {
 PONG = '{"type":"pong"}'
 #: Ids one ack frame may name by default (the setting WS_MAX_ACK_IDS); clients send at most this many.
 MAX_ACK_IDS = 1000
+#: An ack frame's ``ref`` is below this: integers up to 2**53 - 1 are exact in every JSON reader.
+MAX_REF = 2**53
 
 
 @dataclass(slots=True, frozen=True)
 class ClientFrame:
-    """A parsed client frame: ``kind`` is "ack" or "ping"; ``ids`` for acks."""
+    """A parsed client frame: ``kind`` is "ack" or "ping"; ``ids`` for acks, ``ref`` when the ack asks for
+    an answer (None: it is applied unanswered)."""
 
     kind: str
     ids: tuple[str, ...] = ()
+    ref: int | None = None
 
 
 class FrameError(ValueError):

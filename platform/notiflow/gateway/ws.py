@@ -20,7 +20,15 @@ from notiflow.errors import StoreUnavailable
 from notiflow.gateway.auth import authorize_socket
 from notiflow.gateway.deps import services
 from notiflow.gateway.hub import Connection
-from notiflow.gateway.protocol import MAX_ACK_IDS, PONG, ClientFrame, CloseCode, FrameError, origin_allowed
+from notiflow.gateway.protocol import (
+    MAX_ACK_IDS,
+    MAX_REF,
+    PONG,
+    ClientFrame,
+    CloseCode,
+    FrameError,
+    origin_allowed,
+)
 from notiflow.gateway.serving import frame_writer
 from notiflow.models import user_id_problem
 
@@ -34,6 +42,9 @@ def _spawn(coro: Coroutine[Any, Any, None]) -> None:
     task = asyncio.create_task(coro)
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+_NO_REF = object()
 
 
 def parse_client_frame(text: str, max_ack_ids: int = MAX_ACK_IDS) -> ClientFrame:
@@ -50,7 +61,13 @@ def parse_client_frame(text: str, max_ack_ids: int = MAX_ACK_IDS) -> ClientFrame
         ids = msg.get("ids")
         if not isinstance(ids, list) or len(ids) > max_ack_ids or not all(isinstance(i, str) for i in ids):
             raise FrameError(f"ack needs 'ids': a list of at most {max_ack_ids} strings")
-        return ClientFrame("ack", tuple(ids))
+        ref = msg.get("ref", _NO_REF)
+        if ref is _NO_REF:
+            return ClientFrame("ack", tuple(ids))  # the common shape: applied, never answered
+        # type(): a bool is an int to isinstance, and true is no ref.
+        if type(ref) is not int or not 0 <= ref < MAX_REF:
+            raise FrameError(f"ack 'ref' must be an integer from 0 to {MAX_REF - 1}")
+        return ClientFrame("ack", tuple(ids), ref)
     raise FrameError("type must be 'ack' or 'ping'")
 
 
@@ -193,26 +210,30 @@ class _Reader:
         except Exception as exc:  # noqa: BLE001 - the group commit is shutting down: answered as a failed ack
             pending = asyncio.get_running_loop().create_future()
             pending.set_exception(exc)
-        pending.add_done_callback(lambda done: self._settled(done, ids))
+        ref = frame.ref
+        pending.add_done_callback(lambda done: self._settled(done, len(ids), ref))
 
-    def _settled(self, done: asyncio.Future[Any], ids: list[str]) -> None:
-        """Answer an ack frame once its commit is settled (SPEC §3): ``acked`` after the commit, so the client
-        knows those notifications will never be listed or pushed as open again; ``ack_failed`` when the commit
-        failed. Neither reaches a socket that is closing: the ack is then unconfirmed, it may or may not have
-        been applied, and the client sends it again (acks are idempotent)."""
+    def _settled(self, done: asyncio.Future[Any], count: int, ref: int | None) -> None:
+        """Settle an ack frame's commit (SPEC §3). A frame that carried ``ref`` is answered: ``acked`` after the
+        commit, so the client knows those notifications will never be listed or pushed as open again;
+        ``ack_failed`` when the commit failed. A frame without ``ref`` is not answered. No answer reaches a
+        socket that is closing: the ack is then unconfirmed, it may or may not have been applied, and the
+        client sends it again (acks are idempotent)."""
         conn = self._conn
-        conn.acks_in_flight -= len(ids)
+        conn.acks_in_flight -= count
         error = "cancelled" if done.cancelled() else done.exception()
         if error is None:
-            conn.push(orjson.dumps({"type": "acked", "ids": ids}).decode())
+            if ref is not None:
+                conn.push(f'{{"type":"acked","ref":{ref}}}')
             return
         log.warning("socket ack failed", extra={"user_id": conn.user_id, "error": str(error)})
-        # Nothing is lost (the notifications stay in the offline queue), but the client must know
-        # that its ack did not take, or it would believe them delivered.
-        conn.push(orjson.dumps({
-            "type": "error", "code": "ack_failed", "message": "acknowledgement not confirmed; send it again",
-            "ids": ids,
-        }).decode())
+        if ref is not None:
+            # Nothing is lost (the notifications stay in the offline queue), but the client must know
+            # that its ack did not take, or it would believe them delivered.
+            conn.push(orjson.dumps({
+                "type": "error", "code": "ack_failed", "message": "acknowledgement not confirmed; send it again",
+                "ref": ref,
+            }).decode())
 
 
 async def _receive(ws: WebSocket, conn: Connection, reader: _Reader) -> None:

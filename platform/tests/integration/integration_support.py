@@ -248,8 +248,12 @@ class Socket:
                 await self.recv(period_s)
         return self.frames[before:]
 
-    async def ack(self, ids: Iterable[str]) -> None:
-        await self.conn.send(orjson.dumps({"type": "ack", "ids": list(ids)}).decode())
+    async def ack(self, ids: Iterable[str], ref: object = None) -> None:
+        """An ack frame; with ``ref`` (anything but None, bad values included) it asks for an answer."""
+        frame: dict[str, object] = {"type": "ack", "ids": list(ids)}
+        if ref is not None:
+            frame["ref"] = ref
+        await self.conn.send(orjson.dumps(frame).decode())
 
     async def close_code(self, timeout_s: float = 10.0) -> int | None:
         """Read until the server closes the socket; the close code it sent."""

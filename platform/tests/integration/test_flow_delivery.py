@@ -9,6 +9,7 @@ import uuid
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 from helpers import wait_for
 from integration_support import (
@@ -175,6 +176,67 @@ async def test_a_socket_ack_names_bad_ids_as_bad_frames_and_still_applies_the_go
 
     await wait_for(both_acknowledged, timeout_s=5)
     assert {await status_of(db, n, gus) for n in (upper, plain)} == {"delivered"}
+
+
+async def test_an_ack_frame_with_a_ref_is_answered_acked_with_that_ref_once_its_commit_is_durable(
+    gateways: Gateways, workers: Workers, socket: SocketFactory, http: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    gw = await gateways.start()
+    await workers.stream()
+    [hal] = users(1)
+    sock = await socket(gw, hal)
+    nid = await notify(http, gw.url, [hal])
+    await sock.wait_ids([nid])
+    await sock.ack([nid], ref=2**53 - 1)
+    answer = await sock.recv()
+    # The ref alone: no ids echoed. And the commit is durable before the answer leaves.
+    assert answer == {"type": "acked", "ref": 2**53 - 1}, answer
+    assert await status_of(db, nid, hal) == "delivered"
+    assert await offline_ids(http, gw.url, hal) == []
+    await sock.ack([str(uuid.uuid4())], ref=0)  # unknown ids are confirmed all the same
+    assert await sock.recv() == {"type": "acked", "ref": 0}
+
+
+async def test_an_ack_frame_without_a_ref_is_applied_and_never_answered(
+    gateways: Gateways, workers: Workers, socket: SocketFactory, http: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    gw = await gateways.start()
+    await workers.stream()
+    [ivy] = users(1)
+    sock = await socket(gw, ivy)
+    nid = await notify(http, gw.url, [ivy])
+    await sock.wait_ids([nid])
+    await sock.ack([nid])
+
+    async def acknowledged() -> bool:
+        return await status_of(db, nid, ivy) == "delivered"
+
+    await wait_for(acknowledged, timeout_s=5)
+    # Committed, so any answer would have been queued before the pong: the next frame is the pong.
+    await sock.conn.send('{"type":"ping"}')
+    assert await sock.recv() == {"type": "pong"}
+
+
+@pytest.mark.parametrize("ref", [-1, 2**53, "7", 1.5, True, None, [1]], ids=repr)
+async def test_an_ack_frame_with_a_bad_ref_is_a_bad_frame_and_applies_nothing(
+    gateways: Gateways, workers: Workers, socket: SocketFactory, http: httpx.AsyncClient, db: asyncpg.Pool,
+    ref: object,
+) -> None:
+    gw = await gateways.start()
+    await workers.stream()
+    [jan] = users(1)
+    sock = await socket(gw, jan)
+    bad, good = await notify(http, gw.url, [jan]), await notify(http, gw.url, [jan])
+    await sock.wait_ids([bad, good])
+    frame: dict[str, object] = {"type": "ack", "ids": [bad], "ref": ref}  # None: "ref": null
+    await sock.conn.send(orjson.dumps(frame).decode())
+    error = await sock.recv()
+    assert (error["type"], error["code"]) == ("error", "bad_frame") and "ref" in error["message"], error
+    # Acks commit in order: once a later one is confirmed, the bad frame would have landed too.
+    await sock.ack([good], ref=1)
+    assert await sock.recv() == {"type": "acked", "ref": 1}
+    assert await status_of(db, bad, jan) != "delivered"
+    assert await offline_ids(http, gw.url, jan) == [bad]
 
 
 async def test_ack_of_foreign_or_unknown_ids_changes_nothing(
