@@ -20,6 +20,8 @@ from integration_support import Gateway, Gateways, Socket, SocketFactory, Worker
 from websockets.asyncio.client import connect
 
 from notiflow.config import Settings
+from notiflow.service.auth import KeyService
+from notiflow.store.pool import connect_pool
 
 #: Every value of NOTIFLOW_SERVER (gateway/serving.py): the WebSocket tests run on each.
 SERVERS = ("uvicorn-fast", "uvicorn")
@@ -114,3 +116,13 @@ async def socket() -> AsyncIterator[SocketFactory]:
     for sock in opened:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(sock.close(), timeout=5)
+
+
+@pytest_asyncio.fixture
+async def keys(settings: Settings) -> AsyncIterator[KeyService]:
+    """API keys stored on the test's database (KeyService over a pool of its own)."""
+    pool = await connect_pool(settings.database_url_required, max_size=2)
+    try:
+        yield KeyService(pool)
+    finally:
+        await pool.close()

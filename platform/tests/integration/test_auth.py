@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -18,7 +17,6 @@ import httpx
 import jwt
 import orjson
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 from helpers import wait_for
 from integration_support import Gateways, Socket, SocketFactory, Workers, table_counts, users
@@ -38,15 +36,6 @@ pytestmark = pytest.mark.timeout(90)
 SECRET = "integration-secret-of-at-least-32-bytes!"
 BOOTSTRAP = "bootstrap-admin-key"
 _BODY = {"event": "auth.test", "payload": {"n": 1}}
-
-
-@pytest_asyncio.fixture
-async def keys(settings: Settings) -> AsyncIterator[KeyService]:
-    pool = await connect_pool(settings.database_url_required, max_size=2)
-    try:
-        yield KeyService(pool)
-    finally:
-        await pool.close()
 
 
 async def new_key(keys: KeyService, *scopes: Scope) -> str:

@@ -5,12 +5,10 @@ so the cleanup forgets one producer's aged key, never another producer's fresh k
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 from integration_support import Gateways, table_counts, users
 from pydantic import SecretStr
@@ -19,19 +17,9 @@ from notiflow.config import Settings
 from notiflow.credentials import Scope
 from notiflow.service.auth import KeyService
 from notiflow.service.reconciler import Reconciler
-from notiflow.store.pool import connect_pool
 from notiflow.streams.work import WorkStream
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest_asyncio.fixture
-async def keys(settings: Settings) -> AsyncIterator[KeyService]:
-    pool = await connect_pool(settings.database_url_required, max_size=2)
-    try:
-        yield KeyService(pool)
-    finally:
-        await pool.close()
 
 
 async def test_forgetting_one_producers_aged_key_keeps_another_producers_fresh_key_of_the_same_name(
