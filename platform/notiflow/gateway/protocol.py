@@ -4,8 +4,8 @@ Server to client: ``{"type": "notification", "id", "seq", "event", "payload", "c
 ``{"type": "pong"}``, ``{"type": "acked", "ref"}`` once the commit of an ack frame that carried ``ref`` is
 durable, and ``{"type": "error", "code", "message"}`` (the socket stays open): ``bad_frame`` for a frame that
 does not follow this protocol (a binary frame, bad JSON, an ack naming more than ``WS_MAX_ACK_IDS`` ids or with
-a bad ``ref``), ``ack_failed`` (with the frame's ``ref``) when the commit of an ack frame that carried ``ref``
-failed.
+a bad ``ref``), ``ack_failed`` when the commit of an ack frame failed (with the frame's ``ref``, or with its
+``ids`` when it carried no ``ref``).
 Client to server: text frames only, ``{"type": "ack", "ids": [...]}`` or ``{"type": "ack", "ids": [...],
 "ref": n}``, ``{"type": "ping"}``. ``ref`` is the client's own number for the frame: an integer from 0 to
 2**53 - 1 (exact in every JSON reader); any other value is a ``bad_frame`` and the frame is not applied.
@@ -14,7 +14,7 @@ What a socket ack promises: an ack frame with ``ref`` is answered by exactly one
 ``ack_failed`` carrying that ``ref`` (ids are not echoed), unless the socket closes first. After ``acked``
 those ids are acknowledged exactly as by ``POST /notifications/offline/{user_id}/ack``: they are
 ``delivered``, never listed in the offline queue and never pushed again as open. An ack frame without ``ref``
-is applied all the same but never answered. An ack without ``acked`` (no ``ref``, ``ack_failed``, or the
+is applied all the same and never confirmed (a failed commit is reported with its ids). An ack without ``acked`` (no ``ref``, ``ack_failed``, or the
 socket closed or the node died first) may or may not have been applied: those notifications may come back,
 and the client sends the ack again (acks are idempotent; unknown ids and other users' ids change nothing and
 are confirmed all the same).

@@ -211,29 +211,29 @@ class _Reader:
             pending = asyncio.get_running_loop().create_future()
             pending.set_exception(exc)
         ref = frame.ref
-        pending.add_done_callback(lambda done: self._settled(done, len(ids), ref))
+        pending.add_done_callback(lambda done: self._settled(done, ids, ref))
 
-    def _settled(self, done: asyncio.Future[Any], count: int, ref: int | None) -> None:
+    def _settled(self, done: asyncio.Future[Any], ids: list[str], ref: int | None) -> None:
         """Settle an ack frame's commit (SPEC §3). A frame that carried ``ref`` is answered: ``acked`` after the
         commit, so the client knows those notifications will never be listed or pushed as open again;
-        ``ack_failed`` when the commit failed. A frame without ``ref`` is not answered. No answer reaches a
-        socket that is closing: the ack is then unconfirmed, it may or may not have been applied, and the
+        ``ack_failed`` with the ref when the commit failed. A frame without ``ref`` is answered only when its
+        commit failed, with ``ack_failed`` naming its ids (what clients before refs rely on). No answer reaches
+        a socket that is closing: the ack is then unconfirmed, it may or may not have been applied, and the
         client sends it again (acks are idempotent)."""
         conn = self._conn
-        conn.acks_in_flight -= count
+        conn.acks_in_flight -= len(ids)
         error = "cancelled" if done.cancelled() else done.exception()
         if error is None:
             if ref is not None:
                 conn.push(f'{{"type":"acked","ref":{ref}}}')
             return
         log.warning("socket ack failed", extra={"user_id": conn.user_id, "error": str(error)})
-        if ref is not None:
-            # Nothing is lost (the notifications stay in the offline queue), but the client must know
-            # that its ack did not take, or it would believe them delivered.
-            conn.push(orjson.dumps({
-                "type": "error", "code": "ack_failed", "message": "acknowledgement not confirmed; send it again",
-                "ref": ref,
-            }).decode())
+        # Nothing is lost (the notifications stay in the offline queue), but the client must know that its ack
+        # may not have taken, or it would believe them delivered.
+        which: dict[str, Any] = {"ref": ref} if ref is not None else {"ids": ids}
+        conn.push(orjson.dumps({
+            "type": "error", "code": "ack_failed", "message": "acknowledgement not confirmed; send it again", **which,
+        }).decode())
 
 
 async def _receive(ws: WebSocket, conn: Connection, reader: _Reader) -> None:
