@@ -14,7 +14,8 @@ What a socket ack promises: an ack frame with ``ref`` is answered by exactly one
 ``ack_failed`` carrying that ``ref`` (ids are not echoed), unless the socket closes first. After ``acked``
 those ids are acknowledged exactly as by ``POST /notifications/offline/{user_id}/ack``: they are
 ``delivered``, never listed in the offline queue and never pushed again as open. An ack frame without ``ref``
-is applied all the same and never confirmed (a failed commit is reported with its ids). An ack without ``acked`` (no ``ref``, ``ack_failed``, or the
+is applied all the same and never confirmed (a failed commit is reported with its ids). An ack without
+``acked`` (no ``ref``, ``ack_failed``, or the
 socket closed or the node died first) may or may not have been applied: those notifications may come back,
 and the client sends the ack again (acks are idempotent; unknown ids and other users' ids change nothing and
 are confirmed all the same).
