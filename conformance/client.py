@@ -165,6 +165,21 @@ class Api:
         )
         return items, data["next_after_seq"]
 
+    async def presence(self, user: str) -> dict[str, Any]:
+        """GET /presence/{user}, recorded; raises on a non-200 answer."""
+        inv = self.history.invoke(self.process, "presence", user_id=user)
+        try:
+            resp = await self.http.get(f"{self.base_url}/presence/{user}")
+        except httpx.HTTPError as exc:
+            inv.info(error=f"{type(exc).__name__}: {exc}")
+            raise
+        if resp.status_code != 200:
+            inv.fail(status=resp.status_code, error=resp.text[:200])
+            raise AssertionError(f"GET presence/{user} answered {resp.status_code}: {resp.text[:300]}")
+        data: dict[str, Any] = resp.json()
+        inv.ok(**data)
+        return data
+
     async def sweep(self, user: str, *, limit: int = 500, max_pages: int = 1000) -> list[dict[str, Any]]:
         """The whole offline queue of ``user``, page by page, recorded as one ``sweep`` (bounded in pages)."""
         started = self.history.now_ns()

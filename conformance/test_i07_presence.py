@@ -1,5 +1,6 @@
 """I7 presence: after a gateway node dies (SIGKILL), its users count as offline within PRESENCE_TTL, and what
-is sent to them goes to the offline queue; a user with a device on a surviving node stays online.
+is sent to them goes to the offline queue; a user with a device on a surviving node stays online. GET
+/presence/{user} follows the same bound: the dead node's sockets stop counting within PRESENCE_TTL.
 
 Runs on a dedicated cluster (two gateways, PRESENCE_TTL_S=3) because it kills one of its nodes."""
 
@@ -52,6 +53,19 @@ async def test_users_of_a_killed_node_go_offline_within_the_ttl(
         target.stop()
 
 
+async def _presence_follows_the_ttl(api: Api, victim: str, multi: str, killed_at: float) -> None:
+    """GET /presence drops the dead node's sockets within the TTL (and not much before it: the bound is
+    the node key's expiry, so an answer right after the kill may still count them)."""
+
+    async def victim_offline() -> bool:
+        return (await api.presence(victim)) == {"online": False, "sockets": 0}
+
+    assert await until(victim_offline, TTL_S + SLACK_S, 0.1), "presence still counts the dead node's socket"
+    gone_after = time.monotonic() - killed_at
+    assert gone_after <= TTL_S + SLACK_S, f"presence dropped the dead node only after {gone_after:.1f}s"
+    assert await api.presence(multi) == {"online": True, "sockets": 1}, "the surviving node's socket stopped counting"
+
+
 async def _scenario(target: Target, http: httpx.AsyncClient, history: History, run_id: str) -> None:
     assert target.stack is not None
     survivor_url, victim_url = target.urls
@@ -68,8 +82,13 @@ async def _scenario(target: Target, http: httpx.AsyncClient, history: History, r
     warm = await api.ingest(everyone, event="presence.warm")
     assert all(await bounded(16, [s.wait_for_cids({warm.cid}, 10) for s in doomed + staying])), "warm-up lost"
 
+    assert await api.presence(victims[0]) == {"online": True, "sockets": 1}
+    assert await api.presence(multi) == {"online": True, "sockets": 2}
+    assert await api.presence(f"{run_id}-nobody") == {"online": False, "sockets": 0}
+
     target.stack.kill("gateway-1")
     killed_at = time.monotonic()
+    await _presence_follows_the_ttl(api, victims[0], multi, killed_at)
     assert await until(lambda: all(s.closed_by == "server" for s in doomed), 10), "sockets of the dead node stay open"
 
     # Probe one victim until a new notification for it settles as offline: that is when presence expired.

@@ -29,7 +29,7 @@ from notiflow.errors import (
     StoreUnavailable,
     Unauthorized,
 )
-from notiflow.gateway import dashboard, http, keys, openapi, responses, ws
+from notiflow.gateway import dashboard, http, keys, openapi, presence, responses, ws
 from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
@@ -183,6 +183,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(http.router)
     app.include_router(dashboard.router)
     app.include_router(keys.router)
+    app.include_router(presence.router)
     app.add_middleware(Guard, settings=settings)
 
     @app.exception_handler(ApiError)

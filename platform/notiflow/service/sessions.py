@@ -76,6 +76,11 @@ class SessionService:
         """Count a new socket of ``user_id``; returns how many the user now holds across live nodes."""
         return await self._presence.connect(self.node_id, user_id)
 
+    async def presence(self, user_id: str) -> int:
+        """How many sockets (and SSE streams) ``user_id`` holds across live gateway nodes, by the same
+        presence routing reads: a node dead for ``presence_ttl_s`` counts no more (SPEC I7)."""
+        return await self._presence.live_sockets(user_id)
+
     async def closed(self, user_id: str) -> None:
         try:
             await self._presence.disconnect(self.node_id, user_id)

@@ -40,6 +40,18 @@ end
 return total
 """
 
+# A user's open sockets on live nodes (the nodes _LOOKUP would route to); reads only, prunes nothing.
+_COUNT = """
+local total = 0
+local kv = redis.call('HGETALL', KEYS[1])
+for i = 1, #kv, 2 do
+    if redis.call('EXISTS', ARGV[1] .. kv[i] .. ARGV[2]) == 1 then
+        total = total + tonumber(kv[i + 1])
+    end
+end
+return total
+"""
+
 _RELEASE = """
 local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
 if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
@@ -57,6 +69,7 @@ class Presence:
         self._lookup = redis.register_script(_LOOKUP)
         self._release = redis.register_script(_RELEASE)
         self._connect = redis.register_script(_CONNECT)
+        self._count = redis.register_script(_COUNT)
 
     def _user_key(self, user_id: str) -> str:
         return self._s.key("presence", user_id)
@@ -107,3 +120,9 @@ class Presence:
                 keys=[self._user_key(u) for u in user_ids], args=[self._s.key("node", ""), ":alive"]
             )
         return {u: [str(n) for n in nodes] for u, nodes in zip(user_ids, rows, strict=True)}
+
+    async def live_sockets(self, user_id: str) -> int:
+        """The user's open sockets on live nodes: what routing sees (a dead node's count is ignored)."""
+        async with redis_errors("presence count"):
+            total = await self._count(keys=[self._user_key(user_id)], args=[self._s.key("node", ""), ":alive"])
+        return int(total)
