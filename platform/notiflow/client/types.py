@@ -46,3 +46,38 @@ class AuthFailed(ClientError):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class RequestRejected(ClientError, PermanentError):
+    """The gateway refused the request with a 4xx (other than 429): sending it again will not help.
+    ``status``, ``code``, ``message`` and ``details`` are the SPEC §2 error body's."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        #: send_many: what earlier chunks of the same call got (they were accepted before this refusal).
+        self.accepted: list[Any] = []
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class InvalidNotification(RequestRejected):
+    """400, 413, 415 or 422: the notification (or batch) is malformed or too large; nothing was stored."""
+
+
+class IdempotencyKeyReused(RequestRejected):
+    """422 ``idempotency_key_reused``: the key was used before with a different body."""
+
+
+class NotAllowed(RequestRejected):
+    """401 or 403: the credentials are missing, invalid, or lack the ``send`` scope."""
+
+
+class OutcomeUnknown(Unavailable):
+    """Retries ran out while the last answer was ``outcome_unknown`` or no answer: the notification may
+    exist. Sending it again with ``idempotency_key`` is safe."""
+
+    def __init__(self, message: str, idempotency_key: str | None) -> None:
+        super().__init__(message)
+        self.idempotency_key = idempotency_key

@@ -1,0 +1,236 @@
+"""Producer: sends notifications so that each is accepted exactly once, whatever the gateways do meanwhile.
+
+``async with Producer(urls, token=key) as p: await p.send("alice", "order.shipped", {"order": 42})``
+
+- Every request carries an idempotency key (the caller's, or one generated per notification), so a retry
+  after any failure creates nothing new (SPEC §2, I5).
+- 429 and 5xx answers (``outcome_unknown`` included) and connection errors are retried with full-jitter
+  backoff (notiflow.backoff), never sooner than ``Retry-After``, within ``RetryPolicy``'s attempts and
+  deadline; connection errors and 5xx move on to the next gateway URL. Other 4xx raise a ``RequestRejected``
+  subclass at once.
+- ``send_many`` sends ``POST /notifications/batch`` chunks of at most ``batch_size`` notifications; a chunk
+  refused as ``over_ingest_burst`` is split in halves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import httpx
+import orjson
+
+from notiflow.backoff import compute_backoff_ms
+from notiflow.client.auth import Auth
+from notiflow.client.types import (
+    AuthFailed,
+    IdempotencyKeyReused,
+    InvalidNotification,
+    NotAllowed,
+    OutcomeUnknown,
+    RequestRejected,
+    Token,
+    Unavailable,
+)
+
+#: The gateway's limit of notifications per POST /notifications/batch (SPEC §2).
+MAX_BATCH = 1000
+#: Connection errors before the request was sent: it cannot have been accepted.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class Accepted(TypedDict):
+    """The 202 answer for one notification."""
+
+    id: str
+    status: str
+    recipients: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How long one send keeps trying: ``max_attempts`` requests, waiting full-jitter backoff between them
+    (``uniform(0, min(cap_ms, base_ms * 2**k))``, at least ``Retry-After``), and never past ``deadline_s``
+    from its start."""
+
+    max_attempts: int = 8
+    base_ms: int = 100
+    cap_ms: int = 10_000
+    deadline_s: float = 60.0
+
+
+def new_key() -> str:
+    """A fresh idempotency key for a notification the caller gave none."""
+    return f"auto-{uuid.uuid4()}"
+
+
+def rejected(status: int, error: Mapping[str, Any]) -> RequestRejected:
+    """The typed error of a 4xx answer's SPEC §2 error body."""
+    code, message, details = str(error.get("code")), str(error.get("message")), error.get("details")
+    kind: type[RequestRejected] = RequestRejected
+    if code == "idempotency_key_reused":
+        kind = IdempotencyKeyReused
+    elif status in (401, 403):
+        kind = NotAllowed
+    elif status in (400, 413, 415, 422):
+        kind = InvalidNotification
+    return kind(status, code, message, details)
+
+
+def _error_body(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return dict(body["error"])
+    return {"code": f"http_{resp.status_code}", "message": resp.text[:200], "details": None}
+
+
+def _retry_after_s(resp: httpx.Response) -> float:
+    raw = resp.headers.get("retry-after", "")
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return 0.0  # an HTTP date or garbage: the backoff alone decides
+
+
+def notification(
+    user_ids: str | Sequence[str], event: str, payload: Mapping[str, Any] | None = None, *,
+    ttl_seconds: int | None = None, webhook_url: str | None = None, idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """One notification as ``send_many`` takes it (the body of POST /notifications, plus its key)."""
+    body: dict[str, Any] = {"user_id": user_ids} if isinstance(user_ids, str) else {"user_ids": list(user_ids)}
+    body.update(event=event, payload=dict(payload or {}))
+    if ttl_seconds is not None:
+        body["ttl_seconds"] = ttl_seconds
+    if webhook_url is not None:
+        body["webhook_url"] = webhook_url
+    if idempotency_key is not None:
+        body["idempotency_key"] = idempotency_key
+    return body
+
+
+class Producer:
+    """Sends notifications to one or more gateways (asyncio). One instance may serve many tasks at once."""
+
+    def __init__(
+        self, urls: str | Sequence[str], *, token: Token = None, retry: RetryPolicy | None = None,
+        timeout_s: float = 10.0, batch_size: int = MAX_BATCH, transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._urls = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls)]
+        if not self._urls:
+            raise ValueError("Producer needs at least one gateway URL")
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be 1 to {MAX_BATCH}")
+        self._auth = Auth(token)
+        self._retry = retry or RetryPolicy()
+        self._batch_size = batch_size
+        self._sleep = sleep  # waits between attempts; a test passes a recorder
+        self._at = 0  # index of the gateway URL in use
+        self._http = httpx.AsyncClient(timeout=timeout_s, transport=transport, trust_env=False)
+        self.attempts = 0  # requests sent, retries included
+
+    async def __aenter__(self) -> Producer:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def send(
+        self, user_ids: str | Sequence[str], event: str, payload: Mapping[str, Any] | None = None, *,
+        ttl_seconds: int | None = None, webhook_url: str | None = None, idempotency_key: str | None = None,
+    ) -> Accepted:
+        """Send one notification; its 202 answer. Raises ``RequestRejected`` (a 4xx), ``OutcomeUnknown``
+        (retries ran out and it may exist) or ``Unavailable`` (retries ran out and it does not)."""
+        body = notification(user_ids, event, payload, ttl_seconds=ttl_seconds, webhook_url=webhook_url)
+        key = idempotency_key or new_key()
+        answer = await self._post("/notifications", body, key)
+        return Accepted(id=answer["id"], status=answer["status"], recipients=answer["recipients"])
+
+    async def send_many(self, notifications: Iterable[Mapping[str, Any]]) -> list[Accepted | RequestRejected]:
+        """Send many (each as ``notification()`` builds it), in batches; one result per notification, in order:
+        its 202 answer, or the ``RequestRejected`` of an item refused alone (its key reused with another body).
+        A chunk refused as a whole raises, with ``accepted`` holding the results of the chunks before it."""
+        items = [dict(n) for n in notifications]
+        for item in items:
+            item.setdefault("idempotency_key", new_key())
+        results: list[Accepted | RequestRejected] = []
+        for start in range(0, len(items), self._batch_size):
+            try:
+                results += await self._send_chunk(items[start : start + self._batch_size])
+            except RequestRejected as exc:
+                if isinstance(exc.details, list):  # the gateway's indexes are the chunk's: make them the call's
+                    for bad in exc.details:
+                        if isinstance(bad, dict) and isinstance(bad.get("index"), int):
+                            bad["index"] += start
+                exc.accepted = results
+                raise
+        return results
+
+    async def _send_chunk(self, chunk: list[dict[str, Any]]) -> list[Accepted | RequestRejected]:
+        try:
+            answer = await self._post("/notifications/batch", {"notifications": chunk}, None)
+        except InvalidNotification as exc:
+            if exc.code != "over_ingest_burst" or len(chunk) == 1:
+                raise
+            half = len(chunk) // 2  # too many deliveries in one request: nothing was stored, split it
+            return [*await self._send_chunk(chunk[:half]), *await self._send_chunk(chunk[half:])]
+        return [
+            rejected(422, r["error"]) if "error" in r
+            else Accepted(id=r["id"], status=r["status"], recipients=r["recipients"])
+            for r in answer["results"]
+        ]
+
+    async def _post(self, path: str, body: Mapping[str, Any], key: str | None) -> dict[str, Any]:
+        """POST until a 2xx (its JSON body), a 4xx (raised typed) or the retry policy runs out."""
+        content = orjson.dumps(body)
+        started = time.monotonic()
+        maybe_stored = False  # some attempt may have been accepted: giving up is OutcomeUnknown
+        why, tried = "no attempt", 0
+        for attempt in range(self._retry.max_attempts):
+            tried += 1
+            headers = {"content-type": "application/json"}
+            if key is not None:
+                headers["idempotency-key"] = key
+            if token := await self._auth.token():
+                headers["authorization"] = f"Bearer {token}"
+            url = self._urls[self._at % len(self._urls)]
+            self.attempts += 1
+            wait_s = 0.0
+            try:
+                resp = await self._http.post(url + path, content=content, headers=headers)
+            except httpx.TransportError as exc:
+                self._at += 1  # this gateway is unreachable or died: the next one
+                maybe_stored = maybe_stored or not isinstance(exc, _NOT_SENT)
+                why = f"{url}: {type(exc).__name__}: {exc}"
+            else:
+                if resp.status_code < 300:
+                    self._auth.succeeded()
+                    answer: dict[str, Any] = resp.json()
+                    return answer
+                error = _error_body(resp)
+                if resp.status_code == 401 and self._auth.can_refresh(AuthFailed(401, str(error.get("message")))):
+                    continue  # a fresh token, at once
+                if resp.status_code < 500 and resp.status_code != 429:
+                    raise rejected(resp.status_code, error)
+                if resp.status_code >= 500:
+                    self._at += 1
+                    maybe_stored = maybe_stored or error.get("code") not in ("unavailable", "store_busy")
+                wait_s = _retry_after_s(resp)
+                why = f"{url}: {resp.status_code} {error.get('code')}"
+            policy = self._retry
+            wait_s = max(wait_s, compute_backoff_ms(attempt, base_ms=policy.base_ms, cap_ms=policy.cap_ms) / 1000)
+            if attempt + 1 >= policy.max_attempts or time.monotonic() - started + wait_s > policy.deadline_s:
+                break
+            await self._sleep(wait_s)
+        message = f"gave up after {tried} attempts: {why}"
+        raise OutcomeUnknown(message, key) if maybe_stored else Unavailable(message)

@@ -1,0 +1,59 @@
+"""SyncProducer: the Producer for code without an event loop (scripts, Django, Flask, Celery tasks).
+
+It runs a Producer on an event loop of its own, in a daemon thread, so its methods block their caller
+only; it is safe to call from several threads at once, and from a thread whose own loop is running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from notiflow.client.producer import Accepted, Producer
+from notiflow.client.types import RequestRejected
+
+T = TypeVar("T")
+
+
+class SyncProducer:
+    """The same sends as ``Producer`` (same arguments, same errors), blocking. Close it (or use ``with``)."""
+
+    def __init__(self, urls: str | Sequence[str], **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="notiflow-producer", daemon=True)
+        self._thread.start()
+        self._producer = self._run(self._open(urls, options))
+
+    @staticmethod
+    async def _open(urls: str | Sequence[str], options: dict[str, Any]) -> Producer:
+        return Producer(urls, **options)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __enter__(self) -> SyncProducer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def send(self, user_ids: str | Sequence[str], event: str, payload: Mapping[str, Any] | None = None,
+             **options: Any) -> Accepted:
+        return self._run(self._producer.send(user_ids, event, payload, **options))
+
+    def send_many(self, notifications: Iterable[Mapping[str, Any]]) -> list[Accepted | RequestRejected]:
+        return self._run(self._producer.send_many(list(notifications)))
+
+    @property
+    def attempts(self) -> int:
+        return self._producer.attempts
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._producer.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()

@@ -1,0 +1,169 @@
+"""The Producer's retry rules against scripted answers (httpx.MockTransport): which answers are retried, with
+what key, after how long, on which gateway; which raise which typed error; how send_many chunks. The live
+gateway, killed mid-send, is in integration/test_producer.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from notiflow.client import (
+    IdempotencyKeyReused,
+    InvalidNotification,
+    NotAllowed,
+    OutcomeUnknown,
+    Producer,
+    RequestRejected,
+    RetryPolicy,
+    SyncProducer,
+    Unavailable,
+    notification,
+)
+
+pytestmark = pytest.mark.timeout(10)
+
+Answer = httpx.Response | Exception
+_OK = {"id": "00000000-0000-0000-0000-000000000001", "status": "accepted", "recipients": 1}
+
+
+def error(status: int, code: str, retry_after: str | None = None, details: Any = None) -> httpx.Response:
+    headers = {"retry-after": retry_after} if retry_after else {}
+    return httpx.Response(status, json={"error": {"code": code, "message": code, "details": details}}, headers=headers)
+
+
+class Script:
+    """Answers requests in order from ``answers`` (an exception is raised as the transport's), recording each."""
+
+    def __init__(self, *answers: Answer | Callable[[httpx.Request], Answer]) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+        self.slept: list[float] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if self.answers else httpx.Response(202, json=_OK)
+        if callable(answer) and not isinstance(answer, httpx.Response):
+            answer = answer(request)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+    def producer(self, urls: list[str] | None = None, **options: Any) -> Producer:
+        return Producer(urls or ["http://a"], transport=httpx.MockTransport(self), sleep=self.sleep, **options)
+
+    def keys(self) -> list[str | None]:
+        return [r.headers.get("idempotency-key") for r in self.requests]
+
+
+async def test_429_waits_at_least_retry_after_and_keeps_the_key() -> None:
+    script = Script(error(429, "rate_limited", "3"), httpx.Response(202, json=_OK))
+    async with script.producer() as p:
+        assert await p.send("alice", "e", {"n": 1}) == _OK
+    assert len(script.requests) == 2 and script.slept[0] >= 3.0
+    key = script.keys()[0]
+    assert key and key.startswith("auto-") and script.keys() == [key, key]
+    assert orjson.loads(script.requests[0].content) == {"user_id": "alice", "event": "e", "payload": {"n": 1}}
+
+
+async def test_outcome_unknown_and_dead_gateways_are_retried_elsewhere_with_the_same_key() -> None:
+    script = Script(httpx.ConnectError("refused"), error(503, "outcome_unknown", "1"), httpx.ReadTimeout("lost"))
+    async with script.producer(["http://a", "http://b"]) as p:
+        assert (await p.send(["alice", "bob"], "e", idempotency_key="mine"))["id"] == _OK["id"]
+    assert [r.url.host for r in script.requests] == ["a", "b", "a", "b"]
+    assert script.keys() == ["mine"] * 4
+    assert len(script.slept) == 3 and script.slept[1] >= 1.0
+
+
+@pytest.mark.parametrize(("answer", "kind"), [
+    (error(422, "invalid_request"), InvalidNotification),
+    (error(413, "payload_too_large"), InvalidNotification),
+    (error(422, "idempotency_key_reused"), IdempotencyKeyReused),
+    (error(403, "forbidden"), NotAllowed),
+    (error(401, "unauthorized"), NotAllowed),
+    (error(404, "not_found"), RequestRejected),
+])
+async def test_other_4xx_raise_typed_errors_at_once(answer: httpx.Response, kind: type[RequestRejected]) -> None:
+    script = Script(answer)
+    async with script.producer(token="nf_key") as p:
+        with pytest.raises(kind) as raised:
+            await p.send("alice", "e")
+    assert len(script.requests) == 1 and raised.value.status == answer.status_code
+    assert script.requests[0].headers["authorization"] == "Bearer nf_key"
+
+
+async def test_giving_up_says_whether_it_may_have_been_stored() -> None:
+    policy = RetryPolicy(max_attempts=3, base_ms=1, cap_ms=5)
+    script = Script(*[error(503, "unavailable", "1")] * 3)
+    async with script.producer(retry=policy) as p:
+        with pytest.raises(Unavailable) as raised:
+            await p.send("alice", "e")
+    assert not isinstance(raised.value, OutcomeUnknown) and len(script.requests) == 3
+    script = Script(httpx.ConnectError("x"), error(503, "outcome_unknown"), error(503, "unavailable"))
+    async with script.producer(retry=policy) as p:
+        with pytest.raises(OutcomeUnknown) as unknown:
+            await p.send("alice", "e", idempotency_key="k1")
+    assert unknown.value.idempotency_key == "k1"
+
+
+async def test_the_deadline_bounds_a_send_with_long_retry_afters() -> None:
+    script = Script(*[error(429, "backlog_full", "30")] * 5)
+    async with script.producer(retry=RetryPolicy(deadline_s=20)) as p:
+        with pytest.raises(Unavailable):
+            await p.send("alice", "e")
+    assert len(script.requests) == 1 and script.slept == []  # waiting 30 s would pass the 20 s deadline
+
+
+def _batch_answer(request: httpx.Request) -> httpx.Response:
+    items = orjson.loads(request.content)["notifications"]
+    return httpx.Response(202, json={"results": [{**_OK, "recipients": len(items)} for _ in items]})
+
+
+async def test_send_many_chunks_to_the_batch_limit_and_keys_every_item() -> None:
+    items = [notification(f"u{i}", "e", {"i": i}) for i in range(2500)]
+    items[7]["idempotency_key"] = "caller-7"
+    script = Script(*[_batch_answer] * 3)
+    async with script.producer() as p:
+        results = await p.send_many(items)
+    sizes = [len(orjson.loads(r.content)["notifications"]) for r in script.requests]
+    assert sizes == [1000, 1000, 500] and len(results) == 2500
+    sent = [n for r in script.requests for n in orjson.loads(r.content)["notifications"]]
+    assert sent[7]["idempotency_key"] == "caller-7" and len({n["idempotency_key"] for n in sent}) == 2500
+    assert "idempotency_key" not in items[0], "the caller's dicts are left as they were"
+
+
+async def test_send_many_splits_over_ingest_burst_and_answers_per_item() -> None:
+    reused = {"error": {"code": "idempotency_key_reused", "message": "m", "details": None}}
+    script = Script(
+        error(413, "over_ingest_burst"),
+        lambda r: httpx.Response(202, json={"results": [_OK, reused]}),
+        _batch_answer,
+    )
+    async with script.producer() as p:
+        results = await p.send_many([notification("u", "e") for _ in range(4)])
+    assert [len(orjson.loads(r.content)["notifications"]) for r in script.requests] == [4, 2, 2]
+    assert isinstance(results[1], IdempotencyKeyReused) and results[0] == _OK and len(results) == 4
+
+
+async def test_a_chunk_refused_whole_names_items_by_their_index_in_the_call() -> None:
+    script = Script(_batch_answer, error(422, "invalid_request", details=[{"index": 3, "code": "invalid_request"}]))
+    async with script.producer(batch_size=10) as p:
+        with pytest.raises(InvalidNotification) as raised:
+            await p.send_many([notification("u", "e") for _ in range(20)])
+    assert raised.value.details == [{"index": 13, "code": "invalid_request"}]
+    assert len(raised.value.accepted) == 10
+
+
+def test_sync_producer_blocks_and_retries_the_same() -> None:
+    script = Script(error(503, "store_busy", "0"), httpx.Response(202, json=_OK))
+    with SyncProducer("http://a", transport=httpx.MockTransport(script),
+                      retry=RetryPolicy(base_ms=1, cap_ms=2)) as p:
+        assert p.send("alice", "e") == _OK
+        assert p.attempts == 2
+    assert script.keys()[0] == script.keys()[1]
