@@ -90,3 +90,72 @@ export declare function backoffMs(attempt: number, baseMs: number, capMs: number
 
 /** A frame's text as an object, or a NotiflowError saying why it is not a JSON object (never throws). */
 export declare function parseFrame(data: string | { toString(): string }): Record<string, unknown> | NotiflowError;
+
+/** A 4xx answer other than 429 (fatal): `code` is the HTTP status, `errorCode` the error body's code. */
+export declare class RequestRejected extends NotiflowError {
+  status: number;
+  errorCode: string;
+  details: unknown;
+  /** sendMany: the results of the chunks accepted before this refusal. */
+  accepted: Array<Accepted | RequestRejected>;
+}
+/** 400, 413, 415 or 422: nothing was stored. */
+export declare class InvalidNotification extends RequestRejected {}
+/** 422 idempotency_key_reused. */
+export declare class IdempotencyKeyReused extends RequestRejected {}
+/** 401 or 403. */
+export declare class NotAllowed extends RequestRejected {}
+/** Retries ran out; the notification was not stored. */
+export declare class Unavailable extends NotiflowError {}
+/** Retries ran out; the notification may exist: resending with `idempotencyKey` is safe. */
+export declare class OutcomeUnknown extends Unavailable {
+  idempotencyKey: string | null;
+}
+
+export interface Accepted {
+  id: string;
+  status: "accepted";
+  recipients: number;
+}
+
+export interface SendOptions {
+  ttlSeconds?: number;
+  webhookUrl?: string;
+  /** Default: a random UUID per notification, kept across its retries. */
+  idempotencyKey?: string;
+}
+
+/** A notification as POST /notifications takes it, plus its optional idempotency_key (sendMany's items). */
+export type NotificationBody = Record<string, unknown>;
+
+export declare function notification(
+  userIds: string | string[], event: string, payload?: Record<string, unknown>, options?: SendOptions,
+): NotificationBody;
+
+export interface ProducerOptions {
+  urls: string | string[];
+  /** An API key with the send scope (or a function returning one). */
+  token?: Token;
+  /** Requests per send, retries included (default 8). */
+  maxAttempts?: number;
+  /** Full-jitter backoff: uniform(0, min(cap, base * 2**k)) ms; defaults 100 and 10000. */
+  backoffBaseMs?: number;
+  backoffCapMs?: number;
+  /** No retry starts past this long after the send began (default 60000). */
+  deadlineMs?: number;
+  /** Deadline of one request, reading the answer included (default 10000). */
+  requestTimeoutMs?: number;
+  /** Notifications per POST /notifications/batch (1 to 1000, default 1000). */
+  batchSize?: number;
+  fetch?: typeof fetch;
+  sleep?: (ms: number) => Promise<void>;
+  random?: () => number;
+}
+
+export declare class Producer {
+  constructor(options: ProducerOptions);
+  /** Requests sent, retries included. */
+  attempts: number;
+  send(userIds: string | string[], event: string, payload?: Record<string, unknown>, options?: SendOptions): Promise<Accepted>;
+  sendMany(notifications: Iterable<NotificationBody>): Promise<Array<Accepted | RequestRejected>>;
+}

@@ -17,6 +17,14 @@
 //   as an "error" event and skipped, never thrown into the socket's handler; in a browser, the `online`
 //   event ends a reconnect backoff at once.
 
+import { NotiflowError, backoffMs, timeoutSignal } from "./common.js";
+
+export { NotiflowError, backoffMs };
+export {
+  IdempotencyKeyReused, InvalidNotification, NotAllowed, OutcomeUnknown, Producer, RequestRejected, Unavailable,
+  notification,
+} from "./producer.js";
+
 const CLOSE_GIVE_UP = new Map([
   [4400, "invalid user id"],
   [4403, "not this user's token"],
@@ -32,15 +40,6 @@ const PING = JSON.stringify({ type: "ping" });
 // gateway that never confirms.
 const ACK_RESEND_MS = 5000;
 
-/** An error of the client; `code` is the close code or HTTP status, `fatal` says the client gave up. */
-export class NotiflowError extends Error {
-  constructor(message, { code = null, fatal = false } = {}) {
-    super(message);
-    this.name = "NotiflowError";
-    this.code = code;
-    this.fatal = fatal;
-  }
-}
 
 /** The gateway answered the ack frame `ref` (acked or ack_failed): no resend if the socket dies. Its ids
  * (none for a ref that is not one of this socket's acks awaiting an answer). */
@@ -51,10 +50,6 @@ function answered(link, ref) {
   return entry[1];
 }
 
-/** Full jitter: uniform(0, min(cap, base * 2**attempt)) milliseconds (notiflow.backoff). */
-export function backoffMs(attempt, baseMs, capMs, random = Math.random) {
-  return random() * Math.min(capMs, baseMs * 2 ** Math.min(attempt, 52));
-}
 
 /**
  * What a client has seen: every seq <= `watermark` was seen (or closed when the queue was read); seqs
@@ -583,12 +578,4 @@ export class NotiflowClient {
     if (!resp.ok) throw new NotiflowError(`${method} ${path} answered ${resp.status}`, { code: resp.status });
     return resp.json();
   }
-}
-
-/** An AbortSignal that fires after `ms` (AbortSignal.timeout where it exists). */
-function timeoutSignal(ms) {
-  if (typeof AbortSignal.timeout === "function") return AbortSignal.timeout(ms);
-  const controller = new AbortController();
-  setTimeout(() => controller.abort(new Error("timeout")), ms);
-  return controller.signal;
 }

@@ -1,0 +1,180 @@
+// notiflow producer for Node backends: the same rules as the Python Producer (platform/notiflow/client/producer.py).
+//
+// - Every notification carries an idempotency key (the caller's, or a random UUID), so a retry after any
+//   failure creates nothing new.
+// - 429 and 5xx answers (outcome_unknown included), connection errors and request timeouts are retried with
+//   full-jitter backoff, never sooner than Retry-After, within `maxAttempts` and `deadlineMs`; connection
+//   errors and 5xx move on to the next URL. Other 4xx throw a RequestRejected subclass at once.
+// - sendMany posts /notifications/batch chunks of at most `batchSize` (1,000) notifications; a chunk refused as
+//   over_ingest_burst is split in halves.
+// - Every request has a deadline (`requestTimeoutMs`, reading the answer included).
+
+import { NotiflowError, backoffMs, timeoutSignal } from "./common.js";
+
+export const MAX_BATCH = 1000;
+// Errors of a connection that was never made: the request cannot have been accepted.
+const NOT_SENT = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "UND_ERR_CONNECT_TIMEOUT"]);
+
+/** A 4xx answer other than 429: sending it again will not help. `code` is the HTTP status (as on every
+ * NotiflowError), `errorCode` the error body's code, `details` its details. */
+export class RequestRejected extends NotiflowError {
+  constructor(status, error) {
+    super(`${status} ${error.code}: ${error.message}`, { code: status, fatal: true });
+    this.name = "RequestRejected";
+    this.status = status;
+    this.errorCode = error.code;
+    this.details = error.details ?? null;
+    this.accepted = []; // sendMany: what earlier chunks of the same call got
+  }
+}
+/** 400, 413, 415 or 422: malformed or too large; nothing was stored. */
+export class InvalidNotification extends RequestRejected {}
+/** 422 idempotency_key_reused: the key was used before with a different body. */
+export class IdempotencyKeyReused extends RequestRejected {}
+/** 401 or 403: credentials missing, invalid, or without the send scope. */
+export class NotAllowed extends RequestRejected {}
+/** Retries ran out and the notification was not stored. */
+export class Unavailable extends NotiflowError {}
+/** Retries ran out and the notification may have been stored: resending with `idempotencyKey` is safe. */
+export class OutcomeUnknown extends Unavailable {
+  constructor(message, idempotencyKey) {
+    super(message);
+    this.idempotencyKey = idempotencyKey;
+  }
+}
+
+function rejected(status, error) {
+  const kind = error.code === "idempotency_key_reused" ? IdempotencyKeyReused
+    : status === 401 || status === 403 ? NotAllowed
+      : [400, 413, 415, 422].includes(status) ? InvalidNotification : RequestRejected;
+  const err = new kind(status, error);
+  err.name = kind.name;
+  return err;
+}
+
+/** One notification as sendMany takes it (the body of POST /notifications, plus its key). */
+export function notification(userIds, event, payload = {}, { ttlSeconds, webhookUrl, idempotencyKey } = {}) {
+  const body = typeof userIds === "string" ? { user_id: userIds } : { user_ids: [...userIds] };
+  Object.assign(body, { event, payload });
+  if (ttlSeconds !== undefined) body.ttl_seconds = ttlSeconds;
+  if (webhookUrl !== undefined) body.webhook_url = webhookUrl;
+  if (idempotencyKey !== undefined) body.idempotency_key = idempotencyKey;
+  return body;
+}
+
+const newKey = () => `auto-${globalThis.crypto.randomUUID()}`;
+
+async function errorBody(resp) {
+  const text = await resp.text();
+  try {
+    const body = JSON.parse(text);
+    if (body && typeof body.error === "object") return body.error;
+  } catch { /* not JSON: described below */ }
+  return { code: `http_${resp.status}`, message: text.slice(0, 200), details: null };
+}
+
+export class Producer {
+  constructor({
+    urls, token = null, maxAttempts = 8, backoffBaseMs = 100, backoffCapMs = 10000, deadlineMs = 60000,
+    requestTimeoutMs = 10000, batchSize = MAX_BATCH, fetch = null, sleep = null, random = Math.random,
+  }) {
+    this._urls = (typeof urls === "string" ? [urls] : [...urls]).map((u) => u.replace(/\/+$/, ""));
+    if (!this._urls.length) throw new RangeError("Producer needs at least one gateway URL");
+    if (!(batchSize >= 1 && batchSize <= MAX_BATCH)) throw new RangeError(`batchSize must be 1 to ${MAX_BATCH}`);
+    Object.assign(this, { _token: token, _maxAttempts: maxAttempts, _baseMs: backoffBaseMs, _capMs: backoffCapMs });
+    Object.assign(this, { _deadlineMs: deadlineMs, _timeoutMs: requestTimeoutMs, _batchSize: batchSize });
+    this._fetch = fetch ?? globalThis.fetch.bind(globalThis);
+    this._sleep = sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms)));
+    this._random = random;
+    this._at = 0;
+    this.attempts = 0; // requests sent, retries included
+  }
+
+  /** Send one notification; its 202 answer {id, status, recipients}. */
+  async send(userIds, event, payload = {}, { ttlSeconds, webhookUrl, idempotencyKey } = {}) {
+    const body = notification(userIds, event, payload, { ttlSeconds, webhookUrl });
+    const answer = await this._post("/notifications", body, idempotencyKey ?? newKey());
+    return { id: answer.id, status: answer.status, recipients: answer.recipients };
+  }
+
+  /** Send many (objects as notification() builds them) in batches; one result per notification, in order: its
+   * 202 answer, or the RequestRejected of an item refused alone. A chunk refused whole throws, with
+   * `accepted` holding the results of the chunks before it and `details[].index` counted in the whole call. */
+  async sendMany(notifications) {
+    const items = [...notifications].map((n) => ({ ...n, idempotency_key: n.idempotency_key ?? newKey() }));
+    const results = [];
+    for (let start = 0; start < items.length; start += this._batchSize) {
+      try {
+        results.push(...await this._sendChunk(items.slice(start, start + this._batchSize)));
+      } catch (err) {
+        if (err instanceof RequestRejected) {
+          for (const bad of Array.isArray(err.details) ? err.details : []) {
+            if (bad && Number.isInteger(bad.index)) bad.index += start;
+          }
+          err.accepted = results;
+        }
+        throw err;
+      }
+    }
+    return results;
+  }
+
+  async _sendChunk(chunk) {
+    let answer;
+    try {
+      answer = await this._post("/notifications/batch", { notifications: chunk }, null);
+    } catch (err) {
+      if (!(err instanceof InvalidNotification) || err.errorCode !== "over_ingest_burst" || chunk.length === 1) throw err;
+      const half = chunk.length >> 1; // too many deliveries in one request: nothing was stored, split it
+      return [...await this._sendChunk(chunk.slice(0, half)), ...await this._sendChunk(chunk.slice(half))];
+    }
+    return answer.results.map((r) => (r.error ? rejected(422, r.error)
+      : { id: r.id, status: r.status, recipients: r.recipients }));
+  }
+
+  async _tokenNow() {
+    return typeof this._token === "function" ? this._token() : this._token;
+  }
+
+  /** POST until a 2xx (its JSON), a 4xx (thrown typed) or the retries run out. */
+  async _post(path, body, key) {
+    const content = JSON.stringify(body);
+    const started = Date.now();
+    let maybeStored = false;
+    let why = "no attempt";
+    let tried = 0;
+    for (let attempt = 0; attempt < this._maxAttempts; attempt++) {
+      tried++;
+      const url = this._urls[this._at % this._urls.length];
+      const headers = { "content-type": "application/json", accept: "application/json" };
+      if (key !== null) headers["idempotency-key"] = key;
+      const token = await this._tokenNow();
+      if (token) headers.authorization = `Bearer ${token}`;
+      this.attempts++;
+      let waitMs = 0;
+      const signal = timeoutSignal(this._timeoutMs);
+      try {
+        const resp = await this._fetch(url + path, { method: "POST", headers, body: content, signal });
+        if (resp.ok) return await resp.json();
+        const error = await errorBody(resp);
+        if (resp.status < 500 && resp.status !== 429) throw rejected(resp.status, error);
+        if (resp.status >= 500) {
+          this._at++;
+          maybeStored ||= !["unavailable", "store_busy"].includes(error.code);
+        }
+        waitMs = 1000 * (Number.parseFloat(resp.headers.get("retry-after") ?? "") || 0);
+        why = `${url}: ${resp.status} ${error.code}`;
+      } catch (err) {
+        if (err instanceof RequestRejected) throw err;
+        this._at++; // unreachable, died, or too slow: the next gateway
+        maybeStored ||= !NOT_SENT.has(err?.cause?.code);
+        why = `${url}: ${signal.aborted ? `no answer within ${this._timeoutMs} ms` : err?.cause?.code ?? err.message}`;
+      }
+      waitMs = Math.max(waitMs, backoffMs(attempt, this._baseMs, this._capMs, this._random));
+      if (attempt + 1 >= this._maxAttempts || Date.now() - started + waitMs > this._deadlineMs) break;
+      await this._sleep(waitMs);
+    }
+    const message = `gave up after ${tried} attempts: ${why}`;
+    throw maybeStored ? new OutcomeUnknown(message, key) : new Unavailable(message);
+  }
+}
