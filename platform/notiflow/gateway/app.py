@@ -29,7 +29,7 @@ from notiflow.errors import (
     StoreUnavailable,
     Unauthorized,
 )
-from notiflow.gateway import dashboard, http, keys, openapi, presence, responses, ws
+from notiflow.gateway import dashboard, http, keys, openapi, presence, responses, sse, ws
 from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
@@ -184,6 +184,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(dashboard.router)
     app.include_router(keys.router)
     app.include_router(presence.router)
+    app.include_router(sse.router)
     app.add_middleware(Guard, settings=settings)
 
     @app.exception_handler(ApiError)

@@ -36,7 +36,9 @@ def bearer_token(conn: HTTPConnection, *, query: bool = False) -> str | None:
             raise Unauthorized("the Authorization header must be 'Bearer <token>'")
         return value.strip()
     if "token" in conn.query_params and not query:
-        raise Unauthorized("?token= is accepted only by /ws and GET /dashboard: send Authorization: Bearer <token>")
+        raise Unauthorized(
+            "?token= is accepted only by /ws, /sse and GET /dashboard: send Authorization: Bearer <token>"
+        )
     return conn.query_params.get("token") or None
 
 
@@ -79,6 +81,15 @@ async def acting_for_user(user_id: str, who: Annotated[Principal, Depends(princi
     """A dependency for ``/.../{user_id}`` routes: that user's own token, or an API key with ``read``."""
     if not who.may_act_for(user_id):
         raise Forbidden("these credentials may not read or acknowledge this user's notifications")
+    return who
+
+
+async def stream_owner(user_id: str, who: Annotated[Principal, Depends(page_principal)]) -> Principal:
+    """A dependency for ``GET /sse/{user_id}``: the socket's rule (SPEC §7), that user's own token (by header,
+    or ``?token=``: EventSource sends no headers), never an API key (a stream would outlive the key's
+    revocation and count against the user's cap, as a socket would)."""
+    if not who.may_open_socket(user_id):
+        raise Forbidden("an event stream is its user's own: open it with that user's token (API keys open none)")
     return who
 
 

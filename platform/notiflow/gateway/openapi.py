@@ -103,6 +103,20 @@ DOCS: dict[tuple[str, str], dict[str, Any]] = {
         "openapi_extra": _body(_ACK_SCHEMA, {"by id": {"ids": [_NID]}, "everything up to a seq": {"up_to_seq": 3}}),
         "responses": {"200": _json({"acknowledged": 1}), **_BAD},
     },
+    ("GET", "/presence/{user_id}"): {
+        "summary": "Whether a user is online: sockets and SSE streams on live gateway nodes (I7's bound)",
+        "responses": {"200": _json({"online": True, "sockets": 2})},
+    },
+    ("GET", "/sse/{user_id}"): {
+        "summary": "The user's notifications as server-sent events: the offline queue after Last-Event-ID, then live",
+        "description": "The user's own token (`Authorization: Bearer` or `?token=`), never an API key. Header "
+                       "`Last-Event-ID` (optional): the seq of the last event received. Acknowledge through "
+                       "`POST /notifications/offline/{user_id}/ack`.",
+        "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {
+            "example": f"retry: 1000\n\nid: 3\nevent: notification\ndata: {{\"id\": \"{_NID}\", \"seq\": 3, "
+                       "\"event\": \"order.shipped\", \"payload\": {}, \"created_at\": \"2026-12-01T21:40:00Z\"}"
+                       "\n\n: keep-alive\n\n"}}}},
+    },
     ("GET", "/notifications/{notification_id}"): {
         "summary": "A notification and its deliveries",
         "responses": {"200": _json({

@@ -9,7 +9,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, APIWebSocketRoute
 
 from notiflow.config import Settings
-from notiflow.gateway import auth, dashboard, http, keys, ws
+from notiflow.gateway import auth, dashboard, http, keys, presence, sse, ws
 from notiflow.gateway.app import GatewayApp, create_app
 
 OPEN = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
@@ -25,7 +25,8 @@ def _calls(dependant: Dependant) -> set[object]:
 def _routes() -> list[object]:
     # The routers' own routes (an app's include_router wraps them in a private type) and the app's.
     app = create_app(Settings(_env_file=None))  # type: ignore[call-arg]
-    return [*http.router.routes, *keys.router.routes, *dashboard.router.routes, *app.routes]
+    return [*http.router.routes, *keys.router.routes, *dashboard.router.routes, *presence.router.routes,
+            *sse.router.routes, *app.routes]
 
 
 def test_every_route_but_probes_needs_credentials() -> None:
@@ -35,14 +36,16 @@ def test_every_route_but_probes_needs_credentials() -> None:
             calls = _calls(route.dependant)
             (guarded if auth.principal in calls or auth.page_principal in calls else open_).append(route.path)
     assert set(open_) <= OPEN, f"routes without credentials: {sorted(set(open_) - OPEN)}"
-    assert {"/notifications", "/dlq", "/notifications/offline/{user_id}", "/keys", "/dashboard"} <= set(guarded)
+    assert {"/notifications", "/dlq", "/notifications/offline/{user_id}", "/keys", "/dashboard", "/presence/{user_id}",
+            "/sse/{user_id}"} <= set(guarded)
 
 
 def test_only_the_dashboard_page_takes_its_key_from_the_address() -> None:
-    """Issue 25, finding 6: ``?token=`` was taken by every route; now only GET /dashboard (and /ws)."""
+    """Issue 25, finding 6: ``?token=`` was taken by every route; now only GET /dashboard, GET /sse (EventSource
+    sends no headers: issue 23) and /ws."""
     by_query = [route.path for route in _routes()
                 if isinstance(route, APIRoute) and auth.page_principal in _calls(route.dependant)]
-    assert by_query == ["/dashboard"]
+    assert sorted(by_query) == ["/dashboard", "/sse/{user_id}"]
 
 
 def test_the_socket_checks_credentials_itself() -> None:
