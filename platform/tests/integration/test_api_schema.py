@@ -31,6 +31,8 @@ CHECKS = (
     "negative_data_rejection",
 )
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "25"))
+#: An accepted GET /sse never ends (it is a stream): its answers are checked by test_sse.py instead.
+STREAMS = ("/sse/{user_id}",)
 SEED = os.environ.get("SCHEMATHESIS_SEED", "20261201")  # fixed: make test is reproducible; change it to explore
 
 
@@ -44,6 +46,7 @@ def test_generated_requests_get_no_5xx_and_every_answer_matches_the_schema(
         str(SCHEMATHESIS), "run", f"{dev.gateway_urls[0]}/openapi.json", "--checks", ",".join(CHECKS),
         "--max-examples", str(MAX_EXAMPLES), "--seed", SEED, "--workers", "1", "--request-timeout", "15",
         "--no-color", "--report", "json", "--report-dir", str(report_dir),
+        *(arg for path in STREAMS for arg in ("--exclude-path", path)),
     ]  # fmt: skip
     # cwd: schemathesis keeps a cache directory where it runs.
     done = subprocess.run(
@@ -62,4 +65,4 @@ def test_generated_requests_get_no_5xx_and_every_answer_matches_the_schema(
     assert done.returncode == 0 and not report["failures"] and not report["errors"], (
         f"{summary}\n{done.stdout[-6000:]}"
     )
-    assert ops["tested"] == ops["total"] >= 10, summary
+    assert ops["tested"] == ops["total"] - len(STREAMS) >= 10, summary
