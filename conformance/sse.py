@@ -82,7 +82,8 @@ class SseClient:
         if fields.get("event") != "notification":
             return
         item = json.loads(fields["data"])
-        self.last_event_id = int(fields["id"])
+        if "id" in fields:  # an event above a hole in the seqs comes without one (contract §3a)
+            self.last_event_id = int(fields["id"])
         self.events.append(item)
         nid = str(item["id"])
         self.received.setdefault(nid, item)

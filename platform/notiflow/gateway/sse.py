@@ -41,10 +41,12 @@ DEDUP_WINDOW = 10_000
 _TICK_S = 0.5
 
 
-def event(item: dict[str, Any]) -> str:
-    """One notification as an SSE event: its seq as ``id``, the SPEC §3 frame without ``type`` as data."""
+def event(item: dict[str, Any], *, with_id: bool = True) -> str:
+    """One notification as an SSE event: its seq as ``id`` (when ``with_id``), the SPEC §3 frame without
+    ``type`` as data."""
     data = orjson.dumps(item).decode()
-    return f"id: {item['seq']}\nevent: notification\ndata: {data}\n\n"
+    head = f"id: {item['seq']}\n" if with_id else ""
+    return f"{head}event: notification\ndata: {data}\n\n"
 
 
 def closing_event(code: CloseCode) -> str:
@@ -76,6 +78,11 @@ class Stream:
         self._live: asyncio.Queue[list[str]] = asyncio.Queue(maxsize=1)  # the Connection's buffer is the bound
         self._sent: set[int] = set()
         self._order: deque[int] = deque()
+        # Every open notification with a seq up to the watermark has been written to this stream (or, up to
+        # after_seq, was received by the client before). An event carries ``id:`` only when its seq is the
+        # watermark's next: then a client's Last-Event-ID never claims a seq below which one is missing.
+        self.watermark = after_seq
+        self._above: set[int] = set()  # seqs written above a hole in the watermark
         self.conn = Connection(user_id, svc.settings.ws_queue_max, self._close, send=self._offer)
 
     def _close(self, code: CloseCode) -> None:
@@ -100,19 +107,60 @@ class Stream:
             self._sent.discard(self._order.popleft())
         return True
 
-    def _events(self, items: Iterable[dict[str, Any]]) -> str:
-        return "".join(event(i) for i in items if self._fresh(int(i["seq"])))
+    def _events(self, items: Iterable[dict[str, Any]], *, replayed: bool = False) -> str:
+        out: list[str] = []
+        for i in items:
+            seq = int(i["seq"])
+            if not self._fresh(seq):
+                continue
+            if replayed:
+                # The queue lists every open one in seq order: the seqs it skips were acknowledged or expired.
+                self.watermark = max(self.watermark, seq - 1)
+            out.append(event(i, with_id=self._advance(seq)))
+        return "".join(out)
+
+    def _reached(self, seq: int) -> None:
+        """Every open notification up to ``seq`` has been written: the watermark moves there at least."""
+        if seq <= self.watermark:
+            return
+        self.watermark = seq
+        self._above = {s for s in self._above if s > seq}
+        while self.watermark + 1 in self._above:
+            self.watermark += 1
+            self._above.discard(self.watermark)
+
+    def _advance(self, seq: int) -> bool:
+        """Account a seq about to be written; True when it is the watermark's next (its event gets ``id:``).
+        A seq above a hole (one not pushed yet: retrying, or racing) is written without ``id:``, so that a
+        client cut off before the hole fills resumes below it; once it fills, the watermark takes in what was
+        written above it. A hole that never fills (acknowledged or expired before it was pushed here) only
+        withholds ids: a resume then replays more, de-duplicated by id."""
+        if seq != self.watermark + 1:
+            if seq > self.watermark:
+                self._above.add(seq)
+                if len(self._above) > DEDUP_WINDOW:
+                    self._above.clear()  # conservative: the watermark only moves less far
+            return False
+        self.watermark = seq
+        while self.watermark + 1 in self._above:
+            self.watermark += 1
+            self._above.discard(self.watermark)
+        return True
 
     async def replay(self) -> AsyncIterator[str]:
-        """The offline queue after ``after_seq``, page by page, oldest first."""
+        """The offline queue after ``after_seq``, page by page, oldest first. Then every open notification up
+        to the seq committed before the first page was read has been written: the watermark moves there (the
+        stream was registered before, so any later one is pushed to it)."""
+        committed = await self._svc.queries.last_seq(self.user_id)
         after = self.after_seq
         while True:
             page = await self._svc.queries.offline(self.user_id, after, REPLAY_PAGE)
             rows = [{"id": str(r["id"]), "seq": r["seq"], "event": r["event"], "payload": r["payload"],
                      "created_at": r["created_at"]} for r in page["notifications"]]
             if rows:
-                yield self._events(rows)
+                yield self._events(rows, replayed=True)
             if page["next_after_seq"] is None:
+                self._reached(committed)
                 return
             after = int(page["next_after_seq"])
 

@@ -60,6 +60,11 @@ class QueryService:
             "next_after_seq": rows[-1]["seq"] if len(rows) == limit else None,
         }
 
+    async def last_seq(self, user_id: str) -> int:
+        """The highest seq committed for ``user_id`` (seqs commit in order: every one below it is committed)."""
+        async with pg_errors("last seq"), self._pool.acquire() as conn:
+            return await sql.last_seq(conn, user_id)
+
     async def ack(self, user_id: str, ids: list[uuid.UUID] | None, up_to_seq: int | None) -> int:
         async def write() -> int:
             async with pg_errors("ack"), self._pool.acquire() as conn:

@@ -128,3 +128,12 @@ async def open_for_users(conn: Any, after_seq: dict[str, int], per_user: int) ->
     oldest first; ordered by user, then seq."""
     users = list(after_seq)
     return [dict(r) for r in await conn.fetch(_OPEN_FOR_USERS, users, [after_seq[u] for u in users], per_user)]
+
+
+_LAST_SEQ = "SELECT last_seq FROM user_seqs WHERE user_id = $1"
+
+
+async def last_seq(conn: Any, user_id: str) -> int:
+    """The highest seq given to ``user_id`` so far (committed); 0 for a user never sent anything."""
+    value = await conn.fetchval(_LAST_SEQ, user_id)
+    return int(value or 0)

@@ -116,3 +116,20 @@ async def test_a_stream_closes_when_its_token_expires(gateways: Gateways, http: 
     async with open_sse(http, gw.url, bob, headers=bearer(token(bob, ttl_s=1.5))) as stream:
         await stream.until_end(10)
     assert stream.closed_with == {"code": 4401, "reason": "unauthorized"}
+
+
+async def test_events_carry_ids_for_a_user_who_acknowledged_everything(
+    gateways: Gateways, workers: Workers, http: httpx.AsyncClient
+) -> None:
+    """The watermark starts at the user's last committed seq: acknowledged seqs below are no hole."""
+    gw = await gateways.start()
+    await workers.stream()
+    (user,) = users(1, "acked")
+    for i in range(3):
+        await notify(http, gw.url, [user], payload={"i": i})
+    ack = await http.post(f"{gw.url}/notifications/offline/{user}/ack", json={"up_to_seq": 3})
+    assert ack.json() == {"acknowledged": 3}
+    async with open_sse(http, gw.url, user) as stream:
+        nid = await notify(http, gw.url, [user], payload={"i": 3})
+        (got,) = await stream.wait_ids({nid})
+        assert got["seq"] == 4 and got["_id"] == "4"

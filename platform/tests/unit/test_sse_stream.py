@@ -22,16 +22,19 @@ from notiflow.models import notification_frame
 
 pytestmark = pytest.mark.timeout(10)
 
-NIDS = [uuid.uuid4() for _ in range(10)]
 AT = datetime(2026, 12, 7, tzinfo=UTC)
 
 
 class Queue:
     """The offline queue of one user: rows with seq 1..n, paged as QueryService.offline pages them."""
 
-    def __init__(self, n: int) -> None:
-        self.rows = [{"id": NIDS[s - 1], "seq": s, "event": "e", "payload": orjson.Fragment(b'{"s":%d}' % s),
-                      "created_at": AT} for s in range(1, n + 1)]
+    def __init__(self, n: int, acked: frozenset[int] = frozenset()) -> None:
+        self.committed = n
+        self.rows = [{"id": uuid.UUID(int=s), "seq": s, "event": "e", "payload": orjson.Fragment(b'{"s":%d}' % s),
+                      "created_at": AT} for s in range(1, n + 1) if s not in acked]
+
+    async def last_seq(self, user_id: str) -> int:
+        return self.committed
 
     async def offline(self, user_id: str, after_seq: int, limit: int) -> dict[str, Any]:
         page = [r for r in self.rows if r["seq"] > after_seq][:limit]
@@ -39,13 +42,13 @@ class Queue:
                 "next_after_seq": page[-1]["seq"] if len(page) == limit else None}
 
 
-def stream(queue_rows: int = 0, after: int = 0, **settings: Any) -> Stream:
-    svc = SimpleNamespace(settings=Settings(_env_file=None, **settings), queries=Queue(queue_rows))  # type: ignore[call-arg]
+def stream(queue_rows: int = 0, after: int = 0, acked: frozenset[int] = frozenset(), **settings: Any) -> Stream:
+    svc = SimpleNamespace(settings=Settings(_env_file=None, **settings), queries=Queue(queue_rows, acked))  # type: ignore[call-arg]
     return Stream(cast(Services, svc), "alice", after, None, lambda: False)
 
 
 def frame(seq: int) -> str:
-    return notification_frame(NIDS[seq - 1], seq, "e", f'{{"s":{seq}}}', AT)
+    return notification_frame(uuid.UUID(int=seq), seq, "e", f'{{"s":{seq}}}', AT)
 
 
 def seqs(text: str) -> list[int]:
@@ -61,6 +64,42 @@ async def test_replay_after_the_last_event_id_then_live_frames_without_repeats()
     for seq in (4, 5, 6, 6):  # 4 and 5 raced the replay; 6 comes twice (a resync)
         s.conn.push(frame(seq))
     assert seqs(await asyncio.wait_for(anext(live), 5)) == [6]
+    s.conn.stop()
+
+
+def ids_and_seqs(text: str) -> list[tuple[int | None, int]]:
+    """(the id: line or None, the data's seq) of each event."""
+    out = []
+    for block in text.split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "data" in lines:
+            out.append((int(lines["id"]) if "id" in lines else None, orjson.loads(lines["data"])["seq"]))
+    return out
+
+
+async def test_an_event_carries_its_id_only_when_nothing_below_it_is_missing() -> None:
+    """A resume after Last-Event-ID must not skip a notification pushed out of order and cut off with the
+    connection: an event above a hole goes without ``id:`` until the hole fills."""
+    s = stream(queue_rows=6, after=0, acked=frozenset({2}))
+    replayed = "".join([chunk async for chunk in s.replay()])
+    assert ids_and_seqs(replayed) == [(1, 1), (3, 3), (4, 4), (5, 5), (6, 6)], "acked seqs are no hole"
+    live = s.live()
+    s.conn.push(frame(8))  # 7 is retrying: 8 comes first
+    assert ids_and_seqs(await asyncio.wait_for(anext(live), 5)) == [(None, 8)]
+    s.conn.push(frame(7))  # the hole fills: a client that got 7 has 8 (sent before it), resume after 7 is safe
+    assert ids_and_seqs(await asyncio.wait_for(anext(live), 5)) == [(7, 7)]
+    assert s.watermark == 8
+    s.conn.push(frame(9))
+    assert ids_and_seqs(await asyncio.wait_for(anext(live), 5)) == [(9, 9)]
+    s.conn.stop()
+
+
+async def test_a_fresh_stream_of_a_user_who_acknowledged_everything_gives_ids() -> None:
+    s = stream(queue_rows=100, acked=frozenset(range(1, 101)))  # 100 sent, all acknowledged: an empty queue
+    assert [chunk async for chunk in s.replay()] == [] and s.watermark == 100
+    live = s.live()
+    s.conn.push(frame(101))
+    assert ids_and_seqs(await asyncio.wait_for(anext(live), 5)) == [(101, 101)]
     s.conn.stop()
 
 
