@@ -26,12 +26,10 @@ from notiflow.models import WORK_STATUSES, Channel, DeliveryStatus, DeliveryWork
 from notiflow.service import routing
 from notiflow.service.clock import Clock, SystemClock
 from notiflow.service.dispatch_log import DispatchLog
+from notiflow.service.ports import HostBudget, Presence, Record, Routes, WorkLog
 from notiflow.store import deliveries as sql
-from notiflow.store.pool import Pool, pg_errors, retry_conflicts
-from notiflow.streams.budget import HostBudget
-from notiflow.streams.presence import Presence
-from notiflow.streams.pubsub import Router
-from notiflow.streams.work import WorkStream, retry_member
+from notiflow.store.pool import pg_errors, retry_conflicts
+from notiflow.streams.work import retry_member
 from notiflow.webhook import WebhookClient, host_of
 
 log = logging.getLogger(__name__)
@@ -45,10 +43,10 @@ class DeliveryService:
     def __init__(
         self,
         settings: Settings,
-        pool: Pool,
-        work: WorkStream,
+        pool: Record,
+        work: WorkLog,
         presence: Presence,
-        router: Router,
+        router: Routes,
         webhooks: WebhookClient,
         budget: HostBudget,
         clock: Clock | None = None,

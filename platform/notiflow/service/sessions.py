@@ -14,9 +14,9 @@ from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
 from notiflow.lifecycle import Deadline, cancel
 from notiflow.models import notification_frame
+from notiflow.service.ports import Presence
 from notiflow.service.queries import QueryService
 from notiflow.streams.client import Redis
-from notiflow.streams.presence import Presence
 from notiflow.streams.pubsub import NodeListener, Router
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from notiflow.lifecycle import Deadline, drain, pause
 from notiflow.models import Channel, Outcome, StreamEntry
 from notiflow.service.clock import RecordClock
 from notiflow.service.delivery import DeliveryService
+from notiflow.service.ports import WorkLog
 from notiflow.service.telemetry import Telemetry
 from notiflow.streams import bundle
-from notiflow.streams.work import WorkStream
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ Process = Callable[[list[StreamEntry]], Awaitable[list[Outcome]]]
 
 class StreamWorker:
     def __init__(
-        self, settings: Settings, deliveries: DeliveryService, work: WorkStream, telemetry: Telemetry | None = None,
+        self, settings: Settings, deliveries: DeliveryService, work: WorkLog, telemetry: Telemetry | None = None,
         clock: RecordClock | None = None, *, health: Health | None = None,
     ) -> None:
         self._s = settings
