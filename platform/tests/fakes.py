@@ -236,6 +236,38 @@ async def never_answers(*_: object, **__: object) -> Any:
     await asyncio.Event().wait()
 
 
+async def absorb_cancellation(done: asyncio.Event) -> None:
+    """Wait for ``done``, swallowing every cancellation on the way."""
+    while not done.is_set():
+        with contextlib.suppress(asyncio.CancelledError):
+            await done.wait()
+
+
+class StuckWebhooks:
+    """The stream worker's downstream client (``stream_worker(settings, webhooks)``) whose calls never return:
+    cancelled like any call (``cancelled`` counts them), or, given ``deaf``, absorbing the cancellation until
+    that event is set. ``calls`` is set once a call is under way."""
+
+    def __init__(self, deaf: asyncio.Event | None = None) -> None:
+        self.deaf = deaf
+        self.calls = asyncio.Event()
+        self.cancelled = 0
+
+    async def send(self, work: Any) -> None:
+        self.calls.set()
+        if self.deaf is not None:
+            await absorb_cancellation(self.deaf)
+            return
+        try:
+            await never_answers()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+    async def aclose(self) -> None:
+        return None
+
+
 class Faulty:
     """Any async port (WorkLog, Presence, Routes, Buckets) around the real adapter: each call passes through
     unless a fault is set for its method: ``fail`` raises, ``hang`` never answers, ``hold`` waits for the
@@ -252,9 +284,11 @@ class Faulty:
         self.inner = inner
         return self
 
-    def fail(self, name: str, exc: BaseException) -> None:
-        def raise_it() -> Any:
-            raise exc
+    def fail(self, name: str, exc: BaseException, when: Callable[..., bool] | None = None) -> None:
+        """Calls of ``name`` raise ``exc`` (those whose arguments ``when`` accepts, given ``when``)."""
+        def raise_it(*args: Any, **kwargs: Any) -> Any:
+            if when is None or when(*args, **kwargs):
+                raise exc
         self._faults[name] = raise_it
 
     def hang(self, name: str) -> None:
@@ -263,11 +297,20 @@ class Faulty:
     def hold(self, name: str) -> asyncio.Event:
         release, waiting = asyncio.Event(), self.waiting.setdefault(name, asyncio.Event())
 
-        async def wait() -> None:
+        async def wait(*_: Any, **__: Any) -> None:
             waiting.set()
             await release.wait()
         self._faults[name] = wait
         return release
+
+    def deafen(self, name: str, done: asyncio.Event) -> None:
+        """Calls of ``name`` absorb their cancellation, as a client library inside a read may, until ``done``."""
+        entered = self.waiting.setdefault(name, asyncio.Event())
+
+        async def deaf(*_: Any, **__: Any) -> None:
+            entered.set()
+            await absorb_cancellation(done)
+        self._faults[name] = deaf
 
     def heal(self) -> None:
         self._faults.clear()
@@ -281,7 +324,7 @@ class Faulty:
             self.calls[name] += 1
             fault = self._faults.get(name)
             if fault is not None:
-                await fault() if inspect.iscoroutinefunction(fault) else fault()
+                await fault(*args, **kwargs) if inspect.iscoroutinefunction(fault) else fault(*args, **kwargs)
             return await real(*args, **kwargs)
         return call
 

@@ -14,18 +14,18 @@ from notiflow.gateway.hub import Hub
 from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.dashboard import DashboardService
 from notiflow.service.ingest import IngestService
+from notiflow.service.ports import Record
 from notiflow.service.queries import QueryService
 from notiflow.service.ratelimit import IngestLimiter
 from notiflow.service.sessions import SessionService
 from notiflow.service.telemetry import Telemetry
-from notiflow.store.pool import Pool
 from notiflow.streams.client import Redis
 
 
 @dataclass(slots=True)
 class Services:
     settings: Settings
-    pool: Pool
+    pool: Record
     redis: Redis
     ingest: IngestService
     queries: QueryService
