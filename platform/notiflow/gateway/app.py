@@ -77,9 +77,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     work = wrap.work(WorkStream(redis, settings))
     hub = Hub()
-    queries = QueryService(settings, record, work)
-    ingest = IngestService(settings, record, work)
-    sessions = SessionService(settings, redis, wrap.presence(Presence(redis, settings)), queries, hub)
+    queries = QueryService(settings=settings, pool=record, work=work)
+    ingest = IngestService(settings=settings, pool=record, work=work)
+    sessions = SessionService(
+        settings=settings, redis=redis, presence=wrap.presence(Presence(redis, settings)), queries=queries, sockets=hub
+    )
     try:
         auth = AuthService(settings, record)
         await auth.start()
@@ -90,12 +92,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     warner = asyncio.create_task(_warn_while_auth_off(settings.auth_off_warning_s)) if auth.off else None
     limiter = IngestLimiter(settings, wrap.buckets(TokenBuckets(redis, settings)))
-    telemetry = Telemetry(settings, work, record, StatsBoard(redis, settings), role="gateway", read_stores=True,
-                          sockets=hub)
+    telemetry = Telemetry(settings=settings, work=work, pool=record, board=StatsBoard(redis, settings), role="gateway",
+                          read_stores=True, sockets=hub)
     dashboard_service = DashboardService(telemetry, queries)
     app.state.services = Services(
-        settings, record, redis, ingest, queries, sessions, hub, limiter, telemetry, dashboard_service, auth,
-        KeyService(record),
+        settings=settings, pool=record, redis=redis, ingest=ingest, queries=queries, sessions=sessions, hub=hub,
+        limiter=limiter, telemetry=telemetry, dashboard=dashboard_service, auth=auth, keys=KeyService(record),
     )
     queries.start()
     limiter.start()

@@ -22,7 +22,7 @@ from notiflow.service.telemetry import Telemetry
 from notiflow.streams.client import Redis
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Services:
     settings: Settings
     pool: Record

@@ -42,6 +42,7 @@ class DeliveryService:
 
     def __init__(
         self,
+        *,
         settings: Settings,
         pool: Record,
         work: WorkLog,

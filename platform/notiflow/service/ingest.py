@@ -60,7 +60,7 @@ def stream_entries(items: list[NewNotification], chunk: int) -> list[StreamEntry
 class IngestService:
     """The accept use case. One per gateway process."""
 
-    def __init__(self, settings: Settings, pool: Record, work: WorkLog) -> None:
+    def __init__(self, *, settings: Settings, pool: Record, work: WorkLog) -> None:
         self._s = settings
         self._pool = pool
         self._work = work

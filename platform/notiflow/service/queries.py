@@ -30,7 +30,7 @@ def _payload(row: dict[str, Any]) -> dict[str, Any]:
 class QueryService:
     """Use cases behind the read, ack and DLQ endpoints, and the socket ack path."""
 
-    def __init__(self, settings: Settings, pool: Record, work: WorkLog) -> None:
+    def __init__(self, *, settings: Settings, pool: Record, work: WorkLog) -> None:
         self._s = settings
         self._pool = pool
         self._work = work

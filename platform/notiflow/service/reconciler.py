@@ -47,7 +47,7 @@ Page = Callable[[tuple[uuid.UUID, str] | None], Awaitable[list[dict[str, Any]]]]
 class Reconciler:
     """One round at a time; ``run_once`` returns what it did, for logs and tests."""
 
-    def __init__(self, settings: Settings, pool: Record, work: WorkLog) -> None:
+    def __init__(self, *, settings: Settings, pool: Record, work: WorkLog) -> None:
         self._s = settings
         self._pool = pool
         self._work = work

@@ -37,7 +37,7 @@ class LocalSockets(Protocol):
 
 class SessionService:
     def __init__(
-        self, settings: Settings, redis: Redis, presence: Presence, queries: QueryService, sockets: LocalSockets
+        self, *, settings: Settings, redis: Redis, presence: Presence, queries: QueryService, sockets: LocalSockets
     ) -> None:
         self._s = settings
         self.node_id = settings.node_id

@@ -100,7 +100,7 @@ class Telemetry:
     """One per node. ``read_stores`` is set where the store gauges are wanted (gateways, retry workers)."""
 
     def __init__(
-        self, settings: Settings, work: WorkLog, pool: Record, board: StatsBoard, *, role: str,
+        self, *, settings: Settings, work: WorkLog, pool: Record, board: StatsBoard, role: str,
         read_stores: bool, sockets: Sockets | None = None,
     ) -> None:
         self._s = settings

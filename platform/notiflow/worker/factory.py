@@ -65,12 +65,14 @@ async def stream_worker(
         try:
             clock = await _record_clock(record, local_clock)
             deliveries = DeliveryService(
-                settings, record, work, wrap.presence(Presence(redis, settings)), wrap.routes(Router(redis, settings)),
-                webhooks, HostBudget(redis, settings), clock,
+                settings=settings, pool=record, work=work, presence=wrap.presence(Presence(redis, settings)),
+                router=wrap.routes(Router(redis, settings)), webhooks=webhooks, budget=HostBudget(redis, settings),
+                clock=clock,
             )
-            telemetry = Telemetry(settings, work, record, StatsBoard(redis, settings), role="stream-worker",
-                                  read_stores=False)
-            yield StreamWorker(settings, deliveries, work, telemetry, clock, health=health)
+            telemetry = Telemetry(settings=settings, work=work, pool=record, board=StatsBoard(redis, settings),
+                                  role="stream-worker", read_stores=False)
+            yield StreamWorker(settings=settings, deliveries=deliveries, work=work, telemetry=telemetry, clock=clock,
+                               health=health)
         finally:
             await webhooks.aclose()
 
@@ -85,17 +87,19 @@ async def retry_worker(
     wrap = wrappers or Wrappers()
     async with _stores(settings, pg_max=2) as (pool, redis):
         record, work = wrap.record(pool), wrap.work(WorkStream(redis, settings))
-        telemetry = Telemetry(settings, work, record, StatsBoard(redis, settings), role="retry-worker",
-                              read_stores=True)
+        telemetry = Telemetry(settings=settings, work=work, pool=record, board=StatsBoard(redis, settings),
+                              role="retry-worker", read_stores=True)
         clock = await _record_clock(record, local_clock)
-        yield RetryWorker(settings, work, Reconciler(settings, record, work), telemetry,
-                          RetentionService(settings, record), clock, health=health)
+        yield RetryWorker(
+            settings=settings, work=work, reconciler=Reconciler(settings=settings, pool=record, work=work),
+            telemetry=telemetry, retention=RetentionService(settings, record), clock=clock, health=health,
+        )
 
 
 @asynccontextmanager
 async def query_service(settings: Settings) -> AsyncIterator[QueryService]:
     async with _stores(settings, pg_max=2) as (pool, redis):
-        yield QueryService(settings, pool, WorkStream(redis, settings))
+        yield QueryService(settings=settings, pool=pool, work=WorkStream(redis, settings))
 
 
 @asynccontextmanager

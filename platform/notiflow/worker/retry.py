@@ -21,9 +21,8 @@ log = logging.getLogger(__name__)
 
 class RetryWorker:
     def __init__(
-        self, settings: Settings, work: WorkLog, reconciler: Reconciler, telemetry: Telemetry | None = None,
-        retention: RetentionService | None = None, clock: RecordClock | None = None, *,
-        health: Health | None = None,
+        self, *, settings: Settings, work: WorkLog, reconciler: Reconciler, telemetry: Telemetry | None = None,
+        retention: RetentionService | None = None, clock: RecordClock | None = None, health: Health | None = None,
     ) -> None:
         self._s = settings
         self._health = health or Health()  # what /healthz reads (metrics.serve)

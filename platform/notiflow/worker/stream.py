@@ -31,8 +31,8 @@ Process = Callable[[list[StreamEntry]], Awaitable[list[Outcome]]]
 
 class StreamWorker:
     def __init__(
-        self, settings: Settings, deliveries: DeliveryService, work: WorkLog, telemetry: Telemetry | None = None,
-        clock: RecordClock | None = None, *, health: Health | None = None,
+        self, *, settings: Settings, deliveries: DeliveryService, work: WorkLog, telemetry: Telemetry | None = None,
+        clock: RecordClock | None = None, health: Health | None = None,
     ) -> None:
         self._s = settings
         self._health = health or Health()  # what /healthz reads (metrics.serve)

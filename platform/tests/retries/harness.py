@@ -227,7 +227,7 @@ async def start_platform(
         # One reconciler round first, as on a platform that has been running: it finds no epoch in this
         # fresh namespace and "rebuilds" (nothing, on a clean database). Left to the retry worker, that
         # rebuild could race the test's first notifications and enqueue them twice.
-        await Reconciler(settings, db, WorkStream(client, settings)).run_once()
+        await Reconciler(settings=settings, pool=db, work=WorkStream(client, settings)).run_once()
         for _ in range(stream_workers):
             await plat.start_stream_worker()
         for _ in range(retry_workers):

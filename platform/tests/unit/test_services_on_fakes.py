@@ -43,7 +43,8 @@ async def _online(presence: MemoryPresence, node: str, *users: str, alive: bool 
 
 def _deliveries(record: Any, work: Any, presence: Any, routes: Any) -> DeliveryService:
     none = cast(Any, None)  # webhooks and their budget: not on the socket path
-    return DeliveryService(_settings(), record, work, presence, routes, none, none)
+    return DeliveryService(settings=_settings(), pool=record, work=work, presence=presence, router=routes,
+                           webhooks=none, budget=none)
 
 
 async def test_a_fresh_entry_goes_to_the_live_nodes_that_hear_it_and_reads_nothing_from_postgresql() -> None:
@@ -99,7 +100,7 @@ async def test_the_rate_limit_refuses_past_the_burst_and_fails_open_when_redis_d
 async def test_a_full_backlog_refuses_before_any_postgresql_work() -> None:
     work = Faulty().around(StubWorkLog())
     work.inner.units = 5
-    ingest = IngestService(_settings(stream_max_backlog=5), NoRecord(), work)
+    ingest = IngestService(settings=_settings(stream_max_backlog=5), pool=NoRecord(), work=work)
     await ingest.start()
     try:
         await wait_for(lambda: work.calls["backlog"] >= 1, 5, message="the backlog was read")
