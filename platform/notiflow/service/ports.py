@@ -1,10 +1,11 @@
 """The ports: what the services need of the stores, as small Protocols.
 
 The services depend on these, never on an adapter's class: the Redis adapters (streams/) and the PostgreSQL
-pool (store/pool.py) implement them, and so do the memory fakes of the unit tests and the fault-injecting
-wrappers of the integration tests (platform/tests/fakes.py). ``Wrappers`` is how a process is handed such a
-wrapper: the gateway's ``create_app`` and the worker factories apply it to the adapters they build, so that
-a test injects a fault through what it passes in rather than by overwriting a private attribute.
+pool (store/pool.py) implement them, and so do the memory fakes of the unit tests (platform/tests/fakes.py)
+and the fault-injecting wrappers of the integration tests (platform/tests/faults.py). ``Wrappers`` is how a
+process is handed such a wrapper: the gateway's ``create_app`` and the worker factories apply it to the
+adapters they build, so that a test injects a fault through what it passes in rather than by overwriting a
+private attribute.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import asyncio
 import asyncpg
 import httpx
 import pytest
-from fakes import Faulty
+from faults import Faulty
 from integration_support import Gateways, post, table_counts, users
 
 from notiflow.service.ports import Wrappers

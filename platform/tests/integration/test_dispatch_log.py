@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from fakes import FaultyRecord
+from faults import FaultyRecord
 from helpers import wait_for
 from integration_support import insert_pending
 

@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from fakes import Faulty
+from faults import Faulty
 from helpers import wait_for
 from integration_support import Gateways, SocketFactory, Workers, notify, table_counts, users
 from websockets.asyncio.client import connect

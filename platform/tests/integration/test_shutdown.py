@@ -15,7 +15,7 @@ import asyncio
 import asyncpg
 import httpx
 import pytest
-from fakes import Faulty, FaultyRecord, StuckWebhooks
+from faults import Faulty, FaultyRecord, StuckWebhooks
 from helpers import wait_for
 from integration_support import Gateway, Gateways, RunningWorker, Workers, notify, users
 from pydantic import SecretStr

@@ -17,7 +17,7 @@ import uuid
 import asyncpg
 import httpx
 import pytest
-from fakes import Faulty, FaultyRecord
+from faults import Faulty, FaultyRecord
 from helpers import wait_for
 from integration_support import Gateways, Workers, notify, offline_ids, status_of, users
 

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 import redis.asyncio as aioredis
-from fakes import Faulty
+from faults import Faulty
 from harness import Platform, PlatformFactory
 from helpers import wait_for
 

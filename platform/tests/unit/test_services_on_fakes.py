@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
-from fakes import Faulty, MemoryBuckets, MemoryPresence, NoRecord, RecordingRecord, RecordingRoutes, StubWorkLog
+from fakes import MemoryBuckets, MemoryPresence, NoRecord, RecordingRecord, RecordingRoutes, StubWorkLog
+from faults import Faulty
 from helpers import wait_for
 
 from notiflow.config import Settings
