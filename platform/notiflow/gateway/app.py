@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from notiflow import metrics
+from notiflow import metrics, roles
 from notiflow.config import Settings
 from notiflow.errors import (
     ApiError,
@@ -48,6 +48,7 @@ from notiflow.service.telemetry import Telemetry
 from notiflow.store.pool import close_pool, connect_pool, pg_limits
 from notiflow.streams.client import close_redis, connect_redis
 from notiflow.streams.presence import Presence
+from notiflow.streams.pubsub import Router
 from notiflow.streams.ratelimit import TokenBuckets
 from notiflow.streams.stats import StatsBoard
 from notiflow.streams.work import WorkStream
@@ -69,6 +70,7 @@ async def _warn_while_auth_off(period_s: float) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     wrap: Wrappers = app.state.wrappers
+    gateway = roles.gateway(settings)  # what the gateway's services get: their own part of the settings
     pool = await connect_pool(settings.database_url_required, max_size=settings.pg_pool_max, **pg_limits(settings))
     record = wrap.record(pool)
     redis = connect_redis(
@@ -77,13 +79,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     work = wrap.work(WorkStream(redis, settings))
     hub = Hub()
-    queries = QueryService(settings=settings, pool=record, work=work)
-    ingest = IngestService(settings=settings, pool=record, work=work)
+    queries = QueryService(settings=gateway, pool=record, work=work)
+    ingest = IngestService(settings=gateway, pool=record, work=work)
     sessions = SessionService(
-        settings=settings, redis=redis, presence=wrap.presence(Presence(redis, settings)), queries=queries, sockets=hub
+        settings=gateway, redis=redis, channel=Router(redis, settings).channel(settings.node_id),
+        presence=wrap.presence(Presence(redis, settings)), queries=queries, sockets=hub,
     )
     try:
-        auth = AuthService(settings, record)
+        auth = AuthService(roles.auth(settings), record)
         await auth.start()
     except AuthNotConfigured as exc:
         log.error("gateway refuses to start: %s", exc)
@@ -91,12 +94,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await close_pool(pool, RELEASE_S)
         raise
     warner = asyncio.create_task(_warn_while_auth_off(settings.auth_off_warning_s)) if auth.off else None
-    limiter = IngestLimiter(settings, wrap.buckets(TokenBuckets(redis, settings)))
-    telemetry = Telemetry(settings=settings, work=work, pool=record, board=StatsBoard(redis, settings), role="gateway",
+    limiter = IngestLimiter(gateway, wrap.buckets(TokenBuckets(redis, settings)))
+    telemetry = Telemetry(settings=gateway, work=work, pool=record, board=StatsBoard(redis, settings), role="gateway",
                           read_stores=True, sockets=hub)
     dashboard_service = DashboardService(telemetry, queries)
     app.state.services = Services(
-        settings=settings, pool=record, redis=redis, ingest=ingest, queries=queries, sessions=sessions, hub=hub,
+        settings=gateway, pool=record, redis=redis, ingest=ingest, queries=queries, sessions=sessions, hub=hub,
         limiter=limiter, telemetry=telemetry, dashboard=dashboard_service, auth=auth, keys=KeyService(record),
     )
     queries.start()
@@ -190,7 +193,7 @@ def create_app(settings: Settings, *, wrappers: Wrappers | None = None) -> FastA
     app.include_router(http.router)
     app.include_router(dashboard.router)
     app.include_router(keys.router)
-    app.add_middleware(Guard, settings=settings)
+    app.add_middleware(Guard, settings=roles.gateway(settings))
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> Response:

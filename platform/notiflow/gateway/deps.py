@@ -9,8 +9,8 @@ from typing import Any
 from starlette.requests import HTTPConnection
 
 from notiflow import ids
-from notiflow.config import Settings
 from notiflow.gateway.hub import Hub
+from notiflow.roles import GatewaySettings
 from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.dashboard import DashboardService
 from notiflow.service.ingest import IngestService
@@ -24,7 +24,7 @@ from notiflow.streams.client import Redis
 
 @dataclass(slots=True, kw_only=True)
 class Services:
-    settings: Settings
+    settings: GatewaySettings
     pool: Record
     redis: Redis
     ingest: IngestService

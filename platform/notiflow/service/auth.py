@@ -12,7 +12,6 @@ import logging
 from typing import Any
 
 from notiflow.batching import Batcher
-from notiflow.config import Settings
 from notiflow.credentials import (
     ANONYMOUS,
     KEY_NAME_RE,
@@ -27,6 +26,7 @@ from notiflow.credentials import (
     new_api_key,
 )
 from notiflow.errors import ApiError, AuthNotConfigured, Unauthorized
+from notiflow.roles import AuthSettings
 from notiflow.service.ports import Record
 from notiflow.store import api_keys as sql
 from notiflow.store.pool import pg_errors
@@ -39,7 +39,7 @@ _PREFIX_SHOWN = len(KEY_PREFIX) + 6
 class AuthService:
     """Turns a bearer token (or none) into a Principal. One per gateway process."""
 
-    def __init__(self, settings: Settings, pool: Record) -> None:
+    def __init__(self, settings: AuthSettings, pool: Record) -> None:
         self._s = settings
         self.off = settings.auth == "off"
         self._pool = pool

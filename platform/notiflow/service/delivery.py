@@ -20,9 +20,9 @@ import orjson
 
 from notiflow import metrics
 from notiflow.backoff import compute_backoff_ms
-from notiflow.config import Settings
 from notiflow.errors import DownstreamError, NotiflowError, StoreUnavailable
 from notiflow.models import WORK_STATUSES, Channel, DeliveryStatus, DeliveryWork, Outcome, StreamEntry
+from notiflow.roles import WorkerSettings
 from notiflow.service import routing
 from notiflow.service.clock import Clock, SystemClock
 from notiflow.service.dispatch_log import DispatchLog
@@ -43,7 +43,7 @@ class DeliveryService:
     def __init__(
         self,
         *,
-        settings: Settings,
+        settings: WorkerSettings,
         pool: Record,
         work: WorkLog,
         presence: Presence,

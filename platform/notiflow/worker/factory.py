@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from notiflow import roles
 from notiflow.config import Settings
 from notiflow.health import Health
 from notiflow.lifecycle import RELEASE_S
@@ -60,18 +61,19 @@ async def stream_worker(
     ``wrappers``: around the adapters built here (service/ports.py), none by default."""
     wrap = wrappers or Wrappers()
     async with _stores(settings, pg_max=settings.pg_pool_max) as (pool, redis):
-        webhooks = webhooks or WebhookClient(settings)
+        webhooks = webhooks or WebhookClient(roles.webhooks(settings))
+        worker = roles.worker(settings)  # what the worker and its services get: their own part of the settings
         record, work = wrap.record(pool), wrap.work(WorkStream(redis, settings))
         try:
             clock = await _record_clock(record, local_clock)
             deliveries = DeliveryService(
-                settings=settings, pool=record, work=work, presence=wrap.presence(Presence(redis, settings)),
+                settings=worker, pool=record, work=work, presence=wrap.presence(Presence(redis, settings)),
                 router=wrap.routes(Router(redis, settings)), webhooks=webhooks, budget=HostBudget(redis, settings),
                 clock=clock,
             )
-            telemetry = Telemetry(settings=settings, work=work, pool=record, board=StatsBoard(redis, settings),
+            telemetry = Telemetry(settings=worker, work=work, pool=record, board=StatsBoard(redis, settings),
                                   role="stream-worker", read_stores=False)
-            yield StreamWorker(settings=settings, deliveries=deliveries, work=work, telemetry=telemetry, clock=clock,
+            yield StreamWorker(settings=worker, deliveries=deliveries, work=work, telemetry=telemetry, clock=clock,
                                health=health)
         finally:
             await webhooks.aclose()
@@ -87,19 +89,21 @@ async def retry_worker(
     wrap = wrappers or Wrappers()
     async with _stores(settings, pg_max=2) as (pool, redis):
         record, work = wrap.record(pool), wrap.work(WorkStream(redis, settings))
-        telemetry = Telemetry(settings=settings, work=work, pool=record, board=StatsBoard(redis, settings),
+        worker = roles.worker(settings)  # what the worker and its services get: their own part of the settings
+        telemetry = Telemetry(settings=worker, work=work, pool=record, board=StatsBoard(redis, settings),
                               role="retry-worker", read_stores=True)
         clock = await _record_clock(record, local_clock)
         yield RetryWorker(
-            settings=settings, work=work, reconciler=Reconciler(settings=settings, pool=record, work=work),
-            telemetry=telemetry, retention=RetentionService(settings, record), clock=clock, health=health,
+            settings=worker, work=work, reconciler=Reconciler(settings=worker, pool=record, work=work),
+            telemetry=telemetry, retention=RetentionService(roles.retention(settings), record), clock=clock,
+            health=health,
         )
 
 
 @asynccontextmanager
 async def query_service(settings: Settings) -> AsyncIterator[QueryService]:
     async with _stores(settings, pg_max=2) as (pool, redis):
-        yield QueryService(settings=settings, pool=pool, work=WorkStream(redis, settings))
+        yield QueryService(settings=roles.gateway(settings), pool=pool, work=WorkStream(redis, settings))
 
 
 @asynccontextmanager

@@ -6,10 +6,10 @@ import asyncio
 import logging
 
 from notiflow import metrics
-from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
 from notiflow.health import Health
 from notiflow.lifecycle import Deadline, drain, pause
+from notiflow.roles import WorkerSettings
 from notiflow.service.clock import Clock, RecordClock, SystemClock
 from notiflow.service.ports import WorkLog
 from notiflow.service.reconciler import Reconciler
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 class RetryWorker:
     def __init__(
-        self, *, settings: Settings, work: WorkLog, reconciler: Reconciler, telemetry: Telemetry | None = None,
+        self, *, settings: WorkerSettings, work: WorkLog, reconciler: Reconciler, telemetry: Telemetry | None = None,
         retention: RetentionService | None = None, clock: RecordClock | None = None, health: Health | None = None,
     ) -> None:
         self._s = settings
