@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from notiflow.config import Settings
 from notiflow.errors import Unauthorized
 from notiflow.models import user_id_problem
+from notiflow.roles import AuthSettings
 
 KEY_PREFIX = "nf_"
 KEY_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -143,7 +144,7 @@ class TokenVerifier:
     a token must carry none; required with a public key) and ``iss`` when configured. The algorithm is fixed
     by the configured key, never by the token."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: AuthSettings) -> None:
         self._keys: dict[str, Any] = {}
         if settings.jwt_secret is not None:
             secret = settings.jwt_secret.get_secret_value().encode()

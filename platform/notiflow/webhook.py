@@ -22,9 +22,9 @@ from urllib.parse import quote, urlsplit
 import httpx
 from standardwebhooks import Webhook
 
-from notiflow.config import Settings
 from notiflow.errors import ApiError, DownstreamError, DownstreamRejected
 from notiflow.models import DeliveryWork
+from notiflow.roles import WebhookSettings
 
 #: The most of a downstream's response body that is read (the rest is dropped with the connection).
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -175,7 +175,8 @@ def retry_after_s(value: str | None) -> float | None:
 class WebhookClient:
     """One pooled HTTP client per worker process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: WebhookSettings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        """``transport``: httpx's transport to send through (its default, sockets, unless given one)."""
         self._s = settings
         self._signers = [Webhook(secret) for secret in settings.webhook_secrets]
         self._http = httpx.AsyncClient(
@@ -183,6 +184,7 @@ class WebhookClient:
             follow_redirects=False,  # a redirect could lead outside the allowed hosts
             limits=httpx.Limits(max_connections=settings.webhook_concurrency),
             trust_env=False,
+            transport=transport,
         )
 
     async def aclose(self) -> None:

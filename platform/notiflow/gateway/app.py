@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from notiflow import metrics
+from notiflow import metrics, roles
 from notiflow.config import Settings
 from notiflow.errors import (
     ApiError,
@@ -40,6 +40,7 @@ from notiflow.lifecycle import RELEASE_S, Deadline, cancel
 from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.dashboard import DashboardService
 from notiflow.service.ingest import IngestService
+from notiflow.service.ports import Wrappers
 from notiflow.service.queries import QueryService
 from notiflow.service.ratelimit import IngestLimiter
 from notiflow.service.sessions import SessionService
@@ -47,6 +48,7 @@ from notiflow.service.telemetry import Telemetry
 from notiflow.store.pool import close_pool, connect_pool, pg_limits
 from notiflow.streams.client import close_redis, connect_redis
 from notiflow.streams.presence import Presence
+from notiflow.streams.pubsub import Router
 from notiflow.streams.ratelimit import TokenBuckets
 from notiflow.streams.stats import StatsBoard
 from notiflow.streams.work import WorkStream
@@ -67,18 +69,24 @@ async def _warn_while_auth_off(period_s: float) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    wrap: Wrappers = app.state.wrappers
+    gateway = roles.gateway(settings)  # what the gateway's services get: their own part of the settings
     pool = await connect_pool(settings.database_url_required, max_size=settings.pg_pool_max, **pg_limits(settings))
+    record = wrap.record(pool)
     redis = connect_redis(
         settings.redis_url_required, max_connections=settings.redis_pool_max,
         wait_timeout_s=settings.redis_pool_timeout_s,
     )
-    work = WorkStream(redis, settings)
+    work = wrap.work(WorkStream(redis, settings))
     hub = Hub()
-    queries = QueryService(settings, pool, work)
-    ingest = IngestService(settings, pool, work)
-    sessions = SessionService(settings, redis, Presence(redis, settings), queries, hub)
+    queries = QueryService(settings=gateway, pool=record, work=work)
+    ingest = IngestService(settings=gateway, pool=record, work=work)
+    sessions = SessionService(
+        settings=gateway, redis=redis, channel=Router(redis, settings).channel(settings.node_id),
+        presence=wrap.presence(Presence(redis, settings)), queries=queries, sockets=hub,
+    )
     try:
-        auth = AuthService(settings, pool)
+        auth = AuthService(roles.auth(settings), record)
         await auth.start()
     except AuthNotConfigured as exc:
         log.error("gateway refuses to start: %s", exc)
@@ -86,13 +94,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await close_pool(pool, RELEASE_S)
         raise
     warner = asyncio.create_task(_warn_while_auth_off(settings.auth_off_warning_s)) if auth.off else None
-    limiter = IngestLimiter(settings, TokenBuckets(redis, settings))
-    telemetry = Telemetry(settings, work, pool, StatsBoard(redis, settings), role="gateway", read_stores=True,
-                          sockets=hub)
+    limiter = IngestLimiter(gateway, wrap.buckets(TokenBuckets(redis, settings)))
+    telemetry = Telemetry(settings=gateway, work=work, pool=record, board=StatsBoard(redis, settings), role="gateway",
+                          read_stores=True, sockets=hub)
     dashboard_service = DashboardService(telemetry, queries)
     app.state.services = Services(
-        settings, pool, redis, ingest, queries, sessions, hub, limiter, telemetry, dashboard_service, auth,
-        KeyService(pool),
+        settings=gateway, pool=record, redis=redis, ingest=ingest, queries=queries, sessions=sessions, hub=hub,
+        limiter=limiter, telemetry=telemetry, dashboard=dashboard_service, auth=auth, keys=KeyService(record),
     )
     queries.start()
     limiter.start()
@@ -174,10 +182,12 @@ handshake whose Host is not allowed (security.py) is refused here, for every pat
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, wrappers: Wrappers | None = None) -> FastAPI:
+    """The gateway app; ``wrappers``: around the adapters its lifespan builds (service/ports.py), none by default."""
     app = GatewayApp(title="notiflow", version="0.1.0", lifespan=lifespan,
                      docs_url="/docs" if settings.api_docs else None, redoc_url=None)
     app.state.settings = settings
+    app.state.wrappers = wrappers or Wrappers()
     app.state.allowed_hosts = served_hosts(settings.allowed_hosts, settings.host)
     app.state.stop_deadline = None  # set by stop_serving
     app.include_router(http.router)
@@ -185,7 +195,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(presence.router)
     app.include_router(sse.router)
-    app.add_middleware(Guard, settings=settings)
+    app.add_middleware(Guard, settings=roles.gateway(settings))
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> Response:

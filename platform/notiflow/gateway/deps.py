@@ -9,23 +9,23 @@ from typing import Any
 from starlette.requests import HTTPConnection
 
 from notiflow import ids
-from notiflow.config import Settings
 from notiflow.gateway.hub import Hub
+from notiflow.roles import GatewaySettings
 from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.dashboard import DashboardService
 from notiflow.service.ingest import IngestService
+from notiflow.service.ports import Record
 from notiflow.service.queries import QueryService
 from notiflow.service.ratelimit import IngestLimiter
 from notiflow.service.sessions import SessionService
 from notiflow.service.telemetry import Telemetry
-from notiflow.store.pool import Pool
 from notiflow.streams.client import Redis
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Services:
-    settings: Settings
-    pool: Pool
+    settings: GatewaySettings
+    pool: Record
     redis: Redis
     ingest: IngestService
     queries: QueryService

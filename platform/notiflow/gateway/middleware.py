@@ -10,10 +10,10 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from notiflow import metrics
-from notiflow.config import Settings
 from notiflow.gateway import dashboard
 from notiflow.gateway.http import error_response
 from notiflow.gateway.security import PROBES, header_host, host_allowed, page_csp, security_headers, served_hosts
+from notiflow.roles import GatewaySettings
 
 MAX_HEADER_BYTES = 16 * 1024
 INGEST_PATHS = ("/notifications", "/notifications/batch")
@@ -22,7 +22,7 @@ _CODE = re.compile(rb'"code":"([a-z_]{1,40})"')
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: GatewaySettings) -> None:
         self.app = app
         self.allowed_hosts = served_hosts(settings.allowed_hosts, settings.host)
         self.dashboard_csp = page_csp(dashboard.page())

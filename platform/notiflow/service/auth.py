@@ -12,7 +12,6 @@ import logging
 from typing import Any
 
 from notiflow.batching import Batcher
-from notiflow.config import Settings
 from notiflow.credentials import (
     ANONYMOUS,
     KEY_NAME_RE,
@@ -27,8 +26,10 @@ from notiflow.credentials import (
     new_api_key,
 )
 from notiflow.errors import ApiError, AuthNotConfigured, Unauthorized
+from notiflow.roles import AuthSettings
+from notiflow.service.ports import Record
 from notiflow.store import api_keys as sql
-from notiflow.store.pool import Pool, pg_errors
+from notiflow.store.pool import pg_errors
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ _PREFIX_SHOWN = len(KEY_PREFIX) + 6
 class AuthService:
     """Turns a bearer token (or none) into a Principal. One per gateway process."""
 
-    def __init__(self, settings: Settings, pool: Pool) -> None:
+    def __init__(self, settings: AuthSettings, pool: Record) -> None:
         self._s = settings
         self.off = settings.auth == "off"
         self._pool = pool
@@ -102,7 +103,7 @@ def _key_principal(row: dict[str, Any] | None, digest: str) -> Principal | None:
 class KeyService:
     """The key management use cases behind `notiflow keys`."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Record) -> None:
         self._pool = pool
 
     async def create(self, name: str, scopes: frozenset[Scope]) -> dict[str, Any]:

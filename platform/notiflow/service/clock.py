@@ -22,8 +22,9 @@ from typing import Protocol
 
 from notiflow.errors import StoreUnavailable
 from notiflow.lifecycle import pause
+from notiflow.service.ports import Record
 from notiflow.store import deliveries as sql
-from notiflow.store.pool import Pool, pg_errors
+from notiflow.store.pool import pg_errors
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class SystemClock:
 class RecordClock:
     """PostgreSQL's clock, read through a local one and the offset measured at the last ``sync``."""
 
-    def __init__(self, pool: Pool, local: Clock, interval_s: float = SYNC_S) -> None:
+    def __init__(self, pool: Record, local: Clock, interval_s: float = SYNC_S) -> None:
         self._pool = pool
         self._local = local
         self._interval_s = interval_s

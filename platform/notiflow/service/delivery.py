@@ -20,18 +20,16 @@ import orjson
 
 from notiflow import metrics
 from notiflow.backoff import compute_backoff_ms
-from notiflow.config import Settings
 from notiflow.errors import DownstreamError, NotiflowError, StoreUnavailable
 from notiflow.models import WORK_STATUSES, Channel, DeliveryStatus, DeliveryWork, Outcome, StreamEntry
+from notiflow.roles import WorkerSettings
 from notiflow.service import routing
 from notiflow.service.clock import Clock, SystemClock
 from notiflow.service.dispatch_log import DispatchLog
+from notiflow.service.ports import HostBudget, Presence, Record, Routes, WorkLog
 from notiflow.store import deliveries as sql
-from notiflow.store.pool import Pool, pg_errors, retry_conflicts
-from notiflow.streams.budget import HostBudget
-from notiflow.streams.presence import Presence
-from notiflow.streams.pubsub import Router
-from notiflow.streams.work import WorkStream, retry_member
+from notiflow.store.pool import pg_errors, retry_conflicts
+from notiflow.streams.work import retry_member
 from notiflow.webhook import WebhookClient, host_of
 
 log = logging.getLogger(__name__)
@@ -44,11 +42,12 @@ class DeliveryService:
 
     def __init__(
         self,
-        settings: Settings,
-        pool: Pool,
-        work: WorkStream,
+        *,
+        settings: WorkerSettings,
+        pool: Record,
+        work: WorkLog,
         presence: Presence,
-        router: Router,
+        router: Routes,
         webhooks: WebhookClient,
         budget: HostBudget,
         clock: Clock | None = None,

@@ -22,8 +22,9 @@ from collections import deque
 
 from notiflow.errors import StoreUnavailable
 from notiflow.lifecycle import cancel
+from notiflow.service.ports import Record
 from notiflow.store import deliveries as sql
-from notiflow.store.pool import Pool, pg_errors, retry_conflicts
+from notiflow.store.pool import pg_errors, retry_conflicts
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class DispatchLog:
     could make the write unnecessary.
     """
 
-    def __init__(self, pool: Pool, delay_s: float) -> None:
+    def __init__(self, pool: Record, delay_s: float) -> None:
         self._pool = pool
         self._delay_s = delay_s
         self._held: deque[tuple[float, list[Handoff]]] = deque()  # (monotonic time added, hand-offs)

@@ -12,13 +12,13 @@ import orjson
 
 from notiflow import metrics
 from notiflow.batching import Batcher
-from notiflow.config import Settings
 from notiflow.errors import BackpressureError, IdempotencyConflict, StoreUnavailable
 from notiflow.lifecycle import Deadline
 from notiflow.models import Carried, Channel, NewNotification, StreamEntry
+from notiflow.roles import GatewaySettings
+from notiflow.service.ports import Record, WorkLog
 from notiflow.store import ingest as sql
-from notiflow.store.pool import Pool, pg_errors, pg_write_errors
-from notiflow.streams.work import WorkStream
+from notiflow.store.pool import pg_errors, pg_write_errors
 from notiflow.webhook import check_webhook_url
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def stream_entries(items: list[NewNotification], chunk: int) -> list[StreamEntry
 class IngestService:
     """The accept use case. One per gateway process."""
 
-    def __init__(self, settings: Settings, pool: Pool, work: WorkStream) -> None:
+    def __init__(self, *, settings: GatewaySettings, pool: Record, work: WorkLog) -> None:
         self._s = settings
         self._pool = pool
         self._work = work

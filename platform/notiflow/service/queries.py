@@ -11,13 +11,13 @@ import orjson
 
 from notiflow import metrics
 from notiflow.batching import Batcher
-from notiflow.config import Settings
 from notiflow.errors import NotFound
 from notiflow.models import Channel, StreamEntry
+from notiflow.roles import GatewaySettings
+from notiflow.service.ports import Record, WorkLog
 from notiflow.store import dlq as dlq_sql
 from notiflow.store import queries as sql
-from notiflow.store.pool import Pool, pg_errors, retry_conflicts
-from notiflow.streams.work import WorkStream
+from notiflow.store.pool import pg_errors, retry_conflicts
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def _payload(row: dict[str, Any]) -> dict[str, Any]:
 class QueryService:
     """Use cases behind the read, ack and DLQ endpoints, and the socket ack path."""
 
-    def __init__(self, settings: Settings, pool: Pool, work: WorkStream) -> None:
+    def __init__(self, *, settings: GatewaySettings, pool: Record, work: WorkLog) -> None:
         self._s = settings
         self._pool = pool
         self._work = work

@@ -18,10 +18,10 @@ import logging
 from collections.abc import Sequence
 
 from notiflow.batching import Batcher
-from notiflow.config import Settings
 from notiflow.errors import ApiError, RateLimited, StoreUnavailable
 from notiflow.models import NewNotification
-from notiflow.streams.ratelimit import TokenBuckets
+from notiflow.roles import GatewaySettings
+from notiflow.service.ports import Buckets
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ OPEN_AFTER_FAILURE_S = 1.0
 
 
 class IngestLimiter:
-    def __init__(self, settings: Settings, buckets: TokenBuckets) -> None:
+    def __init__(self, settings: GatewaySettings, buckets: Buckets) -> None:
         self._s = settings
         self._buckets = buckets
         self._batcher: Batcher[tuple[str, int], int] = Batcher(self._flush, max_batch=500, name="rate-limit")

@@ -22,12 +22,13 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from notiflow.config import Settings
 from notiflow.models import Channel, DeliveryStatus, StreamEntry
+from notiflow.roles import WorkerSettings
+from notiflow.service.ports import Record, WorkLog
 from notiflow.store import reconcile as sql
 from notiflow.store.ingest import mark_enqueued
-from notiflow.store.pool import Pool, pg_errors
-from notiflow.streams.work import WorkStream, retry_member
+from notiflow.store.pool import pg_errors
+from notiflow.streams.work import retry_member
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ Page = Callable[[tuple[uuid.UUID, str] | None], Awaitable[list[dict[str, Any]]]]
 class Reconciler:
     """One round at a time; ``run_once`` returns what it did, for logs and tests."""
 
-    def __init__(self, settings: Settings, pool: Pool, work: WorkStream) -> None:
+    def __init__(self, *, settings: WorkerSettings, pool: Record, work: WorkLog) -> None:
         self._s = settings
         self._pool = pool
         self._work = work

@@ -12,16 +12,17 @@ import contextlib
 import logging
 
 from notiflow import metrics
-from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
+from notiflow.roles import RetentionSettings
+from notiflow.service.ports import Record
 from notiflow.store import retention as sql
-from notiflow.store.pool import Pool, pg_errors
+from notiflow.store.pool import pg_errors
 
 log = logging.getLogger(__name__)
 
 
 class RetentionService:
-    def __init__(self, settings: Settings, pool: Pool) -> None:
+    def __init__(self, settings: RetentionSettings, pool: Record) -> None:
         self._s = settings
         self._pool = pool
 

@@ -10,14 +10,14 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
 from notiflow.lifecycle import Deadline, cancel
 from notiflow.models import notification_frame
+from notiflow.roles import GatewaySettings
+from notiflow.service.ports import Presence
 from notiflow.service.queries import QueryService
 from notiflow.streams.client import Redis
-from notiflow.streams.presence import Presence
-from notiflow.streams.pubsub import NodeListener, Router
+from notiflow.streams.pubsub import NodeListener
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +37,16 @@ class LocalSockets(Protocol):
 
 class SessionService:
     def __init__(
-        self, settings: Settings, redis: Redis, presence: Presence, queries: QueryService, sockets: LocalSockets
+        self, *, settings: GatewaySettings, redis: Redis, channel: str, presence: Presence, queries: QueryService,
+        sockets: LocalSockets,
     ) -> None:
+        """``channel``: the Pub/Sub channel of this node's frames (streams/pubsub.py Router.channel)."""
         self._s = settings
         self.node_id = settings.node_id
         self._presence = presence
         self._queries = queries
         self._sockets = sockets
-        self._listener = NodeListener(
-            redis, Router(redis, settings).channel(self.node_id), sockets.deliver, self.resync
-        )
+        self._listener = NodeListener(redis, channel, sockets.deliver, self.resync)
         self._tasks: list[asyncio.Task[None]] = []
         self.resyncs = 0
 

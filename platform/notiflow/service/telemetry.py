@@ -22,13 +22,13 @@ import time
 from typing import Any, Protocol
 
 from notiflow import metrics
-from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
 from notiflow.lifecycle import cancel
+from notiflow.roles import GatewaySettings, WorkerSettings
+from notiflow.service.ports import Record, WorkLog
 from notiflow.store import dlq as dlq_sql
-from notiflow.store.pool import Pool, pg_errors
+from notiflow.store.pool import pg_errors
 from notiflow.streams.stats import StatsBoard
-from notiflow.streams.work import WorkStream
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class Telemetry:
     """One per node. ``read_stores`` is set where the store gauges are wanted (gateways, retry workers)."""
 
     def __init__(
-        self, settings: Settings, work: WorkStream, pool: Pool, board: StatsBoard, *, role: str,
+        self, *, settings: GatewaySettings | WorkerSettings, work: WorkLog, pool: Record, board: StatsBoard, role: str,
         read_stores: bool, sockets: Sockets | None = None,
     ) -> None:
         self._s = settings

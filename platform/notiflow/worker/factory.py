@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from notiflow import roles
 from notiflow.config import Settings
 from notiflow.health import Health
 from notiflow.lifecycle import RELEASE_S
 from notiflow.service.auth import KeyService
 from notiflow.service.clock import Clock, RecordClock, SystemClock
 from notiflow.service.delivery import DeliveryService
+from notiflow.service.ports import Record, Wrappers
 from notiflow.service.queries import QueryService
 from notiflow.service.reconciler import Reconciler
 from notiflow.service.retention import RetentionService
@@ -41,7 +43,7 @@ async def _stores(settings: Settings, *, pg_max: int) -> AsyncIterator[tuple[Poo
         await close_pool(pool, RELEASE_S)
 
 
-async def _record_clock(pool: Pool, local: Clock | None) -> RecordClock:
+async def _record_clock(pool: Record, local: Clock | None) -> RecordClock:
     """PostgreSQL's clock through ``local`` (this machine's by default), measured once before any work."""
     clock = RecordClock(pool, local or SystemClock())
     await clock.try_sync()
@@ -51,45 +53,57 @@ async def _record_clock(pool: Pool, local: Clock | None) -> RecordClock:
 @asynccontextmanager
 async def stream_worker(
     settings: Settings, webhooks: WebhookClient | None = None, *, health: Health | None = None,
-    local_clock: Clock | None = None,
+    local_clock: Clock | None = None, wrappers: Wrappers | None = None,
 ) -> AsyncIterator[StreamWorker]:
     """``webhooks``: the downstream client to call through (closed here whoever made it); by default one
     built from ``settings``. ``health``: what the worker's loop beats (its /healthz). ``local_clock``: this
-    machine's clock, which the worker corrects to PostgreSQL's (service/clock.py); the system's by default."""
+    machine's clock, which the worker corrects to PostgreSQL's (service/clock.py); the system's by default.
+    ``wrappers``: around the adapters built here (service/ports.py), none by default."""
+    wrap = wrappers or Wrappers()
     async with _stores(settings, pg_max=settings.pg_pool_max) as (pool, redis):
-        webhooks = webhooks or WebhookClient(settings)
-        work = WorkStream(redis, settings)
+        webhooks = webhooks or WebhookClient(roles.webhooks(settings))
+        worker = roles.worker(settings)  # what the worker and its services get: their own part of the settings
+        record, work = wrap.record(pool), wrap.work(WorkStream(redis, settings))
         try:
-            clock = await _record_clock(pool, local_clock)
+            clock = await _record_clock(record, local_clock)
             deliveries = DeliveryService(
-                settings, pool, work, Presence(redis, settings), Router(redis, settings), webhooks,
-                HostBudget(redis, settings), clock,
+                settings=worker, pool=record, work=work, presence=wrap.presence(Presence(redis, settings)),
+                router=wrap.routes(Router(redis, settings)), webhooks=webhooks, budget=HostBudget(redis, settings),
+                clock=clock,
             )
-            telemetry = Telemetry(settings, work, pool, StatsBoard(redis, settings), role="stream-worker",
-                                  read_stores=False)
-            yield StreamWorker(settings, deliveries, work, telemetry, clock, health=health)
+            telemetry = Telemetry(settings=worker, work=work, pool=record, board=StatsBoard(redis, settings),
+                                  role="stream-worker", read_stores=False)
+            yield StreamWorker(settings=worker, deliveries=deliveries, work=work, telemetry=telemetry, clock=clock,
+                               health=health)
         finally:
             await webhooks.aclose()
 
 
 @asynccontextmanager
 async def retry_worker(
-    settings: Settings, *, health: Health | None = None, local_clock: Clock | None = None
+    settings: Settings, *, health: Health | None = None, local_clock: Clock | None = None,
+    wrappers: Wrappers | None = None,
 ) -> AsyncIterator[RetryWorker]:
-    """``local_clock``: this machine's clock, which the worker corrects to PostgreSQL's (service/clock.py)."""
+    """``local_clock``: this machine's clock, which the worker corrects to PostgreSQL's (service/clock.py).
+    ``wrappers``: around the adapters built here (service/ports.py), none by default."""
+    wrap = wrappers or Wrappers()
     async with _stores(settings, pg_max=2) as (pool, redis):
-        work = WorkStream(redis, settings)
-        telemetry = Telemetry(settings, work, pool, StatsBoard(redis, settings), role="retry-worker",
-                              read_stores=True)
-        clock = await _record_clock(pool, local_clock)
-        yield RetryWorker(settings, work, Reconciler(settings, pool, work), telemetry,
-                          RetentionService(settings, pool), clock, health=health)
+        record, work = wrap.record(pool), wrap.work(WorkStream(redis, settings))
+        worker = roles.worker(settings)  # what the worker and its services get: their own part of the settings
+        telemetry = Telemetry(settings=worker, work=work, pool=record, board=StatsBoard(redis, settings),
+                              role="retry-worker", read_stores=True)
+        clock = await _record_clock(record, local_clock)
+        yield RetryWorker(
+            settings=worker, work=work, reconciler=Reconciler(settings=worker, pool=record, work=work),
+            telemetry=telemetry, retention=RetentionService(roles.retention(settings), record), clock=clock,
+            health=health,
+        )
 
 
 @asynccontextmanager
 async def query_service(settings: Settings) -> AsyncIterator[QueryService]:
     async with _stores(settings, pg_max=2) as (pool, redis):
-        yield QueryService(settings, pool, WorkStream(redis, settings))
+        yield QueryService(settings=roles.gateway(settings), pool=pool, work=WorkStream(redis, settings))
 
 
 @asynccontextmanager

@@ -6,24 +6,23 @@ import asyncio
 import logging
 
 from notiflow import metrics
-from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
 from notiflow.health import Health
 from notiflow.lifecycle import Deadline, drain, pause
+from notiflow.roles import WorkerSettings
 from notiflow.service.clock import Clock, RecordClock, SystemClock
+from notiflow.service.ports import WorkLog
 from notiflow.service.reconciler import Reconciler
 from notiflow.service.retention import RetentionService
 from notiflow.service.telemetry import Telemetry
-from notiflow.streams.work import WorkStream
 
 log = logging.getLogger(__name__)
 
 
 class RetryWorker:
     def __init__(
-        self, settings: Settings, work: WorkStream, reconciler: Reconciler, telemetry: Telemetry | None = None,
-        retention: RetentionService | None = None, clock: RecordClock | None = None, *,
-        health: Health | None = None,
+        self, *, settings: WorkerSettings, work: WorkLog, reconciler: Reconciler, telemetry: Telemetry | None = None,
+        retention: RetentionService | None = None, clock: RecordClock | None = None, health: Health | None = None,
     ) -> None:
         self._s = settings
         self._health = health or Health()  # what /healthz reads (metrics.serve)

@@ -11,16 +11,16 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from notiflow import metrics
-from notiflow.config import Settings
 from notiflow.errors import StoreUnavailable
 from notiflow.health import Health
 from notiflow.lifecycle import Deadline, drain, pause
 from notiflow.models import Channel, Outcome, StreamEntry
+from notiflow.roles import WorkerSettings
 from notiflow.service.clock import RecordClock
 from notiflow.service.delivery import DeliveryService
+from notiflow.service.ports import WorkLog
 from notiflow.service.telemetry import Telemetry
 from notiflow.streams import bundle
-from notiflow.streams.work import WorkStream
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,8 @@ Process = Callable[[list[StreamEntry]], Awaitable[list[Outcome]]]
 
 class StreamWorker:
     def __init__(
-        self, settings: Settings, deliveries: DeliveryService, work: WorkStream, telemetry: Telemetry | None = None,
-        clock: RecordClock | None = None, *, health: Health | None = None,
+        self, *, settings: WorkerSettings, deliveries: DeliveryService, work: WorkLog,
+        telemetry: Telemetry | None = None, clock: RecordClock | None = None, health: Health | None = None,
     ) -> None:
         self._s = settings
         self._health = health or Health()  # what /healthz reads (metrics.serve)

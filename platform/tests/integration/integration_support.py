@@ -32,6 +32,7 @@ from notiflow.config import Settings
 from notiflow.devstack import free_port
 from notiflow.gateway.app import create_app, server_options, stop_serving
 from notiflow.gateway.deps import Services
+from notiflow.service.ports import Wrappers
 from notiflow.worker.factory import retry_worker, stream_worker
 
 
@@ -91,10 +92,10 @@ class Gateway:
             raise
 
 
-async def start_gateway(settings: Settings) -> Gateway:
-    """Serve ``create_app(settings)`` on ``settings.port``; returns once uvicorn has started (the
-    lifespan, which opens the stores and subscribes to the node's channel, has completed)."""
-    app = create_app(settings)
+async def start_gateway(settings: Settings, wrappers: Wrappers | None = None) -> Gateway:
+    """Serve ``create_app(settings, wrappers=wrappers)`` on ``settings.port``; returns once uvicorn has started
+    (the lifespan, which opens the stores and subscribes to the node's channel, has completed)."""
+    app = create_app(settings, wrappers=wrappers)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=settings.port, **server_options(settings),
         log_config=None, lifespan="on", timeout_graceful_shutdown=int(settings.shutdown_grace_s),
@@ -120,11 +121,12 @@ class Gateways:
     settings: Settings
     started: list[Gateway] = field(default_factory=list)
 
-    async def start(self, **overrides: Any) -> Gateway:
+    async def start(self, *, wrappers: Wrappers | None = None, **overrides: Any) -> Gateway:
+        """A gateway with these settings ``overrides``; ``wrappers``: faults around its adapters (tests/fakes.py)."""
         node_settings = self.settings.model_copy(
             update={"node_id": f"gw{len(self.started)}-{secrets.token_hex(3)}", "port": free_port(), **overrides}
         )
-        node = await start_gateway(node_settings)
+        node = await start_gateway(node_settings, wrappers)
         self.started.append(node)
         return node
 
@@ -169,25 +171,31 @@ class Workers:
     settings: Settings
     running: list[RunningWorker] = field(default_factory=list)
 
-    async def _start(self, kind: str, overrides: dict[str, Any]) -> RunningWorker:
+    async def _start(
+        self, kind: str, overrides: dict[str, Any], wrappers: Wrappers | None, webhooks: Any = None
+    ) -> RunningWorker:
         node_id = f"{kind}{len(self.running)}-{secrets.token_hex(3)}"
         worker_settings = self.settings.model_copy(update={"node_id": node_id, **overrides})
         exit_stack = contextlib.AsyncExitStack()
-        factory = stream_worker if kind == "sw" else retry_worker
-        worker: Any = await exit_stack.enter_async_context(factory(worker_settings))
+        factory: Any = stream_worker if kind == "sw" else retry_worker
+        args = (worker_settings, webhooks) if webhooks else (worker_settings,)
+        worker: Any = await exit_stack.enter_async_context(factory(*args, wrappers=wrappers))
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop), name=node_id)
         running = RunningWorker(worker, stop, task, node_id, exit_stack)
         self.running.append(running)
         return running
 
-    async def stream(self, **overrides: Any) -> RunningWorker:
-        """A stream worker (consumer name = its node id)."""
-        return await self._start("sw", overrides)
+    async def stream(
+        self, *, wrappers: Wrappers | None = None, webhooks: Any = None, **overrides: Any
+    ) -> RunningWorker:
+        """A stream worker (consumer name = its node id); ``wrappers``: faults around its adapters;
+        ``webhooks``: the downstream client it calls through (one from its settings by default)."""
+        return await self._start("sw", overrides, wrappers, webhooks)
 
-    async def retry(self, **overrides: Any) -> RunningWorker:
+    async def retry(self, *, wrappers: Wrappers | None = None, **overrides: Any) -> RunningWorker:
         """A retry worker, which also runs the reconciler."""
-        return await self._start("rw", overrides)
+        return await self._start("rw", overrides, wrappers)
 
     async def stop_all(self) -> None:
         for w in reversed(self.running):

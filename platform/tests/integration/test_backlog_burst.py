@@ -8,12 +8,14 @@ It now counts what it admitted itself at once: on a single node the bound is exa
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from faults import Faulty
 from integration_support import Gateways, post, table_counts, users
+
+from notiflow.service.ports import Wrappers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,43 +38,25 @@ async def test_a_concurrent_burst_is_admitted_up_to_the_bound_exactly(
     assert all(int(r.headers["retry-after"]) >= 1 for r in responses if r.status_code == 429)
 
 
-class _HeldXadd:
-    """A fault wrapper around the gateway's WorkStream: XADD waits until ``release`` is set, so the test
-    can look at the backlog while committed entries are on their way into the stream."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.release = asyncio.Event()
-        self.waiting = asyncio.Event()
-
-    async def add(self, entries: list[Any]) -> list[str]:
-        self.waiting.set()
-        await self.release.wait()
-        result: list[str] = await self._inner.add(entries)
-        return result
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 async def test_entries_on_their_way_into_the_stream_count_towards_the_bound(
     gateways: Gateways, http: httpx.AsyncClient, db: asyncpg.Pool
 ) -> None:
     # The flake above, made deterministic: the enqueuer stopped counting a batch before its XADD had
     # answered, so requests arriving during that round trip were admitted over a full bound.
-    gw = await gateways.start(stream_max_backlog=BOUND)
-    ingest = gw.services.ingest
-    held = _HeldXadd(ingest._work)
-    ingest._work = held  # type: ignore[assignment]
+    # The gateway's work log around the real one: XADD waits for ``release``, so the test can look at the
+    # backlog while committed entries are on their way into the stream.
+    work = Faulty()
+    release = work.hold("add")
+    gw = await gateways.start(stream_max_backlog=BOUND, wrappers=Wrappers(work=work.around))
     try:
         first = [await post(http, gw.url, {"user_id": u, "event": "held", "payload": {}}) for u in users(BOUND)]
-        await asyncio.wait_for(held.waiting.wait(), timeout=10)
+        await asyncio.wait_for(work.waiting["add"].wait(), timeout=10)
         later = [
             await post(http, gw.url, {"user_id": u, "event": "held", "payload": {}}, expect=None)
             for u in users(5)
         ]
         assert [r.status_code for r in later] == [429] * 5, "admitted over the bound while XADD was in flight"
     finally:
-        held.release.set()
+        release.set()
     assert len(first) == BOUND
     assert (await table_counts(db))["notifications"] == BOUND

@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from faults import FaultyRecord
 from helpers import wait_for
 from integration_support import insert_pending
 
@@ -61,28 +62,17 @@ async def test_a_hand_off_acknowledged_within_the_delay_leaves_the_row_delivered
     assert await status(db, nid, "a") == "delivered"
 
 
-class _FailingPool:
-    """A pool whose connections cannot be had: PostgreSQL away."""
-
-    def acquire(self) -> _FailingPool:
-        return self
-
-    async def __aenter__(self) -> None:
-        raise OSError("connection refused")
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
 async def test_hand_offs_a_failed_round_could_not_write_are_written_by_the_next(db: asyncpg.Pool) -> None:
     nid = await insert_pending(db, ["a", "b"])
-    log = DispatchLog(_FailingPool(), 0.0)  # type: ignore[arg-type]
+    pool = FaultyRecord().around(db)
+    pool.down = True  # PostgreSQL away
+    log = DispatchLog(pool, 0.0)
     log.add([(nid, "a", "dispatched")])
     log.add([(nid, "b", "offline")])
     with pytest.raises(StoreUnavailable):
         await log.flush()
     assert log.written == 0
-    log._pool = db  # PostgreSQL is back
+    pool.down = False  # PostgreSQL is back
     await log.flush()
     assert log.written == 2
     assert (await status(db, nid, "a"), await status(db, nid, "b")) == ("dispatched", "offline")

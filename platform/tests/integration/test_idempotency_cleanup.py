@@ -45,7 +45,7 @@ async def test_forgetting_one_producers_aged_key_keeps_another_producers_fresh_k
     )
     assert aged == "UPDATE 1"
 
-    done = await Reconciler(settings, db, WorkStream(rds, settings)).run_once()
+    done = await Reconciler(settings=settings, pool=db, work=WorkStream(rds, settings)).run_once()
 
     assert await send(b) == first_b, "B's repeat within its 24 h created a second notification (I5)"
     assert done["keys_forgotten"] == 1

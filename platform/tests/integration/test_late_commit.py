@@ -73,7 +73,7 @@ async def test_a_late_commit_past_the_fresh_cursor_still_reaches_a_connected_use
 ) -> None:
     swept = settings.model_copy(update={"stuck_after_s": STALE_S})
     # The reconciler's rounds are run here, one at a time, at the points that matter.
-    reconciler = Reconciler(swept, db, WorkStream(rds, swept))
+    reconciler = Reconciler(settings=swept, pool=db, work=WorkStream(rds, swept))
     await reconciler.run_once()  # the first round: no epoch yet, "rebuilds" an empty namespace
     alice_gw = await gateways.start()
     other_gw = await gateways.start()  # a gateway's ingest commits one batch at a time: others go elsewhere
@@ -112,7 +112,7 @@ async def test_a_commit_later_than_both_expiry_sweeps_is_still_expired(
     60 s behind now) had passed its expiry: a reconciler round still expires it. (A notification written
     straight into the record: a commit that late would make the test wait over a minute.)"""
     swept = settings.model_copy(update={"stuck_after_s": STALE_S})
-    reconciler = Reconciler(swept, db, WorkStream(rds, swept))
+    reconciler = Reconciler(settings=swept, pool=db, work=WorkStream(rds, swept))
     await reconciler.run_once()  # the first round: no epoch yet, "rebuilds" an empty namespace
     async with db.acquire() as conn:
         for name, _lag in reconcile_sql.EXPIRY_SWEEPS:

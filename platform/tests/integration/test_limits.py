@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from faults import Faulty
 from helpers import wait_for
 from integration_support import Gateways, SocketFactory, Workers, notify, table_counts, users
 from websockets.asyncio.client import connect
@@ -19,6 +20,7 @@ from websockets.exceptions import InvalidStatus
 
 from notiflow.config import Settings
 from notiflow.gateway.protocol import CloseCode
+from notiflow.service.ports import Wrappers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -190,15 +192,10 @@ async def test_the_rate_limit_fails_open_when_redis_does_not_answer(
     gateways: Gateways, http: httpx.AsyncClient
 ) -> None:
     # PostgreSQL alone can accept; Redis being away must not stop ingestion through the limiter.
-    gw = await gateways.start(ingest_rate_per_s=0.001, ingest_burst=1)
+    buckets = Faulty()
+    buckets.hang("take")  # a black-holed Redis
+    gw = await gateways.start(ingest_rate_per_s=0.001, ingest_burst=1, wrappers=Wrappers(buckets=buckets.around))
     limiter = gw.services.limiter
-
-    class Unreachable:
-        async def take(self, *_: object) -> list[int]:
-            await asyncio.sleep(3600)  # a black-holed Redis
-            return []
-
-    limiter._buckets = Unreachable()  # type: ignore[assignment]
     (user,) = users(1)
     body = {"user_id": user, "event": "rate.test", "payload": {}}
     for _ in range(3):

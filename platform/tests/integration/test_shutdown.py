@@ -11,15 +11,17 @@ be given back)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import asyncpg
 import httpx
 import pytest
+from faults import Faulty, FaultyRecord, StuckWebhooks
 from helpers import wait_for
-from integration_support import Gateway, Gateways, RunningWorker, Workers, users
+from integration_support import Gateway, Gateways, RunningWorker, Workers, notify, users
+from pydantic import SecretStr
 
 from notiflow.lifecycle import RELEASE_S, Deadline
+from notiflow.service.ports import Wrappers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,21 +40,18 @@ async def _time_to_stop(process: Gateway | RunningWorker) -> float:
     return loop.time() - started
 
 
-async def _black_hole(*_: object, **__: object) -> list[int]:
-    await asyncio.sleep(3600)  # a Redis that takes the command and never answers
-    return []
-
-
 async def test_a_gateway_with_a_black_holed_redis_stops_within_one_grace_period(
     gateways: Gateways, http: httpx.AsyncClient
 ) -> None:
-    gw = await gateways.start(shutdown_grace_s=GRACE_S, ingest_rate_per_s=1000, ingest_burst=1000)
+    # Both drains meet the black hole (a Redis that takes the command and never answers): the rate-limit
+    # check in flight, and the XADD of what was committed. And so does leaving presence, after the drains.
+    buckets, work, presence = Faulty(), Faulty(), Faulty()
+    buckets.hang("take")
+    work.hang("add")
+    presence.hang("leave")
+    wrappers = Wrappers(buckets=buckets.around, work=work.around, presence=presence.around)
+    gw = await gateways.start(shutdown_grace_s=GRACE_S, ingest_rate_per_s=1000, ingest_burst=1000, wrappers=wrappers)
     services = gw.services
-    # Both drains meet the black hole: the rate-limit check in flight, and the XADD of what was committed.
-    services.limiter._buckets.take = _black_hole  # type: ignore[method-assign]
-    services.ingest._work.add = _black_hole  # type: ignore[method-assign]
-    # And so does leaving presence, after the drains.
-    services.sessions._presence.leave = _black_hole  # type: ignore[method-assign]
     (user,) = users(1)
     answer = await http.post(f"{gw.url}/notifications", json={"user_id": user, "event": "stop.test", "payload": {}})
     assert answer.status_code == 202, answer.text  # committed: the XADD is left to the outbox sweep
@@ -74,7 +73,9 @@ async def test_a_gateway_with_a_request_in_flight_stops_within_one_grace_period_
         (user,) = users(1)
         body = {"user_id": user, "event": "stop.test", "payload": {}}
         request = asyncio.create_task(http.post(f"{gw.url}/notifications", json=body))
-        await wait_for(lambda: gw.services.ingest._in_flight > 0, 5, message="the request is in flight")
+        waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND database = " \
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+        await wait_for(lambda: locker.fetchval(waiting), 5, message="the request's commit waits on the lock")
 
         took_s = await _time_to_stop(gw)
         assert took_s < GRACE_S + SLACK_S, f"the gateway took {took_s:.2f} s to stop with a grace of {GRACE_S} s"
@@ -101,59 +102,68 @@ async def test_a_gateway_whose_database_connection_is_never_given_back_stops_in_
 async def test_a_stream_worker_whose_database_connection_is_never_given_back_stops_in_bounded_time(
     workers: Workers, caplog: pytest.LogCaptureFixture
 ) -> None:
-    running = await workers.stream(shutdown_grace_s=GRACE_S)
-    await running.worker._d._pool.acquire()
+    record = FaultyRecord()
+    running = await workers.stream(shutdown_grace_s=GRACE_S, wrappers=Wrappers(record=record.around))
+    await record.hold_one()
     took_s = await _time_to_stop(running)
     assert took_s < RELEASE_S + SLACK_S, f"the stream worker took {took_s:.2f} s to stop"
     assert CUT in caplog.messages, "the pool was not cut"
 
 
-async def test_a_stream_worker_with_stuck_work_stops_within_one_grace_period(workers: Workers) -> None:
-    running = await workers.stream(shutdown_grace_s=GRACE_S)
-    worker = running.worker
+HOOK = "http://127.0.0.1:9/hook"  # never called: the worker's downstream client is a stuck one
+
+
+async def _with_work_in_flight(
+    gateways: Gateways, workers: Workers, http: httpx.AsyncClient, webhooks: StuckWebhooks, **worker_settings: object
+) -> tuple[RunningWorker, FaultyRecord]:
+    """A stream worker in the middle of a webhook call (``webhooks``), holding a hand-off it has not written yet."""
+    hosts = {"webhook_allowed_hosts": ["127.0.0.1:9"], "webhook_secret": SecretStr("s" * 32)}
+    gw = await gateways.start(**hosts)
+    record, work = FaultyRecord(), Faulty()
+    running = await workers.stream(
+        shutdown_grace_s=GRACE_S, dispatch_record_delay_ms=60_000, webhooks=webhooks,
+        wrappers=Wrappers(record=record.around, work=work.around), **hosts, **worker_settings,
+    )
+    await notify(http, gw.url, users(1), webhook_url=HOOK)
+    await asyncio.wait_for(webhooks.calls.wait(), 10)
+    # The socket entry's hand-off (offline) is held: the entry was acknowledged after it was added.
+    await wait_for(lambda: work.calls["ack"] >= 1, 10, message="the socket entry processed")
+    return running, record
+
+
+async def test_a_stream_worker_with_stuck_work_stops_within_one_grace_period(
+    gateways: Gateways, workers: Workers, http: httpx.AsyncClient
+) -> None:
     # Both drains meet the black hole: a webhook call that never returns, and the held hand-offs' write to a
     # PostgreSQL that never answers (the dispatch log writes at close whatever it still holds).
-    stuck = asyncio.create_task(_black_hole())
-    worker._hooks.add(stuck)
-    worker._d.dispatch_log.flush = _black_hole  # type: ignore[method-assign]
+    webhooks = StuckWebhooks()
+    running, record = await _with_work_in_flight(gateways, workers, http, webhooks)
+    record.stall = True
 
     took_s = await _time_to_stop(running)
-    assert stuck.cancelled(), "the stuck call was not cancelled at the end of the grace period"
+    assert webhooks.cancelled == 1, "the stuck call was not cancelled at the end of the grace period"
     assert took_s < GRACE_S + SLACK_S, f"the stream worker took {took_s:.2f} s to stop with a grace of {GRACE_S} s"
 
 
-async def _deaf(done: asyncio.Event) -> None:
-    """A task that absorbs its cancellation, as a client library inside a read may, until ``done``."""
-    while not done.is_set():
-        with contextlib.suppress(asyncio.CancelledError):
-            await done.wait()
-
-
-async def test_a_stream_worker_task_that_absorbs_its_cancellation_does_not_hold_the_stop(workers: Workers) -> None:
-    running = await workers.stream(shutdown_grace_s=GRACE_S)
+async def test_a_stream_worker_task_that_absorbs_its_cancellation_does_not_hold_the_stop(
+    gateways: Gateways, workers: Workers, http: httpx.AsyncClient
+) -> None:
     done = asyncio.Event()
-    deaf = asyncio.create_task(_deaf(done))
-    running.worker._hooks.add(deaf)
+    webhooks = StuckWebhooks(deaf=done)
     try:
+        running, _ = await _with_work_in_flight(gateways, workers, http, webhooks)
         took_s = await _time_to_stop(running)
         # Waited for through the grace period, cancelled, then left behind after RELEASE_S.
         assert took_s < 2 * GRACE_S, f"the stream worker took {took_s:.2f} s to stop"
-        assert not deaf.done()
     finally:
         done.set()
-        await deaf
 
 
 async def test_a_gateway_task_that_absorbs_its_cancellation_does_not_hold_the_stop(gateways: Gateways) -> None:
-    gw = await gateways.start(shutdown_grace_s=GRACE_S)
-    done, entered = asyncio.Event(), asyncio.Event()
-
-    async def deaf_round() -> None:
-        entered.set()
-        await _deaf(done)
-
-    gw.services.telemetry.tick = deaf_round  # type: ignore[method-assign]
-    await asyncio.wait_for(entered.wait(), 10)  # a telemetry round is under way, and will not end
+    done, work = asyncio.Event(), Faulty()
+    work.deafen("figures", done)  # the telemetry round's read of the stream's figures
+    gw = await gateways.start(shutdown_grace_s=GRACE_S, wrappers=Wrappers(work=work.around))
+    await asyncio.wait_for(work.waiting["figures"].wait(), 10)  # a telemetry round is under way, and will not end
     try:
         took_s = await _time_to_stop(gw)
         assert took_s < 2 * GRACE_S, f"the gateway took {took_s:.2f} s to stop"

@@ -6,75 +6,36 @@
   again in place, instead of leaving them to be reclaimed (each reclaim counted towards
   ``POISON_MAX_DELIVERIES``, so a long enough outage parked healthy entries as poison).
 
-The faults are wrappers injected from the test around the worker's own adapters.
+The faults are wrappers (tests/fakes.py) around the processes' own adapters, handed in through ``wrappers=``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from faults import Faulty, FaultyRecord
 from helpers import wait_for
-from integration_support import Gateways, RunningWorker, Workers, notify, offline_ids, status_of, users
+from integration_support import Gateways, Workers, notify, offline_ids, status_of, users
 
 from notiflow.errors import StoreUnavailable
 from notiflow.service.ingest import CARRY_PAYLOAD_MAX
+from notiflow.service.ports import Wrappers
 
 pytestmark = pytest.mark.timeout(90)
-
-
-class _PresenceDown:
-    """Presence whose Redis is unreachable."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.calls = 0
-
-    async def live_nodes(self, user_ids: list[str]) -> dict[str, list[str]]:
-        self.calls += 1
-        raise StoreUnavailable("redis: presence: injected outage")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-class _PoolOutage:
-    """A pool whose server is away while ``down`` is true: every acquire fails as a refused connection."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.down = False
-        self.refused = 0
-
-    @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[Any]:
-        if self.down:
-            self.refused += 1
-            raise ConnectionRefusedError("injected PostgreSQL outage")
-        async with self._inner.acquire() as conn:
-            yield conn
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-def _deliveries_of(worker: RunningWorker) -> Any:
-    return worker.worker._d
 
 
 async def test_a_socket_delivery_dead_through_a_redis_outage_stays_in_the_offline_queue(
     gateways: Gateways, workers: Workers, http: httpx.AsyncClient, db: asyncpg.Pool
 ) -> None:
     gw = await gateways.start()
-    sw = await workers.stream(max_retries=0)  # the first failed attempt is the last one
-    service = _deliveries_of(sw)
-    service._presence = _PresenceDown(service._presence)
+    presence = Faulty()
+    presence.fail("live_nodes", StoreUnavailable("redis: presence: injected outage"))
+    # The first failed attempt is the last one.
+    sw = await workers.stream(max_retries=0, wrappers=Wrappers(presence=presence.around))
     [alice] = users(1)
     kept = await notify(http, gw.url, [alice], payload={"n": 1})
 
@@ -101,14 +62,12 @@ async def test_entries_held_through_a_postgres_outage_are_not_parked_as_poison(
     # these entries within about two seconds of outage; the outage below lasts five reclaim idle periods.
     # (Idle periods much shorter than the event loop's lag on a loaded machine would test the machine.)
     fast = {"reclaim_idle_ms": 1000, "reclaim_interval_s": 0.1, "poison_max_deliveries": 2}
-    first, second = await workers.stream(**fast), await workers.stream(**fast)
-    outages = []
-    for w in (first, second):
-        service = _deliveries_of(w)
-        service._pool = _PoolOutage(service._pool)
-        service._pool.down = True
-        service.dispatch_log._pool = service._pool  # the hand-off writes meet the outage too
-        outages.append(service._pool)
+    # Each worker's whole record meets the outage: loads, outcomes, hand-offs, the clock and telemetry.
+    outages = [FaultyRecord(), FaultyRecord()]
+    first = await workers.stream(**fast, wrappers=Wrappers(record=outages[0].around))
+    second = await workers.stream(**fast, wrappers=Wrappers(record=outages[1].around))
+    for outage in outages:
+        outage.down = True
     bob = users(1)[0]
     # Payloads too large for a stream entry to carry: processing them needs PostgreSQL (a carried entry
     # would be pushed without it, and only its hand-off write would wait for the outage to end).
@@ -136,43 +95,14 @@ async def test_entries_held_through_a_postgres_outage_are_not_parked_as_poison(
     second.check()
 
 
-class _ReplyLost:
-    """A connection whose server commits each statement and then the connection breaks before the reply: the
-    outcome is unknown to the gateway (found by the chaos suite's PostgreSQL-reset scenario, which got
-    503 'unavailable', read as "not stored", for notifications that were committed and delivered)."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        await self._inner.execute(*args, **kwargs)
-        raise ConnectionResetError("injected: reply lost after the commit")
-
-    async def fetch(self, *args: Any, **kwargs: Any) -> Any:  # the ingest statement returns the new seqs
-        await self._inner.fetch(*args, **kwargs)
-        raise ConnectionResetError("injected: reply lost after the commit")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-class _ReplyLostPool(_PoolOutage):
-    @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[Any]:
-        if self.down:
-            self.refused += 1
-            raise ConnectionRefusedError("injected PostgreSQL outage")
-        async with self._inner.acquire() as conn:
-            yield _ReplyLost(conn)
-
-
 async def test_ingest_tells_an_unknown_commit_outcome_from_a_refused_connection(
     gateways: Gateways, http: httpx.AsyncClient, db: asyncpg.Pool
 ) -> None:
-    gw = await gateways.start()
-    ingest = gw.services.ingest
-    pool = _ReplyLostPool(ingest._pool)
-    ingest._pool = pool  # type: ignore[assignment]
+    # The reply lost after the commit (found by the chaos suite's PostgreSQL-reset scenario, which got 503
+    # 'unavailable', read as "not stored", for notifications that were committed and delivered).
+    pool = FaultyRecord()
+    gw = await gateways.start(wrappers=Wrappers(record=pool.around))
+    pool.lose_replies = True
     [carol] = users(1)
     body = {"user_id": carol, "event": "unknown.outcome", "payload": {}}
 
@@ -183,7 +113,7 @@ async def test_ingest_tells_an_unknown_commit_outcome_from_a_refused_connection(
     # It was committed after all: a client told "not stored" would have been told wrong.
     assert await db.fetchval("SELECT count(*) FROM deliveries WHERE user_id = $1", carol) == 1
 
-    pool.down = True
+    pool.lose_replies, pool.down = False, True
     refused = await http.post(f"{gw.url}/notifications", json=body)
     assert refused.status_code == 503, refused.text
     assert refused.json()["error"]["code"] == "unavailable"

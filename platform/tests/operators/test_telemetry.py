@@ -44,12 +44,13 @@ async def test_figures_and_errors_reach_the_board_also_with_postgresql_down(sett
     try:
         work = WorkStream(redis, settings)
         board = StatsBoard(redis, settings)
-        up = Telemetry(settings, work, pool, board, role="gateway", read_stores=True, sockets=Sockets())
+        up = Telemetry(settings=settings, work=work, pool=pool, board=board, role="gateway", read_stores=True,
+                       sockets=Sockets())
         await up.tick()
         assert up.store["dlq_entries"] == 0 and up.store["stream_length"] == 0
 
         node = settings.model_copy(update={"node_id": "gw-down"})
-        down = Telemetry(node, work, DownPool(), board, role="gateway", read_stores=True,  # type: ignore[arg-type]
+        down = Telemetry(settings=node, work=work, pool=DownPool(), board=board, role="gateway", read_stores=True,  # type: ignore[arg-type]
                          sockets=Sockets())
         logging.getLogger("notiflow.test").warning("something failed", extra={"error": "boom (injected)"})
         await down.tick()

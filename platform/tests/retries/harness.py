@@ -25,6 +25,7 @@ from notiflow.config import Settings
 from notiflow.devstack import free_port
 from notiflow.gateway.app import create_app, stop_serving
 from notiflow.service.clock import Clock
+from notiflow.service.ports import Wrappers
 from notiflow.service.reconciler import Reconciler
 from notiflow.streams.work import WorkStream
 from notiflow.webhook import WebhookClient
@@ -75,18 +76,18 @@ class Platform:
     # --- processes --------------------------------------------------------------------------
 
     async def start_stream_worker(
-        self, *, prepare: Callable[[StreamWorker], None] | None = None,
+        self, *, wrappers: Wrappers | None = None,
         webhooks: Callable[[Settings], WebhookClient] | None = None, local_clock: Clock | None = None,
         **overrides: Any,
     ) -> StreamWorker:
-        """A stream worker; ``prepare`` sees it before it reads anything (to inject a fault); ``webhooks``
+        """A stream worker; ``wrappers`` go around its adapters (to inject a fault there); ``webhooks``
         builds the downstream client it calls through (a faulty one, to inject a fault there);
         ``local_clock`` is its machine's clock (the system's by default)."""
         factory: Callable[..., Any] = stream_worker
         if webhooks is not None:
             make = webhooks
             factory = lambda s, **adapters: stream_worker(s, make(s), **adapters)  # noqa: E731
-        worker = await self._start("stream", factory, overrides, prepare, local_clock)
+        worker = await self._start("stream", factory, overrides, wrappers, local_clock)
         assert isinstance(worker, StreamWorker)
         return worker
 
@@ -97,14 +98,12 @@ class Platform:
 
     async def _start(
         self, role: str, factory: Callable[..., Any], overrides: dict[str, Any],
-        prepare: Callable[[Any], None] | None = None, local_clock: Clock | None = None,
+        wrappers: Wrappers | None = None, local_clock: Clock | None = None,
     ) -> StreamWorker | RetryWorker:
         name = f"{role}-{len(self.workers)}-{secrets.token_hex(3)}"
         settings = self.settings.model_copy(update={**overrides, "node_id": name})
         exit_stack = contextlib.AsyncExitStack()
-        worker = await exit_stack.enter_async_context(factory(settings, local_clock=local_clock))
-        if prepare is not None:
-            prepare(worker)
+        worker = await exit_stack.enter_async_context(factory(settings, local_clock=local_clock, wrappers=wrappers))
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop), name=name)
         self.workers[name] = _Running(name, stop, task, worker, exit_stack)
@@ -228,7 +227,7 @@ async def start_platform(
         # One reconciler round first, as on a platform that has been running: it finds no epoch in this
         # fresh namespace and "rebuilds" (nothing, on a clean database). Left to the retry worker, that
         # rebuild could race the test's first notifications and enqueue them twice.
-        await Reconciler(settings, db, WorkStream(client, settings)).run_once()
+        await Reconciler(settings=settings, pool=db, work=WorkStream(client, settings)).run_once()
         for _ in range(stream_workers):
             await plat.start_stream_worker()
         for _ in range(retry_workers):

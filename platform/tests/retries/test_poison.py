@@ -8,12 +8,12 @@ import uuid
 
 import pytest
 import redis.asyncio as aioredis
+from faults import Faulty
 from harness import Platform, PlatformFactory
 from helpers import wait_for
 
-from notiflow.models import StreamEntry
+from notiflow.service.ports import Wrappers
 from notiflow.streams.work import GROUP, WorkStream
-from notiflow.worker.stream import StreamWorker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -103,18 +103,14 @@ async def test_undecodable_bytes_are_parked_and_do_not_kill_the_worker(platform:
 POISON_USER = "poison-pill"
 
 
-def crash_on_poison(worker: StreamWorker) -> None:
+def crash_on_poison() -> Wrappers:
     """Fault injection: a bug in processing that fails every time an entry names POISON_USER (a
-    non-transient exception, as a real bug would raise)."""
-    deliveries = worker._d  # the worker's own DeliveryService: the fault sits under the real loop
-    real = deliveries.deliver_socket
-
-    async def deliver_socket(entries: list[StreamEntry]) -> list[object]:
-        if any(POISON_USER in e.user_ids for e in entries):
-            raise RuntimeError("injected bug: this entry crashes whoever processes it")
-        return list(await real(entries))
-
-    deliveries.deliver_socket = deliver_socket  # type: ignore[method-assign,assignment]
+    non-transient exception, as a real bug would raise), from under the worker's own DeliveryService:
+    its presence lookup, which every socket batch makes."""
+    presence = Faulty()
+    presence.fail("live_nodes", RuntimeError("injected bug: this entry crashes whoever processes it"),
+                  when=lambda user_ids: POISON_USER in user_ids)
+    return Wrappers(presence=presence.around)
 
 
 async def test_an_entry_that_always_crashes_processing_is_bisected_out_and_dead_lettered(
@@ -125,7 +121,7 @@ async def test_an_entry_that_always_crashes_processing_is_bisected_out_and_dead_
     order = [*fine[:3], POISON_USER, *fine[3:]]  # one entry each, read as one batch
     nids = {u: await plat.notify(user_id=u) for u in order}
     await enqueued(plat, len(order))
-    worker = await plat.start_stream_worker(prepare=crash_on_poison)
+    worker = await plat.start_stream_worker(wrappers=crash_on_poison())
 
     await wait_status(plat, [(nids[u], u) for u in fine], "offline")
     await wait_status(plat, [(nids[POISON_USER], POISON_USER)], "dead")
@@ -197,7 +193,7 @@ async def test_a_poison_notification_in_a_bundle_is_parked_alone(platform: Platf
     nids = await plat.notify_batch([*fine[:3], POISON_USER, *fine[3:]])
     await enqueued(plat, 1)
     assert await plat.stream_length() == 1, "the batch's fresh socket work is one bundle"
-    worker = await plat.start_stream_worker(prepare=crash_on_poison)
+    worker = await plat.start_stream_worker(wrappers=crash_on_poison())
 
     await wait_status(plat, list(zip(nids[:3] + nids[4:], fine, strict=True)), "offline")
     await wait_status(plat, [(nids[3], POISON_USER)], "dead")

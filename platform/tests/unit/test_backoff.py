@@ -128,7 +128,7 @@ def test_retry_after_examples() -> None:
 def _service(**settings: Any) -> DeliveryService:
     s = Settings(redis_url="redis://unused", database_url="postgresql://unused", node_id="unit", **settings)
     none = cast(Any, None)
-    return DeliveryService(s, none, none, none, none, none, none)
+    return DeliveryService(settings=s, pool=none, work=none, presence=none, router=none, webhooks=none, budget=none)
 
 
 def _work(attempts_so_far: int, webhook_attempts_so_far: int = 0) -> DeliveryWork:

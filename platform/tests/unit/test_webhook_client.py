@@ -53,9 +53,7 @@ def _client(handler: httpx.MockTransport, **overrides: object) -> WebhookClient:
         "webhook_allow_private": True, **overrides,
     }  # fmt: skip
     settings = Settings(**values)  # type: ignore[arg-type]
-    client = WebhookClient(settings)
-    client._http = httpx.AsyncClient(transport=handler)  # the production client, without sockets
-    return client
+    return WebhookClient(settings, transport=handler)  # the production client, without sockets
 
 
 async def test_the_request_goes_to_the_checked_address_with_host_and_tls_name_kept() -> None:
