@@ -32,12 +32,12 @@ CREATE TABLE notifications (
     event        text        NOT NULL,
     payload      jsonb       NOT NULL,
     webhook_url  text,
+    era          smallint    NOT NULL DEFAULT 0,  -- here: in the padding before expires_at
     expires_at   timestamptz NOT NULL,
     recipients   integer     NOT NULL,
     created_at   timestamptz NOT NULL DEFAULT now(),
     enqueued     boolean     NOT NULL DEFAULT false,
-    txid         bigint      DEFAULT pg_current_xact_id()::text::bigint,
-    era          smallint    NOT NULL DEFAULT 0
+    txid         bigint      DEFAULT pg_current_xact_id()::text::bigint
 ) PARTITION BY LIST (era);
 CREATE TABLE notifications_v7 PARTITION OF notifications FOR VALUES IN (1) PARTITION BY RANGE (id);
 ALTER TABLE notifications_v7 ADD CONSTRAINT notifications_v7_pkey PRIMARY KEY (id);
@@ -53,6 +53,7 @@ ALTER TABLE deliveries_legacy ADD COLUMN era smallint NOT NULL DEFAULT 0;
 CREATE TABLE deliveries (
     notification_id  uuid        NOT NULL,
     user_id          text        NOT NULL,
+    era              smallint    NOT NULL DEFAULT 0,  -- here: in the padding before seq, no wider rows
     seq              bigint      NOT NULL,
     status           text        NOT NULL DEFAULT 'pending',
     webhook_status   text,
@@ -63,7 +64,6 @@ CREATE TABLE deliveries (
     last_error       text,
     delivered_at     timestamptz,
     updated_at       timestamptz NOT NULL DEFAULT now(),
-    era              smallint    NOT NULL DEFAULT 0,
     CONSTRAINT deliveries_status_ok CHECK
         (status IN ('pending', 'dispatched', 'offline', 'retrying', 'delivered', 'dead', 'expired')),
     CONSTRAINT deliveries_webhook_status_ok CHECK
@@ -89,14 +89,14 @@ CREATE TABLE delivery_attempts (
     id               bigint      NOT NULL DEFAULT nextval('delivery_attempts_id_seq'),
     notification_id  uuid        NOT NULL,
     user_id          text        NOT NULL,
+    era              smallint    NOT NULL DEFAULT 0,
     channel          text        NOT NULL,
     attempt          integer     NOT NULL,
     outcome          text        NOT NULL,
     error            text,
     node_id          text        NOT NULL,
     started_at       timestamptz NOT NULL,
-    finished_at      timestamptz NOT NULL,
-    era              smallint    NOT NULL DEFAULT 0
+    finished_at      timestamptz NOT NULL
 ) PARTITION BY LIST (era);
 CREATE TABLE delivery_attempts_v7 PARTITION OF delivery_attempts FOR VALUES IN (1)
     PARTITION BY RANGE (notification_id);
