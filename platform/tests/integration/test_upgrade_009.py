@@ -95,7 +95,9 @@ async def test_an_old_database_upgrades_in_place(old_database: str) -> None:
         new = NewNotification(new_id(), ["ann", "bob"], "new", "{}", None, None)
         await ingest_sql.insert_notifications(conn, [new], 30 * 86400)
         assert new.seqs == [5, 3]
-        where = await conn.fetchval("SELECT tableoid::regclass::text FROM deliveries WHERE notification_id = $1", new.id)
+        where = await conn.fetchval(
+            "SELECT tableoid::regclass::text FROM deliveries WHERE notification_id = $1", new.id
+        )
         assert where == f"deliveries_p{today:%Y%m%d}"
         assert await _ids(conn, "ann") == [(2, open_), (3, ttl), (4, dead), (5, new.id)]
 
