@@ -133,7 +133,9 @@ async def run(args: argparse.Namespace, database_url: str) -> dict[str, Any]:
         await pool.close()
     return {
         "rows": filled, "recipients": args.recipients, "fill_s": round(fill_s, 1), "retention": done,
-        "round_s": round(r1 - r0, 3), "drop_statement_s": [round(s, 3) for s in retention.last_drop_s],
+        "round_s": round(r1 - r0, 3),
+        "drop_statement_s": [round(sum(t for _, t in drop), 3) for drop in retention.last_drops],
+        "statements_ms": [[(what, round(1000 * t, 1)) for what, t in drop] for drop in retention.last_drops],
         "ingest_batch": args.batch, "workers": args.workers, "seconds": args.seconds,
         "alone": {k: percentiles(alone.ops, k) for k in ("ingest", "ack")},
         "with_round": {k: percentiles(during.ops, k) for k in ("ingest", "ack")},
@@ -168,6 +170,8 @@ def main() -> int:
             stores.cleanup()
     print(f"dropped a day of {out['rows']:,} delivery rows (x{out['recipients']} per notification, one attempt row "
           f"each): DETACH CONCURRENTLY + DROP of its partitions {out['drop_statement_s']} s, round {out['round_s']} s")
+    for what, ms in out["statements_ms"][0] if out["statements_ms"] else []:
+        print(f"  {ms:8.1f} ms  {what}")
     for kind in ("ingest", "ack"):
         print(f"{kind} statement ms: alone {out['alone'][kind]}; phase with the round {out['with_round'][kind]}; "
               f"overlapping the round {out['overlapping_round'][kind]}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from notiflow import metrics
 from notiflow.config import Settings
@@ -31,13 +30,14 @@ class RetentionService:
     def __init__(self, settings: Settings, pool: Pool) -> None:
         self._s = settings
         self._pool = pool
-        self.last_drop_s: list[float] = []  # statement time of each partition drop of the last round, s
+        #: The last round's partition drops: each statement and its time, s (benchmarks, operators' logs).
+        self.last_drops: list[list[tuple[str, float]]] = []
 
     async def run_once(self, stop: asyncio.Event | None = None) -> dict[str, int]:
         """One round; returns what it did: partitions created and dropped (days), DLQ and poison rows removed."""
         done = {"partitions_created": 0, "partitions_dropped": 0, "dlq": 0, "poison_entries": 0}
         retention_s = self._s.retention_days * 86400
-        self.last_drop_s = []
+        self.last_drops = []
         async with pg_errors("retention"), self._pool.acquire() as conn:
             if not await sql.try_lock(conn):
                 return done
@@ -48,9 +48,9 @@ class RetentionService:
                 for part in await partitions.due(conn, retention_s):
                     if stop and stop.is_set():
                         break
-                    started = time.perf_counter()
-                    self._count(done, dlq=await partitions.drop(conn, part), partitions_dropped=1)
-                    self.last_drop_s.append(time.perf_counter() - started)
+                    timed: list[tuple[str, float]] = []
+                    self._count(done, dlq=await partitions.drop(conn, part, timed), partitions_dropped=1)
+                    self.last_drops.append(timed)
                 before = await sql.cutoff(conn, retention_s)
                 while not (stop and stop.is_set()):
                     n = await sql.remove_poison(conn, before, self._s.retention_batch)

@@ -12,8 +12,10 @@ partition's notifications go with it (dlq is small and not partitioned).
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
 from typing import Any
 
 from notiflow.ids import lowest_id
@@ -60,7 +62,7 @@ class Partition:
 
 
 def day_start(day: date) -> datetime:
-    return datetime.combine(day, time(), tzinfo=UTC)
+    return datetime.combine(day, clock_time(), tzinfo=UTC)
 
 
 async def server_now(conn: Any) -> datetime:
@@ -138,18 +140,27 @@ async def finish_detaches(conn: Any) -> int:
     return len(pending)
 
 
-async def drop(conn: Any, part: Partition) -> int:
+async def drop(conn: Any, part: Partition, timed: list[tuple[str, float]] | None = None) -> int:
     """Drop ``part``'s DLQ rows and its partitions of every table (detached concurrently first); the DLQ rows
-    removed. Outside any transaction: DETACH ... CONCURRENTLY cannot run in one."""
+    removed. Outside any transaction: DETACH ... CONCURRENTLY cannot run in one. ``timed`` collects each
+    statement's time, s."""
+
+    async def run(statement: str, *args: Any) -> str:
+        started = time.perf_counter()
+        status: str = await conn.execute(statement, *args)
+        if timed is not None:
+            timed.append((statement.split(" PARTITION ")[0].split(" WHERE ")[0], time.perf_counter() - started))
+        return status
+
     if part.day is None:
-        gone = await conn.execute(_DLQ_OF_LEGACY)
+        gone = await run(_DLQ_OF_LEGACY)
     else:
         lo, hi = lowest_id(day_start(part.day)), lowest_id(part.ends)
-        gone = await conn.execute(_DLQ_OF_DAY, lo, hi)
+        gone = await run(_DLQ_OF_DAY, lo, hi)
     attached = {r["child"] for r in await conn.fetch(_ATTACHED, [part.parent(t) for t in TABLES])}
     for table in reversed(TABLES):
         name = part.name(table)
         if name in attached:
-            await conn.execute(f"ALTER TABLE {part.parent(table)} DETACH PARTITION {name} CONCURRENTLY")
-        await conn.execute(f"DROP TABLE IF EXISTS {name}")
+            await run(f"ALTER TABLE {part.parent(table)} DETACH PARTITION {name} CONCURRENTLY")
+        await run(f"DROP TABLE IF EXISTS {name}")
     return int(str(gone).rsplit(" ", 1)[-1])
