@@ -6,12 +6,12 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import date, timedelta
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 import pytest_asyncio
-from conftest import Stores
 
 from notiflow.config import Settings
 from notiflow.devstack import psql
@@ -34,7 +34,7 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-def own_database(stores: Stores) -> Iterator[str]:
+def own_database(stores: Any) -> Iterator[str]:
     """A database of this test's own (its legacy partition may be dropped), migrated to head by the test."""
     name = f"notiflow_test_{secrets.token_hex(4)}"
     psql(stores.database_url, f'CREATE DATABASE "{name}"')
