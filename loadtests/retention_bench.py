@@ -1,15 +1,16 @@
 """Retention benchmark: how long does dropping a day of delivery rows take, and does it slow ingest and acks?
 
-Fills a fresh database's partitions of a day 40 days back (retention 30 days) with old, expired work at scale
-(notifications with ``--recipients`` deliveries each, one attempt row per delivery), then runs the same
-ingest-and-ack load twice for ``--seconds``: once alone, once with a retention round (``RetentionService.run_once``,
-the code the retry worker runs) started a second in, which detaches and drops the old day. Prints the statement
-time of each DETACH ... CONCURRENTLY + DROP, and the p50/p99 of ingest (``insert_notifications``, one batch) and
-ack (``ack_ids``, one user) statements with and without the round (the whole phase, and the statements that
+Fills the partitions of ``--days`` days (40, 41, ... days back) of a fresh database with old, expired work at scale
+(notifications with ``--recipients`` deliveries each, one attempt row per delivery; ``--rows`` delivery rows a day).
+Then, once per day, runs the same ingest-and-ack load twice for ``--seconds``: once alone, once with a retention
+round (``RetentionService.run_once``, the code the retry worker runs) started a second in, whose retention period
+makes only the oldest filled day due: it detaches and drops that day. Prints the statement time of each day's
+DETACH ... CONCURRENTLY + DROP statements, and the p50/p99 of ingest (``insert_notifications``, one batch) and
+ack (``ack_ids``, one user) statements alone and with the rounds (the whole phases, and the statements that
 overlapped the round). Last line: one JSON object.
 
-    python loadtests/retention_bench.py                         # 1,000,000 delivery rows in the dropped day
-    python loadtests/retention_bench.py --rows 10000000 --seconds 10
+    python loadtests/retention_bench.py                         # 3 days of 1,000,000 delivery rows
+    python loadtests/retention_bench.py --rows 10000000 --days 1 --seconds 10
 
 PostgreSQL is embedded (pip package) unless NOTIFLOW_DATABASE_URL is set; then a fresh database is created
 on that server and dropped afterwards.
@@ -60,11 +61,11 @@ SELECT d.notification_id, d.user_id, 'socket', 1, 'failed', 'bench', d.updated_a
 """
 
 
-async def fill(pool: Any, rows: int, recipients: int, chunk: int = 20_000) -> tuple[float, str]:
-    """``rows`` delivery rows in the day 40 days back; (seconds, the day's deliveries partition)."""
+async def fill(pool: Any, rows: int, recipients: int, days_back: int, chunk: int = 20_000) -> tuple[float, str]:
+    """``rows`` delivery rows in the day ``days_back`` days back; (seconds, the day's deliveries partition)."""
     started = time.perf_counter()
     async with pool.acquire() as conn:
-        day = (await partitions.server_now(conn)).date() - timedelta(days=40)
+        day = (await partitions.server_now(conn)).date() - timedelta(days=days_back)
         await partitions.ensure(conn, day, ahead=0, behind=0)
         base_ms = int(partitions.day_start(day).timestamp() * 1000) + 1000
         notifications = rows // recipients
@@ -109,44 +110,58 @@ def percentiles(ops: list[tuple[str, float, float]], kind: str, window: tuple[fl
 
 
 async def run(args: argparse.Namespace, database_url: str) -> dict[str, Any]:
-    settings = Settings(database_url=database_url, retention_days=30)
     pool = await connect_pool(database_url, max_size=args.workers + 2)
+    alone, during, drops, windows, done_all = [], [], [], [], []
     try:
-        fill_s, part = await fill(pool, args.rows, args.recipients)
+        fill_s, parts = 0.0, []
+        for k in range(args.days):  # days 40, 41, ... back; the oldest goes first
+            took, part = await fill(pool, args.rows, args.recipients, 40 + k)
+            fill_s += took
+            parts.append(part)
         async with pool.acquire() as conn:
-            filled = await conn.fetchval(f"SELECT count(*) FROM {part}")
-        alone = Load(pool, args.workers, args.batch, args.recipients)
-        await alone.run(args.seconds)
-        during = Load(pool, args.workers, args.batch, args.recipients)
-        retention = RetentionService(settings, pool)
+            filled = await conn.fetchval(f"SELECT count(*) FROM {parts[0]}")
+        for k in reversed(range(args.days)):
+            # A retention period that makes only the oldest filled day due: one day dropped per round.
+            retention = RetentionService(Settings(database_url=database_url, retention_days=40 + k - 1.5), pool)
+            quiet = Load(pool, args.workers, args.batch, args.recipients)
+            await quiet.run(args.seconds)
+            loud = Load(pool, args.workers, args.batch, args.recipients)
 
-        async def round_later() -> tuple[float, float, dict[str, int]]:
-            await asyncio.sleep(1.0)
-            t0 = time.perf_counter()
-            done = await retention.run_once()
-            return t0, time.perf_counter(), done
+            async def round_later(service: RetentionService = retention) -> tuple[float, float, dict[str, int]]:
+                await asyncio.sleep(1.0)
+                t0 = time.perf_counter()
+                done = await service.run_once()
+                return t0, time.perf_counter(), done
 
-        _, (r0, r1, done) = await asyncio.gather(during.run(args.seconds), round_later())
+            _, (r0, r1, done) = await asyncio.gather(loud.run(args.seconds), round_later())
+            alone += quiet.ops
+            during += loud.ops
+            windows.append((r0, r1))
+            drops += retention.last_drops
+            done_all.append(done)
         async with pool.acquire() as conn:
-            gone = await conn.fetchval("SELECT to_regclass($1) IS NULL", part)
+            gone = [await conn.fetchval("SELECT to_regclass($1) IS NULL", part) for part in parts]
     finally:
         await pool.close()
+    overlapping = [op for op in during if any(op[2] >= w0 and op[1] <= w1 for w0, w1 in windows)]
     return {
-        "rows": filled, "recipients": args.recipients, "fill_s": round(fill_s, 1), "retention": done,
-        "round_s": round(r1 - r0, 3),
-        "drop_statement_s": [round(sum(t for _, t in drop), 3) for drop in retention.last_drops],
-        "statements_ms": [[(what, round(1000 * t, 1)) for what, t in drop] for drop in retention.last_drops],
+        "rows_per_day": filled, "days": args.days, "recipients": args.recipients, "fill_s": round(fill_s, 1),
+        "rounds": done_all, "round_s": [round(w1 - w0, 3) for w0, w1 in windows],
+        "drop_statement_s": [round(sum(t for _, t in drop), 3) for drop in drops],
+        "statements_ms": [[(what, round(1000 * t, 1)) for what, t in drop] for drop in drops],
         "ingest_batch": args.batch, "workers": args.workers, "seconds": args.seconds,
-        "alone": {k: percentiles(alone.ops, k) for k in ("ingest", "ack")},
-        "with_round": {k: percentiles(during.ops, k) for k in ("ingest", "ack")},
-        "overlapping_round": {k: percentiles(during.ops, k, (r0, r1)) for k in ("ingest", "ack")},
-        "load_average": os.getloadavg(), "ok": bool(gone) and done["partitions_dropped"] == 1,
+        "alone": {k: percentiles(alone, k) for k in ("ingest", "ack")},
+        "with_round": {k: percentiles(during, k) for k in ("ingest", "ack")},
+        "overlapping_round": {k: percentiles(overlapping, k) for k in ("ingest", "ack")},
+        "load_average": os.getloadavg(),
+        "ok": all(gone) and [d["partitions_dropped"] for d in done_all] == [1] * args.days,
     }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=1_000_000, help="delivery rows in the day that is dropped")
+    p.add_argument("--rows", type=int, default=1_000_000, help="delivery rows in each day that is dropped")
+    p.add_argument("--days", type=int, default=3, help="days filled; each load phase pair drops one")
     p.add_argument("--recipients", type=int, default=10)
     p.add_argument("--seconds", type=float, default=6.0, help="length of each load phase")
     p.add_argument("--workers", type=int, default=2, help="connections running ingest + ack back to back")
@@ -168,8 +183,9 @@ def main() -> int:
             if embedded is not None:
                 embedded.stop()
             stores.cleanup()
-    print(f"dropped a day of {out['rows']:,} delivery rows (x{out['recipients']} per notification, one attempt row "
-          f"each): DETACH CONCURRENTLY + DROP of its partitions {out['drop_statement_s']} s, round {out['round_s']} s")
+    print(f"dropped {out['days']} days of {out['rows_per_day']:,} delivery rows each (x{out['recipients']} per "
+          f"notification, one attempt row each), one per round: statement time of each day's DETACH CONCURRENTLY + "
+          f"DROP {out['drop_statement_s']} s, rounds {out['round_s']} s; the first day's statements:")
     for what, ms in out["statements_ms"][0] if out["statements_ms"] else []:
         print(f"  {ms:8.1f} ms  {what}")
     for kind in ("ingest", "ack"):
