@@ -71,8 +71,8 @@ async def fill(pool: Any, rows: int, recipients: int, days_back: int, chunk: int
         notifications = rows // recipients
         per = max(1, chunk // recipients)
         for first in range(0, notifications, per):
-            await conn.execute(_FILL, base_ms, first, recipients, min(per, notifications - first))
-        await conn.execute("VACUUM ANALYZE")
+            await conn.execute(_FILL, base_ms, first, recipients, min(per, notifications - first), timeout=600)
+        await conn.execute("ANALYZE", timeout=3600)
     return time.perf_counter() - started, f"deliveries_p{day:%Y%m%d}"
 
 
