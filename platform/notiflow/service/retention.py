@@ -41,6 +41,9 @@ class RetentionService:
         async with pg_errors("retention"), self._pool.acquire() as conn:
             if not await sql.try_lock(conn):
                 return done
+            # A session lock (DETACH ... CONCURRENTLY cannot run in a transaction, so no transaction-scoped one),
+            # and the pool releases connections without resetting them: a round that does not end normally
+            # closes its connection, which frees the lock, rather than leave it held on a pooled connection.
             try:
                 await partitions.finish_detaches(conn)
                 today = (await partitions.server_now(conn)).date()
@@ -57,8 +60,10 @@ class RetentionService:
                     self._count(done, poison_entries=n)
                     if n < self._s.retention_batch:
                         break
-            finally:
-                await sql.unlock(conn)
+            except BaseException:
+                conn.terminate()
+                raise
+            await sql.unlock(conn)
         return done
 
     @staticmethod
