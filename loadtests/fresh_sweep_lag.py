@@ -46,8 +46,9 @@ from notiflow.worker.factory import retry_worker
 # What a running system already holds: finished notifications from an hour ago (the fresh sweep is past them).
 _PREFILL = """
 WITH n AS (
-    INSERT INTO notifications (id, event, payload, recipients, created_at, enqueued)
-    SELECT gen_random_uuid(), 'bench.old', '{"order": 42}', 1, now() - interval '1 hour', true
+    INSERT INTO notifications (id, event, payload, recipients, created_at, enqueued, expires_at)
+    SELECT gen_random_uuid(), 'bench.old', '{"order": 42}', 1, now() - interval '1 hour', true,
+           now() + interval '29 days'
     FROM generate_series(1, $1) RETURNING id
 )
 INSERT INTO deliveries (notification_id, user_id, seq, status) SELECT id, 'old-' || id, 1, 'offline' FROM n

@@ -275,11 +275,14 @@ class Settings(BaseSettings):
         "published for the dashboard, s. Default 1.",
     )
     retention_days: float = Field(
-        30, gt=0, description="Age after which finished deliveries, their attempts, finished notifications and "
-        "replayed DLQ rows are removed, days. Default 30.",
+        30, gt=0, description="Retention period, days. Every notification expires: after its ttl_seconds, which may "
+        "not exceed this period (422 ttl_too_long), else after this period. A day's partitions of the record "
+        "(notifications, deliveries, attempts, with their DLQ rows) are dropped whole once the day is this period "
+        "old and every notification in it has expired. Default 30.",
     )
     retention_batch: int = Field(
-        5000, ge=1, description="Rows removed per retention statement (one short transaction each). Default 5000.",
+        5000, ge=1, description="Parked poison entries removed per retention statement (one short transaction "
+        "each; the record itself goes by whole partitions). Default 5000.",
     )
     retention_interval_s: float = Field(
         60.0, gt=0, description="Pause between retention rounds when nothing is left to remove, s. Default 60.",

@@ -124,7 +124,9 @@ REPAIRS = Counter(
     registry=REGISTRY,
 )
 RETENTION_REMOVED = Counter(
-    "notiflow_retention_removed_total", "Rows removed by retention, by table", ["table"], registry=REGISTRY
+    "notiflow_retention_removed_total",
+    "What retention removed: day partitions (partitions_dropped), DLQ and poison rows (dlq, poison_entries)",
+    ["table"], registry=REGISTRY,
 )
 
 # --- store figures (set by the telemetry task) -------------------------------------------------

@@ -58,6 +58,7 @@ class GatewaySettings:
     ws_max_sockets: int
     allowed_origins: list[str]
     sse_keepalive_s: float
+    retention_days: float
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

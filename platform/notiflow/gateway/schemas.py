@@ -15,7 +15,7 @@ MAX_RECIPIENTS = 10_000
 MAX_BATCH = 1_000  # notifications per POST /notifications/batch
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_PAYLOAD_DEPTH = 64  # nesting of objects and arrays; the JSON encoder stops at 254
-MAX_TTL_S = 30 * 86_400
+MAX_TTL_S = 2**31 - 1  # what the store takes; the service refuses more than the retention period (422 ttl_too_long)
 #: The largest sequence number or DLQ id (PostgreSQL bigint): larger ones name nothing, and are 422.
 MAX_BIGINT = 2**63 - 1
 

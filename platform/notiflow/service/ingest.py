@@ -12,7 +12,7 @@ import orjson
 
 from notiflow import metrics
 from notiflow.batching import Batcher
-from notiflow.errors import BackpressureError, IdempotencyConflict, StoreUnavailable
+from notiflow.errors import ApiError, BackpressureError, IdempotencyConflict, StoreUnavailable
 from notiflow.lifecycle import Deadline
 from notiflow.models import Carried, Channel, NewNotification, StreamEntry
 from notiflow.roles import GatewaySettings
@@ -102,7 +102,15 @@ class IngestService:
             self._enqueuer.cancel()
 
     def check(self, item: NewNotification) -> None:
-        """What validation of the request body alone cannot know: configuration (allowed webhook hosts)."""
+        """What validation of the request body alone cannot know: configuration (the longest ttl, allowed
+        webhook hosts)."""
+        longest = int(self._s.retention_days * 86400)
+        if item.ttl_seconds is not None and item.ttl_seconds > longest:
+            raise ApiError(
+                422, "ttl_too_long",
+                f"ttl_seconds must be at most {longest} (the retention period, NOTIFLOW_RETENTION_DAYS)",
+                {"max_ttl_seconds": longest},
+            )
         if item.webhook_url:
             check_webhook_url(item.webhook_url, self._s.webhook_allowed_hosts)
 
@@ -179,12 +187,12 @@ class IngestService:
                 async with conn.transaction():
                     claim = await sql.claim_idempotency_keys(conn, keyed, self._s.idempotency_window_s)
                     fresh = [i for i in items if self._is_fresh(i, primary, claim)]
-                    await sql.insert_notifications(conn, fresh)
+                    await sql.insert_notifications(conn, fresh, self._s.retention_days * 86400)
             else:
                 # One statement is its own transaction: no BEGIN/COMMIT round trips around it.
                 claim = sql.KeyClaim(set(), {})
                 fresh = items
-                await sql.insert_notifications(conn, fresh)
+                await sql.insert_notifications(conn, fresh, self._s.retention_days * 86400)
         self._queue_for_stream(fresh)
         return [self._result(item, primary, claim) for item in items]
 

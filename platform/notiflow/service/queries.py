@@ -11,7 +11,7 @@ import orjson
 
 from notiflow import metrics
 from notiflow.batching import Batcher
-from notiflow.errors import NotFound
+from notiflow.errors import ApiError, NotFound
 from notiflow.models import Channel, StreamEntry
 from notiflow.roles import GatewaySettings
 from notiflow.service.ports import Record, WorkLog
@@ -112,7 +112,12 @@ class QueryService:
             raise NotFound("dlq entry")
         if taken is False:
             return {"id": entry_id, "replayed": False}
-        assert not isinstance(taken, bool)
+        if taken == dlq_sql.EXPIRED:
+            raise ApiError(
+                409, "notification_expired",
+                "the entry's notification has expired: a replay would deliver nothing (the entry goes with it)",
+            )
+        assert isinstance(taken, tuple)
         nid, uid, channel = taken
         try:
             await self._work.add([StreamEntry(nid, (uid,), Channel(channel))])

@@ -1,8 +1,13 @@
-"""Retention: finished work older than ``retention_days`` leaves PostgreSQL, batch by batch.
+"""Retention: the record's time partitions are created ahead of need and dropped whole once expired.
 
-Run by the retry worker as its own task (any number of retry workers may run it: the statements skip
-rows another one holds). A round removes everything due, one bounded statement after another, then the
-task waits ``retention_interval_s``; what is due and what is kept is decided in store/retention.py.
+Run by the retry worker as its own task; any number of retry workers may run it, one round at a time holds
+the lock (the others skip the round). A round:
+1. finalizes a partition detach that an interrupted round left pending;
+2. creates the day partitions from yesterday to ``partitions.AHEAD_DAYS`` ahead (server clock) that are missing;
+3. drops every partition over for a retention period whose notifications have all expired, with their DLQ
+   rows (DETACH ... CONCURRENTLY, then DROP TABLE: no DELETE, no VACUUM debt, no lock that blocks writes);
+4. removes parked poison entries older than the retention period, in bounded batches.
+Then the task waits ``retention_interval_s``. What is dropped and when is decided in store/partitions.py.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from notiflow import metrics
 from notiflow.errors import StoreUnavailable
 from notiflow.roles import RetentionSettings
 from notiflow.service.ports import Record
+from notiflow.store import partitions
 from notiflow.store import retention as sql
 from notiflow.store.pool import pg_errors
 
@@ -25,48 +31,55 @@ class RetentionService:
     def __init__(self, settings: RetentionSettings, pool: Record) -> None:
         self._s = settings
         self._pool = pool
+        #: The last round's partition drops: each statement and its time, s (benchmarks, operators' logs).
+        self.last_drops: list[list[tuple[str, float]]] = []
 
     async def run_once(self, stop: asyncio.Event | None = None) -> dict[str, int]:
-        """Remove everything due now; returns the rows removed per table."""
-        done = {"deliveries": 0, "delivery_attempts": 0, "notifications": 0, "dlq": 0, "poison_entries": 0}
-        limit = self._s.retention_batch
+        """One round; returns what it did: partitions created and dropped (days), DLQ and poison rows removed."""
+        done = {"partitions_created": 0, "partitions_dropped": 0, "dlq": 0, "poison_entries": 0}
+        retention_s = self._s.retention_days * 86400
+        self.last_drops = []
         async with pg_errors("retention"), self._pool.acquire() as conn:
-            before = await sql.cutoff(conn, self._s.retention_days * 86400)
-            after = sql.FIRST
-            while not (stop and stop.is_set()):
-                n, attempts, last = await sql.remove_deliveries(conn, before, after, limit)
-                self._count(done, deliveries=n, delivery_attempts=attempts)
-                if n < limit:
-                    break
-                after = last
-            after = sql.FIRST
-            while not (stop and stop.is_set()):
-                n, last = await sql.remove_notifications(conn, before, after, limit)
-                self._count(done, notifications=n)
-                if n < limit:
-                    break
-                after = last
-            for table, remove in (("dlq", sql.remove_replayed_dlq), ("poison_entries", sql.remove_poison)):
-                while not (stop and stop.is_set()):
-                    n = await remove(conn, before, limit)
-                    self._count(done, **{table: n})
-                    if n < limit:
+            if not await sql.try_lock(conn):
+                return done
+            # A session lock (DETACH ... CONCURRENTLY cannot run in a transaction, so no transaction-scoped one),
+            # and the pool releases connections without resetting them: a round that does not end normally
+            # closes its connection, which frees the lock, rather than leave it held on a pooled connection.
+            try:
+                await partitions.finish_detaches(conn)
+                today = (await partitions.server_now(conn)).date()
+                done["partitions_created"] = len(await partitions.ensure(conn, today))
+                for part in await partitions.due(conn, retention_s):
+                    if stop and stop.is_set():
                         break
+                    timed: list[tuple[str, float]] = []
+                    self._count(done, dlq=await partitions.drop(conn, part, timed), partitions_dropped=1)
+                    self.last_drops.append(timed)
+                before = await sql.cutoff(conn, retention_s)
+                while not (stop and stop.is_set()):
+                    n = await sql.remove_poison(conn, before, self._s.retention_batch)
+                    self._count(done, poison_entries=n)
+                    if n < self._s.retention_batch:
+                        break
+            except BaseException:
+                conn.terminate()
+                raise
+            await sql.unlock(conn)
         return done
 
     @staticmethod
     def _count(done: dict[str, int], **removed: int) -> None:
-        for table, n in removed.items():
-            done[table] += n
+        for what, n in removed.items():
+            done[what] += n
             if n:
-                metrics.RETENTION_REMOVED.labels(table).inc(n)
+                metrics.RETENTION_REMOVED.labels(what).inc(n)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 done = await self.run_once(stop)
                 if any(done.values()):
-                    log.info("retention removed old rows", extra=done)
+                    log.info("retention round", extra=done)
             except StoreUnavailable as exc:
                 log.warning("retention round failed", extra={"error": str(exc)})
             except Exception:

@@ -56,8 +56,8 @@ WITH o AS (
     RETURNING d.notification_id
 ), att AS (
     INSERT INTO delivery_attempts (notification_id, user_id, channel, attempt, outcome, error, node_id,
-                                   started_at, finished_at)
-    SELECT nid, uid, channel, attempt, outcome, error, $12::text, started_at, finished_at FROM o
+                                   started_at, finished_at, era)
+    SELECT nid, uid, channel, attempt, outcome, error, $12::text, started_at, finished_at, notiflow_era(nid) FROM o
     RETURNING id
 ), dead AS (
     INSERT INTO dlq AS q (notification_id, user_id, channel, reason, last_error, attempts)

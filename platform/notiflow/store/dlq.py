@@ -16,11 +16,13 @@ ORDER BY id LIMIT $4
 
 # Marking the row replayed and resetting the channel happen in one transaction: a second replay of
 # the same entry finds it already replayed and creates nothing.
+# The entry of an expired notification is not taken: replaying it would deliver nothing (SPEC §4, universal expiry).
 _TAKE_FOR_REPLAY = """
 UPDATE dlq SET replayed_at = now() WHERE id = $1 AND replayed_at IS NULL
+  AND EXISTS (SELECT 1 FROM notifications n WHERE n.id = dlq.notification_id AND n.expires_at > now())
 RETURNING notification_id, user_id, channel
 """
-_EXISTS = "SELECT 1 FROM dlq WHERE id = $1"
+_STATE = "SELECT replayed_at IS NOT NULL AS replayed FROM dlq WHERE id = $1"
 # A due time: should the replay's XADD fail, the reconciler's stale sweep finds it (store/reconcile.py).
 _RESET_SOCKET = """
 UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(), updated_at = now()
@@ -41,12 +43,17 @@ async def list_entries(
     return [dict(r) for r in await conn.fetch(_LIST, after, user_id, event, limit)]
 
 
-async def take_for_replay(conn: Any, entry_id: int) -> tuple[uuid.UUID, str, str] | bool | None:
+#: take_for_replay's answer for the entry of a notification that has expired (left as it is).
+EXPIRED = "expired"
+
+
+async def take_for_replay(conn: Any, entry_id: int) -> tuple[uuid.UUID, str, str] | bool | str | None:
     """Inside a transaction: (notification id, user id, channel) to re-enqueue; False when the entry was
-    already replayed; None when there is no such entry."""
+    already replayed; EXPIRED when its notification has expired; None when there is no such entry."""
     row = await conn.fetchrow(_TAKE_FOR_REPLAY, entry_id)
     if row is None:
-        return False if await conn.fetchval(_EXISTS, entry_id) else None
+        replayed = await conn.fetchval(_STATE, entry_id)
+        return None if replayed is None else (False if replayed else EXPIRED)
     nid, uid, channel = row["notification_id"], row["user_id"], row["channel"]
     await conn.execute(_RESET_WEBHOOK if channel == "webhook" else _RESET_SOCKET, nid, uid)
     return nid, uid, channel

@@ -32,13 +32,15 @@ FROM idempotency_keys k JOIN unnest($1::text[], $2::text[]) AS t(scope, key) USI
 #: An idempotency key as stored: unique per (scope, key), the scope being the API key that used it.
 ScopedKey = tuple[str, str]
 
-# One statement (one round trip, one implicit transaction) inserts the notifications, bumps each user's
-# seq counter by the number of new deliveries (rows locked in user order: no deadlocks between batches),
-# and inserts the deliveries numbered in batch order below the new counter value.
+# One statement (one round trip, one implicit transaction) inserts the notifications (each expiring after its
+# ttl, else after the retention period $10, s; in the era and day partition its id names, migration 009),
+# bumps each user's seq counter by the number of new deliveries (rows locked in user order: no deadlocks
+# between batches), and inserts the deliveries numbered in batch order below the new counter value.
 _INSERT_BATCH = """
 WITH n AS (
-    INSERT INTO notifications (id, event, payload, webhook_url, expires_at, recipients)
-    SELECT id, event, payload, hook, CASE WHEN ttl IS NULL THEN NULL ELSE now() + ttl * interval '1 second' END, cnt
+    INSERT INTO notifications (id, event, payload, webhook_url, expires_at, recipients, era)
+    SELECT id, event, payload, hook, now() + coalesce(ttl::float8, $10::float8) * interval '1 second', cnt,
+           notiflow_era(id)
     FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[], $6::int[])
         AS t(id, event, payload, hook, ttl, cnt)
 ), d AS (
@@ -51,8 +53,9 @@ WITH n AS (
     ON CONFLICT (user_id) DO UPDATE SET last_seq = s.last_seq + EXCLUDED.last_seq
     RETURNING user_id, last_seq
 ), ins AS (
-    INSERT INTO deliveries (notification_id, user_id, seq, webhook_status)
-    SELECT d.nid, d.uid, b.last_seq - p.cnt + row_number() OVER (PARTITION BY d.uid ORDER BY d.ord), d.hook
+    INSERT INTO deliveries (notification_id, user_id, seq, webhook_status, era)
+    SELECT d.nid, d.uid, b.last_seq - p.cnt + row_number() OVER (PARTITION BY d.uid ORDER BY d.ord), d.hook,
+           notiflow_era(d.nid)
     FROM d JOIN per_user p ON p.uid = d.uid JOIN bump b ON b.user_id = d.uid
 )
 -- Each user's new counter value (and the commit's timestamp, the notifications' created_at): enough for
@@ -101,9 +104,10 @@ async def claim_idempotency_keys(conn: Any, items: list[NewNotification], window
     return KeyClaim(won, existing)
 
 
-async def insert_notifications(conn: Any, items: list[NewNotification]) -> None:
+async def insert_notifications(conn: Any, items: list[NewNotification], retention_s: float = 30 * 86400) -> None:
     """Insert the notifications and one delivery per recipient, with per-user seqs in batch order; sets
-    each item's ``created_at`` and ``seqs`` as stored."""
+    each item's ``created_at`` and ``seqs`` as stored. A notification without a ttl expires after
+    ``retention_s``."""
     if not items:
         return
     nids: list[uuid.UUID] = []
@@ -126,6 +130,7 @@ async def insert_notifications(conn: Any, items: list[NewNotification]) -> None:
         nids,
         uids,
         hooks,
+        float(retention_s),
     )
     # The SQL numbers a user's new deliveries last_seq - count + 1 ... last_seq in batch order: so here.
     count: dict[str, int] = {}

@@ -6,6 +6,8 @@ from importlib import resources
 
 import asyncpg
 
+from notiflow.store import partitions
+
 # Any constant works; it only has to be the same for every process that migrates.
 _MIGRATION_LOCK = 0x6E6F7469
 
@@ -24,11 +26,13 @@ def migration_files() -> list[tuple[str, str]]:
     return [(p.name.removesuffix(".sql"), p.read_text(encoding="utf-8")) for p in files]
 
 
-async def apply_migrations(dsn: str) -> list[str]:
-    """Apply the migrations this database lacks; returns the versions applied now.
+async def apply_migrations(dsn: str, retention_days: float = 30, *, upto: str | None = None) -> list[str]:
+    """Apply the migrations this database lacks (those numbered up to ``upto``, e.g. "008", only, when given);
+    returns the versions applied now. Then, once the record is partitioned (009), creates the time partitions
+    ahead of need, so that a fresh database takes notifications at once.
 
-    Concurrent callers (several processes starting at once) serialise on an advisory lock, so each
-    migration runs exactly once.
+    ``retention_days`` (NOTIFLOW_RETENTION_DAYS) gives the rows written before 009 their expiry. Concurrent
+    callers (several processes starting at once) serialise on an advisory lock, so each migration runs once.
     """
     conn = await asyncpg.connect(dsn, timeout=30)
     applied: list[str] = []
@@ -37,13 +41,18 @@ async def apply_migrations(dsn: str) -> list[str]:
         try:
             await conn.execute(_CREATE_TABLE)
             done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            await conn.execute("SELECT set_config('notiflow.retention_s', $1, false)", str(retention_days * 86400))
             for version, sql in migration_files():
+                if upto is not None and version.split("_")[0] > upto.split("_")[0]:
+                    break
                 if version in done:
                     continue
                 async with conn.transaction():
                     await conn.execute(sql)
                     await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
                 applied.append(version)
+            if partitions.MIGRATION in done or partitions.MIGRATION in applied:
+                await partitions.ensure(conn, (await partitions.server_now(conn)).date())
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     finally:

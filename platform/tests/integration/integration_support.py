@@ -32,6 +32,7 @@ from notiflow.config import Settings
 from notiflow.devstack import free_port
 from notiflow.gateway.app import create_app, server_options, stop_serving
 from notiflow.gateway.deps import Services
+from notiflow.ids import new_id
 from notiflow.service.ports import Wrappers
 from notiflow.worker.factory import retry_worker, stream_worker
 
@@ -331,13 +332,16 @@ async def notify(http: httpx.AsyncClient, base_url: str, user_ids: list[str], **
 
 
 async def insert_pending(db: asyncpg.Pool | asyncpg.Connection, users: list[str]) -> uuid.UUID:
-    """A notification with one pending delivery per user (seq 1), written straight into the record."""
-    nid = uuid.uuid4()
+    """A notification with one pending delivery per user (seq 1), written straight into the record (in today's
+    partitions, as ingest writes them)."""
+    nid = new_id()
     await db.execute(
-        "INSERT INTO notifications (id, event, payload, recipients) VALUES ($1, 'e', '{}', $2)", nid, len(users)
+        "INSERT INTO notifications (id, event, payload, recipients, expires_at, era) "
+        "VALUES ($1, 'e', '{}', $2, now() + interval '1 day', notiflow_era($1))", nid, len(users)
     )
     await db.executemany(
-        "INSERT INTO deliveries (notification_id, user_id, seq) VALUES ($1, $2, 1)", [(nid, u) for u in users]
+        "INSERT INTO deliveries (notification_id, user_id, seq, era) VALUES ($1, $2, 1, notiflow_era($1))",
+        [(nid, u) for u in users],
     )
     return nid
 

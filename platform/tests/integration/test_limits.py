@@ -209,3 +209,29 @@ async def test_permessage_deflate_is_off_unless_enabled(gateways: Gateways, sock
     assert plain.conn.protocol.extensions == []
     deflating = await socket(await gateways.start(ws_permessage_deflate=True), users(1)[0])
     assert [e.name for e in deflating.conn.protocol.extensions] == ["permessage-deflate"]
+
+
+async def test_a_ttl_over_the_retention_period_is_refused_naming_the_maximum_and_nothing_is_written(
+    gateways: Gateways, http: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    gw = await gateways.start(retention_days=2)
+    before = await table_counts(db)
+    one = {"user_id": users(1)[0], "event": "e", "payload": {}, "ttl_seconds": 2 * 86400 + 1}
+    single = await http.post(f"{gw.url}/notifications", json=one)
+    assert single.status_code == 422, single.text
+    assert single.json()["error"]["code"] == "ttl_too_long" and "172800" in single.json()["error"]["message"]
+    batch = await http.post(
+        f"{gw.url}/notifications/batch", json={"notifications": [{**one, "ttl_seconds": 60}, one]}
+    )
+    assert batch.status_code == 422, batch.text
+    (bad,) = batch.json()["error"]["details"]
+    assert (bad["index"], bad["code"], bad["details"]) == (1, "ttl_too_long", {"max_ttl_seconds": 172800})
+    assert await table_counts(db) == before
+    # At the maximum it is accepted, and without a ttl the notification expires after the retention period.
+    assert (await http.post(f"{gw.url}/notifications", json={**one, "ttl_seconds": 172800})).status_code == 202
+    plain = await http.post(f"{gw.url}/notifications", json={k: v for k, v in one.items() if k != "ttl_seconds"})
+    lifetime = await db.fetchval(
+        "SELECT extract(epoch FROM expires_at - created_at) FROM notifications WHERE id = $1",
+        uuid.UUID(plain.json()["id"]),
+    )
+    assert lifetime == 172800

@@ -22,7 +22,7 @@ async def _notification(conn: Any, users: list[str], *, created_ago_s: float = 0
     await conn.execute(
         "INSERT INTO notifications (id, event, payload, recipients, created_at, expires_at) "
         "VALUES ($1, 'e', '{}', $2, now() - $3 * interval '1 second', now() - $4 * interval '1 second')",
-        nid, len(users), created_ago_s, expired_ago_s,
+        nid, len(users), created_ago_s, -86400 if expired_ago_s is None else expired_ago_s,
     )
     await conn.executemany(
         "INSERT INTO deliveries (notification_id, user_id, seq, status) VALUES ($1, $2, 1, 'offline')",
@@ -64,8 +64,8 @@ async def test_the_fresh_sweep_reads_each_notification_once(db: asyncpg.Pool) ->
     async with db.acquire() as conn:
         stale = uuid.uuid4()
         await conn.execute(
-            "INSERT INTO notifications (id, event, payload, recipients, created_at) "
-            "VALUES ($1, 'e', '{}', 2, now() - interval '10 seconds')", stale,
+            "INSERT INTO notifications (id, event, payload, recipients, created_at, expires_at) "
+            "VALUES ($1, 'e', '{}', 2, now() - interval '10 seconds', now() + interval '1 day')", stale,
         )
         await conn.execute(
             "INSERT INTO deliveries (notification_id, user_id, seq, status) VALUES ($1, 'bo', 1, 'pending'), "

@@ -1,22 +1,27 @@
-"""Retention removes finished work older than the period, in bounded batches, and nothing open."""
+"""Retention keeps the record's time partitions: created ahead of need, dropped whole once all expired."""
 
 from __future__ import annotations
 
-import itertools
+import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import date, timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 import pytest_asyncio
 
 from notiflow.config import Settings
+from notiflow.devstack import psql
+from notiflow.ids import id_at
 from notiflow.service.retention import RetentionService
+from notiflow.store import partitions
+from notiflow.store.migrate import apply_migrations
 from notiflow.store.pool import connect_pool
 
 pytestmark = pytest.mark.timeout(60)
-
-_seq = itertools.count(1)
 
 
 @pytest_asyncio.fixture
@@ -28,115 +33,136 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         await p.close()
 
 
-async def add(
-    conn: asyncpg.Connection, *, age_days: float, deliveries: list[tuple[str, str | None]],
-    ttl_passed: bool | None = None, attempts: int = 2,
-) -> uuid.UUID:
-    """A notification ``age_days`` old with deliveries (socket status, webhook status), each with attempts."""
-    nid = uuid.uuid4()
-    expires = {None: "NULL", True: "now() - interval '1 hour'", False: "now() + interval '1 day'"}[ttl_passed]
+@pytest.fixture
+def own_database(stores: Any) -> Iterator[str]:
+    """A database of this test's own (its legacy partition may be dropped), migrated to head by the test."""
+    name = f"notiflow_test_{secrets.token_hex(4)}"
+    psql(stores.database_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(stores.database_url)._replace(path=f"/{name}"))
+    finally:
+        psql(stores.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def day_partitions(conn: asyncpg.Connection) -> set[date]:
+    return {p.day for p in await partitions.partitions(conn) if p.day is not None}
+
+
+async def add(conn: asyncpg.Connection, day: date, *, expires_in_s: float, users: int = 2) -> uuid.UUID:
+    """A notification made on ``day`` (its id says so), with deliveries, attempt rows and a DLQ row."""
+    nid = id_at(partitions.day_start(day) + timedelta(hours=12))
     await conn.execute(
-        f"INSERT INTO notifications (id, event, payload, recipients, created_at, enqueued, expires_at) "
-        f"VALUES ($1, 'e', '{{}}', $2, now() - $3 * interval '1 day', true, {expires})",
-        nid, len(deliveries), age_days,
+        "INSERT INTO notifications (id, event, payload, recipients, expires_at, era) "
+        "VALUES ($1, 'e', '{}', $2, now() + $3 * interval '1 second', notiflow_era($1))", nid, users, expires_in_s,
     )
-    for i, (status, hook) in enumerate(deliveries):
-        user = f"u{i}"
+    for i in range(users):
         await conn.execute(
-            "INSERT INTO deliveries (notification_id, user_id, seq, status, webhook_status, updated_at) "
-            "VALUES ($1, $2, $3, $4, $5, now() - $6 * interval '1 day')",
-            nid, user, next(_seq), status, hook, age_days,
+            "INSERT INTO deliveries (notification_id, user_id, seq, status, era) "
+            "VALUES ($1, $2, $3, 'offline', notiflow_era($1))", nid, f"u{i}", int(nid.int % 10**12) + i,
         )
-        for a in range(attempts):
-            await conn.execute(
-                "INSERT INTO delivery_attempts (notification_id, user_id, channel, attempt, outcome, node_id, "
-                "started_at, finished_at) VALUES ($1, $2, 'socket', $3, 'failed', 'n', now(), now())",
-                nid, user, a + 1,
-            )
+        await conn.execute(
+            "INSERT INTO delivery_attempts (notification_id, user_id, channel, attempt, outcome, node_id, "
+            "started_at, finished_at, era) VALUES ($1, $2, 'socket', 1, 'failed', 'n', now(), now(), notiflow_era($1))",
+            nid, f"u{i}",
+        )
+    await conn.execute(
+        "INSERT INTO dlq (notification_id, user_id, channel, reason, attempts) "
+        "VALUES ($1, 'u0', 'socket', 'max_retries_exceeded', 3)", nid,
+    )
     return nid
 
 
-async def dlq_row(
-    conn: asyncpg.Connection, nid: uuid.UUID, user: str, channel: str, replayed_days: float | None
-) -> int:
-    replayed = "NULL" if replayed_days is None else f"now() - {replayed_days} * interval '1 day'"
-    return int(await conn.fetchval(
-        f"INSERT INTO dlq (notification_id, user_id, channel, reason, attempts, replayed_at) "
-        f"VALUES ($1, $2, $3, 'max_retries_exceeded', 3, {replayed}) RETURNING id", nid, user, channel,
-    ))
-
-
-async def statuses(conn: asyncpg.Connection, nid: uuid.UUID) -> list[str] | None:
-    """The notification's delivery statuses (sorted), or None when the notification is gone."""
-    if not await conn.fetchval("SELECT 1 FROM notifications WHERE id = $1", nid):
-        return None
-    rows = await conn.fetch("SELECT status FROM deliveries WHERE notification_id = $1 ORDER BY user_id", nid)
-    return [r["status"] for r in rows]
-
-
-async def test_removes_finished_old_work_and_keeps_what_is_open(settings: Settings, pool: asyncpg.Pool) -> None:
-    s = settings.model_copy(update={"retention_days": 1, "retention_batch": 2})
-    async with pool.acquire() as conn:
-        done = [await add(conn, age_days=2, deliveries=[("delivered", None)]) for _ in range(5)]
-        expired = await add(conn, age_days=2, deliveries=[("expired", "expired")])
-        mixed = await add(conn, age_days=2, deliveries=[("delivered", None), ("offline", None)])
-        webhook_done = await add(conn, age_days=2, deliveries=[("delivered", "succeeded"), ("delivered", "dead")])
-        # Dead socket deliveries stay in the user's offline queue (SPEC §4) until their TTL passes.
-        dead_no_ttl = await add(conn, age_days=2, deliveries=[("dead", None)])
-        dead_ttl_passed = await add(conn, age_days=2, deliveries=[("dead", None)], ttl_passed=True)
-        open_ttl_ahead = await add(conn, age_days=2, deliveries=[("dispatched", None)], ttl_passed=False)
-        retrying = await add(conn, age_days=2, deliveries=[("delivered", "retrying")])
-        recent = await add(conn, age_days=0.5, deliveries=[("delivered", None)])
-        # A DLQ entry waiting for an operator keeps its delivery replayable.
-        waiting = await add(conn, age_days=2, deliveries=[("delivered", "dead")])
-        await dlq_row(conn, waiting, "u0", "webhook", replayed_days=None)
-        old_replayed = await dlq_row(conn, dead_ttl_passed, "u0", "socket", replayed_days=2)
-        new_replayed = await dlq_row(conn, recent, "u0", "socket", replayed_days=0.1)
-        await conn.execute("INSERT INTO poison_entries (stream_id, fields, reason, failed_at) "
-                           "VALUES ('1-0', '{}', 'x', now() - interval '2 days'), ('2-0', '{}', 'y', now())")
-
-    removed = await RetentionService(s, pool).run_once()
-
-    async with pool.acquire() as conn:
-        for nid in [*done, expired, webhook_done, dead_ttl_passed]:
-            assert await statuses(conn, nid) is None, nid
-        assert await statuses(conn, mixed) == ["offline"]
-        assert await statuses(conn, dead_no_ttl) == ["dead"]
-        assert await statuses(conn, open_ttl_ahead) == ["dispatched"]
-        assert await statuses(conn, retrying) == ["delivered"]
-        assert await statuses(conn, recent) == ["delivered"]
-        assert await statuses(conn, waiting) == ["delivered"]
-        left = {r["id"] for r in await conn.fetch("SELECT id FROM dlq")}
-        assert old_replayed not in left and new_replayed in left and len(left) == 2
-        # Attempt rows went with their deliveries and only with them.
-        orphans = await conn.fetchval(
-            "SELECT count(*) FROM delivery_attempts a WHERE NOT EXISTS (SELECT 1 FROM deliveries d "
-            "WHERE d.notification_id = a.notification_id AND d.user_id = a.user_id)")
-        assert orphans == 0
-        assert await conn.fetchval("SELECT count(*) FROM delivery_attempts") == 2 * 6
-        assert await conn.fetchval("SELECT count(*) FROM poison_entries") == 1
-    # 5 + 1 + 1 (of mixed) + 2 + 1 deliveries, in batches of 2; 5 + 1 + 1 + 1 notifications.
-    assert removed == {"deliveries": 10, "delivery_attempts": 20, "notifications": 8, "dlq": 1, "poison_entries": 1}
-    assert await RetentionService(s, pool).run_once() == dict.fromkeys(removed, 0)
-
-
-async def test_a_notification_whose_last_open_delivery_finishes_goes_next_round(
+async def test_migrate_creates_partitions_ahead_and_a_round_creates_missing_ones(
     settings: Settings, pool: asyncpg.Pool
 ) -> None:
-    s = settings.model_copy(update={"retention_days": 1})
     async with pool.acquire() as conn:
-        nid = await add(conn, age_days=3, deliveries=[("delivered", None), ("offline", None)])
-    await RetentionService(s, pool).run_once()
+        today = (await partitions.server_now(conn)).date()
+        wanted = {today + timedelta(days=d) for d in range(-partitions.BEHIND_DAYS, partitions.AHEAD_DAYS + 1)}
+        assert wanted <= await day_partitions(conn)
+        last = max(wanted)
+        for table in reversed(partitions.TABLES):
+            await conn.execute(f"ALTER TABLE {table}_v7 DETACH PARTITION {table}_p{last:%Y%m%d}")
+            await conn.execute(f"DROP TABLE {table}_p{last:%Y%m%d}")
+        assert last not in await day_partitions(conn)
+    done = await RetentionService(settings, pool).run_once()
+    assert done["partitions_created"] == 1
     async with pool.acquire() as conn:
-        assert await statuses(conn, nid) == ["offline"]
-        # Acknowledged now: it is finished, but its last change is recent, so it stays a retention period.
-        await conn.execute("UPDATE deliveries SET status = 'delivered', updated_at = now() WHERE notification_id = $1",
-                           nid)
-    await RetentionService(s, pool).run_once()
+        assert wanted <= await day_partitions(conn)
+
+
+async def test_a_day_goes_whole_once_over_and_all_expired_with_its_dlq_rows(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    s = settings.model_copy(update={"retention_days": 30})
     async with pool.acquire() as conn:
-        assert await statuses(conn, nid) == ["delivered"]
-        await conn.execute("UPDATE deliveries SET updated_at = now() - interval '2 days' WHERE notification_id = $1",
-                           nid)
-    await RetentionService(s, pool).run_once()
+        today = (await partitions.server_now(conn)).date()
+        old, skewed, recent = today - timedelta(days=40), today - timedelta(days=39), today - timedelta(days=20)
+        for day in (old, skewed, recent):
+            await partitions.ensure(conn, day, ahead=0, behind=0)
+        gone = [await add(conn, old, expires_in_s=-3600) for _ in range(3)]
+        # A day over for the retention period that still holds an unexpired notification (an id from a clock
+        # far ahead, or an expiry set under a longer retention period) is kept until it expires.
+        await add(conn, skewed, expires_in_s=-3600)
+        kept_skewed = await add(conn, skewed, expires_in_s=3600)
+        kept_recent = await add(conn, recent, expires_in_s=-3600)  # expired, but its day is not over yet
+        todays = await add(conn, today, expires_in_s=3600)
+
+    done = await RetentionService(s, pool).run_once()
+
+    assert (done["partitions_dropped"], done["dlq"]) == (1, 3)
     async with pool.acquire() as conn:
-        assert await statuses(conn, nid) is None
+        assert old not in await day_partitions(conn)
+        assert {skewed, recent, today} <= await day_partitions(conn)
+        for table in partitions.TABLES:
+            assert await conn.fetchval("SELECT to_regclass($1)", f"{table}_p{old:%Y%m%d}") is None
+        left = {r["notification_id"] for r in await conn.fetch("SELECT notification_id FROM dlq")}
+        assert left.isdisjoint(gone) and {kept_skewed, kept_recent, todays} <= left
+        assert await conn.fetchval("SELECT count(*) FROM deliveries WHERE notification_id = $1", kept_skewed) == 2
+        # Nothing left detached or pending.
+        assert await partitions.finish_detaches(conn) == 0
+    again = await RetentionService(s, pool).run_once()
+    assert (again["partitions_dropped"], again["dlq"]) == (0, 0)
+
+
+async def test_the_legacy_partition_goes_once_the_upgrade_is_a_retention_period_old(own_database: str) -> None:
+    await apply_migrations(own_database, retention_days=30)
+    s = Settings(database_url=own_database, retention_days=30)
+    p = await connect_pool(own_database, max_size=2)
+    try:
+        async with p.acquire() as conn:
+            legacy = uuid.uuid4()  # a random id: written as before the upgrade, into the legacy partition
+            await conn.execute(
+                "INSERT INTO notifications (id, event, payload, recipients, expires_at) "
+                "VALUES ($1, 'e', '{}', 1, now() + interval '1 hour')", legacy,
+            )
+            await conn.execute(
+                "INSERT INTO dlq (notification_id, user_id, channel, reason, attempts) "
+                "VALUES ($1, 'u0', 'socket', 'max_retries_exceeded', 3)", legacy,
+            )
+            await conn.execute(
+                "UPDATE schema_migrations SET applied_at = now() - interval '31 days' WHERE version = $1",
+                partitions.MIGRATION,
+            )
+        assert (await RetentionService(s, p).run_once())["partitions_dropped"] == 0  # one row not expired yet
+        async with p.acquire() as conn:
+            await conn.execute("UPDATE notifications SET expires_at = now() - interval '1 second'")
+        done = await RetentionService(s, p).run_once()
+        assert (done["partitions_dropped"], done["dlq"]) == (1, 1)
+        async with p.acquire() as conn:
+            for table in partitions.TABLES:
+                assert await conn.fetchval("SELECT to_regclass($1)", f"{table}_legacy") is None
+            assert await conn.fetchval("SELECT count(*) FROM dlq") == 0
+    finally:
+        await p.close()
+
+
+async def test_old_poison_entries_go_by_age(settings: Settings, pool: asyncpg.Pool) -> None:
+    s = settings.model_copy(update={"retention_days": 1, "retention_batch": 1})
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO poison_entries (stream_id, fields, reason, failed_at) VALUES ('1-0', '{}', 'x', "
+            "now() - interval '2 days'), ('2-0', '{}', 'x', now() - interval '3 days'), ('3-0', '{}', 'y', now())"
+        )
+    assert (await RetentionService(s, pool).run_once())["poison_entries"] == 2
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT array_agg(stream_id) FROM poison_entries") == ["3-0"]
