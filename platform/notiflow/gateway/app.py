@@ -70,7 +70,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     pool = await connect_pool(settings.database_url_required, max_size=settings.pg_pool_max, **pg_limits(settings))
     redis = connect_redis(
         settings.redis_url_required, max_connections=settings.redis_pool_max,
-        wait_timeout_s=settings.redis_pool_timeout_s,
+        wait_timeout_s=settings.redis_pool_timeout_s, cluster=settings.redis_cluster,
     )
     work = WorkStream(redis, settings)
     hub = Hub()
