@@ -100,6 +100,8 @@ class EmbeddedRedisCluster:
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-port", str(port + len(self.ports)),
             "--cluster-node-timeout", str(self.node_timeout_ms),
+            # A replica syncs at once (not 5 s later): one that never synced cannot be promoted.
+            "--repl-diskless-sync-delay", "0",
             "--save", "", "--appendonly", "no", "--dir", str(node_dir), "--daemonize", "no", "--logfile", "",
         ]  # fmt: skip
         self._procs[port] = spawn(argv, log_path=self.root / f"{port}.log", cwd=node_dir)
@@ -130,6 +132,11 @@ class EmbeddedRedisCluster:
         for i, port in enumerate(rest):
             self.call(port, "CLUSTER REPLICATE", ids[masters[i % self.masters]])
         self._wait(self.healthy, "the cluster to be ok")
+        self._wait(lambda: all(self._synced(p) for p in rest), "the replicas to sync")
+
+    def _synced(self, port: int) -> bool:
+        info: dict[str, Any] = self.client(port).info("replication")
+        return info.get("role") == "slave" and info.get("master_link_status") == "up"
 
     def _nodes(self, port: int) -> dict[str, dict[str, Any]]:
         """CLUSTER NODES as redis-py parses it: address -> flags, slots, ..."""

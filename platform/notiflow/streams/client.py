@@ -10,8 +10,8 @@ from typing import cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, MasterDownError, RedisError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from notiflow import metrics
@@ -76,6 +76,10 @@ async def redis_errors(what: str) -> AsyncIterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+        metrics.REDIS_ERRORS.labels(what).inc()
+        raise StoreUnavailable(f"redis: {what}: {type(exc).__name__}: {exc}") from exc
+    except (ClusterDownError, TryAgainError, MasterDownError) as exc:
+        # A cluster's slot without a master (a failover under way): its keys answer again once one is promoted.
         metrics.REDIS_ERRORS.labels(what).inc()
         raise StoreUnavailable(f"redis: {what}: {type(exc).__name__}: {exc}") from exc
     except ResponseError as exc:
