@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -54,7 +55,10 @@ class EmbeddedRedisCluster:
     """Start with ``start()`` (or as a context manager); ``url`` names the first master (the seed)."""
 
     def __init__(self, masters: int = 3, replicas: int = 1, workdir: Path | None = None,
-                 node_timeout_ms: int = 2000) -> None:
+                 node_timeout_ms: int = 2000, announce: Callable[[list[int]], dict[int, int]] | None = None) -> None:
+        """``announce``: given the nodes' ports, the port some of them tell clients and replicas to use instead
+        of their own (``cluster-announce-port``; their cluster bus stays direct): a fault proxy in front of one
+        master cuts it off from everyone but the other nodes, so that no failover follows."""
         if masters < 3:
             raise DevStackError("a Redis Cluster needs at least 3 masters")
         self.masters, self.replicas = masters, replicas
@@ -64,6 +68,8 @@ class EmbeddedRedisCluster:
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._root: Path | None = None
         self._binary: str | None = None
+        self._announce = announce
+        self._real: dict[int, int] = {}  # announced port -> the node's own
 
     @property
     def url(self) -> str:
@@ -88,6 +94,11 @@ class EmbeddedRedisCluster:
         atexit.register(self.stop)
         for port in self.ports:
             self.start_node(port)
+        self._real = {}
+        for port, announced in (self._announce(self.ports) if self._announce else {}).items():
+            self._real[announced] = port
+            self.call(port, "CONFIG SET", "cluster-announce-port", announced)
+            self.call(port, "CONFIG SET", "cluster-announce-bus-port", port + len(self.ports))
         self._form()
 
     def start_node(self, port: int) -> None:
@@ -170,7 +181,8 @@ class EmbeddedRedisCluster:
                     continue
                 for r in node["slots"]:
                     if int(r[0]) <= slot <= int(r[-1]):
-                        return int(address.rpartition(":")[2].partition("@")[0])
+                        announced = int(address.rpartition(":")[2].partition("@")[0])
+                        return self._real.get(announced, announced)
         raise DevStackError(f"no live node knows slot {slot}")
 
     def migrate_slot(self, slot: int, to_port: int, batch: int = 100) -> int:
@@ -196,7 +208,7 @@ class EmbeddedRedisCluster:
         """Start the node of ``port`` again, empty, as a replica of the master of ``master_port``."""
         self.start_node(port)
         self.call(master_port, "CLUSTER MEET", "127.0.0.1", port, port + len(self.ports))
-        self._wait(lambda: f"127.0.0.1:{master_port}" in str(self._nodes(port)), "the node to meet the cluster")
+        self._wait(lambda: len(self._nodes(port)) == len(self.ports), "the node to meet the cluster")
         self.call(port, "CLUSTER REPLICATE", self.call(master_port, "CLUSTER MYID"))
 
     def kill(self, port: int) -> None:
