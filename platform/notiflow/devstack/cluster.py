@@ -204,6 +204,23 @@ class EmbeddedRedisCluster:
                 self.call(port, "CLUSTER SETSLOT", slot, "NODE", dst_id)
         return moved
 
+    def balance(self, slots: list[int]) -> int:
+        """Move whole ``slots`` (the partitions' slots: ``{p<n>}`` hash unevenly over equal slot ranges, 3/3/6
+        for 12 partitions on 3 masters) so that every master serves as many of them as the others, give or take
+        one. Returns the slots moved."""
+        owner = {slot: self.master_of_slot(slot) for slot in slots}
+        masters = sorted(set(owner.values()) | {self.master_of_slot(s) for s in range(0, SLOTS, SLOTS // 64)})
+        moved = 0
+        while True:
+            counts = {m: sum(1 for o in owner.values() if o == m) for m in masters}
+            most, least = max(counts, key=counts.__getitem__), min(counts, key=counts.__getitem__)
+            if counts[most] - counts[least] <= 1:
+                return moved
+            slot = next(s for s, o in owner.items() if o == most)
+            self.migrate_slot(slot, least)
+            owner[slot] = least
+            moved += 1
+
     def rejoin(self, port: int, master_port: int) -> None:
         """Start the node of ``port`` again, empty, as a replica of the master of ``master_port``."""
         self.start_node(port)

@@ -25,6 +25,7 @@ from notiflow.devstack.cluster import EmbeddedRedisCluster
 from notiflow.devstack.embedded import EmbeddedPostgres, EmbeddedRedis
 from notiflow.devstack.supervisor import ProcessSpec, Supervisor
 from notiflow.fanin import copy_port
+from notiflow.streams.keys import partition_slots
 
 __all__ = ["DevStack", "run_dev", "settings_env"]
 
@@ -167,6 +168,7 @@ class DevStack:
             if self._redis_url is None and self.cluster_masters:
                 self.embedded_cluster = EmbeddedRedisCluster(self.cluster_masters, 1, self.workdir)
                 self.embedded_cluster.start()
+                self.embedded_cluster.balance(partition_slots(self.settings.stream_partitions))
                 self._redis_url = self.embedded_cluster.url
             if self._redis_url is None:
                 self.embedded_redis = EmbeddedRedis(self.workdir)

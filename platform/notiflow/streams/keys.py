@@ -15,6 +15,8 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable
 
+from redis.crc import key_slot
+
 from notiflow.config import Settings
 from notiflow.models import StreamEntry
 
@@ -97,3 +99,9 @@ def split_entries(keys: Keyspace, entries: list[StreamEntry]) -> dict[int, list[
             carried = None if c is None else dataclasses.replace(c, seqs=tuple(c.seqs[i] for i in idx))
             out[p].append(dataclasses.replace(e, user_ids=users, carried=carried))
     return out
+
+
+def partition_slots(count: int) -> list[int]:
+    """The Redis Cluster slot of each partition (the slot of its hash tag ``{p<n>}``, whatever the key prefix):
+    what to spread evenly over the masters (docs/cluster.md)."""
+    return [key_slot(f"p{p}".encode()) for p in range(count)]

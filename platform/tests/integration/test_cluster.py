@@ -24,7 +24,7 @@ from notiflow.devstack._proc import DevStackError
 from notiflow.devstack.cluster import EmbeddedRedisCluster, cluster_server_binary
 from notiflow.models import USER_SEP, Carried, Channel, StreamEntry
 from notiflow.streams.client import close_redis, connect_redis
-from notiflow.streams.keys import Keyspace
+from notiflow.streams.keys import Keyspace, partition_slots
 from notiflow.streams.presence import Presence
 from notiflow.streams.ratelimit import TokenBuckets
 from notiflow.streams.stats import StatsBoard
@@ -75,6 +75,16 @@ def test_every_key_of_a_partition_is_in_one_slot(settings: Settings) -> None:
         assert len({key_slot(n.encode()) for n in names}) == 1, names
         slots.add(key_slot(keys.stream(p).encode()))
     assert len(slots) == PARTITIONS
+
+
+def test_the_partitions_slots_are_spread_evenly_over_the_masters(redis_cluster: EmbeddedRedisCluster) -> None:
+    slots = partition_slots(12)  # {p<n>} hash 3/3/6 over three equal slot ranges
+    redis_cluster.balance(slots)
+    per_master: dict[int, int] = {}
+    for slot in slots:
+        master = redis_cluster.master_of_slot(slot)
+        per_master[master] = per_master.get(master, 0) + 1
+    assert sorted(per_master.values()) == [4, 4, 4]
 
 
 async def test_scripts_run_on_the_cluster_and_entries_go_to_their_users_partition(settings: Settings) -> None:
