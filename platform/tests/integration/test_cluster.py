@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -31,6 +35,8 @@ from notiflow.streams.stats import StatsBoard
 from notiflow.streams.work import PartitionsChanged, WorkStream, retry_member
 
 PARTITIONS = 6
+ROOT = Path(__file__).resolve().parents[3]
+StackFactory = Callable[..., Any]
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -203,3 +209,20 @@ async def _try_notify(http: httpx.AsyncClient, base_url: str, user: str) -> str 
     body = {"user_ids": [user], "event": "test.event", "payload": {}}
     response = await http.post(f"{base_url}/notifications", json=body)
     return str(response.json()["id"]) if response.status_code == 202 else None
+
+
+@pytest.mark.timeout(400)
+def test_conformance_subset_passes_against_the_cluster(
+    stack: StackFactory, redis_cluster: EmbeddedRedisCluster, settings: Settings,
+) -> None:
+    """The quick variant of `pytest conformance/ --base-url ...` against `notiflow dev --redis-cluster 3`: the
+    conformance checks of live delivery (I2: every device on every node, acks over the socket) and routing
+    across nodes (I8), unchanged, on two gateways; the mixed run is left to the full suite (minutes)."""
+    dev = stack(gateways=2, stream_workers=1, retry_workers=1, redis_url=redis_cluster.url, redis_cluster=True,
+                stream_partitions=PARTITIONS)
+    argv = [sys.executable, "-m", "pytest", "conformance/test_i02_live.py", "conformance/test_i08_routing.py",
+            "-k", "not mixed_run", "-q", "-p", "no:cacheprovider",
+            *(a for u in dev.gateway_urls for a in ("--base-url", u))]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=360, check=False)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "lost: 0" in done.stdout
