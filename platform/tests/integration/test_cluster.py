@@ -27,6 +27,7 @@ from notiflow.config import Settings
 from notiflow.devstack._proc import DevStackError
 from notiflow.devstack.cluster import EmbeddedRedisCluster, cluster_server_binary
 from notiflow.models import USER_SEP, Carried, Channel, StreamEntry
+from notiflow.streams.budget import HostBudget
 from notiflow.streams.client import close_redis, connect_redis
 from notiflow.streams.keys import Keyspace, partition_slots
 from notiflow.streams.presence import Presence
@@ -138,6 +139,8 @@ async def test_scripts_run_on_the_cluster_and_entries_go_to_their_users_partitio
         assert await presence.live_nodes(everyone) == {u: [] for u in everyone}
 
         assert await TokenBuckets(redis, settings).take([("a", 1), ("b", 1)], 10, 5) == [0, 0]
+        assert await HostBudget(redis, settings).take({"a.example": 3, "b.example": 9}, 5) == {
+            "a.example": 3, "b.example": 5}
         board = StatsBoard(redis, settings)
         await board.publish("n1", {"role": "x"}, [{"msg": "m"}])
         assert await board.nodes() == [{"role": "x"}]
