@@ -1,4 +1,4 @@
-"""The work log: the notifications stream with its consumer group, and the retry schedule ZSET."""
+"""The work log: each partition's notifications stream with its consumer group, and its retry schedule ZSET."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
-from redis.client import NEVER_DECODE
 
 from notiflow.config import Settings
 from notiflow.errors import PermanentError
@@ -19,68 +18,12 @@ from notiflow.models import Channel, StreamEntry
 from notiflow.streams import bundle
 from notiflow.streams.client import Redis, is_nogroup, redis_errors
 from notiflow.streams.keys import Keyspace, split_entries
+from notiflow.streams.work_scripts import ACK, MOVE_DUE, RAW, XADD_MANY
+from notiflow.streams.work_scripts import fields as _fields
+from notiflow.streams.work_scripts import text as _text
 
 T = TypeVar("T")
-
 GROUP = "notiflow-workers"
-
-# Takes the due members, re-adds each to the stream and removes it from the ZSET, all in one atomic
-# script: two retry workers never move the same member, and a crash mid-move leaves each member in
-# exactly one of the two places.
-_MOVE_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do
-    local e = cjson.decode(member)
-    redis.call('XADD', KEYS[2], '*', 'n', e.n, 'u', e.u, 'c', e.c)
-    redis.call('ZREM', KEYS[1], member)
-end
-if #due > 0 then redis.call('INCRBY', KEYS[3], #due) end
-return #due
-"""
-
-# Many XADDs in one call: ARGV[1] is the backlog units they add (KEYS[2]), then per entry its number of
-# field/value arguments and those. One command out and one reply back: a pipeline of 2,000 XADDs cost the
-# client 11.6 us per entry, most of it reading 2,000 replies through redis-py; here redis-py's Script packs
-# the arguments (with hiredis when installed) and parses one reply.
-_XADD_MANY = """
-redis.call('INCRBY', KEYS[2], ARGV[1])
-local out = {}
-local i = 2
-local n = #ARGV
-while i <= n do
-    local k = tonumber(ARGV[i])
-    out[#out + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + k))
-    i = i + k + 1
-end
-return out
-"""
-
-# XACK (group ARGV[1]) and XDEL of entries given as (id, units) pairs in the rest of ARGV; the units of each
-# entry this call deleted come off the backlog (KEYS[2]), never below zero: an entry acknowledged twice (or
-# deleted meanwhile) counts once.
-_ACK = """
-local gone = 0
-for i = 2, #ARGV, 2 do
-    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
-    if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then gone = gone + tonumber(ARGV[i + 1]) end
-end
-if gone > 0 and redis.call('DECRBY', KEYS[2], gone) < 0 then redis.call('SET', KEYS[2], 0) end
-return gone
-"""
-
-
-# Stream entries are read undecoded and decoded here, entry by entry: one entry whose bytes are not UTF-8
-# must not fail the whole read (it would fail every read, and kill the worker each time). Its text gets
-# replacement characters, it fails parsing, and it is parked like any other malformed entry.
-_RAW: dict[str, Any] = {NEVER_DECODE: []}
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else str(value)
-
-
-def _fields(raw: Any) -> dict[str, str] | None:
-    return None if raw is None else {_text(k): _text(v) for k, v in dict(raw).items()}
 
 
 @dataclass(slots=True, frozen=True)
@@ -94,8 +37,7 @@ class Pending:
 
 
 class PartitionsChanged(PermanentError):
-    """NOTIFLOW_STREAM_PARTITIONS differs from the count this deployment's Redis recorded: users would move to
-    other partitions while their work, retries and presence stay in the old ones (docs/cluster.md)."""
+    """NOTIFLOW_STREAM_PARTITIONS differs from the count recorded in Redis (docs/cluster.md: changing it)."""
 
 
 async def _each(calls: Iterable[Awaitable[T]]) -> list[T]:
@@ -119,11 +61,9 @@ class WorkStream:
         self.partitions = ks.partitions
         # Partition 0's keys: the only ones with one partition (the default).
         self.stream, self.retry_key, self.units_key = ks.stream(0), ks.retry(0), ks.units(0)
-        self._move_due = redis.register_script(_MOVE_DUE)
-        self._ack = redis.register_script(_ACK)
-        # redis-py's Script: EVALSHA, and on NOSCRIPT (a Redis restarted or flushed of scripts since) it loads
-        # the script and calls again.
-        self._xadd_many = redis.register_script(_XADD_MANY)
+        self._move_due = redis.register_script(MOVE_DUE)
+        self._ack = redis.register_script(ACK)
+        self._xadd_many = redis.register_script(XADD_MANY)  # EVALSHA; on NOSCRIPT, loaded and called again
 
     # --- partition plumbing -------------------------------------------------------------------
 
@@ -199,7 +139,7 @@ class WorkStream:
             try:
                 resp: Any = await self._r.execute_command(  # type: ignore[no-untyped-call]
                     "XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, "BLOCK", block_ms,
-                    "STREAMS", self.keys.stream(partition), ">", **_RAW,
+                    "STREAMS", self.keys.stream(partition), ">", **RAW,
                 )
             except Exception as exc:
                 if not is_nogroup(exc):
@@ -257,7 +197,7 @@ class WorkStream:
             replies: list[Any] = await _each(
                 self._r.execute_command(  # type: ignore[no-untyped-call]
                     "XCLAIM", self.keys.stream(p), GROUP, consumer, str(min_idle_ms),
-                    *(self._bare(entry_ids[i]) for i in at), **_RAW,
+                    *(self._bare(entry_ids[i]) for i in at), **RAW,
                 )
                 for p, at in parts.items()
             )
@@ -357,5 +297,4 @@ class WorkStream:
     async def info(self) -> dict[str, Any]:
         async with redis_errors("info"):
             lengths = await _each(self._r.xlen(self.keys.stream(p)) for p in self.partitions)
-            scheduled = await _each(self._r.zcard(self.keys.retry(p)) for p in self.partitions)
-        return {"stream_length": sum(map(int, lengths)), "retry_scheduled": sum(map(int, scheduled))}
+        return {"stream_length": sum(map(int, lengths)), "retry_scheduled": await self.scheduled()}
