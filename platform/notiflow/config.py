@@ -56,6 +56,17 @@ class Settings(BaseSettings):
     )
     stream_key: str = Field("notifications:stream", description="Redis stream carrying the work.")
     key_prefix: str = Field("notiflow", description="Prefix of every other Redis key this process uses.")
+    redis_cluster: bool = Field(
+        False,
+        description="Run against a Redis Cluster (Redis >= 7); NOTIFLOW_REDIS_URL names any one node as the seed. "
+        "Default false: one standalone Redis.",
+    )
+    stream_partitions: int = Field(
+        1, ge=1, le=1024,
+        description="Work partitions: users are spread over them by a hash of their id, and each has its own "
+        "stream, retry schedule, presence and backlog counter in one cluster slot. Default 1. Recorded in Redis "
+        "at the first start; a process started with another value refuses to run (docs/cluster.md: changing it).",
+    )
 
     # --- retries and the DLQ ----------------------------------------------------------------
     max_retries: int = Field(5, ge=0, description="Retries after the first attempt before the DLQ. Default 5.")
@@ -365,6 +376,23 @@ class Settings(BaseSettings):
         if self.webhook_secret is None:
             return []
         return [p.strip() for p in self.webhook_secret.get_secret_value().split(",") if p.strip()]
+
+    @model_validator(mode="after")
+    def _partition_keys_have_no_braces(self) -> Self:
+        if (self.redis_cluster or self.stream_partitions > 1) and any(
+            c in k for k in (self.key_prefix, self.stream_key) for c in "{}"
+        ):
+            raise ValueError(
+                "NOTIFLOW_KEY_PREFIX and NOTIFLOW_STREAM_KEY may not contain { or } when the work is "
+                "partitioned: each partition's keys carry the hash tag {p<n>}"
+            )
+        return self
+
+    @property
+    def partitioned(self) -> bool:
+        """Partition keys carry their hash tag (a cluster, or more than one partition); otherwise the keys
+        keep the names of a single standalone Redis."""
+        return self.redis_cluster or self.stream_partitions > 1
 
     @property
     def redis_url_required(self) -> str:

@@ -25,6 +25,8 @@ from notiflow.streams import bundle
 class StubWorkLog:
     """The work stream and retry schedule in memory: one consumer group, entries pending once read."""
 
+    partitions = range(1)  # one partition: the fake has one stream
+
     def __init__(self) -> None:
         self.entries: dict[str, dict[str, str]] = {}  # unread and pending entries, by id, in order
         self.pending: dict[str, tuple[str, int]] = {}  # entry id -> (consumer, times delivered)
@@ -49,10 +51,18 @@ class StubWorkLog:
     async def backlog(self) -> int:
         return self.units
 
+    def partition_of(self, user_id: str) -> int:
+        return 0
+
+    async def check_partitions(self) -> None:
+        return None
+
     async def ensure_group(self) -> None:
         return None
 
-    async def read(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+    async def read(
+        self, consumer: str, count: int, block_ms: int, partition: int = 0
+    ) -> list[tuple[str, dict[str, str]]]:
         fresh = [i for i in self.entries if i not in self.pending][:count]
         for i in fresh:
             self.pending[i] = (consumer, 1)
@@ -95,8 +105,8 @@ class StubWorkLog:
     async def scheduled(self) -> int:
         return len(self.retries)
 
-    async def claim_epoch(self) -> bool:
-        return False
+    async def claim_epochs(self) -> list[int]:
+        return []
 
     async def figures(self) -> dict[str, int]:
         return {"stream_length": len(self.entries), "stream_pending": len(self.pending),

@@ -15,15 +15,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from pydantic import SecretStr
 
 from notiflow.config import Settings
 from notiflow.devstack._proc import DevStackError, free_port_range
+from notiflow.devstack.cluster import EmbeddedRedisCluster
 from notiflow.devstack.embedded import EmbeddedPostgres, EmbeddedRedis
 from notiflow.devstack.supervisor import ProcessSpec, Supervisor
 from notiflow.fanin import copy_port
+from notiflow.streams.keys import partition_slots
 
 __all__ = ["DevStack", "run_dev", "settings_env"]
 
@@ -72,6 +74,15 @@ def migrate(database_url: str) -> None:
         raise DevStackError(f"`python -m notiflow migrate` failed ({done.returncode}):\n{output}")
 
 
+def cluster_settings(settings: Settings, masters: int) -> Settings:
+    """Settings for a stack on a Redis Cluster: cluster mode on, and 4 partitions per master unless
+    NOTIFLOW_STREAM_PARTITIONS says otherwise."""
+    update: dict[str, Any] = {"redis_cluster": True}
+    if "NOTIFLOW_STREAM_PARTITIONS" not in os.environ and settings.stream_partitions == 1:
+        update["stream_partitions"] = 4 * masters
+    return settings.model_copy(update=update)
+
+
 class DevStack:
     """Every notiflow part as child processes, on loopback.
 
@@ -96,8 +107,14 @@ class DevStack:
         role_env: dict[str, dict[str, str]] | None = None,
         workdir: Path | None = None,
         ready_timeout_s: float = 60.0,
+        redis_cluster: int = 0,
     ) -> None:
+        if redis_cluster:
+            settings = cluster_settings(settings, redis_cluster)
         self.settings = settings
+        #: Masters of the embedded Redis Cluster to start (with one replica each) when no Redis URL is given.
+        self.cluster_masters = redis_cluster
+        self.embedded_cluster: EmbeddedRedisCluster | None = None
         self.base_port = settings.port if base_port is None else base_port
         self.gateway_urls = [f"http://127.0.0.1:{self.base_port + i}" for i in range(gateways)]
         counts = dict(zip(_ROLES, (gateways, stream_workers, retry_workers), strict=True))
@@ -148,6 +165,11 @@ class DevStack:
         self._started = True
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
+            if self._redis_url is None and self.cluster_masters:
+                self.embedded_cluster = EmbeddedRedisCluster(self.cluster_masters, 1, self.workdir)
+                self.embedded_cluster.start()
+                self.embedded_cluster.balance(partition_slots(self.settings.stream_partitions))
+                self._redis_url = self.embedded_cluster.url
             if self._redis_url is None:
                 self.embedded_redis = EmbeddedRedis(self.workdir)
                 self.embedded_redis.start()
@@ -228,7 +250,7 @@ class DevStack:
     def stop(self) -> None:
         """Processes first (SIGTERM, grace, SIGKILL), so none of them sees its stores vanish; then the stores."""
         self.supervisor.stop_all(self.grace_s)
-        for server in (self.embedded_redis, self.embedded_postgres):
+        for server in (self.embedded_redis, self.embedded_cluster, self.embedded_postgres):
             if server is not None:
                 server.stop()
         if self._own_workdir:
@@ -288,7 +310,9 @@ def _banner(stack: DevStack, creds: DevCredentials | None = None) -> str:
     lines = ["", "notiflow dev is up", ""]
     lines += [f"  gateway     {url}" for url in stack.gateway_urls]
     lines += [
-        f"  redis       {stack.redis_url}" + ("  (embedded)" if stack.embedded_redis else ""),
+        f"  redis       {stack.redis_url}" + ("  (embedded)" if stack.embedded_redis else "")
+        + (f"  (embedded cluster: ports {stack.embedded_cluster.ports}, partitions "
+           f"{stack.settings.stream_partitions})" if stack.embedded_cluster else ""),
         f"  postgresql  {stack.database_url}" + ("  (embedded)" if stack.embedded_postgres else ""),
         f"  processes   {', '.join(stack.process_names)}",
         *(f"  metrics     {name:<16} {url}" for name, url in stack.metrics_urls.items()),
@@ -339,6 +363,7 @@ def run_dev(
     stop: threading.Event,
     workdir: Path | None = None,
     auth: bool = False,
+    redis_cluster: int = 0,
 ) -> int:
     """Run a DevStack until ``stop`` is set; restart children that die. Returns the exit code.
 
@@ -356,6 +381,7 @@ def run_dev(
         stream_workers=stream_workers,
         retry_workers=retry_workers,
         workdir=workdir,
+        redis_cluster=redis_cluster,
     )
     try:
         stack.start()

@@ -75,7 +75,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     record = wrap.record(pool)
     redis = connect_redis(
         settings.redis_url_required, max_connections=settings.redis_pool_max,
-        wait_timeout_s=settings.redis_pool_timeout_s,
+        wait_timeout_s=settings.redis_pool_timeout_s, cluster=settings.redis_cluster,
     )
     work = wrap.work(WorkStream(redis, settings))
     hub = Hub()

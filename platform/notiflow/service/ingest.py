@@ -85,6 +85,10 @@ class IngestService:
         self.enqueue_dropped = 0
 
     async def start(self) -> None:
+        """Refuses to start (PartitionsChanged) with another partition count than the deployment's; when Redis
+        does not answer, the check is left to the workers, which cannot start without it."""
+        with contextlib.suppress(StoreUnavailable):
+            await self._work.check_partitions()
         self._batcher.start()
         self._refresher = asyncio.create_task(self._refresh_backlog(), name="backlog-refresh")
         self._enqueuer = asyncio.create_task(self._enqueue_loop(), name="enqueue")

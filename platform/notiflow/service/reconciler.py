@@ -60,12 +60,15 @@ class Reconciler:
         async with pg_errors("reconcile"), self._pool.acquire() as conn, conn.transaction():
             if not await sql.try_lock(conn):
                 return done
-            if await self._work.claim_epoch():
+            lost = await self._work.claim_epochs()
+            if lost:
                 await self._work.ensure_group()
+                only = None if len(lost) == len(self._work.partitions) else set(lost)
                 done["rebuilt"] = await self._requeue(
-                    conn, lambda after: sql.all_work(conn, after=after, limit=PAGE), touch=False
+                    conn, lambda after: sql.all_work(conn, after=after, limit=PAGE), touch=False, only=only
                 )
-                log.warning("redis had no epoch: rebuilt work from postgresql", extra={"entries": done["rebuilt"]})
+                log.warning("redis had no epoch: rebuilt work from postgresql",
+                            extra={"entries": done["rebuilt"], "partitions": lost})
             outbox = await sql.outbox(conn, self._s.outbox_grace_s, PAGE)
             if outbox:
                 # After a rebuild their open work is on the stream already; only the flag is left to clear.
@@ -84,8 +87,9 @@ class Reconciler:
             done["keys_forgotten"] = await sql.forget_old_keys(conn, PAGE, self._s.idempotency_window_s)
         return done
 
-    async def _requeue(self, conn: Any, page: Page, *, touch: bool) -> int:
-        """Put back every page of open work that ``page`` (a keyset reader) finds."""
+    async def _requeue(self, conn: Any, page: Page, *, touch: bool, only: set[int] | None = None) -> int:
+        """Put back every page of open work that ``page`` (a keyset reader) finds; with ``only``, the work of
+        the users of those partitions (the ones whose Redis data was lost)."""
         moved = 0
         after: tuple[uuid.UUID, str] | None = None
         while True:
@@ -93,8 +97,11 @@ class Reconciler:
             if not rows:
                 return moved
             after = (rows[-1]["notification_id"], rows[-1]["user_id"])
+            full = len(rows) >= PAGE
+            if only is not None:
+                rows = [r for r in rows if self._work.partition_of(r["user_id"]) in only]
             moved += await self._put_back(conn, rows, touch=touch)
-            if len(rows) < PAGE:
+            if not full:
                 return moved
 
     async def _fresh(self, conn: Any, stale_s: float) -> tuple[int, int]:

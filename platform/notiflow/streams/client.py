@@ -6,10 +6,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, MasterDownError, RedisError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from notiflow import metrics
@@ -20,11 +22,23 @@ Redis = aioredis.Redis
 log = logging.getLogger(__name__)
 
 
-def connect_redis(url: str, *, max_connections: int = 64, wait_timeout_s: float = 5.0) -> Redis:
+def connect_redis(
+    url: str, *, max_connections: int = 64, wait_timeout_s: float = 5.0, cluster: bool = False
+) -> Redis:
     """A client that retries nothing itself (retries are the caller's policy) on a blocking pool: a command
     that finds all ``max_connections`` busy waits up to ``wait_timeout_s`` for one to come free. The default
     pool answers that command with "Too many connections" at once, so a burst of sockets registering at the
-    same moment (a reconnect storm) had some of them closed with 1011 while the pool was merely busy."""
+    same moment (a reconnect storm) had some of them closed with 1011 while the pool was merely busy.
+
+    ``cluster``: redis-py's cluster client with ``url`` as the seed node; ``max_connections`` then applies per
+    node. It follows MOVED/ASK redirections and refreshes its slot map after a failover by itself. It answers
+    the commands this package sends with the same types as the standalone client, hence the cast; the few
+    places that differ (sharded Pub/Sub) ask ``is_cluster``."""
+    if cluster:
+        return cast(Redis, RedisCluster.from_url(
+            url, max_connections=max_connections, decode_responses=True, socket_connect_timeout=5,
+            socket_timeout=15, health_check_interval=10,
+        ))
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -35,6 +49,10 @@ def connect_redis(url: str, *, max_connections: int = 64, wait_timeout_s: float 
         health_check_interval=10,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+def is_cluster(redis: Redis) -> bool:
+    return isinstance(redis, RedisCluster)
 
 
 async def close_redis(redis: Redis, timeout_s: float) -> None:
@@ -60,8 +78,12 @@ async def redis_errors(what: str) -> AsyncIterator[None]:
     except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
         metrics.REDIS_ERRORS.labels(what).inc()
         raise StoreUnavailable(f"redis: {what}: {type(exc).__name__}: {exc}") from exc
+    except (ClusterDownError, TryAgainError, MasterDownError) as exc:
+        # A cluster's slot without a master (a failover under way): its keys answer again once one is promoted.
+        metrics.REDIS_ERRORS.labels(what).inc()
+        raise StoreUnavailable(f"redis: {what}: {type(exc).__name__}: {exc}") from exc
     except ResponseError as exc:
-        if str(exc).startswith(("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY")):
+        if str(exc).startswith(("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN")):
             metrics.REDIS_ERRORS.labels(what).inc()
             raise StoreUnavailable(f"redis: {what}: {exc}") from exc
         raise

@@ -1,4 +1,6 @@
-"""Routing to gateway nodes: one Pub/Sub channel per node, so a node hears only its own users' traffic.
+"""Routing to gateway nodes: one Pub/Sub channel per node, so a node hears only its own users' traffic. On a
+Redis Cluster the channels are sharded (SPUBLISH/SSUBSCRIBE): each lives on the shard that owns its slot,
+and a publish goes to that shard alone rather than to every node of the cluster.
 
 A message is a batch of frames, one line each. A fan-out sends each notification's frame once: a line
 ``\x02 head \t tail`` sets the current template (a frame without its seq, see models.FrameTemplate), then
@@ -12,10 +14,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from notiflow.config import Settings
 from notiflow.models import FrameTemplate
-from notiflow.streams.client import Redis, redis_errors
+from notiflow.streams.client import Redis, is_cluster, redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +68,9 @@ class Router:
         nodes = list(per_node)
         async with redis_errors("publish"):
             pipe = self._r.pipeline(transaction=False)
+            publish = pipe.spublish if is_cluster(self._r) else pipe.publish
             for node in nodes:
-                pipe.publish(self.channel(node), encode_batch(per_node[node]))
+                publish(self.channel(node), encode_batch(per_node[node]))
             counts = await pipe.execute()
         return {n: int(c) for n, c in zip(nodes, counts, strict=True)}
 
@@ -93,6 +97,9 @@ class NodeListener:
         self.subscribed = asyncio.Event()
 
     async def run(self) -> None:
+        if is_cluster(self._r):
+            await self._run_sharded()
+            return
         first = True
         delay_s = 0.1
         while True:
@@ -123,3 +130,46 @@ class NodeListener:
                 # types aclose, earlier versions do not: the ignore may be unused.)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pubsub.aclose(), timeout=1.0)  # type: ignore[no-untyped-call, unused-ignore]
+
+    async def _run_sharded(self) -> None:
+        """The same on a Redis Cluster, through redis-py's sharded Pub/Sub: it follows a slot migration or a
+        failover by itself, and says nothing of it. The shard owning the channel is watched here: when it
+        changes, the channel is subscribed again on the new owner, then the sockets are re-synced."""
+        cluster: Any = self._r
+        first = True
+        delay_s = 0.1
+        while True:
+            pubsub: Any = cluster.pubsub()
+            try:
+                async with redis_errors("ssubscribe"):
+                    await pubsub.ssubscribe(self._channel)
+                    owner = cluster.get_node_from_key(self._channel).name
+                self.subscribed.set()
+                if not first:
+                    await self._on_resubscribed()
+                first = False
+                delay_s = 0.1
+                while True:
+                    async with redis_errors("pubsub read"):
+                        msg = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0)
+                        now_owner = cluster.get_node_from_key(self._channel).name
+                    if msg is not None and msg.get("type") == "smessage":
+                        self._on_message(str(msg["data"]))
+                    if now_owner != owner:
+                        log.warning("shard channel moved", extra={"channel": self._channel, "from": owner,
+                                                                  "to": now_owner})
+                        async with redis_errors("ssubscribe"):
+                            await pubsub.ssubscribe(self._channel)
+                        owner = now_owner
+                        await self._on_resubscribed()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any fault of the subscription: resubscribe
+                self.subscribed.clear()
+                log.warning("sharded pubsub lost", extra={"channel": self._channel, "error": str(exc)})
+                first = False
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 2.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pubsub.aclose(), timeout=1.0)

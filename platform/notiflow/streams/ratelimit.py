@@ -50,7 +50,9 @@ class TokenBuckets:
 
     def _key(self, identity: str) -> str:
         # Identities are opaque (a key's hash today); hashed again so that any string makes a short key.
-        return self._s.key("ratelimit", hashlib.sha256(identity.encode()).hexdigest()[:32])
+        # Partitioned (a cluster): every bucket in one slot, so that one script call takes a whole batch.
+        tag = ("{ratelimit}",) if self._s.partitioned else ("ratelimit",)
+        return self._s.key(*tag, hashlib.sha256(identity.encode()).hexdigest()[:32])
 
     async def take(self, requests: list[tuple[str, int]], rate_per_s: float, burst: int) -> list[int]:
         """For each (identity, cost), in order: 0 when admitted (its tokens are taken), else the

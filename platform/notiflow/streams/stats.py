@@ -22,9 +22,11 @@ ERRORS_KEPT = 50
 class StatsBoard:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._r = redis
-        self._nodes = settings.key("stats", "nodes")
-        self._errors = settings.key("stats", "errors")
-        self._prefix = settings.key("stats", "node")
+        # Partitioned (a cluster): the board in one slot, read with one MGET.
+        stats = "{stats}" if settings.partitioned else "stats"
+        self._nodes = settings.key(stats, "nodes")
+        self._errors = settings.key(stats, "errors")
+        self._prefix = settings.key(stats, "node")
         self.ttl_s = max(5, round(5 * settings.stats_interval_s))
 
     def _node_key(self, node_id: str) -> str:

@@ -1,79 +1,29 @@
-"""The work log: the notifications stream with its consumer group, and the retry schedule ZSET."""
+"""The work log: each partition's notifications stream with its consumer group, and its retry schedule ZSET."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from redis.client import NEVER_DECODE
 
 from notiflow.config import Settings
+from notiflow.errors import PermanentError
 from notiflow.models import Channel, StreamEntry
 from notiflow.streams import bundle
 from notiflow.streams.client import Redis, is_nogroup, redis_errors
+from notiflow.streams.keys import Keyspace, split_entries
+from notiflow.streams.work_scripts import ACK, MOVE_DUE, RAW, XADD_MANY
+from notiflow.streams.work_scripts import fields as _fields
+from notiflow.streams.work_scripts import text as _text
 
+T = TypeVar("T")
 GROUP = "notiflow-workers"
-
-# Takes the due members, re-adds each to the stream and removes it from the ZSET, all in one atomic
-# script: two retry workers never move the same member, and a crash mid-move leaves each member in
-# exactly one of the two places.
-_MOVE_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do
-    local e = cjson.decode(member)
-    redis.call('XADD', KEYS[2], '*', 'n', e.n, 'u', e.u, 'c', e.c)
-    redis.call('ZREM', KEYS[1], member)
-end
-if #due > 0 then redis.call('INCRBY', KEYS[3], #due) end
-return #due
-"""
-
-# Many XADDs in one call: ARGV[1] is the backlog units they add (KEYS[2]), then per entry its number of
-# field/value arguments and those. One command out and one reply back: a pipeline of 2,000 XADDs cost the
-# client 11.6 us per entry, most of it reading 2,000 replies through redis-py; here redis-py's Script packs
-# the arguments (with hiredis when installed) and parses one reply.
-_XADD_MANY = """
-redis.call('INCRBY', KEYS[2], ARGV[1])
-local out = {}
-local i = 2
-local n = #ARGV
-while i <= n do
-    local k = tonumber(ARGV[i])
-    out[#out + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + k))
-    i = i + k + 1
-end
-return out
-"""
-
-# XACK (group ARGV[1]) and XDEL of entries given as (id, units) pairs in the rest of ARGV; the units of each
-# entry this call deleted come off the backlog (KEYS[2]), never below zero: an entry acknowledged twice (or
-# deleted meanwhile) counts once.
-_ACK = """
-local gone = 0
-for i = 2, #ARGV, 2 do
-    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
-    if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then gone = gone + tonumber(ARGV[i + 1]) end
-end
-if gone > 0 and redis.call('DECRBY', KEYS[2], gone) < 0 then redis.call('SET', KEYS[2], 0) end
-return gone
-"""
-
-
-# Stream entries are read undecoded and decoded here, entry by entry: one entry whose bytes are not UTF-8
-# must not fail the whole read (it would fail every read, and kill the worker each time). Its text gets
-# replacement characters, it fails parsing, and it is parked like any other malformed entry.
-_RAW: dict[str, Any] = {NEVER_DECODE: []}
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else str(value)
-
-
-def _fields(raw: Any) -> dict[str, str] | None:
-    return None if raw is None else {_text(k): _text(v) for k, v in dict(raw).items()}
 
 
 @dataclass(slots=True, frozen=True)
@@ -86,6 +36,15 @@ class Pending:
     deliveries: int
 
 
+class PartitionsChanged(PermanentError):
+    """NOTIFLOW_STREAM_PARTITIONS differs from the count recorded in Redis (docs/cluster.md: changing it)."""
+
+
+async def _each(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Run one call per partition at once (the cluster client sends each to the node of its slot)."""
+    return list(await asyncio.gather(*calls))
+
+
 def retry_member(nid: uuid.UUID, user_id: str, channel: Channel) -> str:
     """The ZSET member of one delivery's retry: unique per delivery and channel, so rescheduling
     the same retry moves it rather than duplicating it."""
@@ -93,89 +52,139 @@ def retry_member(nid: uuid.UUID, user_id: str, channel: Channel) -> str:
 
 
 class WorkStream:
-    """Commands on the notifications stream and the retry ZSET."""
+    """Commands on the partitions' streams and retry ZSETs (streams/keys.py). Entry ids are qualified with
+    their partition (``"<p>/<id>"``) when there is more than one, so that acks and claims find their stream."""
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._r = redis
-        self.stream = settings.stream_key
-        self.retry_key = settings.key("retry")
-        self.epoch_key = settings.key("epoch")
-        #: The backlog in units: each entry counts as the notifications (or fan-out chunks) it names, so that
-        #: a bundle of 100 counts 100 against STREAM_MAX_BACKLOG, as the same work unbundled did.
-        self.units_key = settings.key("stream-units")
-        self._move_due = redis.register_script(_MOVE_DUE)
-        self._ack = redis.register_script(_ACK)
-        # redis-py's Script: EVALSHA, and on NOSCRIPT (a Redis restarted or flushed of scripts since) it loads
-        # the script and calls again.
-        self._xadd_many = redis.register_script(_XADD_MANY)
+        self.keys = ks = Keyspace(settings)
+        self.partitions = ks.partitions
+        # Partition 0's keys: the only ones with one partition (the default).
+        self.stream, self.retry_key, self.units_key = ks.stream(0), ks.retry(0), ks.units(0)
+        self._move_due = redis.register_script(MOVE_DUE)
+        self._ack = redis.register_script(ACK)
+        self._xadd_many = redis.register_script(XADD_MANY)  # EVALSHA; on NOSCRIPT, loaded and called again
+
+    # --- partition plumbing -------------------------------------------------------------------
+
+    def partition_of(self, user_id: str) -> int:
+        return self.keys.of(user_id)
+
+    def _qualify(self, p: int, entry_id: str) -> str:
+        return entry_id if self.keys.count == 1 else f"{p}/{entry_id}"
+
+    def _by_partition(self, entry_ids: list[str]) -> dict[int, list[int]]:
+        """Positions in ``entry_ids`` per partition."""
+        out: dict[int, list[int]] = defaultdict(list)
+        for i, qualified in enumerate(entry_ids):
+            p, sep, _ = qualified.partition("/")
+            out[int(p) if sep else 0].append(i)
+        return out
+
+    @staticmethod
+    def _bare(entry_id: str) -> str:
+        return entry_id.rpartition("/")[2]
+
+    async def check_partitions(self) -> None:
+        """Record the partition count at the first start; refuse to run with another one later."""
+        async with redis_errors("partitions record"):
+            await self._r.set(self.keys.record(), self.keys.count, nx=True)
+            recorded = int(await self._r.get(self.keys.record()) or self.keys.count)
+        if recorded != self.keys.count:
+            raise PartitionsChanged(
+                f"NOTIFLOW_STREAM_PARTITIONS is {self.keys.count} but this deployment runs {recorded} partitions "
+                "(recorded in Redis): drain and reset first, see docs/cluster.md"
+            )
+
+    # --- the streams --------------------------------------------------------------------------
 
     async def add(self, entries: list[StreamEntry]) -> list[str]:
-        """XADD every entry in one script call (one command, one reply), fresh socket entries in bundles
+        """XADD every entry into its users' partition (an entry naming users of several partitions is split),
+        one script call per partition (one command, one reply), fresh socket entries in bundles
         (streams/bundle.py); returns the ids of the stream entries written."""
         if not entries:
             return []
+        parts = split_entries(self.keys, entries)
+        async with redis_errors("xadd"):
+            ids = await _each(self._add(p, part) for p, part in parts.items())
+        return [i for part_ids in ids for i in part_ids]
+
+    async def _add(self, p: int, entries: list[StreamEntry]) -> list[str]:
         args: list[str] = [str(len(entries))]
         for packed_fields in bundle.pack(entries):
             fields = [x for kv in packed_fields.items() for x in kv]
             args.append(str(len(fields)))
             args += fields
-        async with redis_errors("xadd"):
-            ids = await self._xadd_many(keys=[self.stream, self.units_key], args=args)
-        return [_text(i) for i in ids]
+        ids = await self._xadd_many(keys=[self.keys.stream(p), self.keys.units(p)], args=args)
+        return [self._qualify(p, _text(i)) for i in ids]
 
     async def ensure_group(self) -> None:
-        """Create the consumer group (and the stream) if missing; a no-op when both exist."""
+        """Create each partition's consumer group (and stream) if missing; a no-op when they exist."""
         async with redis_errors("xgroup create"):
-            try:
-                await self._r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-            except Exception as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-            # A stream from before the units were kept: its entries count one each (unless something was
-            # added since, which created the count: those older entries then count nothing).
-            await self._r.set(self.units_key, await self._r.xlen(self.stream), nx=True)
+            await _each(self._ensure_group(p) for p in self.partitions)
 
-    async def read(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, dict[str, str]]]:
-        """New entries for this consumer; recreates the group if Redis lost it."""
+    async def _ensure_group(self, p: int) -> None:
+        stream, units = self.keys.stream(p), self.keys.units(p)
+        try:
+            await self._r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except Exception as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        # A stream from before the units were kept: its entries count one each (unless something was
+        # added since, which created the count: those older entries then count nothing).
+        await self._r.set(units, await self._r.xlen(stream), nx=True)
+
+    async def read(
+        self, consumer: str, count: int, block_ms: int, partition: int = 0
+    ) -> list[tuple[str, dict[str, str]]]:
+        """New entries of one partition for this consumer; recreates the groups if Redis lost them."""
         async with redis_errors("xreadgroup"):
             try:
                 resp: Any = await self._r.execute_command(  # type: ignore[no-untyped-call]
                     "XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, "BLOCK", block_ms,
-                    "STREAMS", self.stream, ">", **_RAW,
+                    "STREAMS", self.keys.stream(partition), ">", **RAW,
                 )
             except Exception as exc:
                 if not is_nogroup(exc):
                     raise
-                await self.ensure_group()
+                await self._ensure_group(partition)
                 return []
         out: list[tuple[str, dict[str, str]]] = []
         for _stream, entries in resp or []:
-            out.extend((_text(i), _fields(f) or {}) for i, f in entries)
+            out.extend((self._qualify(partition, _text(i)), _fields(f) or {}) for i, f in entries)
         return out
 
     async def ack(self, entry_ids: list[str], units: list[int] | None = None) -> None:
-        """XACK and XDEL in one script call: the stream then holds only unfinished work, so its length is the
-        backlog; ``units`` (one each by default) are what each entry counted towards the backlog units."""
+        """XACK and XDEL in one script call per partition: the streams then hold only unfinished work, so their
+        length is the backlog; ``units`` (one each by default) are what each entry counted towards it."""
         if not entry_ids:
             return
         counts = units if units is not None else [1] * len(entry_ids)
-        args = [GROUP, *(x for pair in zip(entry_ids, map(str, counts), strict=True) for x in pair)]
         async with redis_errors("xack"):
-            await self._ack(keys=[self.stream, self.units_key], args=args)
+            await _each(
+                self._ack(keys=[self.keys.stream(p), self.keys.units(p)], args=[GROUP, *(
+                    x for i in at for x in (self._bare(entry_ids[i]), str(counts[i])))])
+                for p, at in self._by_partition(entry_ids).items()
+            )
 
     async def idle(self, min_idle_ms: int, count: int) -> list[Pending]:
-        """Entries that some consumer has held unacknowledged for at least ``min_idle_ms``."""
+        """Entries that some consumer has held unacknowledged for at least ``min_idle_ms``, up to ``count``
+        per partition."""
         async with redis_errors("xpending"):
-            try:
-                rows = await self._r.xpending_range(
-                    self.stream, GROUP, min="-", max="+", count=count, idle=min_idle_ms
-                )
-            except Exception as exc:
-                if is_nogroup(exc):
-                    return []
-                raise
+            rows = await _each(self._idle(p, min_idle_ms, count) for p in self.partitions)
+        return [r for part in rows for r in part]
+
+    async def _idle(self, p: int, min_idle_ms: int, count: int) -> list[Pending]:
+        try:
+            rows = await self._r.xpending_range(
+                self.keys.stream(p), GROUP, min="-", max="+", count=count, idle=min_idle_ms
+            )
+        except Exception as exc:
+            if is_nogroup(exc):
+                return []
+            raise
         return [
-            Pending(str(r["message_id"]), str(r["consumer"]), int(r["time_since_delivered"]),
+            Pending(self._qualify(p, str(r["message_id"])), str(r["consumer"]), int(r["time_since_delivered"]),
                     int(r["times_delivered"]))
             for r in rows
         ]
@@ -186,11 +195,19 @@ class WorkStream:
         """Take over idle entries; an entry deleted meanwhile comes back with ``None`` fields."""
         if not entry_ids:
             return []
+        parts = self._by_partition(entry_ids)
         async with redis_errors("xclaim"):
-            rows: Any = await self._r.execute_command(  # type: ignore[no-untyped-call]
-                "XCLAIM", self.stream, GROUP, consumer, str(min_idle_ms), *entry_ids, **_RAW
+            replies: list[Any] = await _each(
+                self._r.execute_command(  # type: ignore[no-untyped-call]
+                    "XCLAIM", self.keys.stream(p), GROUP, consumer, str(min_idle_ms),
+                    *(self._bare(entry_ids[i]) for i in at), **RAW,
+                )
+                for p, at in parts.items()
             )
-        got: dict[str, dict[str, str] | None] = {_text(i): _fields(f) for i, f in rows if i is not None}
+        got: dict[str, dict[str, str] | None] = {
+            self._qualify(p, _text(i)): _fields(f) for p, rows in zip(parts, replies, strict=True)
+            for i, f in rows if i is not None
+        }
         return [(i, got.get(i)) for i in entry_ids]
 
     async def keep(self, consumer: str, entry_ids: list[str]) -> None:
@@ -200,50 +217,69 @@ class WorkStream:
         if not entry_ids:
             return
         async with redis_errors("xclaim justid"):
-            await self._r.execute_command(  # type: ignore[no-untyped-call]
-                "XCLAIM", self.stream, GROUP, consumer, "0", *entry_ids, "JUSTID"
+            await _each(
+                self._r.execute_command(  # type: ignore[no-untyped-call]
+                    "XCLAIM", self.keys.stream(p), GROUP, consumer, "0",
+                    *(self._bare(entry_ids[i]) for i in at), "JUSTID",
+                )
+                for p, at in self._by_partition(entry_ids).items()
             )
 
     async def backlog(self) -> int:
-        """The backlog units (see ``units_key``): what ingestion's bound is compared with."""
+        """The backlog units of every partition (see ``units``): what ingestion's bound (I9) is compared with."""
         async with redis_errors("backlog units"):
-            return int(await self._r.get(self.units_key) or 0)
+            values = await _each(self._r.get(self.keys.units(p)) for p in self.partitions)
+        return sum(int(v or 0) for v in values)
 
     # --- the retry schedule -----------------------------------------------------------------
 
     async def schedule(self, items: list[tuple[str, int]]) -> None:
-        """ZADD (member, due time in ms) pairs in one command."""
+        """ZADD (member, due time in ms) pairs, one command per partition."""
         if not items:
             return
+        parts: dict[int, dict[str, int]] = defaultdict(dict)
+        for member, due in items:
+            parts[self.keys.of(orjson.loads(member)["u"]) if self.keys.count > 1 else 0][member] = due
         async with redis_errors("zadd"):
-            await self._r.zadd(self.retry_key, {m: due for m, due in items})
+            await _each(self._r.zadd(self.keys.retry(p), m) for p, m in parts.items())
 
     async def move_due(self, limit: int, now_ms: int | None = None) -> int:
-        """Move up to ``limit`` due retries back into the stream; returns how many moved."""
+        """Move up to ``limit`` due retries of each partition back into its stream; returns how many moved."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
         async with redis_errors("move due retries"):
-            return int(await self._move_due(keys=[self.retry_key, self.stream, self.units_key], args=[now, limit]))
+            moved = await _each(
+                self._move_due(keys=[self.keys.retry(p), self.keys.stream(p), self.keys.units(p)], args=[now, limit])
+                for p in self.partitions
+            )
+        return sum(int(n) for n in moved)
 
     async def scheduled(self) -> int:
         async with redis_errors("zcard"):
-            return int(await self._r.zcard(self.retry_key))
+            return sum(await _each(self._r.zcard(self.keys.retry(p)) for p in self.partitions))
 
-    # --- the epoch: tells whether Redis lost its data ------------------------------------------
+    # --- the epochs: tell whether Redis lost a partition's data -----------------------------------
 
-    async def claim_epoch(self) -> bool:
-        """True when the epoch key was missing and this call created it: Redis is new or lost its data,
-        and the caller must rebuild the stream and the schedule from PostgreSQL."""
+    async def claim_epochs(self) -> list[int]:
+        """The partitions whose epoch key was missing and this call created: Redis is new or lost their data
+        (a restart, or a failover to a replica that had not received them), and the caller must rebuild their
+        streams and schedules from PostgreSQL."""
         async with redis_errors("epoch"):
-            return bool(await self._r.set(self.epoch_key, uuid.uuid4().hex, nx=True))
+            made = await _each(self._r.set(self.keys.epoch(p), uuid.uuid4().hex, nx=True) for p in self.partitions)
+        return [p for p, m in zip(self.partitions, made, strict=True) if m]
 
     async def figures(self) -> dict[str, int]:
-        """Stream length, the group's pending entries and lag, and the retry schedule's depth: one round trip."""
+        """Streams' length, the groups' pending entries and lag, and the retry schedules' depth, summed over the
+        partitions: one round trip per partition."""
         async with redis_errors("stream figures"):
-            pipe = self._r.pipeline(transaction=False)
-            pipe.xlen(self.stream)
-            pipe.zcard(self.retry_key)
-            pipe.xinfo_groups(self.stream)
-            length, scheduled, groups = await pipe.execute(raise_on_error=False)
+            rows = await _each(self._figures(p) for p in self.partitions)
+        return {k: sum(r[k] for r in rows) for k in rows[0]}
+
+    async def _figures(self, p: int) -> dict[str, int]:
+        pipe = self._r.pipeline(transaction=False)
+        pipe.xlen(self.keys.stream(p))
+        pipe.zcard(self.keys.retry(p))
+        pipe.xinfo_groups(self.keys.stream(p))
+        length, scheduled, groups = await pipe.execute(raise_on_error=False)
         for value in (length, scheduled):
             if isinstance(value, Exception):
                 raise value
@@ -263,8 +299,5 @@ class WorkStream:
 
     async def info(self) -> dict[str, Any]:
         async with redis_errors("info"):
-            pipe = self._r.pipeline(transaction=False)
-            pipe.xlen(self.stream)
-            pipe.zcard(self.retry_key)
-            length, scheduled = await pipe.execute()
-        return {"stream_length": int(length), "retry_scheduled": int(scheduled)}
+            lengths = await _each(self._r.xlen(self.keys.stream(p)) for p in self.partitions)
+        return {"stream_length": sum(map(int, lengths)), "retry_scheduled": await self.scheduled()}

@@ -34,7 +34,7 @@ async def _stores(settings: Settings, *, pg_max: int) -> AsyncIterator[tuple[Poo
     pool = await connect_pool(settings.database_url_required, max_size=pg_max, **pg_limits(settings))
     redis = connect_redis(
         settings.redis_url_required, max_connections=settings.redis_pool_max,
-        wait_timeout_s=settings.redis_pool_timeout_s,
+        wait_timeout_s=settings.redis_pool_timeout_s, cluster=settings.redis_cluster,
     )
     try:
         yield pool, redis

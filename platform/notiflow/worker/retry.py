@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from notiflow import metrics
@@ -36,6 +37,8 @@ class RetryWorker:
         self.moved = 0
 
     async def run(self, stop: asyncio.Event) -> None:
+        with contextlib.suppress(StoreUnavailable):  # the stream workers cannot start without the check
+            await self._work.check_partitions()
         housekeeping = [asyncio.create_task(self._reconcile_loop(stop), name="reconcile")]
         if self._retention:
             housekeeping.append(asyncio.create_task(self._retention.run(stop), name="retention"))

@@ -51,6 +51,7 @@ class StreamWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
+        await self._work.check_partitions()
         await self._work.ensure_group()
         self._d.dispatch_log.start()
         reclaimer = asyncio.create_task(self._reclaim_loop(stop), name="reclaim")
@@ -60,7 +61,7 @@ class StreamWorker:
         if self._telemetry:
             self._telemetry.start()
         try:
-            await self._read_loop(stop)
+            await self._read_partitions(stop)
         finally:
             self._health.stopped()
         # Intake has stopped; webhook calls in flight, then the held hand-offs, within one grace period.
@@ -71,12 +72,24 @@ class StreamWorker:
         if self._telemetry:
             await self._telemetry.close(deadline.left())
 
-    async def _read_loop(self, stop: asyncio.Event) -> None:
+    async def _read_partitions(self, stop: asyncio.Event) -> None:
+        """One read loop per partition (each blocks on its own stream, which may live on another cluster
+        node); their batches are processed concurrently, as webhook entries already are."""
+        if len(self._work.partitions) == 1:
+            await self._read_loop(stop, 0)
+            return
+        async with asyncio.TaskGroup() as tasks:
+            for p in self._work.partitions:
+                tasks.create_task(self._read_loop(stop, p), name=f"read-p{p}")
+
+    async def _read_loop(self, stop: asyncio.Event, partition: int) -> None:
         delay_s = 0.1
         while not stop.is_set():
             self._health.beat()
             try:
-                raw = await self._work.read(self._consumer, self._s.worker_batch, self._s.worker_block_ms)
+                raw = await self._work.read(
+                    self._consumer, self._s.worker_batch, self._s.worker_block_ms, partition
+                )
                 delay_s = 0.1
             except StoreUnavailable as exc:
                 log.warning("stream read failed", extra={"error": str(exc)})

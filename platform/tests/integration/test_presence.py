@@ -14,6 +14,7 @@ from test_auth import auth_on, bearer, error_code, new_key, token
 
 from notiflow.credentials import Scope
 from notiflow.service.auth import KeyService
+from notiflow.streams.keys import Keyspace
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.servers("uvicorn")]
 
@@ -35,11 +36,13 @@ async def test_presence_counts_sockets_on_live_nodes(
     for node in (a, b):
         assert await presence(http, node.url, user) == {"online": True, "sockets": 2}
 
-    # A node that stops refreshing its liveness key (killed): its sockets count until the key expires,
-    # then never. Written as the dead node's heartbeat left it, with a key 1 s from expiry.
+    # A node that stops refreshing its liveness (killed): its sockets count until its score in the partition's
+    # node set passes, then never. Written as the dead node's heartbeat left it, alive for 1 s more.
     ghost = f"ghost-{uuid.uuid4().hex[:6]}"
-    await rds.hset(a.settings.key("presence", user), ghost, 3)
-    await rds.set(a.settings.key("node", ghost, "alive"), "1", px=1000)
+    keys = Keyspace(a.settings)
+    seconds, micros = await rds.time()
+    await rds.hset(keys.presence(user), ghost, 3)
+    await rds.zadd(keys.nodes(keys.of(user)), {ghost: seconds * 1000 + micros // 1000 + 1000})
     assert await presence(http, a.url, user) == {"online": True, "sockets": 5}
 
     async def ghost_gone() -> bool:
