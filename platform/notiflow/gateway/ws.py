@@ -127,7 +127,9 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
     def close_soon(code: CloseCode) -> None:
         _spawn(_close(ws, code))
 
-    conn = Connection(user_id, svc.settings.ws_queue_max, close_soon, frame_writer(ws.scope), partial(_send, ws))
+    writer = frame_writer(ws.scope)
+    # ASGI sends only without a FrameWriter: a direct socket keeps no partial of its own (memory per socket).
+    conn = Connection(user_id, svc.settings.ws_queue_max, close_soon, writer, None if writer else partial(_send, ws))
     # In the hub before presence says so: a frame routed here the moment presence is written must find
     # the socket, not an empty hub.
     svc.hub.add(conn)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TypeVar
 
 from notiflow.config import Settings
 from notiflow.models import FrameTemplate
@@ -20,6 +21,8 @@ from notiflow.streams.client import Redis, redis_errors
 log = logging.getLogger(__name__)
 
 _TEMPLATE = "\x02"
+
+T = TypeVar("T")
 
 #: One node's share of a batch: per notification's template, its recipients there and their seqs.
 NodeBatch = dict[FrameTemplate, list[tuple[str, int]]]
@@ -45,6 +48,26 @@ def decode_frames(message: str, wanted: Callable[[str], bool] | None = None) -> 
         if not sep or (wanted is not None and not wanted(user)):
             continue
         yield user, (rest if rest.startswith("{") else f"{head}{rest}{tail}")
+
+
+def route_frames(message: str, targets: Mapping[str, T]) -> list[tuple[T, str]]:
+    """(target, frame) of every line whose user ``targets`` holds (what it maps the user to), in order: one
+    lookup per line and frames built only for those users. ``decode_frames`` for a node's own sockets, on
+    the fan-out's hot path (a list, not a generator: no resume per frame)."""
+    out: list[tuple[T, str]] = []
+    head = tail = ""
+    get = targets.get
+    for line in message.split("\n"):
+        if line.startswith(_TEMPLATE):
+            head, _, tail = line[1:].partition("\t")
+            continue
+        user, sep, rest = line.partition("\t")
+        if not sep:
+            continue
+        target = get(user)
+        if target is not None:
+            out.append((target, rest if rest.startswith("{") else f"{head}{rest}{tail}"))
+    return out
 
 
 class Router:
