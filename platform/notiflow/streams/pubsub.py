@@ -50,11 +50,10 @@ def decode_frames(message: str, wanted: Callable[[str], bool] | None = None) -> 
         yield user, (rest if rest.startswith("{") else f"{head}{rest}{tail}")
 
 
-def route_frames(message: str, targets: Mapping[str, T]) -> list[tuple[T, str]]:
-    """(target, frame) of every line whose user ``targets`` holds (what it maps the user to), in order: one
-    lookup per line and frames built only for those users. ``decode_frames`` for a node's own sockets, on
-    the fan-out's hot path (a list, not a generator: no resume per frame)."""
-    out: list[tuple[T, str]] = []
+def route_frames(message: str, targets: Mapping[str, T]) -> Iterator[tuple[T, str]]:
+    """(target, frame) of every line whose user ``targets`` holds (what it maps the user to), in order:
+    ``decode_frames`` for a node's own sockets, with one lookup per line. A generator: a list of every
+    frame of a fan-out message held its tuples alive, and their allocations ran the cyclic GC over them."""
     head = tail = ""
     get = targets.get
     for line in message.split("\n"):
@@ -66,8 +65,7 @@ def route_frames(message: str, targets: Mapping[str, T]) -> list[tuple[T, str]]:
             continue
         target = get(user)
         if target is not None:
-            out.append((target, rest if rest.startswith("{") else f"{head}{rest}{tail}"))
-    return out
+            yield target, (rest if rest.startswith("{") else f"{head}{rest}{tail}")
 
 
 class Router:

@@ -61,11 +61,11 @@ def test_route_frames_builds_frames_only_for_the_users_held_and_hands_back_what_
     b = frame_template(uuid.uuid4(), "c.d", '{"y": 2}', CREATED)
     message = encode_batch({a: [("u1", 5), ("u2", 9), ("u3", 1)], b: [("u2", 6)]})
     held = {"u2": "socket-of-u2", "u3": "socket-of-u3"}
-    assert route_frames(message, held) == [
+    assert list(route_frames(message, held)) == [
         ("socket-of-u2", a.frame(9)), ("socket-of-u3", a.frame(1)), ("socket-of-u2", b.frame(6)),
     ]
-    assert route_frames('u3\t{"type":"notification"}', held) == [("socket-of-u3", '{"type":"notification"}')]
-    assert route_frames(message, {}) == []
+    assert list(route_frames('u3\t{"type":"notification"}', held)) == [("socket-of-u3", '{"type":"notification"}')]
+    assert list(route_frames(message, {})) == []
 
 
 def test_one_callback_writes_every_socket_of_an_iteration_once_with_its_frames_in_order() -> None:
