@@ -31,8 +31,8 @@ stays in ``GET /notifications/offline/{user_id}``. A reconnecting client should 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 
 class CloseCode(IntEnum):
@@ -72,10 +72,10 @@ MAX_ACK_IDS = 1000
 MAX_REF = 2**53
 
 
-@dataclass(slots=True, frozen=True)
-class ClientFrame:
+class ClientFrame(NamedTuple):
     """A parsed client frame: ``kind`` is "ack" or "ping"; ``ids`` for acks, ``ref`` when the ack asks for
-    an answer (None: it is applied unanswered)."""
+    an answer (None: it is applied unanswered). A named tuple: made for about every delivery of a fan-out (its
+    clients' ack frames), in a third of a frozen dataclass's time."""
 
     kind: str
     ids: tuple[str, ...] = ()

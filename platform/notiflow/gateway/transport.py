@@ -27,6 +27,7 @@ request and response are let go once answered.
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,8 @@ except ImportError:  # a build of websockets without its C extension
 _TEXT_FIN = 0x81
 _MASKED = 0x80
 _LEN16 = 126
+_HEAD16 = struct.Struct("!BBH").pack  # FIN + text opcode, 126, 16-bit length
+_HEAD64 = struct.Struct("!BBQ").pack  # FIN + text opcode, 127, 64-bit length
 #: Where ``websockets``' parser waits for the next frame with nothing buffered (its loop asks
 #: ``reader.at_eof()`` before each frame); waiting anywhere else, it is inside a frame.
 _AT_BOUNDARY = StreamReader.at_eof.__code__
@@ -55,8 +58,8 @@ def encode_text_frame(data: bytes) -> bytes:
     if n < 126:
         return bytes((_TEXT_FIN, n)) + data
     if n < 65536:
-        return bytes((_TEXT_FIN, 126)) + n.to_bytes(2, "big") + data
-    return bytes((_TEXT_FIN, 127)) + n.to_bytes(8, "big") + data
+        return _HEAD16(_TEXT_FIN, 126, n) + data
+    return _HEAD64(_TEXT_FIN, 127, n) + data
 
 
 class DirectWriter:
@@ -93,7 +96,10 @@ class DirectWriter:
                 p.conn.send_text(text.encode())
             p.transport.write(b"".join(p.conn.data_to_send()))
             return
-        p.transport.write(b"".join([encode_text_frame(t.encode()) for t in texts]))
+        if len(texts) == 1:  # a fan-out's usual burst: one frame per socket per iteration, no join
+            p.transport.write(encode_text_frame(texts[0].encode()))
+        else:
+            p.transport.write(b"".join([encode_text_frame(t.encode()) for t in texts]))
 
 
 class FrameProtocol(WebSocketsSansIOProtocol):

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from notiflow.config import Settings
 from notiflow.models import FrameTemplate
@@ -23,6 +23,8 @@ from notiflow.streams.client import Redis, is_cluster, redis_errors
 log = logging.getLogger(__name__)
 
 _TEMPLATE = "\x02"
+
+T = TypeVar("T")
 
 #: One node's share of a batch: per notification's template, its recipients there and their seqs.
 NodeBatch = dict[FrameTemplate, list[tuple[str, int]]]
@@ -48,6 +50,24 @@ def decode_frames(message: str, wanted: Callable[[str], bool] | None = None) -> 
         if not sep or (wanted is not None and not wanted(user)):
             continue
         yield user, (rest if rest.startswith("{") else f"{head}{rest}{tail}")
+
+
+def route_frames(message: str, targets: Mapping[str, T]) -> Iterator[tuple[T, str]]:
+    """(target, frame) of every line whose user ``targets`` holds (what it maps the user to), in order:
+    ``decode_frames`` for a node's own sockets, with one lookup per line. A generator: a list of every
+    frame of a fan-out message held its tuples alive, and their allocations ran the cyclic GC over them."""
+    head = tail = ""
+    get = targets.get
+    for line in message.split("\n"):
+        if line.startswith(_TEMPLATE):
+            head, _, tail = line[1:].partition("\t")
+            continue
+        user, sep, rest = line.partition("\t")
+        if not sep:
+            continue
+        target = get(user)
+        if target is not None:
+            yield target, (rest if rest.startswith("{") else f"{head}{rest}{tail}")
 
 
 class Router:
