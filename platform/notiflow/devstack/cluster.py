@@ -73,7 +73,10 @@ class EmbeddedRedisCluster:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.ports[0]}"
+        """A seed URL: the first node still running (a process started after ``kill`` of the first node must
+        not be handed a dead seed; redis-py's cluster client needs one reachable node to learn the rest)."""
+        live = [p for p in self.ports if p in self._procs] or self.ports
+        return f"redis://127.0.0.1:{live[0]}"
 
     @property
     def root(self) -> Path:

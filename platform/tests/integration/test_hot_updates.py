@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from helpers import wait_for
 from integration_support import insert_pending
 
 from notiflow.store import deliveries as delivery_sql
@@ -52,6 +53,16 @@ async def test_no_index_of_deliveries_follows_the_socket_state(db: asyncpg.Pool)
     assert [d for d in defs if re.search(r"\b(delivered_at|updated_at)\b", d)] == []
 
 
+async def _nobody_sees(conn: Any, xid: str) -> bool:
+    """No other session of this database holds a snapshot (backend_xmin) at or before transaction ``xid``."""
+    return bool(await conn.fetchval(
+        "SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL "
+        "AND backend_xmin::text::bigint <= $1::bigint % 4294967296",
+        int(xid),
+    ))
+
+
 async def test_hand_offs_and_acks_are_hot_updates(db: asyncpg.Pool) -> None:
     async with db.acquire() as conn:
         nid = await insert_pending(conn, USERS)
@@ -62,12 +73,21 @@ async def test_hand_offs_and_acks_are_hot_updates(db: asyncpg.Pool) -> None:
         async with conn.transaction():
             await delivery_sql.record_handoffs(conn, [(nid, u, "dispatched") for u in USERS[:20]])
             assert await updates.since() == (20, 20)
+            handoff_xid = await conn.fetchval("SELECT pg_current_xact_id()::text")
+        # The hand-offs' old row versions can be pruned (their room reused) only once no snapshot of this
+        # database can still see them: another session's transaction begun before the hand-offs committed (the
+        # suite's database is shared by its tests' processes) holds them, and the acks would then not all fit.
+        await wait_for(
+            lambda: _nobody_sees(conn, handoff_xid),
+            timeout_s=20, message="no other snapshot of this database began before the hand-offs committed",
+        )
         async with conn.transaction():
             # Acks of dispatched and of still pending deliveries alike.
             assert await query_sql.ack_pairs(conn, [(u, str(nid)) for u in USERS]) == len(USERS)
             total, hot = await updates.since()
-            # Inserts fill a page to just past half: the last row or so of a page may not find room.
-            assert total == len(USERS) and hot >= 0.9 * total, (total, hot)
+            # Inserts fill a page to just past half: the last rows of a page may not find room (35 of 40 HOT on
+            # the day partitions of migration 009, whose rows carry `era`; 36-40 before; 0 before 006).
+            assert total == len(USERS) and hot >= 0.8 * total, (total, hot)
         rows = await conn.fetch("SELECT status FROM deliveries WHERE notification_id = $1", nid)
         states = {r["status"] for r in rows}
         assert states == {"delivered"}
