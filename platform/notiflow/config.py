@@ -214,7 +214,8 @@ class Settings(BaseSettings):
     # --- gateway sockets --------------------------------------------------------------------
     sse_keepalive_s: float = Field(
         15, gt=0, description="Seconds of silence after which an SSE stream (GET /sse) gets a keep-alive "
-        "comment, so proxies keep it open. Default 15.",
+        "comment, so proxies keep it open; also how often a stream opened with an API key checks that the key "
+        "is still valid. Default 15.",
     )
     ws_queue_max: int = Field(
         1000, ge=1, description="Frames queued per socket before it is closed as too slow. Default 1000."

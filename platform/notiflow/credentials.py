@@ -80,6 +80,11 @@ class Principal:
             return self.user_id == user_id
         return self.allows(Scope.READ)
 
+    def may_open_stream(self, user_id: str) -> bool:
+        """May open ``GET /sse/{user_id}``: whoever may open the socket, or an API key with ``read`` (a
+        backend relaying the stream to its own clients; the stream re-checks the key, gateway/sse.py)."""
+        return self.may_open_socket(user_id) or (self.kind == "key" and self.allows(Scope.READ))
+
     def may_open_socket(self, user_id: str) -> bool:
         """May open ``/ws/{user_id}``: that user's own token (or anyone, auth off). Never an API key: a key
         is revoked on the server, a socket held by one would outlive its revocation, and its sockets would

@@ -84,12 +84,16 @@ async def acting_for_user(user_id: str, who: Annotated[Principal, Depends(princi
     return who
 
 
-async def stream_owner(user_id: str, who: Annotated[Principal, Depends(page_principal)]) -> Principal:
-    """A dependency for ``GET /sse/{user_id}``: the socket's rule (SPEC §7), that user's own token (by header,
-    or ``?token=``: EventSource sends no headers), never an API key (a stream would outlive the key's
-    revocation and count against the user's cap, as a socket would)."""
-    if not who.may_open_socket(user_id):
-        raise Forbidden("an event stream is its user's own: open it with that user's token (API keys open none)")
+async def stream_owner(
+    request: Request, user_id: str, who: Annotated[Principal, Depends(page_principal)]
+) -> Principal:
+    """A dependency for ``GET /sse/{user_id}``: that user's own token (by header, or ``?token=``: EventSource
+    sends no headers), or an API key with ``read`` by the Authorization header only (a key in an address ends
+    up in logs). A key's stream is re-checked while it runs and ends when the key is revoked (gateway/sse.py)."""
+    if not who.may_open_stream(user_id):
+        raise Forbidden("an event stream needs that user's token or an API key with the 'read' scope")
+    if who.kind == "key" and request.headers.get("authorization") is None:
+        raise Unauthorized("an API key opens a stream by Authorization: Bearer, never by ?token=")
     return who
 
 

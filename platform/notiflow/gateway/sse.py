@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Annotated, Any
 
 import orjson
@@ -21,9 +21,9 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from notiflow.credentials import Principal
-from notiflow.errors import ApiError, StoreUnavailable
+from notiflow.errors import ApiError, StoreUnavailable, Unauthorized
 from notiflow.gateway import responses as docs
-from notiflow.gateway.auth import stream_owner
+from notiflow.gateway.auth import bearer_token, stream_owner
 from notiflow.gateway.deps import Services, services
 from notiflow.gateway.http import check_user_id, error_response
 from notiflow.gateway.hub import Connection
@@ -67,10 +67,12 @@ class Stream:
     """One SSE session: the live frames its Connection hands over, and the events written so far."""
 
     def __init__(
-        self, svc: Services, user_id: str, after_seq: int, expires_at: float | None, stopping: Callable[[], bool]
+        self, svc: Services, user_id: str, after_seq: int, expires_at: float | None, stopping: Callable[[], bool],
+        recheck: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._svc = svc
         self._stopping = stopping
+        self._recheck = recheck  # an API key's stream: is the key still valid (asked every SSE_KEEPALIVE_S)
         self.user_id = user_id
         self.after_seq = after_seq
         self.expires_at = expires_at
@@ -168,11 +170,16 @@ class Stream:
         """Live frames as events, and a keep-alive comment when nothing was written for SSE_KEEPALIVE_S;
         ends when the stream is closed (slow consumer, token expired) or the gateway is stopping."""
         keepalive_s = self._svc.settings.sse_keepalive_s
-        quiet_since = time.monotonic()
+        quiet_since = checked_at = time.monotonic()
         while self.closing is None:
             if self.expires_at is not None and time.time() >= self.expires_at:
                 self.closing = CloseCode.UNAUTHORIZED
                 break
+            if self._recheck is not None and time.monotonic() - checked_at >= keepalive_s:
+                checked_at = time.monotonic()
+                if not await self._recheck():
+                    self.closing = CloseCode.UNAUTHORIZED
+                    break
             try:
                 frames = await asyncio.wait_for(self._live.get(), timeout=min(_TICK_S, keepalive_s))
             except TimeoutError:
@@ -211,6 +218,22 @@ class SseResponse(StreamingResponse):
             await self._svc.sessions.closed(self._stream.user_id)
 
 
+def key_still_valid(svc: Services, key: str | None) -> Callable[[], Awaitable[bool]]:
+    """Whether the API key a stream was opened with is still valid: a revoked key's streams end within
+    SSE_KEEPALIVE_S. A store outage keeps the stream (asked again at the next interval)."""
+
+    async def still_valid() -> bool:
+        try:
+            await svc.auth.authenticate(key)
+        except Unauthorized:
+            return False
+        except StoreUnavailable:
+            return True
+        return True
+
+    return still_valid
+
+
 async def _body(stream: Stream) -> AsyncIterator[str]:
     yield f"retry: {RECONNECT_MS}\n\n"
     try:
@@ -232,8 +255,9 @@ SSE_DOCS = {
 @router.get("/sse/{user_id}", responses=SSE_DOCS, response_class=StreamingResponse,
             summary="The user's notifications as server-sent events (the socket's alternative)")
 async def sse(request: Request, user_id: str, who: Annotated[Principal, Depends(stream_owner)]) -> Response:
-    """That user's own token, as ``Authorization: Bearer`` or ``?token=`` (EventSource sends no headers);
-    never an API key, as for sockets (SPEC §7)."""
+    """That user's own token, as ``Authorization: Bearer`` or ``?token=`` (EventSource sends no headers), or an
+    API key with the ``read`` scope as ``Authorization: Bearer`` (a backend relaying the stream); such a stream
+    ends within SSE_KEEPALIVE_S of the key's revocation."""
     check_user_id(user_id)
     svc = services(request)
     after = last_event_id(request)
@@ -243,7 +267,8 @@ async def sse(request: Request, user_id: str, who: Annotated[Principal, Depends(
                               "another node", headers={"retry-after": "1"})
     state = request.app.state
     # Once the gateway begins to stop (app.py's stop_serving), streams end so that clients go elsewhere.
-    stream = Stream(svc, user_id, after, who.expires_at, lambda: state.stop_deadline is not None)
+    recheck = key_still_valid(svc, bearer_token(request)) if who.kind == "key" else None
+    stream = Stream(svc, user_id, after, who.expires_at, lambda: state.stop_deadline is not None, recheck)
     svc.hub.add(stream.conn)  # in the hub before presence says so, as a socket (ws.py)
     try:
         sessions = await svc.sessions.opened(user_id)

@@ -5,6 +5,7 @@ comments, who may open one (the socket's rule), and the stream's end when the ga
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import httpx
 import pytest
@@ -87,7 +88,7 @@ async def test_a_stopping_gateway_ends_its_streams(gateways: Gateways, http: htt
         await asyncio.wait_for(stopping, timeout=10)  # well within the 20 s grace: the stream did not hold it
 
 
-async def test_streams_need_the_users_own_token(
+async def test_streams_need_the_users_own_token_or_a_read_key(
     gateways: Gateways, workers: Workers, keys: KeyService, http: httpx.AsyncClient
 ) -> None:
     gw = await gateways.start(**auth_on())
@@ -96,8 +97,9 @@ async def test_streams_need_the_users_own_token(
     read, send = await new_key(keys, Scope.READ), await new_key(keys, Scope.SEND)
     url = f"{gw.url}/sse/{bob}"
     assert error_code(await http.get(url), 401) == "unauthorized"
-    for who in (token(alice), read, send):
+    for who in (token(alice), send):
         assert error_code(await http.get(url, headers=bearer(who)), 403) == "forbidden"
+    assert error_code(await http.get(url, params={"token": read}), 401) == "unauthorized", "a key in an address"
     assert error_code(await http.get(url, headers=bearer(token(bob, ttl_s=-60))), 401) == "token_expired"
     assert error_code(await http.get(url, headers={**bearer(token(bob)), "last-event-id": "x"}), 400) == (
         "invalid_last_event_id"
@@ -108,6 +110,23 @@ async def test_streams_need_the_users_own_token(
         sent = await http.post(f"{gw.url}/notifications", json={"user_id": bob, "event": "e", "payload": {}},
                                headers=bearer(send))
         await stream.wait_ids({sent.json()["id"]})
+    # A backend relaying the stream: a read key, by header.
+    async with open_sse(http, gw.url, bob, headers=bearer(read)) as relayed:
+        sent = await http.post(f"{gw.url}/notifications", json={"user_id": bob, "event": "e", "payload": {}},
+                               headers=bearer(send))
+        await relayed.wait_ids({sent.json()["id"]})
+
+
+async def test_a_key_stream_ends_when_its_key_is_revoked(
+    gateways: Gateways, keys: KeyService, http: httpx.AsyncClient
+) -> None:
+    gw = await gateways.start(**auth_on(sse_keepalive_s=0.5))
+    (bob,) = users(1)
+    created = await keys.create(f"k-{uuid.uuid4().hex[:8]}", frozenset({Scope.READ}))
+    async with open_sse(http, gw.url, bob, headers=bearer(str(created["key"]))) as stream:
+        assert await keys.revoke(str(created["name"]))
+        await stream.until_end(10)
+    assert stream.closed_with == {"code": 4401, "reason": "unauthorized"}
 
 
 async def test_a_stream_closes_when_its_token_expires(gateways: Gateways, http: httpx.AsyncClient) -> None:
