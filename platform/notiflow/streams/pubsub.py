@@ -95,6 +95,63 @@ class Router:
         return {n: int(c) for n, c in zip(nodes, counts, strict=True)}
 
 
+class _Plain:
+    """One subscription to a channel on standalone Redis."""
+
+    def __init__(self, redis: Redis, channel: str) -> None:
+        self._pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        self._channel = channel
+
+    async def open(self) -> None:
+        async with redis_errors("subscribe"):
+            await self._pubsub.subscribe(self._channel)
+
+    async def read(self) -> str | None:
+        async with redis_errors("pubsub read"):
+            msg = await self._pubsub.get_message(timeout=1.0)
+        return str(msg["data"]) if msg is not None and msg.get("type") == "message" else None
+
+    async def close(self) -> None:
+        # redis 8 types aclose, earlier versions do not: the ignore may be unused.
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
+
+
+class _Sharded:
+    """One sharded subscription on a Redis Cluster, through redis-py's sharded Pub/Sub: it follows a slot
+    migration or a failover by itself, and says nothing of it. The shard owning the channel is watched here:
+    when it changes, the channel is subscribed again on the new owner, then the sockets are re-synced."""
+
+    def __init__(self, redis: Redis, channel: str, on_resubscribed: Callable[[], Awaitable[None]]) -> None:
+        self._cluster: Any = redis
+        self._pubsub: Any = self._cluster.pubsub()
+        self._channel = channel
+        self._on_resubscribed = on_resubscribed
+        self._owner = ""
+
+    def _owner_now(self) -> str:
+        return str(self._cluster.get_node_from_key(self._channel).name)
+
+    async def open(self) -> None:
+        async with redis_errors("ssubscribe"):
+            await self._pubsub.ssubscribe(self._channel)
+            self._owner = self._owner_now()
+
+    async def read(self) -> str | None:
+        async with redis_errors("pubsub read"):
+            msg = await self._pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0)
+            owner = self._owner_now()
+        if owner != self._owner:
+            log.warning("shard channel moved", extra={"channel": self._channel, "from": self._owner, "to": owner})
+            async with redis_errors("ssubscribe"):
+                await self._pubsub.ssubscribe(self._channel)
+            self._owner = owner
+            await self._on_resubscribed()
+        return str(msg["data"]) if msg is not None and msg.get("type") == "smessage" else None
+
+    async def close(self) -> None:
+        await self._pubsub.aclose()
+
+
 class NodeListener:
     """Listens on one node's channel and survives Redis faults.
 
@@ -116,27 +173,27 @@ class NodeListener:
         self._on_resubscribed = on_resubscribed
         self.subscribed = asyncio.Event()
 
-    async def run(self) -> None:
+    def _subscription(self) -> _Plain | _Sharded:
         if is_cluster(self._r):
-            await self._run_sharded()
-            return
+            return _Sharded(self._r, self._channel, self._on_resubscribed)
+        return _Plain(self._r, self._channel)
+
+    async def run(self) -> None:
         first = True
         delay_s = 0.1
         while True:
-            pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+            sub = self._subscription()
             try:
-                async with redis_errors("subscribe"):
-                    await pubsub.subscribe(self._channel)
+                await sub.open()
                 self.subscribed.set()
                 if not first:
                     await self._on_resubscribed()
                 first = False
                 delay_s = 0.1
                 while True:
-                    async with redis_errors("pubsub read"):
-                        msg = await pubsub.get_message(timeout=1.0)
-                    if msg is not None and msg.get("type") == "message":
-                        self._on_message(str(msg["data"]))
+                    data = await sub.read()
+                    if data is not None:
+                        self._on_message(data)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any fault of the subscription: resubscribe
@@ -146,50 +203,6 @@ class NodeListener:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 2.0)
             finally:
-                # Closing a broken connection may fail too; there is nothing left to do about it. (redis 8
-                # types aclose, earlier versions do not: the ignore may be unused.)
+                # Closing a broken connection may fail too; there is nothing left to do about it.
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), timeout=1.0)  # type: ignore[no-untyped-call, unused-ignore]
-
-    async def _run_sharded(self) -> None:
-        """The same on a Redis Cluster, through redis-py's sharded Pub/Sub: it follows a slot migration or a
-        failover by itself, and says nothing of it. The shard owning the channel is watched here: when it
-        changes, the channel is subscribed again on the new owner, then the sockets are re-synced."""
-        cluster: Any = self._r
-        first = True
-        delay_s = 0.1
-        while True:
-            pubsub: Any = cluster.pubsub()
-            try:
-                async with redis_errors("ssubscribe"):
-                    await pubsub.ssubscribe(self._channel)
-                    owner = cluster.get_node_from_key(self._channel).name
-                self.subscribed.set()
-                if not first:
-                    await self._on_resubscribed()
-                first = False
-                delay_s = 0.1
-                while True:
-                    async with redis_errors("pubsub read"):
-                        msg = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0)
-                        now_owner = cluster.get_node_from_key(self._channel).name
-                    if msg is not None and msg.get("type") == "smessage":
-                        self._on_message(str(msg["data"]))
-                    if now_owner != owner:
-                        log.warning("shard channel moved", extra={"channel": self._channel, "from": owner,
-                                                                  "to": now_owner})
-                        async with redis_errors("ssubscribe"):
-                            await pubsub.ssubscribe(self._channel)
-                        owner = now_owner
-                        await self._on_resubscribed()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any fault of the subscription: resubscribe
-                self.subscribed.clear()
-                log.warning("sharded pubsub lost", extra={"channel": self._channel, "error": str(exc)})
-                first = False
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 2.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), timeout=1.0)
+                    await asyncio.wait_for(sub.close(), timeout=1.0)
