@@ -101,6 +101,26 @@ export function postEndMarker(url, run, users, event) {
 
 export const isEndMarker = (frame) => Boolean(frame.payload && frame.payload.end);
 
+/**
+ * Counts one notification frame of this run received live: the end marker is only reported ('end');
+ * a round already in `seen` counts as a duplicate ('duplicate'); a new one is received, with its
+ * end-to-end latency ('new'). `metrics` holds the script's `received` and `duplicates` Counters and its
+ * `e2e` Trend (k6 metrics are made in each script's init context).
+ */
+export function countLive(frame, seen, now, metrics) {
+  if (isEndMarker(frame)) {
+    return 'end';
+  }
+  if (seen.has(frame.payload.round)) {
+    metrics.duplicates.add(1);
+    return 'duplicate';
+  }
+  seen.add(frame.payload.round);
+  metrics.received.add(1);
+  metrics.e2e.add(now - frame.payload.sent_ms);
+  return 'new';
+}
+
 /** A random tag for this run, so that its user ids never meet an earlier run's notifications. */
 export function runTag() {
   return `${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}`;

@@ -27,8 +27,8 @@ import exec from 'k6/execution';
 import { Counter, Trend } from 'k6/metrics';
 import { setTimeout } from 'k6/timers';
 import {
-  TREND_STATS, WebSocket, baseUrls, gatewayFor, intParam, isEndMarker, postEndMarker, postNotification,
-  requireReady, runTag, sleepUntil, wsUrl,
+  TREND_STATS, WebSocket, baseUrls, countLive, gatewayFor, intParam, postEndMarker,
+  postNotification, requireReady, runTag, sleepUntil, wsUrl,
 } from './lib.js';
 
 const URLS = baseUrls();
@@ -45,6 +45,7 @@ const expected = new Counter('notifications_expected');
 const received = new Counter('notifications_received');
 const lost = new Counter('notifications_lost');
 const duplicates = new Counter('notifications_duplicate');
+const LIVE = { received, duplicates, e2e }; // what countLive (lib.js) counts
 const closedByServer = new Counter('ws_closed_by_server');
 const lateSockets = new Counter('ws_registered_late');
 
@@ -140,17 +141,9 @@ export function recipient(data) {
       return;
     }
     ws.send(JSON.stringify({ type: 'ack', ids: [frame.id] }));
-    if (isEndMarker(frame)) {
+    if (countLive(frame, rounds, now, LIVE) === 'end') {
       endAt = now;
-      return;
     }
-    if (rounds.has(frame.payload.round)) {
-      duplicates.add(1);
-      return;
-    }
-    rounds.add(frame.payload.round);
-    received.add(1);
-    e2e.add(now - frame.payload.sent_ms);
   };
   ws.onerror = (e) => console.warn(`socket ${user}: ${e.error}`);
   ws.onclose = () => {

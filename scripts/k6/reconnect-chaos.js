@@ -30,8 +30,8 @@ import exec from 'k6/execution';
 import { Counter, Trend } from 'k6/metrics';
 import { setTimeout } from 'k6/timers';
 import {
-  TREND_STATS, WebSocket, baseUrls, gatewayFor, intParam, isEndMarker, offlineQueue, postEndMarker,
-  postNotification, requireReady, runTag, sleepUntil, wsUrl,
+  TREND_STATS, WebSocket, baseUrls, countLive, gatewayFor, intParam, offlineQueue,
+  postEndMarker, postNotification, requireReady, runTag, sleepUntil, wsUrl,
 } from './lib.js';
 
 const URLS = baseUrls();
@@ -51,6 +51,7 @@ const received = new Counter('notifications_received'); // live, distinct
 const recovered = new Counter('notifications_from_queue'); // not received live, found in the offline queue
 const lost = new Counter('notifications_lost');
 const duplicates = new Counter('notifications_duplicate');
+const LIVE = { received, duplicates, e2e }; // what countLive (lib.js) counts
 const closedByServer = new Counter('ws_closed_by_server');
 const sessions = new Counter('ws_reconnects');
 const registered = new Counter('ws_sessions_registered');
@@ -191,17 +192,9 @@ export function client(data) {
       if (!closing) {
         ws.send(JSON.stringify({ type: 'ack', ids: [frame.id] }));
       }
-      if (isEndMarker(frame)) {
+      if (countLive(frame, live, now, LIVE) === 'end') {
         live.add('end');
-        return;
       }
-      if (live.has(frame.payload.round)) {
-        duplicates.add(1);
-        return;
-      }
-      live.add(frame.payload.round);
-      received.add(1);
-      e2e.add(now - frame.payload.sent_ms);
     };
     ws.onerror = (e) => console.warn(`socket ${user}: ${e.error}`);
     ws.onclose = () => {
