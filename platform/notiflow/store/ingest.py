@@ -17,11 +17,16 @@ _CLAIM_KEYS = """
 SELECT scope, key FROM notiflow_claim_keys($1::text[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[], $6)
 """
 
-# The live holder of each key (an aged row of the same key may linger in an older partition until it is dropped).
+# The live holder of each key that a claim lost: it met the holder's row or guard (copies) on today's partition or
+# on a guard day after it (a claim made after midnight by a transaction younger than ours), or a key of before
+# migration 013 in the legacy partition; only those partitions are read.
 _EXISTING_KEYS = """
 SELECT DISTINCT ON (k.scope, k.key) k.scope, k.key, k.request_hash, k.response
 FROM idempotency_keys k JOIN unnest($1::text[], $2::text[]) AS t(scope, key) USING (scope, key)
-WHERE k.created_at >= now() - make_interval(secs => $3)
+WHERE (k.day BETWEEN (now() AT TIME ZONE 'UTC')::date
+                 AND (now() AT TIME ZONE 'UTC')::date + greatest(1, ceil($3 / 86400))::int
+       OR k.day < '1970-01-01')
+  AND k.created_at >= now() - make_interval(secs => $3)
 ORDER BY k.scope, k.key, k.created_at DESC
 """
 

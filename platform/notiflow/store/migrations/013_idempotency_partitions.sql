@@ -8,8 +8,8 @@
 -- unique index. So the database itself keeps a live key unique, under any concurrency, as ON CONFLICT did on the
 -- single table: a claim waits for a concurrent uncommitted claim of the same key and day, then sees it. A claim
 -- wins when neither its row nor its guards meet a live key (an aged row is taken over, as before); one that wins
--- its day but loses a guard (a claim of the day before, still uncommitted at midnight, got there first) removes
--- its own rows in the same call. Rows and guards are copies: any live one answers a repeat.
+-- its day but meets a live key on a guard day (a claim made after midnight by a transaction younger than ours
+-- committed first) removes its own rows in the same call. Rows and guards are copies: any live one answers a repeat.
 --
 -- Upgrade in place: the old table becomes the partition `idempotency_keys_legacy` (day -infinity, below 1970)
 -- without copying a row: `day` is added with a constant default (no rewrite), and its (scope, key, day) unique
@@ -30,7 +30,7 @@ ALTER INDEX idempotency_keys_day ATTACH PARTITION idempotency_keys_legacy_day;
 -- (scope, key) order, each statement on one day after the other: two batches sharing keys cannot deadlock.
 CREATE FUNCTION notiflow_claim_keys(scopes text[], keys text[], hashes text[], nids uuid[], responses jsonb[],
                                     window_s float8)
-RETURNS TABLE (scope text, key text) LANGUAGE plpgsql VOLATILE AS $$
+RETURNS TABLE (scope text, key text) LANGUAGE plpgsql VOLATILE SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
     today date := (now() AT TIME ZONE 'UTC')::date;
@@ -38,6 +38,7 @@ DECLARE
     aged timestamptz := now() - make_interval(secs => window_s);
     day_s text[];
     day_k text[];
+    won int;
 BEGIN
     WITH won AS (
         INSERT INTO idempotency_keys AS i (scope, key, request_hash, notification_id, response, day)
@@ -72,7 +73,12 @@ BEGIN
         RETURNING i.scope, i.key
     )
     SELECT g.scope, g.key FROM guarded g GROUP BY g.scope, g.key HAVING count(*) = guards;
-    -- A key won on its day but not on every guard day: take back this call's own rows of it.
+    GET DIAGNOSTICS won = ROW_COUNT;
+    IF won = cardinality(day_s) THEN
+        RETURN;
+    END IF;
+    -- A key won on its day but not on every guard day (rare: two claims across midnight): take back this call's
+    -- own rows of it.
     DELETE FROM idempotency_keys i
     USING unnest(day_s, day_k) AS w(s, k), unnest(scopes, keys, nids) AS u(s, k, n)
     WHERE u.s = w.s AND u.k = w.k AND i.scope = w.s AND i.key = w.k AND i.notification_id = u.n
