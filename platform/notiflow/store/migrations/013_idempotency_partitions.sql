@@ -38,9 +38,9 @@ DECLARE
     aged timestamptz := now() - make_interval(secs => window_s);
     day_s text[];
     day_k text[];
-    won int;
+    guarded_n int;
 BEGIN
-    WITH won AS (
+    WITH claimed AS (
         INSERT INTO idempotency_keys AS i (scope, key, request_hash, notification_id, response, day)
         SELECT u.s, u.k, u.h, u.n, u.r, today
         FROM unnest(scopes, keys, hashes, nids, responses) AS u(s, k, h, n, r)
@@ -54,7 +54,7 @@ BEGIN
             WHERE i.created_at < aged
         RETURNING i.scope, i.key
     )
-    SELECT array_agg(won.scope), array_agg(won.key) INTO day_s, day_k FROM won;
+    SELECT array_agg(c.scope), array_agg(c.key) INTO day_s, day_k FROM claimed c;
     IF day_s IS NULL THEN
         RETURN;
     END IF;
@@ -73,8 +73,8 @@ BEGIN
         RETURNING i.scope, i.key
     )
     SELECT g.scope, g.key FROM guarded g GROUP BY g.scope, g.key HAVING count(*) = guards;
-    GET DIAGNOSTICS won = ROW_COUNT;
-    IF won = cardinality(day_s) THEN
+    GET DIAGNOSTICS guarded_n = ROW_COUNT;
+    IF guarded_n = cardinality(day_s) THEN
         RETURN;
     END IF;
     -- A key won on its day but not on every guard day (rare: two claims across midnight): take back this call's
