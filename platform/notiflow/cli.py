@@ -259,7 +259,12 @@ def cmd_retry_worker(settings: Settings) -> int:
 def cmd_migrate(settings: Settings) -> int:
     from notiflow.store.migrate import apply_migrations
 
-    applied = asyncio.run(apply_migrations(settings.database_url_required, settings.retention_days))
+    applied = asyncio.run(
+        apply_migrations(
+            settings.database_url_required, settings.retention_days,
+            idempotency_window_s=settings.idempotency_window_s,
+        )
+    )
     print(orjson.dumps({"applied": applied}).decode())
     return 0
 

@@ -162,8 +162,9 @@ class Settings(BaseSettings):
     )
     idempotency_window_s: int = Field(
         86_400, ge=1, le=30 * 86_400, description="How long an Idempotency-Key holds, seconds: the same key (per "
-        "API key) within it answers the first response and creates nothing; older keys are forgotten by the "
-        "reconciler and may be used again. Default 86400 (24 h).",
+        "API key) within it answers the first response and creates nothing; an older key no longer holds and may "
+        "be used again. Keys are kept in one partition per UTC day, which retention drops once a window has passed "
+        "since the day's end: give the gateways and retry workers the same value. Default 86400 (24 h).",
     )
     ingest_burst: int = Field(
         200_000, ge=1, description="Token bucket size of the ingest rate limit, deliveries: what one client may "

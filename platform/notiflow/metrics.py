@@ -120,12 +120,13 @@ RETRIES_MOVED = Counter(
 )
 REPAIRS = Counter(
     "notiflow_reconciler_repairs_total",
-    "Work the reconciler put back or closed, by kind (rebuilt, outbox, stuck, expired, keys_forgotten)", ["kind"],
+    "Work the reconciler put back or closed, by kind (rebuilt, outbox, stuck, expired)", ["kind"],
     registry=REGISTRY,
 )
 RETENTION_REMOVED = Counter(
     "notiflow_retention_removed_total",
-    "What retention removed: day partitions (partitions_dropped), DLQ and poison rows (dlq, poison_entries)",
+    "What retention removed: day partitions (partitions_dropped), idempotency key partitions "
+    "(key_partitions_dropped), DLQ and poison rows (dlq, poison_entries)",
     ["table"], registry=REGISTRY,
 )
 

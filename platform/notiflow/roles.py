@@ -122,6 +122,7 @@ class RetentionSettings:
     retention_days: float
     retention_batch: int
     retention_interval_s: float
+    idempotency_window_s: int
 
 
 def gateway(settings: Settings) -> GatewaySettings:

@@ -10,7 +10,7 @@ Each round (under a PostgreSQL advisory lock, so any number of retry workers may
    it becomes stale, through the notifications past a cursor in commit order (migration 008: a late commit
    is not passed, and one that expired meanwhile is expired); work found or put back before (retries,
    re-enqueues, replays) carries a due time, which an index follows until the delivery is handed off.
-4. Expiry, and forgetting idempotency keys older than IDEMPOTENCY_WINDOW_S (24 h).
+4. Expiry. (Aged idempotency keys go with their day partitions: service/retention.py, migration 013.)
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Reconciler:
         self.behind = False
 
     async def run_once(self) -> dict[str, int]:
-        done = {"rebuilt": 0, "outbox": 0, "stuck": 0, "expired": 0, "keys_forgotten": 0}
+        done = {"rebuilt": 0, "outbox": 0, "stuck": 0, "expired": 0}
         async with pg_errors("reconcile"), self._pool.acquire() as conn, conn.transaction():
             if not await sql.try_lock(conn):
                 return done
@@ -84,7 +84,6 @@ class Reconciler:
             fresh, late_expired = await self._fresh(conn, stale_s)
             done["stuck"] += fresh
             done["expired"] = late_expired + await sql.expire_due(conn, PAGE)
-            done["keys_forgotten"] = await sql.forget_old_keys(conn, PAGE, self._s.idempotency_window_s)
         return done
 
     async def _requeue(self, conn: Any, page: Page, *, touch: bool, only: set[int] | None = None) -> int:

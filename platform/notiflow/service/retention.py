@@ -6,7 +6,9 @@ the lock (the others skip the round). A round:
 2. creates the day partitions from yesterday to ``partitions.AHEAD_DAYS`` ahead (server clock) that are missing;
 3. drops every partition over for a retention period whose notifications have all expired, with their DLQ
    rows (DETACH ... CONCURRENTLY, then DROP TABLE: no DELETE, no VACUUM debt, no lock that blocks writes);
-4. removes parked poison entries older than the retention period, in bounded batches.
+4. the same for the idempotency keys' day partitions (created ahead; dropped once every key in them is past
+   ``idempotency_window_s``, store/key_partitions.py);
+5. removes parked poison entries older than the retention period, in bounded batches.
 Then the task waits ``retention_interval_s``. What is dropped and when is decided in store/partitions.py.
 """
 
@@ -15,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from notiflow import metrics
 from notiflow.errors import StoreUnavailable
 from notiflow.roles import RetentionSettings
 from notiflow.service.ports import Record
-from notiflow.store import partitions
+from notiflow.store import key_partitions, partitions
 from notiflow.store import retention as sql
 from notiflow.store.pool import pg_errors
 
@@ -36,7 +39,8 @@ class RetentionService:
 
     async def run_once(self, stop: asyncio.Event | None = None) -> dict[str, int]:
         """One round; returns what it did: partitions created and dropped (days), DLQ and poison rows removed."""
-        done = {"partitions_created": 0, "partitions_dropped": 0, "dlq": 0, "poison_entries": 0}
+        done = {"partitions_created": 0, "partitions_dropped": 0, "dlq": 0, "poison_entries": 0,
+                "key_partitions_created": 0, "key_partitions_dropped": 0}
         retention_s = self._s.retention_days * 86400
         self.last_drops = []
         async with pg_errors("retention"), self._pool.acquire() as conn:
@@ -55,6 +59,7 @@ class RetentionService:
                     timed: list[tuple[str, float]] = []
                     self._count(done, dlq=await partitions.drop(conn, part, timed), partitions_dropped=1)
                     self.last_drops.append(timed)
+                await self._keys(conn, done, stop)
                 before = await sql.cutoff(conn, retention_s)
                 while not (stop and stop.is_set()):
                     n = await sql.remove_poison(conn, before, self._s.retention_batch)
@@ -66,6 +71,18 @@ class RetentionService:
                 raise
             await sql.unlock(conn)
         return done
+
+    async def _keys(self, conn: Any, done: dict[str, int], stop: asyncio.Event | None) -> None:
+        """The idempotency keys' partitions: finish an interrupted drop, create ahead, drop the aged ones."""
+        await key_partitions.finish_detaches(conn)
+        now = await partitions.server_now(conn)
+        window_s = self._s.idempotency_window_s
+        done["key_partitions_created"] = len(await key_partitions.ensure(conn, now.date(), window_s))
+        for part in await key_partitions.due(conn, window_s, now):
+            if stop and stop.is_set():
+                break
+            await key_partitions.drop(conn, part)
+            self._count(done, key_partitions_dropped=1)
 
     @staticmethod
     def _count(done: dict[str, int], **removed: int) -> None:

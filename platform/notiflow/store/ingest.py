@@ -10,23 +10,24 @@ import orjson
 
 from notiflow.models import NewNotification
 
-# Keys are claimed in sorted order, and so are user_seqs rows: two batches that share keys or users
-# then lock them in the same order and cannot deadlock.
+# Keys are claimed (locked) in a fixed order, and user_seqs rows in sorted order: two batches that share keys
+# or users then lock them in the same order and cannot deadlock. The claim is one call of notiflow_claim_keys
+# (migration 013): keys live in day partitions, and the function keeps a live key unique across them.
 _CLAIM_KEYS = """
-INSERT INTO idempotency_keys AS k (scope, key, request_hash, notification_id, response)
-SELECT scope, key, hash, nid, resp
-FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[]) AS t(scope, key, hash, nid, resp)
-ORDER BY scope, key
-ON CONFLICT (scope, key) DO UPDATE
-    SET request_hash = EXCLUDED.request_hash, notification_id = EXCLUDED.notification_id,
-        response = EXCLUDED.response, created_at = now()
-    WHERE k.created_at < now() - make_interval(secs => $6)
-RETURNING scope, key
+SELECT scope, key FROM notiflow_claim_keys($1::text[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[], $6)
 """
 
+# The live holder of each key that a claim lost: it met the holder's row or guard (copies) on today's partition or
+# on a guard day after it (a claim made after midnight by a transaction younger than ours), or a key of before
+# migration 013 in the legacy partition; only those partitions are read.
 _EXISTING_KEYS = """
-SELECT k.scope, k.key, k.request_hash, k.response
+SELECT DISTINCT ON (k.scope, k.key) k.scope, k.key, k.request_hash, k.response
 FROM idempotency_keys k JOIN unnest($1::text[], $2::text[]) AS t(scope, key) USING (scope, key)
+WHERE (k.day BETWEEN (now() AT TIME ZONE 'UTC')::date
+                 AND (now() AT TIME ZONE 'UTC')::date + greatest(1, ceil($3 / 86400))::int
+       OR k.day < '1970-01-01')
+  AND k.created_at >= now() - make_interval(secs => $3)
+ORDER BY k.scope, k.key, k.created_at DESC
 """
 
 #: An idempotency key as stored: unique per (scope, key), the scope being the API key that used it.
@@ -99,7 +100,7 @@ async def claim_idempotency_keys(conn: Any, items: list[NewNotification], window
     lost = [k for k in map(scoped_key, keyed) if k not in won]
     existing: dict[ScopedKey, tuple[str, Any]] = {}
     if lost:
-        for r in await conn.fetch(_EXISTING_KEYS, [s for s, _ in lost], [k for _, k in lost]):
+        for r in await conn.fetch(_EXISTING_KEYS, [s for s, _ in lost], [k for _, k in lost], float(window_s)):
             existing[(r["scope"], r["key"])] = (r["request_hash"], orjson.loads(r["response"]))
     return KeyClaim(won, existing)
 

@@ -6,7 +6,7 @@ from importlib import resources
 
 import asyncpg
 
-from notiflow.store import partitions
+from notiflow.store import key_partitions, partitions
 
 # Any constant works; it only has to be the same for every process that migrates.
 _MIGRATION_LOCK = 0x6E6F7469
@@ -26,10 +26,13 @@ def migration_files() -> list[tuple[str, str]]:
     return [(p.name.removesuffix(".sql"), p.read_text(encoding="utf-8")) for p in files]
 
 
-async def apply_migrations(dsn: str, retention_days: float = 30, *, upto: str | None = None) -> list[str]:
+async def apply_migrations(
+    dsn: str, retention_days: float = 30, *, upto: str | None = None, idempotency_window_s: float = 86_400
+) -> list[str]:
     """Apply the migrations this database lacks (those numbered up to ``upto``, e.g. "008", only, when given);
     returns the versions applied now. Then, once the record is partitioned (009), creates the time partitions
-    ahead of need, so that a fresh database takes notifications at once.
+    ahead of need, so that a fresh database takes notifications at once; the same for the idempotency keys (013),
+    as far ahead as a claim's guards reach under ``idempotency_window_s``.
 
     ``retention_days`` (NOTIFLOW_RETENTION_DAYS) gives the rows written before 009 their expiry. Concurrent
     callers (several processes starting at once) serialise on an advisory lock, so each migration runs once.
@@ -53,6 +56,7 @@ async def apply_migrations(dsn: str, retention_days: float = 30, *, upto: str | 
                 applied.append(version)
             if partitions.MIGRATION in done or partitions.MIGRATION in applied:
                 await partitions.ensure(conn, (await partitions.server_now(conn)).date())
+            await key_partitions.ensure(conn, (await partitions.server_now(conn)).date(), idempotency_window_s)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     finally:

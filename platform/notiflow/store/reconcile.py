@@ -161,12 +161,6 @@ SET status = CASE WHEN d.status IN {_EXPIRABLE} THEN '{DeliveryStatus.EXPIRED.va
 FROM due WHERE d.notification_id = due.notification_id AND d.user_id = due.user_id
 """
 
-# Keys are unique per (scope, key): two producers may use the same key, and only the aged row goes.
-_FORGET_KEYS = """
-DELETE FROM idempotency_keys WHERE (scope, key) IN (
-    SELECT scope, key FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $2) LIMIT $1)
-"""
-
 _ZERO_UUID = uuid.UUID(int=0)
 _BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -268,10 +262,6 @@ async def expire_due(conn: Any, limit: int) -> int:
             await set_cursor(conn, name, upper, _ZERO_UUID)
         done += n
     return done
-
-
-async def forget_old_keys(conn: Any, limit: int, window_s: int) -> int:
-    return int(str(await conn.execute(_FORGET_KEYS, limit, float(window_s))).rsplit(" ", 1)[-1])
 
 
 def due_ms(when: datetime) -> int:
