@@ -16,7 +16,9 @@ A figure, not a test; the last line is one JSON object.
 
     NOTIFLOW_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres python loadtests/pg_floor.py
 
-A fresh database is created on that server, migrated, and dropped afterwards (``--keep`` keeps it).
+A fresh database is created on that server, migrated, and dropped afterwards (``--keep`` keeps it). Ids are
+version 7 (``--ids v7``, the day partitions, as the gateway makes them); before 2026-12-07 09:00 this script
+made version 4 ids, which land in the legacy partition (``--ids v4``): figures from before compare with those.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import asyncpg
 from stores import Stores
 
 from notiflow.devstack import migrate
+from notiflow.ids import new_id
 from notiflow.models import DeliveryStatus, NewNotification
 from notiflow.service.dispatch_log import WRITE_CHUNK
 from notiflow.store import deliveries as deliveries_sql
@@ -70,8 +73,14 @@ class Meter:
               f"  ({count} deliveries, load {load:.2f})", flush=True)
 
 
+#: How notification ids are made: version 7 (``ids.new_id``, the gateway's since migration 009: the day
+#: partitions) or version 4 (the legacy partition, where every id of a database from before 009 lives).
+ID_MAKERS: dict[str, Callable[[], uuid.UUID]] = {"v7": new_id, "v4": uuid.uuid4}
+make_id = new_id
+
+
 def notifications(users: list[list[str]]) -> list[NewNotification]:
-    return [NewNotification(uuid.uuid4(), u, "floor.test", '{"order": 42, "text": "hello"}', None, None)
+    return [NewNotification(make_id(), u, "floor.test", '{"order": 42, "text": "hello"}', None, None)
             for u in users]
 
 
@@ -163,6 +172,8 @@ async def unicast(m: Meter, args: argparse.Namespace) -> None:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    global make_id
+    make_id = ID_MAKERS[args.ids]
     stores = Stores("floor")
     if not stores.admin_db:
         raise SystemExit("set NOTIFLOW_DATABASE_URL to a PostgreSQL server on this machine")
@@ -194,7 +205,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     print(f"acknowledged delivery (insert + socket ack): fan-out {summary['fanout_acked_us']} µs, "
           f"unicast {summary['unicast_acked_us']} µs; with the hand-off written after the ack: "
           f"{summary['fanout_acked_with_handoff_us']} / {summary['unicast_acked_with_handoff_us']} µs")
-    return {"phases": r, **summary}
+    return {"phases": r, "ids": args.ids, "ack_batch": args.ack_batch, **summary}
 
 
 def parse() -> argparse.Namespace:
@@ -206,6 +217,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--unicast-rounds", type=int, default=30, help="statements per unicast insert phase")
     p.add_argument("--unicast-users", type=int, default=10_000)
     p.add_argument("--ack-batch", type=int, default=500, help="pairs per socket-ack statement")
+    p.add_argument("--ids", choices=sorted(ID_MAKERS), default="v7",
+                   help="v7: day partitions (what the gateway writes); v4: the legacy partition (before 009)")
     p.add_argument("--keep", action="store_true", help="keep the database")
     return p.parse_args()
 

@@ -3,11 +3,17 @@
 While one flush is in flight (a PostgreSQL commit waiting for fsync), new submissions queue; the next
 flush takes them all at once. Under load the batches grow by themselves, and an idle system still
 answers at once: no timer adds latency.
+
+Unless asked to: with ``gather_s`` a flush starts only once its oldest item is that old (or ``max_batch`` items
+wait). For writes whose caller need not hear at once (socket acks): at moderate rates each flush would
+otherwise carry one or two items, and a statement's fixed cost (about 0.5 ms of PostgreSQL CPU for a socket
+ack on the partitioned record, docs/perf/2026-12-07-ack-cost.md) then dwarfs what each item costs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -28,10 +34,16 @@ class BatcherClosed(RuntimeError):
 class Batcher(Generic[T, R]):
     """Collects submitted items and hands them to ``flush`` in batches of at most ``max_batch``."""
 
-    def __init__(self, flush: Flush[T, R], *, max_batch: int, name: str) -> None:
+    def __init__(self, flush: Flush[T, R], *, max_batch: int, name: str, gather_s: float = 0.0) -> None:
+        """``gather_s``: how old the oldest queued item may grow before a flush starts, so that more join it
+        (unless ``max_batch`` items are queued). 0: no wait, a batch is what queued during the last flush."""
         self._flush = flush
         self._max = max_batch
         self._name = name
+        self._gather_s = gather_s
+        self._since: float | None = None  # loop time the oldest queued item arrived (gathering only)
+        self._count = 0  # items queued
+        self._hurry = asyncio.Event()  # a gathering flush goes now: max_batch items queued, or closing
         # Each submission is a group of items with one future for the group's results: a group is never
         # split between flushes, so a batch request commits in one transaction or not at all.
         self._queue: list[tuple[list[T], asyncio.Future[list[R | BaseException]]]] = []
@@ -61,7 +73,12 @@ class Batcher(Generic[T, R]):
         if self._closing:
             raise BatcherClosed(f"{self._name} is shutting down")
         fut: asyncio.Future[list[R | BaseException]] = asyncio.get_running_loop().create_future()
+        if not self._queue and self._gather_s > 0:
+            self._since = asyncio.get_running_loop().time()
         self._queue.append((items, fut))
+        self._count += len(items)
+        if self._count >= self._max:
+            self._hurry.set()
         self._wake.set()
         return fut
 
@@ -74,7 +91,20 @@ class Batcher(Generic[T, R]):
             n += 1
             count += len(items)
         batch, self._queue = self._queue[:n], self._queue[n:]
+        self._count -= count
+        # What stays queued waited during the flush in flight: it goes with the next flush, no further gathering.
+        self._since = None
         return batch
+
+    async def _gather(self) -> None:
+        """Let the batch grow until its oldest item is ``gather_s`` old or ``max_batch`` items are queued."""
+        if self._since is None or self._closing:
+            return
+        wait = self._since + self._gather_s - asyncio.get_running_loop().time()
+        if wait > 0 and self._count < self._max:
+            self._hurry.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), wait)
 
     async def _run(self) -> None:
         while not (self._closing and not self._queue):
@@ -82,6 +112,7 @@ class Batcher(Generic[T, R]):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            await self._gather()
             batch = self._take()
             items = [i for group, _ in batch for i in group]
             failed: Exception | None = None
@@ -103,6 +134,7 @@ class Batcher(Generic[T, R]):
     async def close(self, grace_s: float) -> None:
         """Stop taking items, flush what is queued within ``grace_s``, then cancel."""
         self._closing = True
+        self._hurry.set()
         self._wake.set()
         if self._task is None:
             return

@@ -54,6 +54,7 @@ class GatewaySettings:
     ws_queue_max: int
     ws_max_ack_ids: int
     ws_max_acks_in_flight: int
+    ws_ack_gather_ms: int
     ws_max_sockets_per_user: int
     ws_max_sockets: int
     allowed_origins: list[str]

@@ -35,7 +35,7 @@ class QueryService:
         self._pool = pool
         self._work = work
         self._acks: Batcher[tuple[str, list[str]], int] = Batcher(
-            self._flush_acks, max_batch=500, name="socket-acks"
+            self._flush_acks, max_batch=500, name="socket-acks", gather_s=settings.ws_ack_gather_ms / 1000
         )
 
     def start(self) -> None:

@@ -1,0 +1,120 @@
+"""Group commit with a gathering time (socket acks, WS_ACK_GATHER_MS): items that arrive while the oldest waits go
+in one flush; a full batch or a shutdown does not wait; without it an item is flushed at once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from fakes import RecordingRecord, StubWorkLog
+
+from notiflow.batching import Batcher
+from notiflow.config import Settings
+from notiflow.roles import gateway
+from notiflow.service.queries import QueryService
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def recording() -> tuple[list[list[int]], Batcher[int, int], Batcher[int, int]]:
+    flushed: list[list[int]] = []
+
+    async def flush(items: list[int]) -> list[int | BaseException]:
+        flushed.append(list(items))
+        return items
+
+    # A long gathering time: the test never waits for it to pass unless it says so.
+    gathering: Batcher[int, int] = Batcher(flush, max_batch=4, name="gathering", gather_s=60)
+    at_once: Batcher[int, int] = Batcher(flush, max_batch=4, name="at-once")
+    return flushed, gathering, at_once
+
+
+async def test_items_arriving_while_the_oldest_waits_go_in_one_flush() -> None:
+    flushed: list[list[int]] = []
+
+    async def flush(items: list[int]) -> list[int | BaseException]:
+        flushed.append(list(items))
+        return items
+
+    batcher: Batcher[int, int] = Batcher(flush, max_batch=100, name="gathering", gather_s=0.5)
+    batcher.start()
+    first = batcher.enqueue([1])
+    for i in range(2, 5):
+        await asyncio.sleep(0.01)  # paced arrivals, well inside the gathering time
+        batcher.enqueue([i])
+    assert await first == [1]
+    await batcher.close(5)
+    assert flushed == [[1, 2, 3, 4]]
+
+
+async def test_without_a_gathering_time_the_first_item_is_flushed_at_once() -> None:
+    flushed, _, at_once = recording()
+    at_once.start()
+    assert await at_once.enqueue([1]) == [1]
+    at_once.enqueue([2])
+    await at_once.close(5)
+    assert flushed == [[1], [2]]
+
+
+async def test_a_full_batch_does_not_wait_for_the_gathering_time() -> None:
+    flushed, gathering, _ = recording()
+    gathering.start()
+    assert await gathering.enqueue([1, 2, 3, 4]) == [1, 2, 3, 4]
+    first = gathering.enqueue([5])
+    await asyncio.sleep(0.05)  # the flush task gathers now
+    gathering.enqueue([6, 7, 8])  # fills the batch: it goes
+    assert await first == [5]
+    await gathering.close(5)
+    assert flushed == [[1, 2, 3, 4], [5, 6, 7, 8]]
+
+
+async def test_closing_flushes_what_gathers_without_waiting_for_the_gathering_time() -> None:
+    flushed, gathering, _ = recording()
+    gathering.start()
+    pending = gathering.enqueue([1, 2])
+    await asyncio.sleep(0)  # the flush task is gathering now
+    await asyncio.wait_for(gathering.close(30), timeout=10)
+    assert await pending == [1, 2]
+    assert flushed == [[1, 2]]
+
+
+class _AckRecord(RecordingRecord):
+    """Keeps the statements; the connection answers an UPDATE's command tag, as PostgreSQL does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        outer = super().acquire(timeout=timeout)
+
+        class _Tagged:
+            async def __aenter__(self) -> Any:
+                conn = await outer.__aenter__()
+
+                async def execute(sql: str, *args: Any) -> str:
+                    await conn._keep("execute", sql, args)
+                    return f"UPDATE {len(args[1].split(','))}"
+
+                conn.execute = execute
+                return conn
+
+            async def __aexit__(self, *exc: object) -> None:
+                await outer.__aexit__(*exc)
+
+        return _Tagged()
+
+
+@pytest.mark.parametrize(("gather_ms", "statements"), [(1000, 1), (0, 2)])
+async def test_socket_acks_of_two_sockets_gather_in_one_statement(gather_ms: int, statements: int) -> None:
+    settings = Settings(redis_url="redis://unused", database_url="postgresql://unused", node_id="unit",
+                        ws_ack_gather_ms=gather_ms)
+    record = _AckRecord()
+    queries = QueryService(settings=gateway(settings), pool=record, work=StubWorkLog())  # type: ignore[arg-type]
+    queries.start()
+    first = queries.ack_from_socket("alice", ["00000000-0000-0000-0000-000000000001"])
+    await asyncio.sleep(0.05)  # the second socket's ack comes a little later
+    second = queries.ack_from_socket("bob", ["00000000-0000-0000-0000-000000000002"])
+    assert await first == [1] and await second == [1]
+    await queries.close(5)
+    assert len(record.statements) == statements
