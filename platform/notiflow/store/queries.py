@@ -100,11 +100,6 @@ ORDER BY u.uid, x.seq
 """
 
 
-def _affected(status: str) -> int:
-    # asyncpg returns the command tag, e.g. "UPDATE 3".
-    return int(status.rsplit(" ", 1)[-1])
-
-
 async def get_notification(conn: Any, nid: uuid.UUID, user_id: str | None, limit: int) -> dict[str, Any] | None:
     row = await conn.fetchrow(_NOTIFICATION, nid)
     if row is None:
