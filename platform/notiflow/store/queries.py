@@ -62,12 +62,13 @@ def _with_receipts(ack: str) -> str:
     head, update = ack.rsplit("\nUPDATE deliveries d ", 1)
     return f"{head}, acked AS (\nUPDATE deliveries d {update.rstrip()}{_RECEIPTS}"
 
-_ACK_IDS = _with_receipts(_ACK.format(where="d.user_id = $1 AND d.notification_id = ANY($2::uuid[])"))
+_ACK_IDS_UPDATE = _ACK.format(where="d.user_id = $1 AND d.notification_id = ANY($2::uuid[])")
+_ACK_IDS = _with_receipts(_ACK_IDS_UPDATE)
 _ACK_UP_TO = _with_receipts(_ACK.format(where="d.user_id = $1 AND d.seq <= $2"))
 # Socket acks, many users at once, the pairs passed as two joined texts (asyncpg encodes a text[] element by
 # element, 0.7 us per pair against 0.2): one key lookup per pair in key order (a plan that scans every open
 # delivery, as stale statistics can pick for the IN form, holds the locks for seconds).
-_ACK_PAIRS = f"""
+_ACK_PAIRS_UPDATE = f"""
 WITH p AS (
     SELECT DISTINCT nid, uid
     FROM unnest(string_to_array($2, ',')::uuid[], string_to_array($1, chr({ord(USER_SEP)}))) AS p(nid, uid)
@@ -82,7 +83,7 @@ WITH p AS (
 UPDATE deliveries d SET status = 'delivered', delivered_at = now(), updated_at = now(), next_attempt_at = NULL
 FROM locked l WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id
 """
-_ACK_PAIRS = _with_receipts(_ACK_PAIRS)
+_ACK_PAIRS = _with_receipts(_ACK_PAIRS_UPDATE)
 
 # For a gateway resynchronising its sockets after its Pub/Sub subscription was lost: per user, the next page of
 # open deliveries past that user's cursor (keyset by seq, one index range per user on deliveries_user_seq).
