@@ -72,7 +72,8 @@ async def test_an_old_database_upgrades_in_place(old_database: str) -> None:
             script = script.replace(f"${i}", f"'{nid}'::uuid")  # our own UUIDs: nothing to escape
         await conn.execute(script)
 
-        assert await apply_migrations(old_database, retention_days=30) == [partitions.MIGRATION]
+        # 009 first, then whatever came after it (012: delivery receipts, ...).
+        assert (await apply_migrations(old_database, retention_days=30))[0] == partitions.MIGRATION
 
         # Every notification expires: the ones without a ttl a retention period after their creation.
         rows = await conn.fetch("SELECT id, created_at, expires_at FROM notifications")
