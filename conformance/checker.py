@@ -17,7 +17,9 @@ The queue element is one *delivery*: a notification id and one of its recipients
   socket ack that was sent but not confirmed may or may not have been applied: it explains a delivery's absence
   from the final sweep, and the delivery may still come back;
 - ``order``: per-user ``seq`` violations: a seq reused or changed, acceptance order broken, an unsorted
-  page (I4).
+  page (I4);
+- ``receipts``: deliveries of notifications that asked for delivery receipts (``status_url``) whose terminal state
+  was read but whose receipt never arrived, or arrived unsigned (receipts.py; docs/contract.md §4a).
 
 ``valid`` is the SPEC's verdict (no lost, no unexpected); ``ok`` additionally requires the I2-I4 checks.
 """
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conformance.history import Op, pairs
+from conformance.receipts import check_receipts
 from conformance.timeline import Delivery, Ingest, Timeline, percentile
 
 Key = tuple[str, str]  # (notification id, user id)
@@ -47,6 +50,7 @@ class Verdict:
     gaps: dict[Key, str] = field(default_factory=dict)
     resurrected: dict[Key, str] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
+    receipts: dict[Key, str] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     stories: dict[Key, str] = field(default_factory=dict)
@@ -57,7 +61,7 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        clean = not (self.missed_live or self.gaps or self.resurrected or self.order)
+        clean = not (self.missed_live or self.gaps or self.resurrected or self.order or self.receipts)
         return self.valid and clean
 
     def report(self, limit: int = 25) -> str:
@@ -70,6 +74,7 @@ class Verdict:
             ("MISSED LIVE", missed),
             ("GAPS", self.gaps.items()),
             ("RESURRECTED", self.resurrected.items()),
+            ("RECEIPTS", self.receipts.items()),
             ("DUPLICATED", ((k, f"received {n} times") for k, n in self.duplicated.items())),
         ]
         for title, items in sections:
@@ -104,6 +109,7 @@ def check(history: Iterable[Op]) -> Verdict:
     _check_live(tl, v)
     _check_sweeps(tl, v)
     _check_order(tl, v)
+    v.receipts = check_receipts(ops)
     _collect_stats(tl, v)
     for key in {*v.lost, *v.unexpected, *v.missed_live, *v.gaps, *v.resurrected}:
         v.stories[key] = tl.story(key)

@@ -104,6 +104,7 @@ class Api:
         idempotency_key: str | None = None,
         ttl_seconds: int | None = None,
         webhook_url: str | None = None,
+        status_url: str | None = None,
         cid: str | None = None,
     ) -> IngestResult:
         cid = cid or uuid.uuid4().hex
@@ -116,9 +117,12 @@ class Api:
             body["ttl_seconds"] = ttl_seconds
         if webhook_url is not None:
             body["webhook_url"] = webhook_url
+        if status_url is not None:
+            body["status_url"] = status_url
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         inv = self.history.invoke(
-            self.process, "ingest", cid=cid, user_ids=user_ids, node=self.node, ttl=ttl_seconds is not None
+            self.process, "ingest", cid=cid, user_ids=user_ids, node=self.node, ttl=ttl_seconds is not None,
+            receipts=status_url is not None,
         )
         try:
             resp = await self.http.post(f"{self.base_url}/notifications", json=body, headers=headers)
@@ -229,7 +233,8 @@ class Api:
         data: dict[str, Any] = resp.json()
         for d in data.get("deliveries", []):
             self.history.observe(
-                self.process, "status", id=nid, user_id=d["user_id"], status=d.get("status"), seq=d.get("seq")
+                self.process, "status", id=nid, user_id=d["user_id"], status=d.get("status"), seq=d.get("seq"),
+                webhook_status=d.get("webhook_status"),
             )
         return data
 

@@ -19,11 +19,14 @@ class Script:
         self.t_ns += 1_000_000
         return self.t_ns
 
-    def ingest(self, cid: str, users: list[str], outcome: str = "ok", process: str = "p0", ttl: bool = False) -> str:
+    def ingest(
+        self, cid: str, users: list[str], outcome: str = "ok", process: str = "p0", ttl: bool = False,
+        receipts: bool = False,
+    ) -> str:
         """Send ``cid`` to ``users``; returns the notification id the server answered (``n-<cid>``)."""
         nid = f"n-{cid}"
         self.cids[nid] = cid
-        inv = self.history.invoke(process, "ingest", cid=cid, user_ids=users, node="gw0", ttl=ttl)
+        inv = self.history.invoke(process, "ingest", cid=cid, user_ids=users, node="gw0", ttl=ttl, receipts=receipts)
         if outcome == "ok":
             inv.ok(id=nid, recipients=len(users))
         elif outcome == "fail":
@@ -74,8 +77,18 @@ class Script:
             value["ids"] = ids or []
         self.history.invoke(f"acker-{user}", "ack", **value).ok(acknowledged=acknowledged)
 
-    def status(self, nid: str, user: str, status: str, seq: int | None = None) -> None:
-        self.history.observe("reader", "status", id=nid, user_id=user, status=status, seq=seq)
+    def status(
+        self, nid: str, user: str, status: str, seq: int | None = None, webhook_status: str | None = None
+    ) -> None:
+        self.history.observe(
+            "reader", "status", id=nid, user_id=user, status=status, seq=seq, webhook_status=webhook_status
+        )
+
+    def receipt(self, nid: str, user: str, kind: str, channel: str = "socket", signed: bool = True) -> None:
+        """The status_url received one POST with one ``delivery.<kind>`` event for (nid, user)."""
+        event = {"id": f"rcpt-{nid}-{user}-{channel}-{kind}", "type": f"delivery.{kind}", "timestamp": "t",
+                 "data": {"notification_id": nid, "user_id": user, "seq": 1, "channel": channel, "status": kind}}
+        self.history.observe("status-url", "receipts", events=[event], signed=signed)
 
     def dlq(self, entries: list[tuple[str, str, str]]) -> None:
         rows = [{"notification_id": n, "user_id": u, "channel": c} for n, u, c in entries]

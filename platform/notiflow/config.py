@@ -195,6 +195,16 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Age after which committed work not yet in the stream is re-enqueued, s. Default 5."
     )
 
+    # --- delivery receipts (status_url) -----------------------------------------------------
+    receipt_poll_ms: int = Field(
+        500, ge=10, description="How often the retry worker's receipt sender looks for due delivery receipts, "
+        "milliseconds (a full page goes again at once). Receipts of expiry follow the reconciler's expiry sweep "
+        "(RECONCILE_INTERVAL_S). Default 500.",
+    )
+    receipt_batch: int = Field(
+        100, ge=1, le=1000, description="Most receipt events in one POST to one status_url, count. Default 100.",
+    )
+
     # --- processes --------------------------------------------------------------------------
     gateway_processes: int = Field(
         1, ge=1, le=64, description="Processes one `notiflow gateway` runs, each a node of its own, sharing "

@@ -123,6 +123,12 @@ REPAIRS = Counter(
     "Work the reconciler put back or closed, by kind (rebuilt, outbox, stuck, expired)", ["kind"],
     registry=REGISTRY,
 )
+RECEIPTS = Counter(
+    "notiflow_receipts_total",
+    "Delivery receipt events by result: sent (a 2xx answered), retried (a failed POST, sent again later), held "
+    "(over the per-host budget, no attempt used), dropped (given up: retries used up, rejected, or notification "
+    "gone)", ["result"], registry=REGISTRY,
+)
 RETENTION_REMOVED = Counter(
     "notiflow_retention_removed_total",
     "What retention removed: day partitions (partitions_dropped), idempotency key partitions "

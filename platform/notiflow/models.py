@@ -66,6 +66,19 @@ def sql_list(values: tuple[str, ...]) -> str:
     return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
+class ReceiptKind(StrEnum):
+    """The terminal state a delivery receipt reports (migration 012 lists them in its CHECK constraint)."""
+
+    DELIVERED = "delivered"
+    DEAD = "dead"
+    EXPIRED = "expired"
+
+    @property
+    def event_type(self) -> str:
+        """The event's ``type``: ``delivery.delivered``, ``delivery.dead``, ``delivery.expired``."""
+        return f"delivery.{self.value}"
+
+
 class Channel(StrEnum):
     """What a stream entry asks the worker to do for its recipients."""
 
@@ -83,6 +96,8 @@ class NewNotification:
     payload_json: str
     ttl_seconds: int | None
     webhook_url: str | None
+    #: Where delivery receipts go (docs/contract.md, "Delivery receipts"); None: no receipts.
+    status_url: str | None = None
     idempotency_key: str | None = None
     #: Whose key it is (the API key that sent it, see credentials.Principal); '' with auth off.
     idempotency_scope: str = ""

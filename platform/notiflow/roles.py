@@ -84,6 +84,8 @@ class WorkerSettings:
     reconcile_interval_s: float
     stuck_after_s: float
     outbox_grace_s: float
+    receipt_poll_ms: int
+    receipt_batch: int
     fanout_chunk: int
     idempotency_window_s: int
     stats_interval_s: float

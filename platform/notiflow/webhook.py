@@ -31,16 +31,19 @@ MAX_RESPONSE_BYTES = 64 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def check_webhook_url(url: str, allowed_hosts: list[str]) -> None:
-    """Only hosts named in configuration: ``host`` allows the scheme's default port, ``host:port`` that port."""
+def check_webhook_url(url: str, allowed_hosts: list[str], *, field: str = "webhook_url") -> None:
+    """Only hosts named in configuration: ``host`` allows the scheme's default port, ``host:port`` that port.
+    ``field``: the request field that names the URL (``webhook_url``, or ``status_url`` for receipts, whose
+    error codes are ``invalid_status_url`` and ``status_host_not_allowed``)."""
+    what = field.removesuffix("_url")
     try:
         parts = urlsplit(url)
         port = parts.port  # raises on an out-of-range port
         httpx.URL(url)  # what the client would refuse to send (control characters) is refused here
     except (ValueError, httpx.InvalidURL) as exc:
-        raise ApiError(422, "invalid_webhook_url", f"webhook_url is not a valid URL: {exc}") from None
+        raise ApiError(422, f"invalid_{field}", f"{field} is not a valid URL: {exc}") from None
     if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
-        raise ApiError(422, "invalid_webhook_url", "webhook_url must be an absolute http(s) URL")
+        raise ApiError(422, f"invalid_{field}", f"{field} must be an absolute http(s) URL")
     host = parts.hostname.lower()
     effective = port if port is not None else _DEFAULT_PORTS[parts.scheme]
     allowed = {h.lower() for h in allowed_hosts}
@@ -50,8 +53,8 @@ def check_webhook_url(url: str, allowed_hosts: list[str]) -> None:
         return
     netloc = f"{host}:{port}" if port is not None else host
     raise ApiError(
-        422, "webhook_host_not_allowed",
-        f"webhook host {netloc!r} is not in NOTIFLOW_WEBHOOK_ALLOWED_HOSTS (a host without a port allows "
+        422, f"{what}_host_not_allowed",
+        f"{what} host {netloc!r} is not in NOTIFLOW_WEBHOOK_ALLOWED_HOSTS (a host without a port allows "
         "only the scheme's default port)",
     )
 
@@ -192,19 +195,23 @@ class WebhookClient:
 
     async def send(self, work: DeliveryWork) -> None:
         """POST the delivery; returns on 2xx, raises DownstreamError (retry) or DownstreamRejected (DLQ)."""
-        url = work.webhook_url
-        if not url:
+        if not work.webhook_url:
             raise DownstreamRejected("notification has no webhook_url")
+        await self.post(work.webhook_url, webhook_id(work), work.webhook_body())
+
+    async def post(self, url: str, msg_id: str, body: bytes, *, field: str = "webhook_url") -> None:
+        """POST ``body`` signed as message ``msg_id`` to ``url`` (checked against the allowed hosts again, as
+        ``field``); returns on 2xx, raises DownstreamError (retry) or DownstreamRejected (give up)."""
         try:
-            check_webhook_url(url, self._s.webhook_allowed_hosts)
+            check_webhook_url(url, self._s.webhook_allowed_hosts, field=field)
         except ApiError as exc:
-            raise DownstreamRejected(f"webhook host no longer allowed: {exc}") from exc
+            raise DownstreamRejected(f"{field} host no longer allowed: {exc}") from exc
         if not self._signers:  # Settings refuse allowed hosts without a secret; never send unsigned
             raise DownstreamError("no NOTIFLOW_WEBHOOK_SECRET on this worker: not sending unsigned")
         deadline_s = self._s.webhook_timeout_s
         try:
             async with asyncio.timeout(deadline_s):
-                status, head, retry_after = await self._post(work, httpx.URL(url))
+                status, head, retry_after = await self._post(httpx.URL(url), msg_id, body)
         except TimeoutError as exc:
             raise DownstreamError(f"timeout: no answer within the {deadline_s}s deadline") from exc
         except httpx.HTTPError as exc:
@@ -216,13 +223,11 @@ class WebhookClient:
             raise DownstreamError(detail, retry_after_s=retry_after_s(retry_after))
         raise DownstreamRejected(detail)
 
-    async def _post(self, work: DeliveryWork, url: httpx.URL) -> tuple[int, bytes, str | None]:
+    async def _post(self, url: httpx.URL, msg_id: str, body: bytes) -> tuple[int, bytes, str | None]:
         """Resolve, check and call; the status, at most MAX_RESPONSE_BYTES of the body, and Retry-After."""
         host = url.host
         port = url.port or _DEFAULT_PORTS[url.scheme]
         address = await resolve(host, port, allow_private=self._s.webhook_allow_private)
-        body = work.webhook_body()
-        msg_id = webhook_id(work)
         now_s = int(time.time())
         headers = {
             "host": url.netloc.decode("ascii"),

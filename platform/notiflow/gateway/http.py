@@ -124,6 +124,7 @@ def _notification(svc: Services, raw: Any, key: str | None, who: Principal) -> N
         payload_json=payload_json.decode(),
         ttl_seconds=body.ttl_seconds,
         webhook_url=body.webhook_url,
+        status_url=body.status_url,
         idempotency_key=key,
         idempotency_scope=who.idempotency_scope,
         request_hash=request_hash(body.model_dump()) if key else None,

@@ -69,6 +69,8 @@ DOCS: dict[tuple[str, str], dict[str, Any]] = {
             "several users": _NOTIFICATION,
             "one user with a webhook": {"user_id": "alice", "event": "invoice.paid", "payload": {"invoice": 7},
                                         "webhook_url": "http://hooks.example/n"},
+            "one user with delivery receipts": {"user_id": "alice", "event": "invoice.paid", "payload": {},
+                                                "status_url": "http://hooks.example/receipts"},
         }),
         "responses": {
             "202": _json({"id": _NID, "status": "accepted", "recipients": 2}, "accepted and committed"),

@@ -59,6 +59,7 @@ class NotificationIn(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     ttl_seconds: int | None = Field(None, ge=1, le=MAX_TTL_S)
     webhook_url: str | None = Field(None, min_length=1, max_length=2048)
+    status_url: str | None = Field(None, min_length=1, max_length=2048)
 
     @field_validator("payload")
     @classmethod

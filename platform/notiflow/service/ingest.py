@@ -117,6 +117,8 @@ class IngestService:
             )
         if item.webhook_url:
             check_webhook_url(item.webhook_url, self._s.webhook_allowed_hosts)
+        if item.status_url:
+            check_webhook_url(item.status_url, self._s.webhook_allowed_hosts, field="status_url")
 
     async def accept(self, item: NewNotification) -> Accepted:
         self.check(item)

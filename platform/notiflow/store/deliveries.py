@@ -6,7 +6,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from notiflow.models import DeliveryWork, Outcome
+from notiflow.models import Channel, DeliveryStatus, DeliveryWork, Outcome, ReceiptKind, sql_list
+from notiflow.store.receipts import outbox_insert
 
 _LOAD_WORK = """
 SELECT d.notification_id, d.user_id, d.seq, d.status, d.webhook_status, d.attempts, d.webhook_attempts,
@@ -24,10 +25,16 @@ JOIN deliveries d ON d.notification_id = k.nid AND d.user_id = k.uid
 JOIN notifications n ON n.id = d.notification_id
 """
 
+# Delivery receipts (migration 012): the terminal states an outcome can reach, per channel, and the kind of
+# event each is. A webhook that succeeded is delivered.
+_SOCKET_RECEIPTS = "status IN " + sql_list((DeliveryStatus.DEAD.value, DeliveryStatus.EXPIRED.value))
+_HOOK_RECEIPTS = "status IN " + sql_list(("succeeded", DeliveryStatus.DEAD.value, DeliveryStatus.EXPIRED.value))
+_HOOK_KIND = f"CASE WHEN status = 'succeeded' THEN '{ReceiptKind.DELIVERED.value}' ELSE status END"
+
 # One statement per batch: the state changes of both channels, the attempt rows and the DLQ rows.
 # A channel's state only moves forward from a state that still expects work, so a late or
 # duplicate outcome can never undo an acknowledgement or resurrect a dead delivery.
-_RECORD_OUTCOMES = """
+_RECORD_OUTCOMES = f"""
 WITH o AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[],
                          $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::text[])
@@ -45,7 +52,7 @@ WITH o AS (
     FROM o JOIN locked l ON l.notification_id = o.nid AND l.user_id = o.uid
     WHERE o.channel = 'socket' AND d.notification_id = o.nid AND d.user_id = o.uid
       AND d.status IN ('pending', 'retrying')
-    RETURNING d.notification_id
+    RETURNING d.notification_id, d.user_id, d.seq, d.receipt, d.status
 ), hook AS (
     UPDATE deliveries d
     SET webhook_status = o.status, webhook_attempts = greatest(d.webhook_attempts, o.attempt),
@@ -53,7 +60,11 @@ WITH o AS (
     FROM o JOIN locked l ON l.notification_id = o.nid AND l.user_id = o.uid
     WHERE o.channel = 'webhook' AND d.notification_id = o.nid AND d.user_id = o.uid
       AND d.webhook_status IN ('pending', 'retrying')
-    RETURNING d.notification_id
+    RETURNING d.notification_id, d.user_id, d.seq, d.receipt, d.webhook_status AS status
+), sock_receipts AS (
+    {outbox_insert("sock", Channel.SOCKET, "status", _SOCKET_RECEIPTS)}
+), hook_receipts AS (
+    {outbox_insert("hook", Channel.WEBHOOK, _HOOK_KIND, _HOOK_RECEIPTS)}
 ), att AS (
     INSERT INTO delivery_attempts (notification_id, user_id, channel, attempt, outcome, error, node_id,
                                    started_at, finished_at, era)

@@ -39,11 +39,11 @@ ScopedKey = tuple[str, str]
 # between batches), and inserts the deliveries numbered in batch order below the new counter value.
 _INSERT_BATCH = """
 WITH n AS (
-    INSERT INTO notifications (id, event, payload, webhook_url, expires_at, recipients, era)
+    INSERT INTO notifications (id, event, payload, webhook_url, expires_at, recipients, era, status_url)
     SELECT id, event, payload, hook, now() + coalesce(ttl::float8, $10::float8) * interval '1 second', cnt,
-           notiflow_era(id)
-    FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[], $6::int[])
-        AS t(id, event, payload, hook, ttl, cnt)
+           notiflow_era(id), status
+    FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[], $6::int[], $11::text[])
+        AS t(id, event, payload, hook, ttl, cnt, status)
 ), d AS (
     SELECT nid, uid, hook, ord FROM unnest($7::uuid[], $8::text[], $9::text[]) WITH ORDINALITY AS t(nid, uid, hook, ord)
 ), per_user AS (
@@ -54,9 +54,10 @@ WITH n AS (
     ON CONFLICT (user_id) DO UPDATE SET last_seq = s.last_seq + EXCLUDED.last_seq
     RETURNING user_id, last_seq
 ), ins AS (
-    INSERT INTO deliveries (notification_id, user_id, seq, webhook_status, era)
+    -- receipt: true for the notifications of $12 (those with a status_url, usually none), else NULL (012).
+    INSERT INTO deliveries (notification_id, user_id, seq, webhook_status, era, receipt)
     SELECT d.nid, d.uid, b.last_seq - p.cnt + row_number() OVER (PARTITION BY d.uid ORDER BY d.ord), d.hook,
-           notiflow_era(d.nid)
+           notiflow_era(d.nid), CASE WHEN d.nid = ANY($12::uuid[]) THEN true END
     FROM d JOIN per_user p ON p.uid = d.uid JOIN bump b ON b.user_id = d.uid
 )
 -- Each user's new counter value (and the commit's timestamp, the notifications' created_at): enough for
@@ -132,6 +133,8 @@ async def insert_notifications(conn: Any, items: list[NewNotification], retentio
         uids,
         hooks,
         float(retention_s),
+        [i.status_url for i in items],
+        [i.id for i in items if i.status_url],
     )
     # The SQL numbers a user's new deliveries last_seq - count + 1 ... last_seq in batch order: so here.
     count: dict[str, int] = {}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from notiflow.models import OPEN_STATUSES, USER_SEP, sql_list
+from notiflow.models import OPEN_STATUSES, USER_SEP, Channel, ReceiptKind, sql_list
+from notiflow.store.receipts import outbox_insert
 
 _OPEN = sql_list(OPEN_STATUSES)
 
@@ -45,12 +46,29 @@ UPDATE deliveries d SET status = 'delivered', delivered_at = now(), updated_at =
 FROM locked l
 WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id AND d.status IN {_OPEN}
 """
-_ACK_IDS = _ACK.format(where="d.user_id = $1 AND d.notification_id = ANY($2::uuid[])")
-_ACK_UP_TO = _ACK.format(where="d.user_id = $1 AND d.seq <= $2")
+# Delivery receipts (migration 012): the ack as a CTE that returns what the outbox insert reads; its flagged
+# rows (receipt IS true) get a delivery.delivered row in the same statement. The statement's value: rows acked.
+_RECEIPTS = f"""
+    RETURNING d.notification_id, d.user_id, d.seq, d.receipt
+), receipts AS (
+    {outbox_insert("acked", Channel.SOCKET, ReceiptKind.DELIVERED)}
+)
+SELECT count(*) FROM acked
+"""
+
+
+def _with_receipts(ack: str) -> str:
+    """``WITH ... UPDATE ...`` as ``WITH ..., acked AS (UPDATE ... RETURNING ...), receipts AS (INSERT ...)``."""
+    head, update = ack.rsplit("\nUPDATE deliveries d ", 1)
+    return f"{head}, acked AS (\nUPDATE deliveries d {update.rstrip()}{_RECEIPTS}"
+
+_ACK_IDS_UPDATE = _ACK.format(where="d.user_id = $1 AND d.notification_id = ANY($2::uuid[])")
+_ACK_IDS = _with_receipts(_ACK_IDS_UPDATE)
+_ACK_UP_TO = _with_receipts(_ACK.format(where="d.user_id = $1 AND d.seq <= $2"))
 # Socket acks, many users at once, the pairs passed as two joined texts (asyncpg encodes a text[] element by
 # element, 0.7 us per pair against 0.2): one key lookup per pair in key order (a plan that scans every open
 # delivery, as stale statistics can pick for the IN form, holds the locks for seconds).
-_ACK_PAIRS = f"""
+_ACK_PAIRS_UPDATE = f"""
 WITH p AS (
     SELECT DISTINCT nid, uid
     FROM unnest(string_to_array($2, ',')::uuid[], string_to_array($1, chr({ord(USER_SEP)}))) AS p(nid, uid)
@@ -65,6 +83,7 @@ WITH p AS (
 UPDATE deliveries d SET status = 'delivered', delivered_at = now(), updated_at = now(), next_attempt_at = NULL
 FROM locked l WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id
 """
+_ACK_PAIRS = _with_receipts(_ACK_PAIRS_UPDATE)
 
 # For a gateway resynchronising its sockets after its Pub/Sub subscription was lost: per user, the next page of
 # open deliveries past that user's cursor (keyset by seq, one index range per user on deliveries_user_seq).
@@ -80,11 +99,6 @@ CROSS JOIN LATERAL (
 ) AS x
 ORDER BY u.uid, x.seq
 """
-
-
-def _affected(status: str) -> int:
-    # asyncpg returns the command tag, e.g. "UPDATE 3".
-    return int(status.rsplit(" ", 1)[-1])
 
 
 async def get_notification(conn: Any, nid: uuid.UUID, user_id: str | None, limit: int) -> dict[str, Any] | None:
@@ -107,11 +121,11 @@ async def offline_page(conn: Any, user_id: str, after_seq: int, limit: int) -> l
 
 
 async def ack_ids(conn: Any, user_id: str, ids: list[uuid.UUID]) -> int:
-    return _affected(await conn.execute(_ACK_IDS, user_id, ids))
+    return int(await conn.fetchval(_ACK_IDS, user_id, ids))
 
 
 async def ack_up_to(conn: Any, user_id: str, up_to_seq: int) -> int:
-    return _affected(await conn.execute(_ACK_UP_TO, user_id, up_to_seq))
+    return int(await conn.fetchval(_ACK_UP_TO, user_id, up_to_seq))
 
 
 async def ack_pairs(conn: Any, pairs: list[tuple[str, str]]) -> int:
@@ -120,7 +134,7 @@ async def ack_pairs(conn: Any, pairs: list[tuple[str, str]]) -> int:
     if not pairs:
         return 0
     users = USER_SEP.join([p[0] for p in pairs])
-    return _affected(await conn.execute(_ACK_PAIRS, users, ",".join([p[1] for p in pairs])))
+    return int(await conn.fetchval(_ACK_PAIRS, users, ",".join([p[1] for p in pairs])))
 
 
 async def open_for_users(conn: Any, after_seq: dict[str, int], per_user: int) -> list[dict[str, Any]]:

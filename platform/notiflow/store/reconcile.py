@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from notiflow.models import OPEN_STATUSES, WORK_STATUSES, DeliveryStatus, sql_list
+from notiflow.models import OPEN_STATUSES, WORK_STATUSES, Channel, DeliveryStatus, ReceiptKind, sql_list
+from notiflow.store.receipts import outbox_insert
 
 _WORK = sql_list(WORK_STATUSES)
 # Socket states that expire with their notification (a dead delivery stays dead).
@@ -77,6 +78,13 @@ _SET_FRESH_CURSOR = """
 INSERT INTO reconciler_cursors (name, at, txid, id) VALUES ('fresh', now(), $1, $2)
 ON CONFLICT (name) DO UPDATE SET at = EXCLUDED.at, txid = EXCLUDED.txid, id = EXCLUDED.id
 """
+# Delivery receipts (migration 012): a delivery.expired row per channel that an expiry statement moves to
+# expired, for flagged deliveries; `source` holds each locked row's states before the statement (was, hook_was).
+_EXPIRY_RECEIPTS = f"""socket_receipts AS (
+    {outbox_insert("{source}", Channel.SOCKET, ReceiptKind.EXPIRED, "{expired}was IN " + _EXPIRABLE)}
+), webhook_receipts AS (
+    {outbox_insert("{source}", Channel.WEBHOOK, ReceiptKind.EXPIRED, "{expired}hook_was IN " + _WORK)}
+)"""
 _FRESH_PAGE = f"""
 WITH page AS (
     SELECT id, txid, created_at, coalesce(expires_at <= now(), false) AS expired FROM notifications
@@ -91,8 +99,9 @@ WITH page AS (
 ), locked AS (
     -- One key lookup per notification, in key order (LOCK_IN_KEY_ORDER): never a scan of deliveries, which
     -- statistics that lag behind a burst of inserts can pick for a join.
-    SELECT l.notification_id, l.user_id, t.expired FROM (SELECT * FROM taken ORDER BY id) t CROSS JOIN LATERAL (
-        SELECT d.notification_id, d.user_id FROM deliveries d
+    SELECT l.*, t.expired FROM (SELECT * FROM taken ORDER BY id) t CROSS JOIN LATERAL (
+        SELECT d.notification_id, d.user_id, d.seq, d.receipt, d.status AS was, d.webhook_status AS hook_was
+        FROM deliveries d
         WHERE d.notification_id = t.id
           AND ((NOT t.expired AND d.status = '{DeliveryStatus.PENDING.value}')
                OR (t.expired AND (d.status IN {_EXPIRABLE} OR d.webhook_status IN {_WORK})))
@@ -108,7 +117,7 @@ WITH page AS (
         updated_at = now()
     FROM locked l WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id
     RETURNING d.notification_id, d.user_id, d.status, d.next_attempt_at, l.expired
-)
+), {_EXPIRY_RECEIPTS.format(source="locked", expired="expired AND ")}
 SELECT (SELECT count(*) FROM page) AS read, (SELECT count(*) FROM taken) AS taken,
        (SELECT t.txid FROM taken t ORDER BY t.txid DESC, t.id DESC LIMIT 1) AS last_txid,
        (SELECT t.id FROM taken t ORDER BY t.txid DESC, t.id DESC LIMIT 1) AS last_id,
@@ -146,19 +155,23 @@ FROM locked l WHERE d.notification_id = l.notification_id AND d.user_id = l.user
 _EXPIRY_UPPER = "SELECT now() - $1 * interval '1 second'"
 _EXPIRE = f"""
 WITH due AS (
-    SELECT d.notification_id, d.user_id FROM notifications n JOIN deliveries d ON d.notification_id = n.id
+    SELECT d.notification_id, d.user_id, d.seq, d.receipt, d.status AS was, d.webhook_status AS hook_was
+    FROM notifications n JOIN deliveries d ON d.notification_id = n.id
     WHERE n.expires_at IS NOT NULL AND n.expires_at > $2 AND n.expires_at <= $3
       AND (d.status IN {_EXPIRABLE} OR d.webhook_status IN {_WORK})
     ORDER BY d.notification_id, d.user_id
     LIMIT $1
     FOR UPDATE OF d
-)
+), changed AS (
 UPDATE deliveries d
 SET status = CASE WHEN d.status IN {_EXPIRABLE} THEN '{DeliveryStatus.EXPIRED.value}' ELSE d.status END,
     webhook_status = CASE WHEN d.webhook_status IN {_WORK} THEN '{DeliveryStatus.EXPIRED.value}'
                           ELSE d.webhook_status END,
     updated_at = now()
 FROM due WHERE d.notification_id = due.notification_id AND d.user_id = due.user_id
+RETURNING 1
+), {_EXPIRY_RECEIPTS.format(source="due", expired="")}
+SELECT count(*) FROM changed
 """
 
 _ZERO_UUID = uuid.UUID(int=0)
@@ -257,7 +270,7 @@ async def expire_due(conn: Any, limit: int) -> int:
         upper = await conn.fetchval(_EXPIRY_UPPER, lag_s)
         if upper <= since:
             continue
-        n = int(str(await conn.execute(_EXPIRE, limit, since, upper)).rsplit(" ", 1)[-1])
+        n = int(await conn.fetchval(_EXPIRE, limit, since, upper))
         if n < limit:
             await set_cursor(conn, name, upper, _ZERO_UUID)
         done += n

@@ -14,6 +14,7 @@ from notiflow.service.clock import Clock, RecordClock, SystemClock
 from notiflow.service.delivery import DeliveryService
 from notiflow.service.ports import Record, Wrappers
 from notiflow.service.queries import QueryService
+from notiflow.service.receipts import ReceiptSender
 from notiflow.service.reconciler import Reconciler
 from notiflow.service.retention import RetentionService
 from notiflow.service.telemetry import Telemetry
@@ -41,6 +42,14 @@ async def _stores(settings: Settings, *, pg_max: int) -> AsyncIterator[tuple[Poo
     finally:
         await close_redis(redis, RELEASE_S)
         await close_pool(pool, RELEASE_S)
+
+
+@asynccontextmanager
+async def _closing(webhooks: WebhookClient) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await webhooks.aclose()
 
 
 async def _record_clock(pool: Record, local: Clock | None) -> RecordClock:
@@ -82,12 +91,14 @@ async def stream_worker(
 @asynccontextmanager
 async def retry_worker(
     settings: Settings, *, health: Health | None = None, local_clock: Clock | None = None,
-    wrappers: Wrappers | None = None,
+    wrappers: Wrappers | None = None, webhooks: WebhookClient | None = None,
 ) -> AsyncIterator[RetryWorker]:
     """``local_clock``: this machine's clock, which the worker corrects to PostgreSQL's (service/clock.py).
-    ``wrappers``: around the adapters built here (service/ports.py), none by default."""
+    ``wrappers``: around the adapters built here (service/ports.py), none by default. ``webhooks``: the client
+    delivery receipts are posted through (closed here whoever made it); by default one built from ``settings``."""
     wrap = wrappers or Wrappers()
-    async with _stores(settings, pg_max=2) as (pool, redis):
+    hooks = webhooks or WebhookClient(roles.webhooks(settings))
+    async with _closing(hooks), _stores(settings, pg_max=3) as (pool, redis):
         record, work = wrap.record(pool), wrap.work(WorkStream(redis, settings))
         worker = roles.worker(settings)  # what the worker and its services get: their own part of the settings
         telemetry = Telemetry(settings=worker, work=work, pool=record, board=StatsBoard(redis, settings),
@@ -96,7 +107,8 @@ async def retry_worker(
         yield RetryWorker(
             settings=worker, work=work, reconciler=Reconciler(settings=worker, pool=record, work=work),
             telemetry=telemetry, retention=RetentionService(roles.retention(settings), record), clock=clock,
-            health=health,
+            health=health, receipts=ReceiptSender(settings=worker, pool=record, webhooks=hooks,
+                                                  budget=HostBudget(redis, settings)),
         )
 
 

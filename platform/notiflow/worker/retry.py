@@ -1,4 +1,5 @@
-"""The retry worker: moves due retries from the ZSET back into the stream, and runs the reconciler."""
+"""The retry worker: moves due retries from the ZSET back into the stream, and runs the reconciler, retention
+and the delivery receipt sender."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from notiflow.lifecycle import Deadline, drain, pause
 from notiflow.roles import WorkerSettings
 from notiflow.service.clock import Clock, RecordClock, SystemClock
 from notiflow.service.ports import WorkLog
+from notiflow.service.receipts import ReceiptSender
 from notiflow.service.reconciler import Reconciler
 from notiflow.service.retention import RetentionService
 from notiflow.service.telemetry import Telemetry
@@ -24,6 +26,7 @@ class RetryWorker:
     def __init__(
         self, *, settings: WorkerSettings, work: WorkLog, reconciler: Reconciler, telemetry: Telemetry | None = None,
         retention: RetentionService | None = None, clock: RecordClock | None = None, health: Health | None = None,
+        receipts: ReceiptSender | None = None,
     ) -> None:
         self._s = settings
         self._health = health or Health()  # what /healthz reads (metrics.serve)
@@ -34,6 +37,7 @@ class RetryWorker:
         self._reconciler = reconciler
         self._telemetry = telemetry
         self._retention = retention
+        self._receipts = receipts
         self.moved = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -42,6 +46,8 @@ class RetryWorker:
         housekeeping = [asyncio.create_task(self._reconcile_loop(stop), name="reconcile")]
         if self._retention:
             housekeeping.append(asyncio.create_task(self._retention.run(stop), name="retention"))
+        if self._receipts:
+            housekeeping.append(asyncio.create_task(self._receipts.run(stop), name="receipts"))
         if self._record_clock:
             housekeeping.append(asyncio.create_task(self._record_clock.run(stop), name="clock"))
         if self._telemetry:

@@ -43,3 +43,11 @@ def test_docs_page_renders_the_schema() -> None:
     schema = client.get("/openapi.json").json()
     example = schema["paths"]["/notifications"]["post"]["responses"]["202"]["content"]["application/json"]
     assert example["example"]["status"] == "accepted"
+
+
+def test_notifications_take_a_status_url_with_an_example() -> None:
+    schema = create_app(Settings()).openapi()
+    body = schema["paths"]["/notifications"]["post"]["requestBody"]["content"]["application/json"]
+    assert "one user with delivery receipts" in body["examples"]
+    fields = body["schema"]["properties"]
+    assert fields["status_url"]["anyOf"][0]["maxLength"] == 2048, fields["status_url"]
