@@ -76,7 +76,8 @@ WINDOW_S = 86_400
 def batch(n: int) -> list[NewNotification]:
     return [
         NewNotification(
-            uuid.uuid4(), ["u"], "e", "{}", None, None, f"k-{uuid.uuid4().hex}", f"key:{i % 50}", uuid.uuid4().hex
+            uuid.uuid4(), ["u"], "e", "{}", None, None, idempotency_key=f"k-{uuid.uuid4().hex}",
+            idempotency_scope=f"key:{i % 50}", request_hash=uuid.uuid4().hex,
         )
         for i in range(n)
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 import uuid
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -96,6 +96,7 @@ class NewNotification:
     payload_json: str
     ttl_seconds: int | None
     webhook_url: str | None
+    _: KW_ONLY  # what follows is named at every construction: fields added later cannot shift positions
     #: Where delivery receipts go (docs/contract.md, "Delivery receipts"); None: no receipts.
     status_url: str | None = None
     idempotency_key: str | None = None

@@ -31,7 +31,10 @@ DAY_S = 86_400
 
 
 def keyed(key: str, scope: str = "s") -> NewNotification:
-    return NewNotification(new_id(), ["ann"], "e", "{}", None, None, key, scope, f"hash-{secrets.token_hex(4)}")
+    return NewNotification(
+        new_id(), ["ann"], "e", "{}", None, None,
+        idempotency_key=key, idempotency_scope=scope, request_hash=f"hash-{secrets.token_hex(4)}",
+    )  # fmt: skip
 
 
 async def claim(conn: asyncpg.Connection, items: list[NewNotification], window_s: int = DAY_S) -> sql.KeyClaim:

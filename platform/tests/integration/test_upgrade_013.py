@@ -45,7 +45,9 @@ def old_database(stores: Any) -> Iterator[str]:
 
 
 def keyed(scope: str, key: str) -> NewNotification:
-    return NewNotification(new_id(), ["ann"], "e", "{}", None, None, key, scope, "h-new")
+    return NewNotification(
+        new_id(), ["ann"], "e", "{}", None, None, idempotency_key=key, idempotency_scope=scope, request_hash="h-new"
+    )
 
 
 async def test_old_keys_stay_honoured_within_their_window_after_the_upgrade(old_database: str) -> None:

@@ -80,7 +80,7 @@ async def test_closing_flushes_what_gathers_without_waiting_for_the_gathering_ti
 
 
 class _AckRecord(RecordingRecord):
-    """Keeps the statements; the connection answers an UPDATE's command tag, as PostgreSQL does."""
+    """Keeps the statements; the connection answers the ack statement's count, as PostgreSQL does."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -92,11 +92,11 @@ class _AckRecord(RecordingRecord):
             async def __aenter__(self) -> Any:
                 conn = await outer.__aenter__()
 
-                async def execute(sql: str, *args: Any) -> str:
-                    await conn._keep("execute", sql, args)
-                    return f"UPDATE {len(args[1].split(','))}"
+                async def fetchval(sql: str, *args: Any) -> int:
+                    await conn._keep("fetchval", sql, args)
+                    return len(args[1].split(","))  # the statement's count of acknowledged deliveries
 
-                conn.execute = execute
+                conn.fetchval = fetchval
                 return conn
 
             async def __aexit__(self, *exc: object) -> None:
