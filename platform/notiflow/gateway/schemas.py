@@ -9,7 +9,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from notiflow.errors import ApiError
-from notiflow.models import EVENT_RE, user_id_problem
+from notiflow.models import COLLAPSE_KEY_MAX, EVENT_RE, user_id_problem
 
 MAX_RECIPIENTS = 10_000
 MAX_BATCH = 1_000  # notifications per POST /notifications/batch
@@ -59,6 +59,21 @@ class NotificationIn(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     ttl_seconds: int | None = Field(None, ge=1, le=MAX_TTL_S)
     webhook_url: str | None = Field(None, min_length=1, max_length=2048)
+    collapse_key: str | None = Field(None, min_length=1, max_length=COLLAPSE_KEY_MAX)
+
+    @field_validator("collapse_key")
+    @classmethod
+    def _printable(cls, key: str | None) -> str | None:
+        # Frames travel between nodes in tab- and newline-separated batches (streams/pubsub.py), and a key is
+        # shown to people: printable characters only (no control, format or separator characters but space).
+        if key is not None and not key.isprintable():
+            raise ValueError("collapse_key must be printable characters (no control or invisible characters)")
+        return key
+
+    def hashed(self) -> dict[str, Any]:
+        """What the idempotency check hashes: the body, without a collapse_key it did not give (a body hashes
+        as it did before the field existed, so a retry across the upgrade is no conflict)."""
+        return self.model_dump(exclude=None if self.collapse_key is not None else {"collapse_key"})
 
     @field_validator("payload")
     @classmethod
