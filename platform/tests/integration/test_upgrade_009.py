@@ -72,7 +72,9 @@ async def test_an_old_database_upgrades_in_place(old_database: str) -> None:
             script = script.replace(f"${i}", f"'{nid}'::uuid")  # our own UUIDs: nothing to escape
         await conn.execute(script)
 
-        assert await apply_migrations(old_database, retention_days=30) == [partitions.MIGRATION]
+        # 009, then every later migration (011 and on: they apply to the partitioned record as well).
+        applied = await apply_migrations(old_database, retention_days=30)
+        assert applied[0] == partitions.MIGRATION and all(v > partitions.MIGRATION for v in applied[1:])
 
         # Every notification expires: the ones without a ttl a retention period after their creation.
         rows = await conn.fetch("SELECT id, created_at, expires_at FROM notifications")
