@@ -135,6 +135,8 @@ export interface Accepted {
 export interface SendOptions {
   ttlSeconds?: number;
   webhookUrl?: string;
+  /** 1-128 printable characters: replaces the user's older unacknowledged notification with the same key. */
+  collapseKey?: string;
   /** Default: a random UUID per notification, kept across its retries. */
   idempotencyKey?: string;
 }

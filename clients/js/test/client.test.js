@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { Collapser, NotiflowClient, SeenTracker, backoffMs } from "../src/index.js";
+import { Collapser, NotiflowClient, Producer, SeenTracker, backoffMs } from "../src/index.js";
 import { notify, offlineIds, startStack, uniqueUser, waitFor } from "./stack.js";
 
 let stack;
@@ -79,7 +79,8 @@ test("collapse keys against the stack: the queue holds the newest, a live one na
   await waitFor(() => got.length === 1, { message: "the newest taken" });
   assert.equal(got[0].id, second);
   assert.equal(got[0].collapse_key, "badge");
-  const third = await notify(gw, user, { n: 3 }, { collapse_key: "badge" });
+  const producer = new Producer({ urls: [gw] }); // the producer sends keys too
+  const third = (await producer.send(user, "test.event", { n: 3 }, { collapseKey: "badge" })).id;
   await waitFor(() => got.length === 2, { message: "the live one taken" });
   assert.deepEqual([got[1].id, got[1].replaces, got[1].collapse_key], [third, second, "badge"]);
   await waitFor(async () => (await offlineIds(gw, user)).length === 0, { message: "all acknowledged" });

@@ -11,7 +11,7 @@ from helpers import wait_for
 from integration_support import Gateways, Workers, notify, offline_ids, users
 from pydantic import SecretStr
 
-from notiflow.client import ClientGaveUp, Notification, NotiflowClient
+from notiflow.client import ClientGaveUp, Notification, NotiflowClient, Producer
 from notiflow.credentials import issue_token
 
 _JWT_SECRET = "client-test-secret-of-at-least-32-bytes"
@@ -144,7 +144,8 @@ async def test_collapse_keys_hand_over_the_newest_and_name_what_it_replaces(
         first = await asyncio.wait_for(_take(client, 2), timeout=20)
         assert [n["id"] for n in first] == [second, plain]
         assert first[0]["collapse_key"] == "badge" and "replaces" not in first[0] and "collapse_key" not in first[1]
-        third = await notify(http, gw.url, [user], collapse_key="badge", payload={"n": 3})
+        async with Producer([gw.url]) as producer:  # the producer sends keys too
+            third = (await producer.send(user, "test.event", {"n": 3}, collapse_key="badge"))["id"]
         [live] = await asyncio.wait_for(_take(client, 1), timeout=20)
         assert live["id"] == third and live["replaces"] == second and live["payload"] == {"n": 3}
     await _drain(http, gw.url, user)
