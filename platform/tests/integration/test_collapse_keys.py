@@ -14,8 +14,13 @@ from helpers import wait_for
 from integration_support import Gateways, SocketFactory, Workers, notify, offline_ids, offline_page, statuses, users
 
 from notiflow.config import Settings
-from notiflow.models import Channel, StreamEntry
+from notiflow.ids import new_id
+from notiflow.models import Channel, NewNotification, StreamEntry
+from notiflow.store import collapse as collapse_sql
 from notiflow.store import deliveries as deliveries_sql
+from notiflow.store import ingest as ingest_sql
+from notiflow.store import queries as queries_sql
+from notiflow.store.pool import connect_pool
 from notiflow.worker import factory
 
 pytestmark = pytest.mark.timeout(60)
@@ -162,3 +167,32 @@ async def test_a_replaced_retry_is_neither_retried_nor_dead_lettered(
     assert await db.fetchval("SELECT count(*) FROM dlq") == 0
 
 
+
+
+async def test_replacements_racing_acks_and_outcome_writes_never_deadlock(settings: Settings) -> None:
+    """The replace statement locks the older deliveries in key order (LOCK_IN_KEY_ORDER), after its batch's user_seqs
+    rows: keyed ingests racing socket acks and hand-offs of the same users' older deliveries queue, never deadlock."""
+    pool = await connect_pool(settings.database_url_required, max_size=6)
+    people = users(120, "race")
+    try:
+        async def ingest(key: str) -> list[tuple[uuid.UUID, str]]:
+            items = [NewNotification(new_id(), [u], "e", "{}", None, None, collapse_key=key) for u in people[::-1]]
+            async with pool.acquire() as conn, conn.transaction():
+                await ingest_sql.insert_notifications(conn, items)
+                await collapse_sql.apply_collapse(conn, collapse_sql.keyed_rows(items))
+            return [(i.id, i.user_ids[0]) for i in items]
+
+        async def ack(rows: list[tuple[uuid.UUID, str]]) -> None:
+            async with pool.acquire() as conn:
+                await queries_sql.ack_pairs(conn, [(u, str(n)) for n, u in rows])
+
+        async def handoff(rows: list[tuple[uuid.UUID, str]]) -> None:
+            async with pool.acquire() as conn:
+                await deliveries_sql.record_handoffs(conn, [(n, u, "offline") for n, u in sorted(rows, reverse=True)])
+
+        previous = await ingest("k")
+        for _ in range(30):
+            fresh, *_ = await asyncio.gather(ingest("k"), ack(previous[::2]), handoff(previous), ingest("k"))
+            previous = fresh
+    finally:
+        await pool.close()
