@@ -199,7 +199,8 @@ class IngestService:
                     fresh = [i for i in items if self._is_fresh(i, primary, claim)]
                     await sql.insert_notifications(conn, fresh, self._s.retention_days * 86400)
                     # In the insert's transaction, after it (store/collapse.py says why not inside it).
-                    await collapse.apply_collapse(conn, collapse.keyed_rows(fresh))
+                    replaced = await collapse.apply_collapse(conn, collapse.keyed_rows(fresh))
+                metrics.REPLACED.inc(replaced)
             else:
                 # One statement is its own transaction: no BEGIN/COMMIT round trips around it.
                 claim = sql.KeyClaim(set(), {})

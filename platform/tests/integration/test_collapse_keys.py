@@ -13,6 +13,7 @@ import pytest
 from helpers import wait_for
 from integration_support import Gateways, SocketFactory, Workers, notify, offline_ids, offline_page, statuses, users
 
+from notiflow import metrics
 from notiflow.config import Settings
 from notiflow.ids import new_id
 from notiflow.models import Channel, NewNotification, StreamEntry
@@ -71,11 +72,13 @@ async def test_within_one_batch_the_later_item_wins(
     gw = await gateways.start()
     [carol] = users(1)
     item = {"user_id": carol, "event": "e", "payload": {}, "collapse_key": "k"}
+    before = metrics.REGISTRY.get_sample_value("notiflow_deliveries_replaced_total") or 0
     answer = await _batch(http, gw.url, [item, {**item, "collapse_key": "j"}, item])
     assert answer.status_code == 202, answer.text
     first, keyed_j, last = (r["id"] for r in answer.json()["results"])
     assert await offline_ids(http, gw.url, carol) == [keyed_j, last]
     assert await statuses(db, first) == {carol: "replaced"}
+    assert metrics.REGISTRY.get_sample_value("notiflow_deliveries_replaced_total") == before + 1
 
 
 @pytest.mark.servers("uvicorn-fast")
