@@ -54,6 +54,9 @@ async def run(m: Meter, args: argparse.Namespace) -> None:
     def unicast(key: str | None, rounds: int) -> list[list[NewNotification]]:
         return [_batch([[u] for u in uni], key) for _ in range(rounds)]
 
+    def cycling() -> list[list[NewNotification]]:  # each round the next key: each insert replaces one
+        return [b for r in range(args.rounds) for b in unicast(keys[r % len(keys)], 1)]
+
     def fanout(key: str | None) -> list[list[NewNotification]]:
         return [_batch([fan] * args.fanout_notifications, key) for _ in range(args.rounds)]
 
@@ -64,7 +67,7 @@ async def run(m: Meter, args: argparse.Namespace) -> None:
     replaced: dict[str, int] = {}
     for name, batches, n in (
         ("unicast insert, no key", lambda: unicast(None, args.rounds), n_uni),
-        ("unicast insert, keyed", lambda: [b for r in range(args.rounds) for b in unicast(keys[r % len(keys)], 1)], n_uni),
+        ("unicast insert, keyed", cycling, n_uni),
         ("fanout insert, no key", lambda: fanout(None), n_fan),
         ("fanout insert, keyed", lambda: fanout(keys[0]), n_fan),
     ):
