@@ -73,12 +73,12 @@ async def test_within_one_batch_the_later_item_wins(
     [carol] = users(1)
     item = {"user_id": carol, "event": "e", "payload": {}, "collapse_key": "k"}
     before = metrics.REGISTRY.get_sample_value("notiflow_deliveries_replaced_total") or 0
-    answer = await _batch(http, gw.url, [item, {**item, "collapse_key": "j"}, item])
+    answer = await _batch(http, gw.url, [item, {**item, "collapse_key": "j"}, item, item])
     assert answer.status_code == 202, answer.text
-    first, keyed_j, last = (r["id"] for r in answer.json()["results"])
+    first, keyed_j, second, last = (r["id"] for r in answer.json()["results"])
     assert await offline_ids(http, gw.url, carol) == [keyed_j, last]
-    assert await statuses(db, first) == {carol: "replaced"}
-    assert metrics.REGISTRY.get_sample_value("notiflow_deliveries_replaced_total") == before + 1
+    assert await statuses(db, first) == {carol: "replaced"} == await statuses(db, second)
+    assert metrics.REGISTRY.get_sample_value("notiflow_deliveries_replaced_total") == before + 2
 
 
 @pytest.mark.servers("uvicorn-fast")
