@@ -44,9 +44,14 @@ WITH k AS (
     ) c
     WHERE c.status IN {_OPEN}
 ), locked AS (
-    SELECT d.notification_id, d.user_id FROM deliveries d
-    WHERE (d.notification_id, d.user_id) IN (SELECT notification_id, user_id FROM cand) AND d.status IN {_OPEN}
-    ORDER BY d.notification_id, d.user_id FOR UPDATE
+    -- One key lookup per candidate, in key order (as _RECORD_HANDOFFS): never a scan of deliveries.
+    SELECT l.notification_id, l.user_id
+    FROM (SELECT DISTINCT notification_id, user_id FROM cand ORDER BY notification_id, user_id) c
+    CROSS JOIN LATERAL (
+        SELECT d.notification_id, d.user_id FROM deliveries d
+        WHERE d.notification_id = c.notification_id AND d.user_id = c.user_id AND d.status IN {_OPEN}
+        FOR UPDATE
+    ) l
 )
 UPDATE deliveries d
 SET status = '{DeliveryStatus.REPLACED.value}', next_attempt_at = NULL, updated_at = now()
