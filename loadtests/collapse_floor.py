@@ -1,5 +1,6 @@
 """What a collapse key costs PostgreSQL per delivery (issue 23): the ingest of keyed notifications against the same
-notifications without keys, measured like ``pg_floor.py`` (backend CPU of one connection, /proc of pg_backend_pid).
+notifications without keys, measured like ``pg_floor.py`` (backend CPU of one connection, /proc of pg_backend_pid),
+with version 7 ids (the day partitions the gateway writes).
 
 A keyed batch runs as the gateway runs it (service/ingest.py): BEGIN, the insert statement, ``apply_collapse``
 (store/collapse.py), COMMIT; each user gets a new notification of one of ``--keys`` keys per round, so that from
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import uuid
 from typing import Any
 
 import asyncpg
@@ -22,6 +22,7 @@ from pg_floor import Meter
 from stores import Stores
 
 from notiflow.devstack import migrate
+from notiflow.ids import new_id
 from notiflow.models import NewNotification
 from notiflow.store import collapse
 from notiflow.store import ingest as ingest_sql
@@ -29,7 +30,7 @@ from notiflow.store import ingest as ingest_sql
 
 def _batch(users: list[list[str]], key: str | None) -> list[NewNotification]:
     return [
-        NewNotification(uuid.uuid4(), u, "floor.test", '{"order": 42}', None, None, collapse_key=key) for u in users
+        NewNotification(new_id(), u, "floor.test", '{"order": 42}', None, None, collapse_key=key) for u in users
     ]
 
 
