@@ -20,6 +20,9 @@ The queue element is one *delivery*: a notification id and one of its recipients
   page (I4);
 - ``receipts``: deliveries of notifications that asked for delivery receipts (``status_url``) whose terminal state
   was read but whose receipt never arrived, or arrived unsigned (receipts.py; docs/contract.md §4a).
+- ``relisted``: deliveries listed by a read that began after a newer notification with the same collapse key for
+  the same user was accepted (they are ``replaced``: terminal, never listed again; see collapse.py, which also
+  says how replacement explains a delivery's absence for I1-I3).
 
 ``valid`` is the SPEC's verdict (no lost, no unexpected); ``ok`` additionally requires the I2-I4 checks.
 """
@@ -31,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from conformance import collapse
 from conformance.history import Op, pairs
 from conformance.receipts import check_receipts
 from conformance.timeline import Delivery, Ingest, Timeline, percentile
@@ -51,6 +55,7 @@ class Verdict:
     resurrected: dict[Key, str] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
     receipts: dict[Key, str] = field(default_factory=dict)
+    relisted: dict[Key, str] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     stories: dict[Key, str] = field(default_factory=dict)
@@ -61,7 +66,9 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        clean = not (self.missed_live or self.gaps or self.resurrected or self.order or self.receipts)
+        clean = not (
+            self.missed_live or self.gaps or self.resurrected or self.order or self.receipts or self.relisted
+        )
         return self.valid and clean
 
     def report(self, limit: int = 25) -> str:
@@ -75,6 +82,7 @@ class Verdict:
             ("GAPS", self.gaps.items()),
             ("RESURRECTED", self.resurrected.items()),
             ("RECEIPTS", self.receipts.items()),
+            ("REPLACED BUT LISTED", self.relisted.items()),
             ("DUPLICATED", ((k, f"received {n} times") for k, n in self.duplicated.items())),
         ]
         for title, items in sections:
@@ -103,15 +111,17 @@ def check(history: Iterable[Op]) -> Verdict:
     """Judge one history. See the module docstring for what each field of the verdict means."""
     ops = list(history)
     tl = Timeline.build(ops, pairs(ops))
+    col = collapse.build(tl)
     v = Verdict()
     _check_unexpected(tl, v)
-    _check_final_state(tl, v)
-    _check_live(tl, v)
-    _check_sweeps(tl, v)
+    _check_final_state(tl, col, v)
+    _check_live(tl, col, v)
+    _check_sweeps(tl, col, v)
     _check_order(tl, v)
     v.receipts = check_receipts(ops)
+    v.relisted = collapse.relisted(tl, col)
     _collect_stats(tl, v)
-    for key in {*v.lost, *v.unexpected, *v.missed_live, *v.gaps, *v.resurrected}:
+    for key in {*v.lost, *v.unexpected, *v.missed_live, *v.gaps, *v.resurrected, *v.relisted}:
         v.stories[key] = tl.story(key)
     return v
 
@@ -146,13 +156,16 @@ def _explained(d: Delivery) -> bool:
     return d.acked_ok_ns is not None or d.ws_ack_sent_ns is not None or d.terminal in _LEAVES_QUEUE
 
 
-def _check_final_state(tl: Timeline, v: Verdict) -> None:
+def _check_final_state(tl: Timeline, col: collapse.Collapse, v: Verdict) -> None:
     for ing in tl.ok_ingests():
         assert ing.id is not None
         for user in ing.user_ids:
             key = (ing.id, user)
             d = tl.deliveries.get(key) or Delivery()
-            if _explained(d):
+            if d.terminal == "replaced" and not col.may_be_replaced_by(key):
+                v.lost[key] = "read as replaced, but no notification with its collapse key that could be newer"
+                continue
+            if _explained(d) or key in col.known_newer or d.terminal == "replaced":
                 continue
             final = tl.final_sweep.get(user)
             if final is None:
@@ -164,13 +177,13 @@ def _check_final_state(tl: Timeline, v: Verdict) -> None:
                 )
 
 
-def _check_live(tl: Timeline, v: Verdict) -> None:
+def _check_live(tl: Timeline, col: collapse.Collapse, v: Verdict) -> None:
     for ing in tl.ok_ingests():
         assert ing.id is not None and ing.complete_ns is not None
         for user in ing.user_ids:
             key = (ing.id, user)
             d = tl.deliveries.get(key) or Delivery()
-            if d.terminal in ("dead", "expired"):
+            if d.terminal in ("dead", "expired", "replaced") or col.may_be_replaced_by(key):
                 continue
             missing = [
                 c.conn
@@ -185,7 +198,7 @@ def _check_live(tl: Timeline, v: Verdict) -> None:
                 v.missed_live[key] = missing
 
 
-def _check_sweeps(tl: Timeline, v: Verdict) -> None:
+def _check_sweeps(tl: Timeline, col: collapse.Collapse, v: Verdict) -> None:
     for user, sweeps in tl.sweeps_by_user.items():
         for sweep in sweeps:
             if not sweep.complete:
@@ -196,6 +209,8 @@ def _check_sweeps(tl: Timeline, v: Verdict) -> None:
                     continue
                 d = tl.deliveries.get((ing.id, user)) or Delivery()
                 if d.terminal in _LEAVES_QUEUE or d.ack_invoked_before(sweep.complete_ns):
+                    continue
+                if col.may_be_replaced_by((ing.id, user), sweep.complete_ns):
                     continue
                 v.gaps.setdefault(
                     (ing.id, user),
@@ -245,7 +260,7 @@ def _check_order(tl: Timeline, v: Verdict) -> None:
 
 def _collect_stats(tl: Timeline, v: Verdict) -> None:
     oks = tl.ok_ingests()
-    live = offline = dead = expired = dups = 0
+    live = offline = dead = expired = replaced = dups = 0
     for key, d in tl.deliveries.items():
         if d.recv_count:
             live += 1
@@ -256,6 +271,7 @@ def _collect_stats(tl: Timeline, v: Verdict) -> None:
             offline += 1
         dead += d.terminal == "dead" or bool(d.dlq_channels)
         expired += d.terminal == "expired"
+        replaced += d.terminal == "replaced"
         dups += sum(n - 1 for n in d.recv_count.values() if n > 1)
     v.stats = {
         "accepted": len(oks),
@@ -266,6 +282,7 @@ def _collect_stats(tl: Timeline, v: Verdict) -> None:
         "delivered_offline": offline,
         "dead": dead,
         "expired": expired,
+        "replaced": replaced,
         "duplicates": dups,
         "lost": len(v.lost),
         "p50_ms": round(percentile(v.latencies_ms, 50), 1),

@@ -106,6 +106,7 @@ class Api:
         webhook_url: str | None = None,
         status_url: str | None = None,
         cid: str | None = None,
+        collapse_key: str | None = None,
     ) -> IngestResult:
         cid = cid or uuid.uuid4().hex
         body: dict[str, Any] = {
@@ -119,10 +120,13 @@ class Api:
             body["webhook_url"] = webhook_url
         if status_url is not None:
             body["status_url"] = status_url
+        extra: dict[str, Any] = {}
+        if collapse_key is not None:
+            body["collapse_key"] = extra["collapse_key"] = collapse_key
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         inv = self.history.invoke(
             self.process, "ingest", cid=cid, user_ids=user_ids, node=self.node, ttl=ttl_seconds is not None,
-            receipts=status_url is not None,
+            receipts=status_url is not None, **extra,
         )
         try:
             resp = await self.http.post(f"{self.base_url}/notifications", json=body, headers=headers)
@@ -358,7 +362,7 @@ class Socket:
             self.cids.add(str(cid))
         self.history.observe(
             self.conn, "ws_recv", conn=self.conn, user_id=self.user, id=nid, seq=frame.get("seq"), cid=cid,
-            event=frame.get("event"),
+            event=frame.get("event"), collapse_key=frame.get("collapse_key"),
         )  # fmt: skip
 
     async def wait_for_cids(self, cids: set[str], timeout_s: float) -> bool:

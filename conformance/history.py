@@ -8,11 +8,11 @@ are recorded as a single ``ok``. The checker (``checker.py``) reads nothing but 
 Operation functions (``f``) and their values:
 
 =============  ===============================================================================================
-``ingest``     invoke ``{"cid", "user_ids", "node", "ttl"}``; ok ``{"id", "recipients"}``;
+``ingest``     invoke ``{"cid", "user_ids", "node", "ttl"[, "collapse_key"]}``; ok ``{"id", "recipients"}``;
                fail/info ``{"status", "error"}``
 ``ws_open``    ok ``{"conn", "user_id", "node", "live"}`` once the socket is accepted (``live``: it must stay
                up and receive everything sent to its user while it is open)
-``ws_recv``    ok ``{"conn", "user_id", "id", "seq", "cid", "event"}``
+``ws_recv``    ok ``{"conn", "user_id", "id", "seq", "cid", "event", "collapse_key"}``
 ``ws_close``   ok ``{"conn", "user_id", "code", "by"}`` (``by``: ``client`` or ``server``)
 ``ws_ack``     ok ``{"conn", "user_id", "ids"}``: an ack frame was sent (maybe applied until confirmed)
 ``ws_acked``   ok ``{"conn", "user_id", "ids"}``: the gateway confirmed an ack (``acked`` with the frame's ref; the ids

@@ -24,7 +24,8 @@ Key = tuple[str, str]  # (notification id, user id)
 
 #: The event each channel's terminal state must produce.
 EXPECTED = {
-    "socket": {"delivered": "delivery.delivered", "dead": "delivery.dead", "expired": "delivery.expired"},
+    "socket": {"delivered": "delivery.delivered", "dead": "delivery.dead", "expired": "delivery.expired",
+               "replaced": "delivery.replaced"},
     "webhook": {"succeeded": "delivery.delivered", "dead": "delivery.dead", "expired": "delivery.expired"},
 }
 TYPES = frozenset(t for per in EXPECTED.values() for t in per.values())

@@ -21,12 +21,14 @@ class Script:
 
     def ingest(
         self, cid: str, users: list[str], outcome: str = "ok", process: str = "p0", ttl: bool = False,
-        receipts: bool = False,
+        receipts: bool = False, collapse_key: str | None = None,
     ) -> str:
         """Send ``cid`` to ``users``; returns the notification id the server answered (``n-<cid>``)."""
         nid = f"n-{cid}"
         self.cids[nid] = cid
-        inv = self.history.invoke(process, "ingest", cid=cid, user_ids=users, node="gw0", ttl=ttl, receipts=receipts)
+        extra = {} if collapse_key is None else {"collapse_key": collapse_key}
+        inv = self.history.invoke(process, "ingest", cid=cid, user_ids=users, node="gw0", ttl=ttl, receipts=receipts,
+                                  **extra)  # fmt: skip
         if outcome == "ok":
             inv.ok(id=nid, recipients=len(users))
         elif outcome == "fail":
@@ -41,6 +43,18 @@ class Script:
     def recv(self, conn: str, user: str, nid: str, seq: int, cid: str | None = None) -> None:
         cid = cid if cid is not None else self.cids.get(nid)
         self.history.observe(conn, "ws_recv", conn=conn, user_id=user, id=nid, seq=seq, cid=cid, event="e")
+
+    def overlapping(self, cids: list[str], user: str, collapse_key: str, process: str = "p") -> list[str]:
+        """Send ``cids`` to ``user`` concurrently (every invoke before any answer), all with ``collapse_key``."""
+        invs = []
+        for i, cid in enumerate(cids):
+            self.cids[f"n-{cid}"] = cid
+            invs.append(self.history.invoke(
+                f"{process}{i}", "ingest", cid=cid, user_ids=[user], node="gw0", ttl=False, collapse_key=collapse_key
+            ))
+        for cid, inv in zip(cids, invs, strict=True):
+            inv.ok(id=f"n-{cid}", recipients=1)
+        return [f"n-{cid}" for cid in cids]
 
     def close(self, conn: str, user: str, by: str = "client", code: int = 1000) -> None:
         self.history.observe(conn, "ws_close", conn=conn, user_id=user, code=code, by=by)

@@ -317,3 +317,74 @@ def test_the_report_tells_what_happened_to_each_lost_delivery() -> None:
     assert "producer-7 sent 1 via gw0" in story and "ingest ok" in story
     assert "received on c1 (seq 4)" in story
     assert story.index("sent 1") < story.index("received on c1")
+
+
+def test_a_replaced_delivery_needs_nothing_more_and_the_newest_must_arrive() -> None:
+    s = Script()
+    s.open("c1", "dan")
+    a = s.ingest("1", ["dan", "eve"], collapse_key="k")
+    b = s.ingest("2", ["dan"], collapse_key="k")  # sent after a was accepted: newer, replaces a for dan only
+    s.recv("c1", "dan", b, seq=2)
+    s.status(a, "dan", "replaced", seq=1)
+    s.sweep("dan", [(b, 2)])
+    s.sweep("eve", [(a, 1)])
+    v = check(s.history)
+    assert v.valid and v.ok, v.report()
+    assert v.stats["replaced"] == 1
+    # Without the newer one in the final sweep (nor acknowledged), it is lost: the newer one must arrive.
+    s.sweep("dan", [])
+    assert set(check(s.history).lost) == {(b, "dan")}
+
+
+def test_a_replaced_delivery_listed_after_the_newer_one_was_accepted_is_reported() -> None:
+    s = Script()
+    a = s.ingest("1", ["dan"], collapse_key="k")
+    b = s.ingest("2", ["dan"], collapse_key="k")
+    s.sweep("dan", [(a, 1), (b, 2)])
+    v = check(s.history)
+    assert v.valid and not v.ok
+    assert set(v.relisted) == {(a, "dan")}
+    assert "REPLACED BUT LISTED (1)" in v.report()
+
+
+def test_the_older_one_replacing_the_newer_is_caught() -> None:
+    s = Script()
+    a = s.ingest("1", ["dan"], collapse_key="k")
+    b = s.ingest("2", ["dan"], collapse_key="k")
+    s.status(b, "dan", "replaced", seq=2)  # the wrong way round: b is newer
+    s.sweep("dan", [(a, 1)])
+    v = check(s.history)
+    assert set(v.lost) == {(b, "dan")} and set(v.relisted) == {(a, "dan")}
+
+
+def test_replacement_needs_the_same_key_and_user() -> None:
+    s = Script()
+    a = s.ingest("1", ["dan"], collapse_key="k")
+    s.ingest("2", ["dan"], collapse_key="j")
+    s.ingest("3", ["eve"], collapse_key="k")
+    c = s.ingest("4", ["dan"])
+    s.status(a, "dan", "replaced", seq=1)
+    s.sweep("dan", [(c, 4)])
+    v = check(s.history)
+    assert (a, "dan") in v.lost and "no notification with its collapse key" in v.lost[(a, "dan")]
+
+
+def test_overlapping_senders_are_ordered_by_the_seqs_seen() -> None:
+    s = Script()
+    a, b = s.overlapping(["1", "2"], "dan", "k")
+    s.status(b, "dan", "replaced", seq=1)
+    s.sweep("dan", [(a, 2)])
+    v = check(s.history)
+    assert v.valid and v.ok, v.report()
+    # Both missing: at least the newest must be there.
+    t = Script()
+    a, b = t.overlapping(["1", "2"], "dan", "k")
+    t.status(b, "dan", "replaced", seq=1)
+    t.status(a, "dan", "pending", seq=2)
+    t.sweep("dan", [])
+    assert set(check(t.history).lost) == {(a, "dan")}
+    # Seqs order overlapping senders: the one with the lower seq listed after both were accepted is caught.
+    u = Script()
+    a, b = u.overlapping(["1", "2"], "dan", "k")
+    u.sweep("dan", [(a, 1), (b, 2)])
+    assert set(check(u.history).relisted) == {(a, "dan")}

@@ -10,7 +10,7 @@ from typing import Any
 from conformance.history import Op
 
 Key = tuple[str, str]
-TERMINAL = ("delivered", "dead", "expired")
+TERMINAL = ("delivered", "dead", "expired", "replaced")
 
 
 def percentile(samples: list[float], pct: float) -> float:
@@ -36,6 +36,7 @@ class Ingest:
     node: str
     invoke_ns: int
     ttl: bool = False
+    collapse_key: str | None = None
     outcome: str = "pending"
     complete_ns: int | None = None
     id: str | None = None
@@ -158,6 +159,7 @@ class Timeline:
             node=val.get("node", "?"),
             invoke_ns=inv.time_ns,
             ttl=bool(val.get("ttl")),
+            collapse_key=val.get("collapse_key"),
         )
         if done is not None:
             ing.outcome, ing.complete_ns = done.type, done.time_ns

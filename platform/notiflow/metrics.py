@@ -91,6 +91,10 @@ INGEST_SECONDS = Histogram(
 SOCKETS = Gauge("notiflow_websockets", "Open WebSockets on this node", registry=REGISTRY)
 USERS = Gauge("notiflow_connected_users", "Distinct users with at least one socket on this node", registry=REGISTRY)
 FRAMES = Counter("notiflow_ws_frames_sent_total", "Notification frames written to sockets", registry=REGISTRY)
+REPLACED = Counter(
+    "notiflow_deliveries_replaced_total",
+    "Deliveries replaced by a newer notification with the same collapse key for the same user", registry=REGISTRY,
+)
 ACKS = Counter(
     "notiflow_acks_total", "Deliveries acknowledged, by where the ack came from (socket, http)", ["via"],
     registry=REGISTRY,

@@ -14,6 +14,8 @@ import orjson
 
 USER_ID_MAX = 255
 EVENT_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+#: A collapse key's length, characters (docs/contract.md "Collapse keys").
+COLLAPSE_KEY_MAX = 128
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: Joins user ids into one text (stream entries, SQL parameters): a control character, never in a user id.
 USER_SEP = "\x1f"
@@ -48,6 +50,10 @@ class DeliveryStatus(StrEnum):
     DELIVERED = "delivered"
     DEAD = "dead"
     EXPIRED = "expired"
+    #: A newer notification with the same collapse key for the same user took its place while it was
+    #: unacknowledged (docs/contract.md "Collapse keys"). Terminal: never listed, pushed, retried or
+    #: dead-lettered again.
+    REPLACED = "replaced"
 
 
 #: Socket-channel states in which a delivery is in the user's offline queue: not acknowledged, not expired.
@@ -72,10 +78,13 @@ class ReceiptKind(StrEnum):
     DELIVERED = "delivered"
     DEAD = "dead"
     EXPIRED = "expired"
+    #: Replaced by a newer notification with its collapse key (migration 011).
+    REPLACED = "replaced"
 
     @property
     def event_type(self) -> str:
-        """The event's ``type``: ``delivery.delivered``, ``delivery.dead``, ``delivery.expired``."""
+        """The event's ``type``: ``delivery.delivered``, ``delivery.dead``, ``delivery.expired``,
+        ``delivery.replaced``."""
         return f"delivery.{self.value}"
 
 
@@ -103,6 +112,8 @@ class NewNotification:
     #: Whose key it is (the API key that sent it, see credentials.Principal); '' with auth off.
     idempotency_scope: str = ""
     request_hash: str | None = None
+    #: Replaces this user's older unacknowledged notification with the same key (docs/contract.md).
+    collapse_key: str | None = None
     # Set by the commit: the creation time stored, and each recipient's seq (in user_ids order).
     created_at: datetime | None = None
     seqs: list[int] | None = None
@@ -177,6 +188,7 @@ class DeliveryWork:
     webhook_url: str | None
     socket_not_due: bool = False
     webhook_not_due: bool = False
+    collapse_key: str | None = None
 
     @property
     def key(self) -> tuple[uuid.UUID, str]:
@@ -184,13 +196,16 @@ class DeliveryWork:
 
     def template(self) -> FrameTemplate:
         """The SPEC §3 server-to-client frame of this notification, without its seq."""
-        return frame_template(self.notification_id, self.event, self.payload_json, self.created_at)
+        return frame_template(self.notification_id, self.event, self.payload_json, self.created_at, self.collapse_key)
 
     def webhook_body(self) -> bytes:
         """The downstream's JSON body: the notification for this one recipient."""
-        head = orjson.dumps(
-            {"id": str(self.notification_id), "user_id": self.user_id, "seq": self.seq, "event": self.event}
-        )[:-1].decode()
+        fields: dict[str, object] = {
+            "id": str(self.notification_id), "user_id": self.user_id, "seq": self.seq, "event": self.event,
+        }
+        if self.collapse_key is not None:
+            fields["collapse_key"] = self.collapse_key
+        head = orjson.dumps(fields)[:-1].decode()
         created = orjson.dumps(self.created_at).decode()
         return f'{head},"payload":{_compact(self.payload_json)},"created_at":{created}}}'.encode()
 
@@ -207,18 +222,26 @@ class FrameTemplate:
         return f"{self.head}{seq}{self.tail}"
 
 
-def frame_template(nid: uuid.UUID, event: str, payload_json: str, created_at: datetime) -> FrameTemplate:
-    """The template of ``{"type": "notification", "id", "seq", "event", "payload", "created_at"}``; the
-    payload is spliced in as stored, never decoded and re-encoded on the hot path."""
+def frame_template(
+    nid: uuid.UUID, event: str, payload_json: str, created_at: datetime, collapse_key: str | None = None
+) -> FrameTemplate:
+    """The template of ``{"type": "notification", "id", "seq", "event", ["collapse_key",] "payload",
+    "created_at"}`` (``collapse_key`` only when the notification has one); the payload is spliced in as
+    stored, never decoded and re-encoded on the hot path. ``created_at`` stays last (frame_created_at)."""
     head = f'{{"type":"notification","id":"{nid}","seq":'
     event_json = orjson.dumps(event).decode()
+    key = "" if collapse_key is None else f',"collapse_key":{orjson.dumps(collapse_key).decode()}'
     created = orjson.dumps(created_at).decode()
-    return FrameTemplate(head, f',"event":{event_json},"payload":{_compact(payload_json)},"created_at":{created}}}')
+    return FrameTemplate(
+        head, f',"event":{event_json}{key},"payload":{_compact(payload_json)},"created_at":{created}}}'
+    )
 
 
-def notification_frame(nid: uuid.UUID, seq: int, event: str, payload_json: str, created_at: datetime) -> str:
+def notification_frame(
+    nid: uuid.UUID, seq: int, event: str, payload_json: str, created_at: datetime, collapse_key: str | None = None
+) -> str:
     """One recipient's frame (see frame_template)."""
-    return frame_template(nid, event, payload_json, created_at).frame(seq)
+    return frame_template(nid, event, payload_json, created_at, collapse_key).frame(seq)
 
 
 _CREATED = '"created_at":"'

@@ -7,6 +7,10 @@ export interface Notification {
   event: string;
   payload: Record<string, unknown>;
   created_at: string;
+  /** The notification's collapse key, when it has one: the newest of a key replaces the older ones. */
+  collapse_key?: string;
+  /** The id of the notification of the same key the listener got before: show this one in its place. */
+  replaces?: string;
 }
 
 /** A JWT or API key, or a function returning a fresh one (called again after a 401 / close 4401). */
@@ -61,6 +65,7 @@ export declare class NotiflowClient {
   readonly urls: string[];
   readonly userId: string;
   readonly tracker: SeenTracker;
+  readonly collapser: Collapser;
   /** Connections that reached live mode so far. */
   readonly connects: number;
   /** The gateway the socket is open to, or null. */
@@ -84,6 +89,15 @@ export declare class SeenTracker {
   seen(id: string, seq: number): boolean;
   add(id: string, seq: number): void;
   raiseTo(seq: number): void;
+}
+
+/** Per collapse key, the newest seq received and the id last handed to the listener (docs/clients.md). */
+export declare class Collapser {
+  constructor(window?: number);
+  readonly window: number;
+  stale(item: Notification): boolean;
+  received(item: Notification): void;
+  taking(item: Notification): void;
 }
 
 export declare function backoffMs(attempt: number, baseMs: number, capMs: number, random?: () => number): number;
@@ -121,6 +135,8 @@ export interface Accepted {
 export interface SendOptions {
   ttlSeconds?: number;
   webhookUrl?: string;
+  /** 1-128 printable characters: replaces the user's older unacknowledged notification with the same key. */
+  collapseKey?: string;
   /** Default: a random UUID per notification, kept across its retries. */
   idempotencyKey?: string;
 }

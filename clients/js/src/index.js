@@ -17,9 +17,10 @@
 //   as an "error" event and skipped, never thrown into the socket's handler; in a browser, the `online`
 //   event ends a reconnect backoff at once.
 
+import { Collapser } from "./collapse.js";
 import { NotiflowError, backoffMs, timeoutSignal } from "./common.js";
 
-export { NotiflowError, backoffMs };
+export { Collapser, NotiflowError, backoffMs };
 export {
   IdempotencyKeyReused, InvalidNotification, NotAllowed, OutcomeUnknown, Producer, RequestRejected, Unavailable,
   notification,
@@ -184,6 +185,7 @@ export class NotiflowClient {
     if (!userId) throw new TypeError("userId is required");
     this.userId = userId;
     this.tracker = new SeenTracker(afterSeq, window);
+    this.collapser = new Collapser(window);
     this.connects = 0;
     this._token = token;
     this._current = typeof token === "string" ? token : null;
@@ -367,8 +369,10 @@ export class NotiflowClient {
         if (frame instanceof NotiflowError) {
           this._emitEvent("error", frame); // reported and skipped: the socket and the client go on
         } else if (frame.type === "notification") {
-          const { id, seq, event, payload, created_at } = frame;
-          this._onLive(link, { id, seq, event, payload, created_at });
+          const { id, seq, event, collapse_key, payload, created_at } = frame;
+          const item = { id, seq, event, payload, created_at };
+          if (collapse_key != null) item.collapse_key = collapse_key;
+          this._onLive(link, item);
         } else if (frame.type === "pong" && !link.ready) {
           link.ready = true;
           clearTimeout(openTimer);
@@ -461,6 +465,11 @@ export class NotiflowClient {
       return;
     }
     this.tracker.add(item.id, item.seq);
+    if (this.collapser.stale(item)) { // a newer one of its key was received: replaced (collapse.js)
+      this._ack(item.id);
+      return;
+    }
+    this.collapser.received(item);
     this._untaken.add(item.id);
     this._queue.push(item);
     if (!this._pumpActive) this._pumping = this._pump();
@@ -474,6 +483,11 @@ export class NotiflowClient {
       while (this._queue.length && !this._stopped) {
         const n = this._queue.shift();
         this._untaken.delete(n.id);
+        if (this.collapser.stale(n)) { // a newer one of its key came while this one waited: that one is next
+          this._ack(n.id);
+          continue;
+        }
+        this.collapser.taking(n);
         let ok = true;
         for (const fn of [...(this._listeners.get("notification") ?? [])]) {
           try {

@@ -53,11 +53,12 @@ function rejected(status, error) {
 }
 
 /** One notification as sendMany takes it (the body of POST /notifications, plus its key). */
-export function notification(userIds, event, payload = {}, { ttlSeconds, webhookUrl, idempotencyKey } = {}) {
+export function notification(userIds, event, payload = {}, { ttlSeconds, webhookUrl, idempotencyKey, collapseKey } = {}) {
   const body = typeof userIds === "string" ? { user_id: userIds } : { user_ids: [...userIds] };
   Object.assign(body, { event, payload });
   if (ttlSeconds !== undefined) body.ttl_seconds = ttlSeconds;
   if (webhookUrl !== undefined) body.webhook_url = webhookUrl;
+  if (collapseKey !== undefined) body.collapse_key = collapseKey;
   if (idempotencyKey !== undefined) body.idempotency_key = idempotencyKey;
   return body;
 }
@@ -91,8 +92,8 @@ export class Producer {
   }
 
   /** Send one notification; its 202 answer {id, status, recipients}. */
-  async send(userIds, event, payload = {}, { ttlSeconds, webhookUrl, idempotencyKey } = {}) {
-    const body = notification(userIds, event, payload, { ttlSeconds, webhookUrl });
+  async send(userIds, event, payload = {}, { ttlSeconds, webhookUrl, idempotencyKey, collapseKey } = {}) {
+    const body = notification(userIds, event, payload, { ttlSeconds, webhookUrl, collapseKey });
     const answer = await this._post("/notifications", body, idempotencyKey ?? newKey());
     return { id: answer.id, status: answer.status, recipients: answer.recipients };
   }

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { NotiflowClient, SeenTracker, backoffMs } from "../src/index.js";
+import { Collapser, NotiflowClient, Producer, SeenTracker, backoffMs } from "../src/index.js";
 import { notify, offlineIds, startStack, uniqueUser, waitFor } from "./stack.js";
 
 let stack;
@@ -35,6 +35,55 @@ test("tracker: the watermark waits at a gap and memory is bounded", () => {
   for (let seq = 10; seq < 100; seq++) t.add(`n${seq}`, seq);
   assert.ok(t._ids.size === 4 && t._above.size <= 4);
   assert.ok(backoffMs(3, 100, 500, () => 0.999) < 500 && backoffMs(0, 100, 500, () => 0.5) === 50);
+});
+
+test("collapse keys: an older one of a key is dropped and acknowledged, `replaces` names the one before", async () => {
+  const c = new NotiflowClient({ urls: ["http://127.0.0.1:9"], userId: "ck", fetch: async () => new Response("{}") });
+  const got = [];
+  c.on("notification", (n) => { got.push(n); });
+  c._stopped = false; // as if started: the pump hands frames to the listener
+  const n = (id, seq, key) => (key ? { id, seq, collapse_key: key } : { id, seq });
+  // All buffered before the listener runs: "a" waits in the buffer while the newer "b" of its key arrives.
+  c._pumpActive = true; // hold the pump
+  c._emit(n("a", 1, "k"));
+  c._emit(n("p", 2));
+  c._emit(n("b", 3, "k"));
+  c._emit(n("late", 5, "j"));
+  c._emit(n("older", 4, "j")); // arrives after the newer one of its key: dropped at once
+  assert.deepEqual(c._queue.map((x) => x.id), ["a", "p", "b", "late"]);
+  c._pumpActive = false;
+  c._pumping = c._pump();
+  await waitFor(() => got.length === 3, { message: "the first ones taken" });
+  assert.deepEqual(got.map((x) => x.id), ["p", "b", "late"]);
+  assert.ok(!("replaces" in got[1]) && !("collapse_key" in got[0]));
+  c._emit(n("c", 6, "k")); // live, after "b" was taken: it replaces "b"
+  await waitFor(() => got.length === 4, { message: "the newer one taken" });
+  assert.deepEqual([got[3].id, got[3].replaces], ["c", "b"]);
+  assert.ok(c._acks.includes("older") && c._acks.includes("a"));
+  c._stopped = true;
+  clearTimeout(c._ackTimer);
+  const lru = new Collapser(2);
+  for (let i = 0; i < 4; i++) lru.received(n(`x${i}`, i + 1, `k${i}`));
+  assert.ok(!lru.stale(n("y", 0, "k0")) && lru.stale(n("y", 0, "k3")));
+});
+
+test("collapse keys against the stack: the queue holds the newest, a live one names what it replaces", { timeout: 60000 }, async () => {
+  const [gw] = stack.urls;
+  const user = uniqueUser("js-collapse");
+  await notify(gw, user, { n: 1 }, { collapse_key: "badge" });
+  const second = await notify(gw, user, { n: 2 }, { collapse_key: "badge" });
+  const got = [];
+  const c = client({ urls: [gw], userId: user });
+  c.on("notification", (x) => { got.push(x); });
+  await c.start();
+  await waitFor(() => got.length === 1, { message: "the newest taken" });
+  assert.equal(got[0].id, second);
+  assert.equal(got[0].collapse_key, "badge");
+  const producer = new Producer({ urls: [gw] }); // the producer sends keys too
+  const third = (await producer.send(user, "test.event", { n: 3 }, { collapseKey: "badge" })).id;
+  await waitFor(() => got.length === 2, { message: "the live one taken" });
+  assert.deepEqual([got[1].id, got[1].replaces, got[1].collapse_key], [third, second, "badge"]);
+  await waitFor(async () => (await offlineIds(gw, user)).length === 0, { message: "all acknowledged" });
 });
 
 test("HTTP ack flushes that overlap each send their own ids: none is dropped", { timeout: 10000 }, async () => {

@@ -55,11 +55,11 @@ export async function startStack({ gateways = 2, timeoutMs = 120000 } = {}) {
 }
 
 /** POST one notification; its id. */
-export async function notify(base, userId, payload = {}) {
+export async function notify(base, userId, payload = {}, extra = {}) {
   const resp = await fetch(`${base}/notifications`, {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ user_id: userId, event: "test.event", payload }),
+    body: JSON.stringify({ user_id: userId, event: "test.event", payload, ...extra }),
   });
   if (resp.status !== 202) throw new Error(`POST /notifications answered ${resp.status}: ${await resp.text()}`);
   return (await resp.json()).id;

@@ -34,6 +34,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from notiflow.backoff import compute_backoff_ms
 from notiflow.client.api import Api, Link
 from notiflow.client.auth import Auth
+from notiflow.client.collapse import Collapser
 from notiflow.client.tracker import SeenTracker
 from notiflow.client.types import AuthFailed, ClientError, ClientGaveUp, Notification, TakenHook, Token, Unavailable
 from notiflow.gateway.protocol import MAX_ACK_IDS, CloseCode
@@ -44,6 +45,7 @@ _GIVE_UP: dict[int, str] = {
     CloseCode.BAD_USER_ID: "invalid user id", 4403: "not this user's token", 1009: "frame too large",
 }
 _PING = orjson.dumps({"type": "ping"}).decode()
+_FRAME_FIELDS = ("id", "seq", "event", "collapse_key", "payload", "created_at")
 
 
 class NotiflowClient:
@@ -81,6 +83,7 @@ class NotiflowClient:
             raise ValueError("give at least one gateway URL")
         self.user_id = user_id
         self.tracker = SeenTracker(after_seq, window=window)
+        self.collapser = Collapser(window)
         self._ack_up_to = after_seq  # taken before a restart, maybe never acknowledged
         self._stable = False
         self._auth = Auth(token)
@@ -137,6 +140,17 @@ class NotiflowClient:
 
     async def __anext__(self) -> Notification:
         self._took_previous()
+        while True:
+            item = await self._next()
+            if not self.collapser.stale(item):  # a newer one of its key came meanwhile: that one is next
+                break
+            self._untaken.discard(item["id"])
+            self._ack(item["id"])
+        self.collapser.taking(item)
+        self._last_taken = item
+        return item
+
+    async def _next(self) -> Notification:
         if self._queue.empty():
             assert self._runner is not None, "use the client inside `async with`"
             getter = asyncio.ensure_future(self._queue.get())
@@ -152,7 +166,6 @@ class NotiflowClient:
         else:
             item = self._queue.get_nowait()
         self._untaken.discard(item["id"])
-        self._last_taken = item
         return item
 
     def _took_previous(self) -> None:
@@ -250,7 +263,7 @@ class NotiflowClient:
             frame = orjson.loads(raw)
             kind = frame.get("type")
             if kind == "notification":
-                item: Notification = {k: frame[k] for k in ("id", "seq", "event", "payload", "created_at")}  # type: ignore[assignment]
+                item: Notification = {k: frame[k] for k in _FRAME_FIELDS if k in frame}  # type: ignore[assignment]
                 if link.held is None:
                     await self._emit(item)
                 elif len(link.held) < self._queue.maxsize:
@@ -300,6 +313,10 @@ class NotiflowClient:
                 self._ack(item["id"])  # taken before: its first ack may have died with a socket
             return
         self.tracker.add(item["id"], item["seq"])
+        if self.collapser.stale(item):  # a newer one of its key was received: replaced (client/collapse.py)
+            self._ack(item["id"])
+            return
+        self.collapser.received(item)
         self._untaken.add(item["id"])
         await self._queue.put(item)
 

@@ -102,6 +102,7 @@ def _retry_after_s(resp: httpx.Response) -> float:
 def notification(
     user_ids: str | Sequence[str], event: str, payload: Mapping[str, Any] | None = None, *,
     ttl_seconds: int | None = None, webhook_url: str | None = None, idempotency_key: str | None = None,
+    collapse_key: str | None = None,
 ) -> dict[str, Any]:
     """One notification as ``send_many`` takes it (the body of POST /notifications, plus its key)."""
     body: dict[str, Any] = {"user_id": user_ids} if isinstance(user_ids, str) else {"user_ids": list(user_ids)}
@@ -110,6 +111,8 @@ def notification(
         body["ttl_seconds"] = ttl_seconds
     if webhook_url is not None:
         body["webhook_url"] = webhook_url
+    if collapse_key is not None:
+        body["collapse_key"] = collapse_key
     if idempotency_key is not None:
         body["idempotency_key"] = idempotency_key
     return body
@@ -148,10 +151,13 @@ class Producer:
     async def send(
         self, user_ids: str | Sequence[str], event: str, payload: Mapping[str, Any] | None = None, *,
         ttl_seconds: int | None = None, webhook_url: str | None = None, idempotency_key: str | None = None,
+        collapse_key: str | None = None,
     ) -> Accepted:
         """Send one notification; its 202 answer. Raises ``RequestRejected`` (a 4xx), ``OutcomeUnknown``
         (retries ran out and it may exist) or ``Unavailable`` (retries ran out and it does not)."""
-        body = notification(user_ids, event, payload, ttl_seconds=ttl_seconds, webhook_url=webhook_url)
+        body = notification(
+            user_ids, event, payload, ttl_seconds=ttl_seconds, webhook_url=webhook_url, collapse_key=collapse_key
+        )
         key = idempotency_key or new_key()
         answer = await self._post("/notifications", body, key)
         return Accepted(id=answer["id"], status=answer["status"], recipients=answer["recipients"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from notiflow.errors import NotiflowError, PermanentError, TransientError
 
@@ -16,6 +16,10 @@ class Notification(TypedDict):
     event: str
     payload: dict[str, Any]
     created_at: str
+    #: The notification's collapse key, when it has one (client/collapse.py).
+    collapse_key: NotRequired[str]
+    #: The id of the notification of the same key this client handed over before: show this one in its place.
+    replaces: NotRequired[str]
 
 
 Token = str | Callable[[], Awaitable[str]] | None

@@ -127,7 +127,8 @@ def _notification(svc: Services, raw: Any, key: str | None, who: Principal) -> N
         status_url=body.status_url,
         idempotency_key=key,
         idempotency_scope=who.idempotency_scope,
-        request_hash=request_hash(body.model_dump()) if key else None,
+        request_hash=request_hash(body.hashed()) if key else None,
+        collapse_key=body.collapse_key,
     )
     svc.ingest.check(item)
     return item

@@ -205,7 +205,8 @@ def _websocket_description() -> str:
         "HTTP API of a notiflow gateway (SPEC §2). Errors are JSON: "
         '`{"error": {"code", "message", "details"}}`.\n\n'
         "**WebSocket** `/ws/{user_id}` (not listed below, OpenAPI has no words for it): the server sends "
-        '`{"type": "notification", "id", "seq", "event", "payload", "created_at"}`; the client sends '
+        '`{"type": "notification", "id", "seq", "event", "payload", "created_at"}` (and `"collapse_key"` when '
+        "the notification has one: the client keeps the newest per key); the client sends "
         '`{"type": "ack", "ids": [...]}` and `{"type": "ping"}` (answered `{"type": "pong"}`). '
         "Whatever the close, what the client did not acknowledge stays in its offline queue.\n\n"
         f"| close code | meaning | reconnect |\n| --- | --- | --- |\n{rows}\n"

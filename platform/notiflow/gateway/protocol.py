@@ -1,6 +1,7 @@
 """The WebSocket protocol: frames and close codes, documented in this one place.
 
-Server to client: ``{"type": "notification", "id", "seq", "event", "payload", "created_at"}``,
+Server to client: ``{"type": "notification", "id", "seq", "event", "payload", "created_at"}`` (with
+``"collapse_key"`` after ``event`` when the notification has one: the newest per key replaces the older ones),
 ``{"type": "pong"}``, ``{"type": "acked", "ref"}`` once the commit of an ack frame that carried ``ref`` is
 durable, and ``{"type": "error", "code", "message"}`` (the socket stays open): ``bad_frame`` for a frame that
 does not follow this protocol (a binary frame, bad JSON, an ack naming more than ``WS_MAX_ACK_IDS`` ids or with

@@ -38,6 +38,7 @@ class OfflineItem(BaseModel):
     id: uuid.UUID
     seq: int
     event: str
+    collapse_key: str | None = None  # present only when the notification has one
     payload: dict[str, Any]
     created_at: datetime
 

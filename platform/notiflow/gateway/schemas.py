@@ -9,7 +9,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from notiflow.errors import ApiError
-from notiflow.models import EVENT_RE, user_id_problem
+from notiflow.models import COLLAPSE_KEY_MAX, EVENT_RE, user_id_problem
 
 MAX_RECIPIENTS = 10_000
 MAX_BATCH = 1_000  # notifications per POST /notifications/batch
@@ -48,6 +48,10 @@ def payload_problem(payload: Any) -> str | None:
     return None
 
 
+#: Optional fields added after idempotency hashes were first stored: left out of the hash when not given.
+_LATER_FIELDS = ("status_url", "collapse_key")
+
+
 class NotificationIn(BaseModel):
     """POST /notifications."""
 
@@ -60,6 +64,22 @@ class NotificationIn(BaseModel):
     ttl_seconds: int | None = Field(None, ge=1, le=MAX_TTL_S)
     webhook_url: str | None = Field(None, min_length=1, max_length=2048)
     status_url: str | None = Field(None, min_length=1, max_length=2048)
+    collapse_key: str | None = Field(None, min_length=1, max_length=COLLAPSE_KEY_MAX)
+
+    @field_validator("collapse_key")
+    @classmethod
+    def _printable(cls, key: str | None) -> str | None:
+        # Frames travel between nodes in tab- and newline-separated batches (streams/pubsub.py), and a key is
+        # shown to people: printable characters only (no control, format or separator characters but space).
+        if key is not None and not key.isprintable():
+            raise ValueError("collapse_key must be printable characters (no control or invisible characters)")
+        return key
+
+    def hashed(self) -> dict[str, Any]:
+        """What the idempotency check hashes: the body, without the later optional fields it did not give
+        (a body hashes as it did before those fields existed, so a retry across an upgrade is no conflict)."""
+        unset = {name for name in _LATER_FIELDS if getattr(self, name) is None}
+        return self.model_dump(exclude=unset or None)
 
     @field_validator("payload")
     @classmethod

@@ -157,8 +157,9 @@ class Stream:
         after = self.after_seq
         while True:
             page = await self._svc.queries.offline(self.user_id, after, REPLAY_PAGE)
-            rows = [{"id": str(r["id"]), "seq": r["seq"], "event": r["event"], "payload": r["payload"],
-                     "created_at": r["created_at"]} for r in page["notifications"]]
+            rows = [{"id": str(r["id"]), "seq": r["seq"], "event": r["event"],
+                     **({"collapse_key": r["collapse_key"]} if "collapse_key" in r else {}),
+                     "payload": r["payload"], "created_at": r["created_at"]} for r in page["notifications"]]
             if rows:
                 yield self._events(rows, replayed=True)
             if page["next_after_seq"] is None:

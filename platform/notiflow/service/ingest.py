@@ -17,6 +17,7 @@ from notiflow.lifecycle import Deadline
 from notiflow.models import Carried, Channel, NewNotification, StreamEntry
 from notiflow.roles import GatewaySettings
 from notiflow.service.ports import Record, WorkLog
+from notiflow.store import collapse
 from notiflow.store import ingest as sql
 from notiflow.store.pool import pg_errors, pg_write_errors
 from notiflow.webhook import check_webhook_url
@@ -38,10 +39,15 @@ def request_hash(body: dict[str, Any]) -> str:
 def stream_entries(items: list[NewNotification], chunk: int) -> list[StreamEntry]:
     """Each notification's recipients in chunks: one entry per chunk and channel. A socket entry carries
     the frame (payloads up to CARRY_PAYLOAD_MAX), so that its first processing reads nothing from
-    PostgreSQL; larger payloads are loaded by the worker rather than copied into Redis per chunk."""
+    PostgreSQL; larger payloads are loaded by the worker rather than copied into Redis per chunk. A notification
+    with a collapse key is never carried: a newer one may replace it before its entry is processed, and only
+    its row says so (the worker loads it and skips a replaced delivery)."""
     out: list[StreamEntry] = []
     for item in items:
-        carry = item.seqs is not None and item.created_at is not None and len(item.payload_json) <= CARRY_PAYLOAD_MAX
+        carry = (
+            item.seqs is not None and item.created_at is not None and len(item.payload_json) <= CARRY_PAYLOAD_MAX
+            and item.collapse_key is None
+        )
         expires_ms = None
         if carry and item.ttl_seconds is not None and item.created_at is not None:
             expires_ms = int(item.created_at.timestamp() * 1000) + item.ttl_seconds * 1000
@@ -189,11 +195,14 @@ class IngestService:
         # A failure to get a connection stored nothing (503 unavailable); one after the statements were sent
         # has an unknown outcome (503 outcome_unknown): the reply may be all that was lost.
         async with pg_errors("ingest"), self._pool.acquire() as conn, pg_write_errors("ingest"):
-            if keyed:
+            if keyed or any(i.collapse_key is not None for i in items):
                 async with conn.transaction():
                     claim = await sql.claim_idempotency_keys(conn, keyed, self._s.idempotency_window_s)
                     fresh = [i for i in items if self._is_fresh(i, primary, claim)]
                     await sql.insert_notifications(conn, fresh, self._s.retention_days * 86400)
+                    # In the insert's transaction, after it (store/collapse.py says why not inside it).
+                    replaced = await collapse.apply_collapse(conn, collapse.keyed_rows(fresh))
+                metrics.REPLACED.inc(replaced)
             else:
                 # One statement is its own transaction: no BEGIN/COMMIT round trips around it.
                 claim = sql.KeyClaim(set(), {})

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 def _payload(row: dict[str, Any]) -> dict[str, Any]:
     row["payload"] = orjson.Fragment(row["payload"])  # spliced into the response as stored
+    if "collapse_key" in row and row["collapse_key"] is None:
+        del row["collapse_key"]  # listed only for a notification that has one, as in its frame
     return row
 
 

@@ -125,7 +125,9 @@ class SessionService:
         """Push one page of rows (ordered by user, then seq); the cursors of the users whose page was full."""
         taken: dict[str, int] = {}
         for r in rows:
-            frame = notification_frame(r["id"], r["seq"], r["event"], r["payload"], r["created_at"])
+            frame = notification_frame(
+                r["id"], r["seq"], r["event"], r["payload"], r["created_at"], r.get("collapse_key")
+            )
             self._sockets.push(r["user_id"], frame)
             taken[r["user_id"]] = taken.get(r["user_id"], 0) + 1
         full = {u for u, n in taken.items() if n >= RESYNC_PAGE_PER_USER}

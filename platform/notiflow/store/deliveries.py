@@ -11,7 +11,7 @@ from notiflow.store.receipts import outbox_insert
 
 _LOAD_WORK = """
 SELECT d.notification_id, d.user_id, d.seq, d.status, d.webhook_status, d.attempts, d.webhook_attempts,
-       n.event, n.payload::text AS payload, n.created_at, n.webhook_url,
+       d.collapse_key, n.event, n.payload::text AS payload, n.created_at, n.webhook_url,
        (n.expires_at IS NOT NULL AND n.expires_at <= now()) AS expired,
        -- A retry that is not due yet came from a duplicate entry (a reclaim after a crash between
        -- recording and acknowledging): it must wait for its scheduled time, not jump the backoff.
@@ -71,8 +71,13 @@ WITH o AS (
     SELECT nid, uid, channel, attempt, outcome, error, $12::text, started_at, finished_at, notiflow_era(nid) FROM o
     RETURNING id
 ), dead AS (
+    -- Only for a delivery whose state this batch moved to dead: one that left the work states meanwhile
+    -- (acknowledged, replaced by a newer notification with its collapse key) gets no DLQ row.
     INSERT INTO dlq AS q (notification_id, user_id, channel, reason, last_error, attempts)
-    SELECT nid, uid, channel, dlq_reason, error, attempt FROM o WHERE dlq_reason IS NOT NULL
+    SELECT nid, uid, channel, dlq_reason, error, attempt FROM o
+    WHERE dlq_reason IS NOT NULL AND (
+        (channel = 'socket' AND (nid, uid) IN (SELECT notification_id, user_id FROM sock))
+        OR (channel = 'webhook' AND (nid, uid) IN (SELECT notification_id, user_id FROM hook)))
     ON CONFLICT (notification_id, user_id, channel) DO UPDATE
         SET reason = EXCLUDED.reason, last_error = EXCLUDED.last_error, attempts = EXCLUDED.attempts,
             failed_at = now(), replayed_at = NULL
@@ -152,6 +157,7 @@ async def load_work(conn: Any, keys: Iterable[tuple[uuid.UUID, str]]) -> dict[tu
             socket_not_due=r["socket_not_due"],
             webhook_not_due=r["webhook_not_due"],
             webhook_url=r["webhook_url"],
+            collapse_key=r["collapse_key"],
         )
         out[work.key] = work
     return out

@@ -45,7 +45,8 @@ WITH n AS (
     FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[], $6::int[], $11::text[])
         AS t(id, event, payload, hook, ttl, cnt, status)
 ), d AS (
-    SELECT nid, uid, hook, ord FROM unnest($7::uuid[], $8::text[], $9::text[]) WITH ORDINALITY AS t(nid, uid, hook, ord)
+    SELECT nid, uid, hook, {key_column} ord
+    FROM unnest($7::uuid[], $8::text[], $9::text[]{key_array}) WITH ORDINALITY AS t(nid, uid, hook, {key_column} ord)
 ), per_user AS (
     SELECT uid, count(*) AS cnt FROM d GROUP BY uid
 ), bump AS (
@@ -55,15 +56,21 @@ WITH n AS (
     RETURNING user_id, last_seq
 ), ins AS (
     -- receipt: true for the notifications of $12 (those with a status_url, usually none), else NULL (012).
-    INSERT INTO deliveries (notification_id, user_id, seq, webhook_status, era, receipt)
+    INSERT INTO deliveries (notification_id, user_id, seq, webhook_status, era, receipt{key_insert})
     SELECT d.nid, d.uid, b.last_seq - p.cnt + row_number() OVER (PARTITION BY d.uid ORDER BY d.ord), d.hook,
-           notiflow_era(d.nid), CASE WHEN d.nid = ANY($12::uuid[]) THEN true END
+           notiflow_era(d.nid), CASE WHEN d.nid = ANY($12::uuid[]) THEN true END{key_select}
     FROM d JOIN per_user p ON p.uid = d.uid JOIN bump b ON b.user_id = d.uid
 )
 -- Each user's new counter value (and the commit's timestamp, the notifications' created_at): enough for
 -- the caller to know every delivery's seq without reading the rows back.
 SELECT user_id, last_seq, now() AS created_at FROM bump
 """
+# A batch without collapse keys runs the statement as it was before keys existed (no key array to send, no
+# column to fill); one with keys names each delivery's key (NULL for its items without one).
+_INSERT_PLAIN = _INSERT_BATCH.format(key_column="", key_array="", key_insert="", key_select="")
+_INSERT_KEYED = _INSERT_BATCH.format(
+    key_column="ckey,", key_array=", $13::text[]", key_insert=", collapse_key", key_select=", d.ckey"
+)
 
 @dataclass(slots=True)
 class KeyClaim:
@@ -115,14 +122,18 @@ async def insert_notifications(conn: Any, items: list[NewNotification], retentio
     nids: list[uuid.UUID] = []
     uids: list[str] = []
     hooks: list[str | None] = []
+    keyed = any(i.collapse_key is not None for i in items)
+    keys: list[str | None] = []
     for item in items:
         hook = "pending" if item.webhook_url else None
         for user in item.user_ids:
             nids.append(item.id)
             uids.append(user)
             hooks.append(hook)
+        if keyed:
+            keys.extend([item.collapse_key] * len(item.user_ids))
     rows = await conn.fetch(
-        _INSERT_BATCH,
+        _INSERT_KEYED if keyed else _INSERT_PLAIN,
         [i.id for i in items],
         [i.event for i in items],
         [i.payload_json for i in items],
@@ -135,6 +146,7 @@ async def insert_notifications(conn: Any, items: list[NewNotification], retentio
         float(retention_s),
         [i.status_url for i in items],
         [i.id for i in items if i.status_url],
+        *([keys] if keyed else []),
     )
     # The SQL numbers a user's new deliveries last_seq - count + 1 ... last_seq in batch order: so here.
     count: dict[str, int] = {}

@@ -24,7 +24,7 @@ WHERE notification_id = $1 AND user_id = ANY($2::text[]) ORDER BY id
 # Through deliveries_user_seq, the state filtered on the row (no index follows it, migration 006).
 # Expired notifications leave the queue at once, before the sweeper marks them.
 _OFFLINE = f"""
-SELECT d.notification_id AS id, d.seq, n.event, n.payload::text AS payload, n.created_at
+SELECT d.notification_id AS id, d.seq, n.event, d.collapse_key, n.payload::text AS payload, n.created_at
 FROM deliveries d JOIN notifications n ON n.id = d.notification_id
 WHERE d.user_id = $1 AND d.seq > $2 AND d.status IN {_OPEN}
   AND (n.expires_at IS NULL OR n.expires_at > now())
@@ -88,10 +88,10 @@ _ACK_PAIRS = _with_receipts(_ACK_PAIRS_UPDATE)
 # For a gateway resynchronising its sockets after its Pub/Sub subscription was lost: per user, the next page of
 # open deliveries past that user's cursor (keyset by seq, one index range per user on deliveries_user_seq).
 _OPEN_FOR_USERS = f"""
-SELECT u.uid AS user_id, x.id, x.seq, x.event, x.payload, x.created_at
+SELECT u.uid AS user_id, x.id, x.seq, x.event, x.collapse_key, x.payload, x.created_at
 FROM unnest($1::text[], $2::bigint[]) AS u(uid, after_seq)
 CROSS JOIN LATERAL (
-    SELECT d.notification_id AS id, d.seq, n.event, n.payload::text AS payload, n.created_at
+    SELECT d.notification_id AS id, d.seq, n.event, d.collapse_key, n.payload::text AS payload, n.created_at
     FROM deliveries d JOIN notifications n ON n.id = d.notification_id
     WHERE d.user_id = u.uid AND d.seq > u.after_seq AND d.status IN {_OPEN}
       AND (n.expires_at IS NULL OR n.expires_at > now())

@@ -11,7 +11,7 @@ from helpers import wait_for
 from integration_support import Gateways, Workers, notify, offline_ids, users
 from pydantic import SecretStr
 
-from notiflow.client import ClientGaveUp, Notification, NotiflowClient
+from notiflow.client import ClientGaveUp, Notification, NotiflowClient, Producer
 from notiflow.credentials import issue_token
 
 _JWT_SECRET = "client-test-secret-of-at-least-32-bytes"
@@ -127,3 +127,25 @@ async def test_a_fixed_token_that_is_refused_gives_up(gateways: Gateways) -> Non
         async with NotiflowClient([gw.url], "alice", token="wrong") as client:
             await asyncio.wait_for(_take(client, 1), timeout=20)
     assert failure.value.code == 4401
+
+
+async def test_collapse_keys_hand_over_the_newest_and_name_what_it_replaces(
+    gateways: Gateways, workers: Workers, http: httpx.AsyncClient
+) -> None:
+    """docs/clients.md "Collapse keys": the queue holds only the newest of a key; a live one names the one it
+    replaces; one of a key whose newer one is already buffered is dropped, never handed over."""
+    gw = await gateways.start()
+    await workers.stream()
+    (user,) = users(1)
+    await notify(http, gw.url, [user], collapse_key="badge", payload={"n": 1})
+    second = await notify(http, gw.url, [user], collapse_key="badge", payload={"n": 2})
+    plain = await notify(http, gw.url, [user])
+    async with NotiflowClient([gw.url], user) as client:
+        first = await asyncio.wait_for(_take(client, 2), timeout=20)
+        assert [n["id"] for n in first] == [second, plain]
+        assert first[0]["collapse_key"] == "badge" and "replaces" not in first[0] and "collapse_key" not in first[1]
+        async with Producer([gw.url]) as producer:  # the producer sends keys too
+            third = (await producer.send(user, "test.event", {"n": 3}, collapse_key="badge"))["id"]
+        [live] = await asyncio.wait_for(_take(client, 1), timeout=20)
+        assert live["id"] == third and live["replaces"] == second and live["payload"] == {"n": 3}
+    await _drain(http, gw.url, user)

@@ -89,6 +89,23 @@ async def _outbox_drained(plat: Platform, nid: uuid.UUID) -> bool:
     return result
 
 
+async def test_a_replaced_delivery_sends_a_replaced_receipt(platform: PlatformFactory, sink: Sink) -> None:
+    """Collapse keys (migration 011): replaced is terminal, so a notification that asked for receipts hears of it."""
+    plat = await platform()
+    tag, (user,) = "replaced", users(1)
+    older = await plat.notify(user_id=user, collapse_key="score", status_url=sink.url("ok", tag))
+    await plat.notify(user_id=user, collapse_key="score")  # no status_url: it sends nothing itself
+    assert (await plat.delivery(older, user))["status"] == "replaced"
+
+    (event,) = await received(sink, tag, 1)
+    assert event["type"] == "delivery.replaced"
+    assert event["data"] == {
+        "notification_id": str(older), "user_id": user, "seq": (await plat.delivery(older, user))["seq"],
+        "channel": "socket", "status": "replaced",
+    }
+    assert await _outbox_drained(plat, older)
+
+
 async def test_dead_webhook_sends_a_dead_receipt_and_success_a_delivered_one(
     platform: PlatformFactory, sink: Sink
 ) -> None:

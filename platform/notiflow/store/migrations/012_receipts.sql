@@ -25,7 +25,7 @@ CREATE TABLE receipt_outbox (
     next_at          timestamptz NOT NULL DEFAULT now(),
     last_error       text,
     CONSTRAINT receipt_outbox_channel_ok CHECK (channel IN ('socket', 'webhook')),
-    CONSTRAINT receipt_outbox_kind_ok CHECK (kind IN ('delivered', 'dead', 'expired'))
+    CONSTRAINT receipt_outbox_kind_ok CHECK (kind IN ('delivered', 'dead', 'expired', 'replaced'))
 );
 -- The sender's page: due rows, oldest due first.
 CREATE INDEX receipt_outbox_due ON receipt_outbox (next_at, id);
