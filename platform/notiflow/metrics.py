@@ -120,7 +120,8 @@ RETRIES_MOVED = Counter(
 )
 REPAIRS = Counter(
     "notiflow_reconciler_repairs_total",
-    "Work the reconciler put back or closed, by kind (rebuilt, outbox, stuck, expired, keys_forgotten)", ["kind"],
+    "Work the reconciler put back or closed, by kind (rebuilt, outbox, stuck, expired, keys_forgotten, topics)",
+    ["kind"],
     registry=REGISTRY,
 )
 RETENTION_REMOVED = Counter(

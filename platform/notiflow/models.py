@@ -71,6 +71,9 @@ class Channel(StrEnum):
 
     SOCKET = "socket"
     WEBHOOK = "webhook"
+    #: Expand a topic notification into its subscribers' deliveries (service/expansion.py); the entry names the
+    #: topic where the others name users (topic names follow the user-id rule).
+    TOPIC = "topic"
 
 
 @dataclass(slots=True)
@@ -87,6 +90,8 @@ class NewNotification:
     #: Whose key it is (the API key that sent it, see credentials.Principal); '' with auth off.
     idempotency_scope: str = ""
     request_hash: str | None = None
+    #: A topic notification (user_ids empty): its recipients are the topic's subscribers at acceptance.
+    topic: str | None = None
     # Set by the commit: the creation time stored, and each recipient's seq (in user_ids order).
     created_at: datetime | None = None
     seqs: list[int] | None = None

@@ -84,6 +84,7 @@ class WorkerSettings:
     stuck_after_s: float
     outbox_grace_s: float
     fanout_chunk: int
+    topic_page: int
     idempotency_window_s: int
     stats_interval_s: float
     shutdown_grace_s: float

@@ -1,0 +1,218 @@
+"""SQL of topics (migration 010): subscriptions as intervals of ``topic_clock``, and the expansion of a topic
+notification into deliveries, page by page, its progress committed with each page."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from notiflow.models import NewNotification
+
+# A second PUT finds the open interval and changes nothing (the clock value it drew is simply unused).
+_SUBSCRIBE = """
+INSERT INTO topic_subscriptions (topic, user_id, since) VALUES ($1, $2, nextval('topic_clock'))
+ON CONFLICT (topic, user_id) WHERE until IS NULL DO NOTHING
+"""
+_UNSUBSCRIBE = """
+UPDATE topic_subscriptions SET until = nextval('topic_clock'), ended_at = now()
+WHERE topic = $1 AND user_id = $2 AND until IS NULL
+"""
+_SUBSCRIBERS = """
+SELECT user_id FROM topic_subscriptions WHERE topic = $1 AND until IS NULL AND user_id > $2
+ORDER BY user_id LIMIT $3
+"""
+_SUBSCRIBE_MANY = """
+INSERT INTO topic_subscriptions (topic, user_id, since)
+SELECT $1, u, nextval('topic_clock') FROM unnest($2::text[]) AS t(u)
+ON CONFLICT (topic, user_id) WHERE until IS NULL DO NOTHING
+"""
+
+# The cutoff is drawn inside the ingest transaction, after the request arrived and before its 202.
+_INSERT_SENDS = """
+INSERT INTO topic_sends (notification_id, topic, cutoff)
+SELECT nid, topic, nextval('topic_clock') FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS t(nid, topic, ord)
+ORDER BY ord
+"""
+
+_LOCK_SEND = """
+SELECT notification_id, topic, cutoff, expanded_after, routed_after, expanded, done, recipients
+FROM topic_sends WHERE notification_id = $1 FOR UPDATE
+"""
+# Sends of the same topic accepted before this one (smaller cutoff) and not finished: they go first (I4).
+_EARLIER_OPEN = "SELECT 1 FROM topic_sends WHERE topic = $1 AND NOT done AND cutoff < $2 LIMIT 1"
+
+_NOTIFICATION = """
+SELECT event, payload::text AS payload, created_at, expires_at, webhook_url FROM notifications WHERE id = $1
+"""
+
+# One page: the next subscribers at acceptance by user id, each given a delivery numbered from their own counter
+# (user_seqs rows locked in user order, as ingest locks them: no deadlock between the two). A delivery already
+# there (it cannot be, the progress row is locked and advanced in this transaction; a guard) takes no seq.
+_PAGE = """
+WITH page AS (
+    SELECT s.user_id FROM topic_subscriptions s
+    WHERE s.topic = $2 AND s.user_id > $4 AND s.since < $3 AND (s.until IS NULL OR s.until > $3)
+    ORDER BY s.user_id LIMIT $5
+), fresh AS (
+    SELECT p.user_id FROM page p
+    WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.notification_id = $1 AND d.user_id = p.user_id)
+), bump AS (
+    INSERT INTO user_seqs AS s (user_id, last_seq)
+    SELECT user_id, 1 FROM fresh ORDER BY user_id
+    ON CONFLICT (user_id) DO UPDATE SET last_seq = s.last_seq + 1
+    RETURNING user_id, last_seq
+), ins AS (
+    INSERT INTO deliveries (notification_id, user_id, seq, webhook_status, era)
+    SELECT $1, user_id, last_seq, $6, notiflow_era($1) FROM bump
+    ON CONFLICT DO NOTHING
+)
+SELECT (SELECT count(*) FROM page) AS read,
+       (SELECT p.user_id FROM page p ORDER BY p.user_id DESC LIMIT 1) AS last_user,
+       array(SELECT b.user_id FROM bump b ORDER BY b.user_id) AS users,
+       array(SELECT b.last_seq FROM bump b ORDER BY b.user_id) AS seqs
+"""
+_ADVANCE = """
+UPDATE topic_sends SET expanded_after = coalesce($2, expanded_after), expanded = $3,
+    recipients = recipients + $4, updated_at = now()
+WHERE notification_id = $1
+"""
+_ROUTED = "UPDATE topic_sends SET routed_after = $2, updated_at = now() WHERE notification_id = $1"
+# A page committed and not known to be on the stream (a crash or a Redis fault between the two): its open work.
+_UNROUTED = """
+SELECT user_id FROM deliveries
+WHERE notification_id = $1 AND user_id > $2 AND user_id <= $3 AND (status = 'pending' OR webhook_status = 'pending')
+ORDER BY user_id
+"""
+_FINISH = """
+WITH s AS (UPDATE topic_sends SET done = true, updated_at = now() WHERE notification_id = $1 RETURNING recipients)
+UPDATE notifications SET recipients = (SELECT recipients FROM s) WHERE id = $1
+"""
+
+# The reconciler: sends whose expansion has not moved for `stale_s` (its stream entry lost), or of the named
+# notifications (the outbox: committed, never put on the stream).
+_STALE_SENDS = """
+SELECT notification_id, topic FROM topic_sends
+WHERE NOT done AND (updated_at < now() - $1 * interval '1 second' OR notification_id = ANY($3::uuid[]))
+ORDER BY updated_at LIMIT $2
+"""
+_TOUCH_SENDS = "UPDATE topic_sends SET updated_at = now() WHERE notification_id = ANY($1::uuid[])"
+# Tombstones no unfinished send can need: closed long enough ago that no ingest transaction which drew an earlier
+# cutoff can still be open, and below the cutoff of every unfinished send of their topic. Finished sends go too.
+_PURGE = """
+WITH gone AS (
+    DELETE FROM topic_subscriptions s WHERE ctid = ANY(ARRAY(
+        SELECT t.ctid FROM topic_subscriptions t
+        WHERE t.until IS NOT NULL AND t.ended_at < now() - $1 * interval '1 second'
+          AND NOT EXISTS (SELECT 1 FROM topic_sends o WHERE o.topic = t.topic AND NOT o.done AND o.cutoff < t.until)
+        LIMIT $2))
+    RETURNING 1
+), sent AS (
+    DELETE FROM topic_sends WHERE notification_id = ANY(ARRAY(
+        SELECT notification_id FROM topic_sends WHERE done AND updated_at < now() - $1 * interval '1 second'
+        LIMIT $2))
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM sent)
+"""
+
+
+@dataclass(slots=True, frozen=True)
+class Send:
+    """A topic notification's expansion as committed."""
+
+    notification_id: uuid.UUID
+    topic: str
+    cutoff: int
+    expanded_after: str | None
+    routed_after: str | None
+    expanded: bool
+    done: bool
+
+
+@dataclass(slots=True, frozen=True)
+class Page:
+    """One page's new deliveries (users in id order with their seqs), and where the keyset stands after it."""
+
+    users: list[str]
+    seqs: list[int]
+    read: int
+    last_user: str | None
+
+
+async def subscribe(conn: Any, topic: str, user_id: str) -> None:
+    await conn.execute(_SUBSCRIBE, topic, user_id)
+
+
+async def subscribe_many(conn: Any, topic: str, user_ids: list[str]) -> None:
+    """Subscribe many users in one statement (the bulk path of loadtests/topic_fanout.py)."""
+    await conn.execute(_SUBSCRIBE_MANY, topic, user_ids)
+
+
+async def unsubscribe(conn: Any, topic: str, user_id: str) -> None:
+    await conn.execute(_UNSUBSCRIBE, topic, user_id)
+
+
+async def subscribers(conn: Any, topic: str, after: str, limit: int) -> list[str]:
+    return [r["user_id"] for r in await conn.fetch(_SUBSCRIBERS, topic, after, limit)]
+
+
+async def insert_sends(conn: Any, items: list[NewNotification]) -> None:
+    """The topic items' send rows, in the ingest transaction (their cutoffs in batch order)."""
+    topical = [i for i in items if i.topic is not None]
+    if topical:
+        await conn.execute(_INSERT_SENDS, [i.id for i in topical], [i.topic for i in topical])
+
+
+async def lock_send(conn: Any, notification_id: uuid.UUID) -> Send | None:
+    r = await conn.fetchrow(_LOCK_SEND, notification_id)
+    if r is None:
+        return None
+    return Send(r["notification_id"], r["topic"], r["cutoff"], r["expanded_after"], r["routed_after"],
+                r["expanded"], r["done"])
+
+
+async def earlier_open(conn: Any, topic: str, cutoff: int) -> bool:
+    return bool(await conn.fetchval(_EARLIER_OPEN, topic, cutoff))
+
+
+async def notification(conn: Any, notification_id: uuid.UUID) -> dict[str, Any] | None:
+    r = await conn.fetchrow(_NOTIFICATION, notification_id)
+    return None if r is None else dict(r)
+
+
+async def expand_page(conn: Any, send: Send, limit: int, webhook: bool) -> Page:
+    """Insert the next page's deliveries and advance the send's progress (one transaction, the caller's)."""
+    r = await conn.fetchrow(
+        _PAGE, send.notification_id, send.topic, send.cutoff, send.expanded_after or "", limit,
+        "pending" if webhook else None,
+    )
+    read, users = int(r["read"]), list(r["users"])
+    await conn.execute(_ADVANCE, send.notification_id, r["last_user"], read < limit, len(users))
+    return Page(users, list(r["seqs"]), read, r["last_user"])
+
+
+async def unrouted(conn: Any, send: Send) -> list[str]:
+    return [r["user_id"] for r in await conn.fetch(
+        _UNROUTED, send.notification_id, send.routed_after or "", send.expanded_after or "")]
+
+
+async def mark_routed(conn: Any, notification_id: uuid.UUID, upto: str | None) -> None:
+    await conn.execute(_ROUTED, notification_id, upto)
+
+
+async def finish(conn: Any, notification_id: uuid.UUID) -> None:
+    await conn.execute(_FINISH, notification_id)
+
+
+async def stale_sends(
+    conn: Any, stale_s: float, limit: int, also: list[uuid.UUID] | None = None
+) -> list[tuple[uuid.UUID, str]]:
+    rows = await conn.fetch(_STALE_SENDS, stale_s, limit, also or [])
+    if rows:
+        await conn.execute(_TOUCH_SENDS, [r["notification_id"] for r in rows])
+    return [(r["notification_id"], r["topic"]) for r in rows]
+
+
+async def purge(conn: Any, keep_s: float, limit: int) -> int:
+    return int(await conn.fetchval(_PURGE, keep_s, limit))
