@@ -99,12 +99,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     telemetry = Telemetry(settings=gateway, work=work, pool=record, board=StatsBoard(redis, settings), role="gateway",
                           read_stores=True, sockets=hub)
     dashboard_service = DashboardService(telemetry, queries)
+    topic_service = TopicService(pool=record)
     app.state.services = Services(
         settings=gateway, pool=record, redis=redis, ingest=ingest, queries=queries, sessions=sessions, hub=hub,
         limiter=limiter, telemetry=telemetry, dashboard=dashboard_service, auth=auth, keys=KeyService(record),
-        topics=TopicService(pool=record),
+        topics=topic_service,
     )
     queries.start()
+    topic_service.start()
     limiter.start()
     await ingest.start()
     await sessions.start()
@@ -122,6 +124,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ingest.close(deadline.left())
         await limiter.close(deadline.left())
         await queries.close(deadline.left())
+        await topic_service.close(deadline.left())
         await telemetry.close(deadline.left())
         await sessions.close(deadline.left())
         await auth.close(deadline.left())

@@ -9,25 +9,23 @@ from typing import Any
 
 from notiflow.models import NewNotification
 
-# A second PUT finds the open interval and changes nothing (the clock value it drew is simply unused).
+# A second PUT finds the open interval and changes nothing (the clock value it drew is simply unused). One
+# statement per batch of requests (service/topics.py).
 _SUBSCRIBE = """
-INSERT INTO topic_subscriptions (topic, user_id, since) VALUES ($1, $2, nextval('topic_clock'))
+INSERT INTO topic_subscriptions (topic, user_id, since)
+SELECT topic, user_id, nextval('topic_clock') FROM unnest($1::text[], $2::text[]) AS t(topic, user_id)
+ORDER BY topic, user_id
 ON CONFLICT (topic, user_id) WHERE until IS NULL DO NOTHING
 """
 _UNSUBSCRIBE = """
-UPDATE topic_subscriptions SET until = nextval('topic_clock'), ended_at = now()
-WHERE topic = $1 AND user_id = $2 AND until IS NULL
+UPDATE topic_subscriptions s SET until = nextval('topic_clock'), ended_at = now()
+FROM unnest($1::text[], $2::text[]) AS t(topic, user_id)
+WHERE s.topic = t.topic AND s.user_id = t.user_id AND s.until IS NULL
 """
 _SUBSCRIBERS = """
 SELECT user_id FROM topic_subscriptions WHERE topic = $1 AND until IS NULL AND user_id > $2
 ORDER BY user_id LIMIT $3
 """
-_SUBSCRIBE_MANY = """
-INSERT INTO topic_subscriptions (topic, user_id, since)
-SELECT $1, u, nextval('topic_clock') FROM unnest($2::text[]) AS t(u)
-ON CONFLICT (topic, user_id) WHERE until IS NULL DO NOTHING
-"""
-
 # The cutoff is drawn inside the ingest transaction, after the request arrived and before its 202.
 _INSERT_SENDS = """
 INSERT INTO topic_sends (notification_id, topic, cutoff)
@@ -140,17 +138,19 @@ class Page:
     last_user: str | None
 
 
-async def subscribe(conn: Any, topic: str, user_id: str) -> None:
-    await conn.execute(_SUBSCRIBE, topic, user_id)
+async def subscribe_pairs(conn: Any, pairs: list[tuple[str, str]]) -> None:
+    """Subscribe each (topic, user id); one statement."""
+    await conn.execute(_SUBSCRIBE, [t for t, _ in pairs], [u for _, u in pairs])
 
 
 async def subscribe_many(conn: Any, topic: str, user_ids: list[str]) -> None:
-    """Subscribe many users in one statement (the bulk path of loadtests/topic_fanout.py)."""
-    await conn.execute(_SUBSCRIBE_MANY, topic, user_ids)
+    """Subscribe many users to one topic (the bulk path of loadtests/topic_fanout.py)."""
+    await subscribe_pairs(conn, [(topic, u) for u in user_ids])
 
 
-async def unsubscribe(conn: Any, topic: str, user_id: str) -> None:
-    await conn.execute(_UNSUBSCRIBE, topic, user_id)
+async def unsubscribe_pairs(conn: Any, pairs: list[tuple[str, str]]) -> None:
+    """Close each (topic, user id)'s open subscription, if any; one statement."""
+    await conn.execute(_UNSUBSCRIBE, [t for t, _ in pairs], [u for _, u in pairs])
 
 
 async def subscribers(conn: Any, topic: str, after: str, limit: int) -> list[str]:
