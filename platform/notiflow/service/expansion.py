@@ -27,6 +27,8 @@ from notiflow.service.ports import Record, WorkLog
 from notiflow.store import topics as sql
 from notiflow.store.pool import pg_errors
 
+#: A page to route: its users, their seqs (None: read from the rows), and the user id the page ends at.
+Routed = tuple[list[str], list[int] | None, str | None]
 #: How often a send waiting for an earlier send of its topic looks again, s.
 WAIT_POLL_S = 0.05
 
@@ -45,42 +47,67 @@ class Expander:
         self._pool = pool
         self._work = work
         self.pages = 0  # pages expanded by this process, for logs and tests
+        self._in_flight: set[uuid.UUID] = set()  # sends with a page being routed by this process
 
     async def expand(self, notification_id: uuid.UUID) -> None:
         """Expand the send to the end (waiting for earlier sends of its topic). StoreUnavailable leaves it where
-        its last committed page left it; calling again resumes there."""
+        its last committed page left it; calling again resumes there. A page's stream write overlaps the next
+        page's statement: at most one page is being routed while another is inserted."""
         async with pg_errors("load topic notification"), self._pool.acquire() as conn:
             note = await sql.notification(conn, notification_id)
-        while True:
-            step = await self.step(notification_id, note)
-            if step is Step.DONE:
-                return
-            if step is Step.WAIT:
-                await asyncio.sleep(WAIT_POLL_S)
+        routing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                step, page = await self.step(notification_id, note)  # meanwhile the previous page is routed
+                if routing is not None:
+                    await routing  # routed in page order: a mark never passes an earlier page's
+                    routing = None
+                if page is not None:
+                    self._in_flight.add(notification_id)
+                    routing = asyncio.create_task(self._route(notification_id, note, *page))
+                elif step is Step.DONE:
+                    return
+                elif step is Step.WAIT:
+                    await asyncio.sleep(WAIT_POLL_S)
+        finally:
+            if routing is not None:
+                routing.cancel()
+                self._in_flight.discard(notification_id)
 
-    async def step(self, notification_id: uuid.UUID, note: dict[str, Any] | None) -> Step:
-        """One page: route what is committed and unrouted, else expand the next page, else finish."""
+    async def step(self, notification_id: uuid.UUID, note: dict[str, Any] | None) -> tuple[Step, Routed | None]:
+        """One page: what is committed and not known to be routed (a crash, or a stream write that failed), else
+        the next page, else finish. Returns what to route (the caller routes it, then marks it routed)."""
         async with pg_errors("expand topic"), self._pool.acquire() as conn, conn.transaction():
             send = await sql.lock_send(conn, notification_id)
             if send is None or send.done:
-                return Step.DONE
-            if send.routed_after != send.expanded_after:
-                users, seqs, upto = await sql.unrouted(conn, send), None, send.expanded_after
-            elif send.expanded or note is None:
+                return Step.DONE, None
+            if send.routed_after != send.expanded_after and not self._routing(notification_id):
+                return Step.MORE, (await sql.unrouted(conn, send), None, send.expanded_after)
+            if send.expanded or note is None:
+                if self._routing(notification_id):
+                    return Step.MORE, None  # the last page's stream write first
                 # note is None: the notification is gone (dropped by retention): nothing to deliver.
                 await sql.finish(conn, notification_id)
-                return Step.DONE
-            elif await sql.earlier_open(conn, send.topic, send.cutoff):
-                return Step.WAIT
-            else:
-                page = await sql.expand_page(conn, send, self._s.topic_page, bool(note["webhook_url"]))
-                users, seqs, upto = page.users, page.seqs, page.last_user or send.expanded_after
-                self.pages += 1
-        if note is not None and users:
-            await self._work.add(self.entries(notification_id, note, users, seqs))
-        async with pg_errors("route topic page"), self._pool.acquire() as conn:
-            await sql.mark_routed(conn, notification_id, upto)
-        return Step.MORE
+                return Step.DONE, None
+            if await sql.earlier_open(conn, send.topic, send.cutoff):
+                return Step.WAIT, None
+            page = await sql.expand_page(conn, send, self._s.topic_page, bool(note["webhook_url"]))
+            self.pages += 1
+            return Step.MORE, (page.users, page.seqs, page.last_user or send.expanded_after)
+
+    def _routing(self, notification_id: uuid.UUID) -> bool:
+        return notification_id in self._in_flight
+
+    async def _route(
+        self, nid: uuid.UUID, note: dict[str, Any] | None, users: list[str], seqs: list[int] | None, upto: str | None
+    ) -> None:
+        try:
+            if note is not None and users:
+                await self._work.add(self.entries(nid, note, users, seqs))
+            async with pg_errors("route topic page"), self._pool.acquire() as conn:
+                await sql.mark_routed(conn, nid, upto)
+        finally:
+            self._in_flight.discard(nid)
 
     def entries(
         self, nid: uuid.UUID, note: dict[str, Any], users: list[str], seqs: list[int] | None
