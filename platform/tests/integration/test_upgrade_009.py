@@ -72,7 +72,8 @@ async def test_an_old_database_upgrades_in_place(old_database: str) -> None:
             script = script.replace(f"${i}", f"'{nid}'::uuid")  # our own UUIDs: nothing to escape
         await conn.execute(script)
 
-        assert await apply_migrations(old_database, retention_days=30) == [partitions.MIGRATION]
+        # Up to 009 only: later migrations (010 topics, ...) are not what this test is about.
+        assert await apply_migrations(old_database, retention_days=30, upto="009") == [partitions.MIGRATION]
 
         # Every notification expires: the ones without a ttl a retention period after their creation.
         rows = await conn.fetch("SELECT id, created_at, expires_at FROM notifications")
@@ -119,6 +120,6 @@ async def test_an_old_database_upgrades_in_place(old_database: str) -> None:
             assert await dlq_sql.take_for_replay(conn, entries[stale]) == dlq_sql.EXPIRED
         assert await conn.fetchval("SELECT status FROM deliveries WHERE notification_id = $1", dead) == "pending"
         # Migrating again changes nothing.
-        assert await apply_migrations(old_database) == []
+        assert await apply_migrations(old_database, upto="009") == []
     finally:
         await conn.close()
