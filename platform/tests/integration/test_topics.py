@@ -15,10 +15,13 @@ from faults import Faulty
 from integration_support import Gateway, Gateways, SocketFactory, Workers, offline_page, post, users
 from pydantic import SecretStr
 
+from notiflow import ids
 from notiflow.credentials import Scope
-from notiflow.models import Channel, StreamEntry
+from notiflow.models import Channel, NewNotification, StreamEntry
 from notiflow.service.auth import KeyService
 from notiflow.service.ports import Wrappers
+from notiflow.store import ingest as ingest_sql
+from notiflow.store import topics as topics_sql
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -216,3 +219,40 @@ async def _settled_offline(db: asyncpg.Pool, nid: str, user: str, timeout_s: flo
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{user}'s delivery of {nid} never settled offline")
+
+
+async def test_a_topic_send_whose_stream_entry_was_never_written_is_expanded_by_the_reconciler(
+    gateways: Gateways, workers: Workers, http: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    faulty = Faulty()
+    faulty.fail("add", ConnectionError("injected: Redis away after the commit"),
+                when=lambda entries: any(e.channel is Channel.TOPIC for e in entries))
+    gw = await gateways.start(wrappers=Wrappers(work=faulty.around))
+    topic, people = _topic(), users(3)
+    for u in people:
+        await _subscribe(http, gw, topic, u)
+    await workers.stream()
+    nid = await _send(http, gw, topic)  # committed; its entry's XADD failed (the outbox flag stays set)
+    assert faulty.calls["add"] >= 1
+    await workers.retry()  # its reconciler finds the send in the outbox and puts its entry on the stream
+    assert await _expanded(db, nid) == len(people)
+    for u in people:
+        await _settled_offline(db, nid, u)
+
+
+async def test_tombstones_stay_while_an_unfinished_send_needs_them(db: asyncpg.Pool) -> None:
+    async with db.acquire() as conn:
+        await topics_sql.subscribe_pairs(conn, [("tomb", "ann")])
+        item = NewNotification(id=ids.new_id(), user_ids=[], event="e", payload_json="{}", ttl_seconds=None,
+                               webhook_url=None, topic="tomb")
+        async with conn.transaction():
+            await ingest_sql.insert_notifications(conn, [item])
+            await topics_sql.insert_sends(conn, [item])
+        await topics_sql.unsubscribe_pairs(conn, [("tomb", "ann")])
+        await conn.execute("UPDATE topic_subscriptions SET ended_at = now() - interval '2 hours'")
+        await topics_sql.purge(conn, 3600, 100)
+        assert await conn.fetchval("SELECT count(*) FROM topic_subscriptions") == 1  # the send still needs it
+        await topics_sql.finish(conn, item.id)
+        await conn.execute("UPDATE topic_sends SET updated_at = now() - interval '2 hours'")
+        assert await topics_sql.purge(conn, 3600, 100) == 2  # the tombstone and the finished send
+        assert await conn.fetchval("SELECT count(*) FROM topic_subscriptions") == 0
