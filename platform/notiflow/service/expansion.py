@@ -15,17 +15,22 @@ subscriber's seqs follow the order in which the topic's notifications were accep
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import defaultdict
 from enum import Enum
 from typing import Any
 
+from notiflow.errors import StoreUnavailable
+from notiflow.lifecycle import pause
 from notiflow.models import Carried, Channel, StreamEntry
 from notiflow.roles import WorkerSettings
 from notiflow.service.ingest import CARRY_PAYLOAD_MAX
 from notiflow.service.ports import Record, WorkLog
 from notiflow.store import topics as sql
 from notiflow.store.pool import pg_errors
+
+log = logging.getLogger(__name__)
 
 #: A page to route: its users, their seqs (None: read from the rows), and the user id the page ends at.
 Routed = tuple[list[str], list[int] | None, str | None]
@@ -48,6 +53,21 @@ class Expander:
         self._work = work
         self.pages = 0  # pages expanded by this process, for logs and tests
         self._in_flight: set[uuid.UUID] = set()  # sends with a page being routed by this process
+
+    async def expand_held(self, notification_id: uuid.UUID, stop: asyncio.Event) -> bool:
+        """``expand``, held in place through store outages (with backoff) until ``stop``; True once done."""
+        delay_s = 0.1
+        while True:
+            try:
+                await self.expand(notification_id)
+                return True
+            except StoreUnavailable as exc:
+                if stop.is_set():
+                    return False
+                log.warning("topic expansion held by a store outage",
+                            extra={"notification_id": str(notification_id), "error": str(exc)})
+            await pause(stop, delay_s)
+            delay_s = min(delay_s * 2, 5.0)
 
     async def expand(self, notification_id: uuid.UUID) -> None:
         """Expand the send to the end (waiting for earlier sends of its topic). StoreUnavailable leaves it where

@@ -158,26 +158,14 @@ class StreamWorker:
             self._health.beat()
 
     async def _expand(self, entry_id: str, entry: StreamEntry, topics: Expander) -> None:
-        """Expand a topic notification to the end, then acknowledge its entry. The entry is kept claimed
-        meanwhile (no other consumer reclaims a live expansion); through a store outage the expansion is held
-        and resumed in place from its committed progress. Anything else leaves the entry pending: it is
-        reclaimed, resumes where the last page left it, and counts towards the poison bound."""
+        """Expand a topic notification to the end (held in place through store outages), then acknowledge its
+        entry, kept claimed meanwhile. Anything else leaves it pending: it is reclaimed, resumes where the last
+        page left it, and counts towards the poison bound."""
         keeper = asyncio.create_task(self._keep([entry_id]), name="keep-expansion")
-        delay_s = 0.1
         try:
-            while True:
-                try:
-                    await topics.expand(entry.notification_id)
-                    break
-                except StoreUnavailable as exc:
-                    if self._stop.is_set():
-                        return
-                    log.warning("topic expansion held by a store outage",
-                                extra={"notification_id": str(entry.notification_id), "error": str(exc)})
-                await pause(self._stop, delay_s)
-                delay_s = min(delay_s * 2, 5.0)
-            await self._ack([entry_id])
-            self.processed += 1
+            if await topics.expand_held(entry.notification_id, self._stop):
+                await self._ack([entry_id])
+                self.processed += 1
         except Exception:
             log.exception("topic expansion failed; left pending", extra={"entry_id": entry_id})
         finally:

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from notiflow import ids
 from notiflow.credentials import Scope
+from notiflow.errors import StoreUnavailable
 from notiflow.models import Channel, NewNotification, StreamEntry
 from notiflow.service.auth import KeyService
 from notiflow.service.ports import Wrappers
@@ -176,8 +177,12 @@ async def test_subscribers_at_acceptance(
     assert got == {stays, joins, back}
 
 
+@pytest.mark.parametrize("fault", [
+    RuntimeError("injected crash after a committed page"),  # the entry is left pending, reclaimed, resumed
+    StoreUnavailable("injected: Redis away after a committed page"),  # held in place, resumed
+], ids=["crash", "outage"])
 async def test_expansion_that_crashes_between_pages_resumes_without_loss_or_duplicates(
-    gateways: Gateways, workers: Workers, http: httpx.AsyncClient, db: asyncpg.Pool
+    gateways: Gateways, workers: Workers, http: httpx.AsyncClient, db: asyncpg.Pool, fault: Exception
 ) -> None:
     gw = await gateways.start()
     topic, people = _topic(), users(10)
@@ -196,7 +201,7 @@ async def test_expansion_that_crashes_between_pages_resumes_without_loss_or_dupl
             return len(pages) == 2
         return False
 
-    faulty.fail("add", RuntimeError("injected crash after a committed page"), when=second_page)
+    faulty.fail("add", fault, when=second_page)
     worker = await workers.stream(wrappers=Wrappers(work=faulty.around), topic_page=3)
     nid = await _send(http, gw, topic)
     assert await _expanded(db, nid) == len(people)
