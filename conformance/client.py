@@ -107,13 +107,19 @@ class Api:
         status_url: str | None = None,
         cid: str | None = None,
         collapse_key: str | None = None,
+        topic: str | None = None,
     ) -> IngestResult:
+        """POST /notifications to ``user_ids``; with ``topic``, to that topic instead, ``user_ids`` being its
+        subscribers at acceptance (what the history expects it to reach)."""
         cid = cid or uuid.uuid4().hex
         body: dict[str, Any] = {
             "user_ids": user_ids,
             "event": event,
             "payload": {**(payload or {}), "cid": cid},
         }
+        if topic is not None:
+            del body["user_ids"]
+            body["topic"] = topic
         if ttl_seconds is not None:
             body["ttl_seconds"] = ttl_seconds
         if webhook_url is not None:
@@ -147,6 +153,12 @@ class Api:
             return IngestResult(cid, "fail", resp.status_code, data, resp.headers, user_ids)
         inv.info(status=resp.status_code, error=error)
         return IngestResult(cid, "info", resp.status_code, data, resp.headers, user_ids)
+
+    async def subscribe(self, topic: str, user: str) -> None:
+        """PUT /topics/{topic}/subscribers/{user}; raises unless 204."""
+        resp = await self.http.put(f"{self.base_url}/topics/{topic}/subscribers/{user}")
+        if resp.status_code != 204:
+            raise AssertionError(f"subscribe {user} to {topic}: {resp.status_code} {resp.text[:200]}")
 
     async def fetch(self, user: str, *, after_seq: int = 0, limit: int = 100) -> tuple[list[dict[str, Any]], Any]:
         """One page of the offline queue, recorded; raises on a non-200 answer."""

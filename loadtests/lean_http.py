@@ -44,11 +44,16 @@ class LeanClient:
         self._writer: asyncio.StreamWriter | None = None
 
     async def post(self, url: str, content: bytes, headers: dict[str, str]) -> Response:
+        return await self.request("POST", url, content, headers)
+
+    async def request(self, method: str, url: str, content: bytes = b"", headers: dict[str, str] | None = None
+                      ) -> Response:
         parts = urlsplit(url)
         if parts.scheme != "http" or parts.hostname is None:
             raise HttpError("bad_url", f"only http:// URLs: {url}")
         origin = (parts.hostname, parts.port or 80)
-        head = [f"POST {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
+        headers = headers or {}
+        head = [f"{method} {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
                 f"host: {parts.netloc}", f"content-length: {len(content)}"]
         head += [f"{k}: {v}" for k, v in headers.items()]
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + content
@@ -79,6 +84,8 @@ class LeanClient:
         for line in lines:
             name, _, value = line.partition(":")
             fields[name.strip().lower()] = value.strip()
+        if status in (204, 304):
+            return Response(status, fields, b"")  # no body, and uvicorn sends no content-length
         if "content-length" not in fields:
             raise HttpError("no_content_length", f"status {status}")
         body = await reader.readexactly(int(fields["content-length"]))

@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     fanout_chunk: int = Field(
         500, ge=1, description="Recipients carried by one stream entry. Default 500."
     )
+    topic_page: int = Field(
+        5000, ge=1, le=50_000,
+        description="Subscribers per page of a topic notification's expansion: one transaction inserts their "
+        "deliveries and commits the expansion's progress. Default 5000.",
+    )
     max_body_bytes: int = Field(
         2 * 1024 * 1024, ge=1024, description="Largest request body accepted, bytes. Default 2 MiB."
     )

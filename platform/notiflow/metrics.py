@@ -124,7 +124,7 @@ RETRIES_MOVED = Counter(
 )
 REPAIRS = Counter(
     "notiflow_reconciler_repairs_total",
-    "Work the reconciler put back or closed, by kind (rebuilt, outbox, stuck, expired)", ["kind"],
+    "Work the reconciler put back or closed, by kind (rebuilt, outbox, stuck, expired, topics)", ["kind"],
     registry=REGISTRY,
 )
 RECEIPTS = Counter(

@@ -93,6 +93,9 @@ class Channel(StrEnum):
 
     SOCKET = "socket"
     WEBHOOK = "webhook"
+    #: Expand a topic notification into its subscribers' deliveries (service/expansion.py); the entry names the
+    #: topic where the others name users (topic names follow the user-id rule).
+    TOPIC = "topic"
 
 
 @dataclass(slots=True)
@@ -114,6 +117,8 @@ class NewNotification:
     request_hash: str | None = None
     #: Replaces this user's older unacknowledged notification with the same key (docs/contract.md).
     collapse_key: str | None = None
+    #: A topic notification (user_ids empty): its recipients are the topic's subscribers at acceptance.
+    topic: str | None = None
     # Set by the commit: the creation time stored, and each recipient's seq (in user_ids order).
     created_at: datetime | None = None
     seqs: list[int] | None = None

@@ -87,6 +87,7 @@ class WorkerSettings:
     receipt_poll_ms: int
     receipt_batch: int
     fanout_chunk: int
+    topic_page: int
     idempotency_window_s: int
     stats_interval_s: float
     shutdown_grace_s: float

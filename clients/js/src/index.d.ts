@@ -129,7 +129,10 @@ export declare class OutcomeUnknown extends Unavailable {
 export interface Accepted {
   id: string;
   status: "accepted";
-  recipients: number;
+  /** null for a notification to a topic: its subscribers are counted as it is expanded, after the 202. */
+  recipients: number | null;
+  /** The topic, for a notification sent to one (sendMany with {topic: "..."} items). */
+  topic?: string;
 }
 
 export interface SendOptions {

@@ -48,7 +48,7 @@ class Accepted(TypedDict):
 
     id: str
     status: str
-    recipients: int
+    recipients: int | None  # None: a topic notification (a send_many item with "topic"), counted once expanded
 
 
 @dataclass(frozen=True, slots=True)

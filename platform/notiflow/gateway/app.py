@@ -29,7 +29,7 @@ from notiflow.errors import (
     StoreUnavailable,
     Unauthorized,
 )
-from notiflow.gateway import dashboard, http, keys, openapi, presence, responses, sse, ws
+from notiflow.gateway import dashboard, http, keys, openapi, presence, responses, sse, topics, ws
 from notiflow.gateway.deps import Services
 from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
@@ -45,6 +45,7 @@ from notiflow.service.queries import QueryService
 from notiflow.service.ratelimit import IngestLimiter
 from notiflow.service.sessions import SessionService
 from notiflow.service.telemetry import Telemetry
+from notiflow.service.topics import TopicService
 from notiflow.store.pool import close_pool, connect_pool, pg_limits
 from notiflow.streams.client import close_redis, connect_redis
 from notiflow.streams.presence import Presence
@@ -98,11 +99,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     telemetry = Telemetry(settings=gateway, work=work, pool=record, board=StatsBoard(redis, settings), role="gateway",
                           read_stores=True, sockets=hub)
     dashboard_service = DashboardService(telemetry, queries)
+    topic_service = TopicService(pool=record)
     app.state.services = Services(
         settings=gateway, pool=record, redis=redis, ingest=ingest, queries=queries, sessions=sessions, hub=hub,
         limiter=limiter, telemetry=telemetry, dashboard=dashboard_service, auth=auth, keys=KeyService(record),
+        topics=topic_service,
     )
     queries.start()
+    topic_service.start()
     limiter.start()
     await ingest.start()
     await sessions.start()
@@ -120,6 +124,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ingest.close(deadline.left())
         await limiter.close(deadline.left())
         await queries.close(deadline.left())
+        await topic_service.close(deadline.left())
         await telemetry.close(deadline.left())
         await sessions.close(deadline.left())
         await auth.close(deadline.left())
@@ -195,6 +200,7 @@ def create_app(settings: Settings, *, wrappers: Wrappers | None = None) -> FastA
     app.include_router(keys.router)
     app.include_router(presence.router)
     app.include_router(sse.router)
+    app.include_router(topics.router)
     app.add_middleware(Guard, settings=roles.gateway(settings))
 
     @app.exception_handler(ApiError)

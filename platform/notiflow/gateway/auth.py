@@ -77,6 +77,18 @@ def require_scope(scope: Scope, *, query_token: bool = False) -> Callable[..., A
     return page_has_scope if query_token else has_scope
 
 
+def require_any_scope(*scopes: Scope) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting API keys with at least one of ``scopes`` (403 for other valid credentials)."""
+    names = " or ".join(repr(s.value) for s in scopes)
+
+    async def has_one(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        if not any(who.allows(s) for s in scopes):
+            raise Forbidden(f"this needs an API key with the {names} scope")
+        return who
+
+    return has_one
+
+
 async def acting_for_user(user_id: str, who: Annotated[Principal, Depends(principal)]) -> Principal:
     """A dependency for ``/.../{user_id}`` routes: that user's own token, or an API key with ``read``."""
     if not who.may_act_for(user_id):

@@ -19,6 +19,7 @@ from notiflow.service.queries import QueryService
 from notiflow.service.ratelimit import IngestLimiter
 from notiflow.service.sessions import SessionService
 from notiflow.service.telemetry import Telemetry
+from notiflow.service.topics import TopicService
 from notiflow.streams.client import Redis
 
 
@@ -36,6 +37,7 @@ class Services:
     dashboard: DashboardService
     auth: AuthService
     keys: KeyService
+    topics: TopicService
 
     @staticmethod
     def new_id() -> uuid.UUID:

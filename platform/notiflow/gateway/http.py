@@ -120,6 +120,7 @@ def _notification(svc: Services, raw: Any, key: str | None, who: Principal) -> N
     item = NewNotification(
         id=svc.new_id(),
         user_ids=body.recipients(),
+        topic=body.topic,
         event=body.event,
         payload_json=payload_json.decode(),
         ttl_seconds=body.ttl_seconds,

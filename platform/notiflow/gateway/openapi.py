@@ -71,9 +71,12 @@ DOCS: dict[tuple[str, str], dict[str, Any]] = {
                                         "webhook_url": "http://hooks.example/n"},
             "one user with delivery receipts": {"user_id": "alice", "event": "invoice.paid", "payload": {},
                                                 "status_url": "http://hooks.example/receipts"},
+            "a topic's subscribers": {"topic": "releases", "event": "release.out", "payload": {"version": "2.1"}},
         }),
         "responses": {
-            "202": _json({"id": _NID, "status": "accepted", "recipients": 2}, "accepted and committed"),
+            "202": _json({"id": _NID, "status": "accepted", "recipients": 2},
+                         'accepted and committed. To a topic: `{"id", "status": "accepted", "recipients": null, '
+                         '"topic"}` (its subscribers at acceptance are counted as it is expanded)'),
             **_BAD,
             "413": _json({"error": {"code": "payload_too_large", "message": "payload is larger than 65536 bytes "
                                     "serialised", "details": None}}, "body or payload too large, or the request "
@@ -127,6 +130,22 @@ DOCS: dict[tuple[str, str], dict[str, Any]] = {
             "deliveries": [{"user_id": "alice", "seq": 3, "status": "delivered", "webhook_status": None,
                             "attempts": [], "delivered_at": "2026-12-01T21:40:00.2+00:00"}]}),
             "404": _json({"error": {"code": "not_found", "message": "notification not found", "details": None}})},
+    },
+    ("PUT", "/topics/{topic}/subscribers/{user_id}"): {
+        "summary": "Subscribe a user to a topic (idempotent; `send` or `admin` scope)",
+        "description": "Topic names follow the user-id rule. A notification sent to the topic reaches the users "
+                       "subscribed when it was accepted (its 202): a subscription made after that does not get it.",
+        "responses": {"204": {"description": "subscribed (also when already)"}, **_BAD},
+    },
+    ("DELETE", "/topics/{topic}/subscribers/{user_id}"): {
+        "summary": "Unsubscribe a user from a topic (idempotent; `send` or `admin` scope)",
+        "description": "Topic notifications accepted before this still reach the user.",
+        "responses": {"204": {"description": "unsubscribed (also when not subscribed)"}, **_BAD},
+    },
+    ("GET", "/topics/{topic}/subscribers"): {
+        "summary": "A topic's subscribers by user id (keyset-paginated: `after` = the last page's `next_after`)",
+        "responses": {"200": _json({"topic": "releases", "subscribers": ["alice", "bob"], "next_after": "bob"}),
+                      **_BAD},
     },
     ("GET", "/dlq"): {
         "summary": "Dead-letter entries, oldest first",

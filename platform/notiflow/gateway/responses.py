@@ -31,7 +31,9 @@ class ErrorOut(BaseModel):
 class AcceptedOut(BaseModel):
     id: uuid.UUID
     status: Literal["accepted"]
-    recipients: int
+    #: None for a topic notification: its subscribers are counted as it is expanded, after the 202.
+    recipients: int | None
+    topic: str | None = None
 
 
 class OfflineItem(BaseModel):

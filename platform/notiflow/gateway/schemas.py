@@ -59,6 +59,8 @@ class NotificationIn(BaseModel):
 
     user_id: str | None = None
     user_ids: list[str] | None = Field(None, min_length=1, max_length=MAX_RECIPIENTS)
+    #: The topic's subscribers at acceptance (docs/contract.md "Topics"); names follow the user-id rule.
+    topic: str | None = None
     event: str = Field(pattern=EVENT_RE.pattern)
     payload: dict[str, Any] = Field(default_factory=dict)
     ttl_seconds: int | None = Field(None, ge=1, le=MAX_TTL_S)
@@ -90,8 +92,10 @@ class NotificationIn(BaseModel):
 
     @model_validator(mode="after")
     def _recipients(self) -> NotificationIn:
-        if (self.user_id is None) == (self.user_ids is None):
-            raise ValueError("give exactly one of user_id and user_ids")
+        if sum(x is not None for x in (self.user_id, self.user_ids, self.topic)) != 1:
+            raise ValueError("give exactly one of user_id, user_ids and topic")
+        if self.topic is not None and (problem := user_id_problem(self.topic)):
+            raise ValueError(f"topic {self.topic[:64]!r} {problem}")
         for uid in self.recipients():
             if problem := user_id_problem(uid):
                 raise ValueError(f"user id {uid[:64]!r} {problem}")

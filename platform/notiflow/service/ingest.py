@@ -19,6 +19,7 @@ from notiflow.roles import GatewaySettings
 from notiflow.service.ports import Record, WorkLog
 from notiflow.store import collapse
 from notiflow.store import ingest as sql
+from notiflow.store import topics as topics_sql
 from notiflow.store.pool import pg_errors, pg_write_errors
 from notiflow.webhook import check_webhook_url
 
@@ -44,6 +45,10 @@ def stream_entries(items: list[NewNotification], chunk: int) -> list[StreamEntry
     its row says so (the worker loads it and skips a replaced delivery)."""
     out: list[StreamEntry] = []
     for item in items:
+        if item.topic is not None:
+            # One entry, whatever the topic's size: the worker expands it into deliveries (service/expansion.py).
+            out.append(StreamEntry(item.id, (item.topic,), Channel.TOPIC))
+            continue
         carry = (
             item.seqs is not None and item.created_at is not None and len(item.payload_json) <= CARRY_PAYLOAD_MAX
             and item.collapse_key is None
@@ -195,13 +200,14 @@ class IngestService:
         # A failure to get a connection stored nothing (503 unavailable); one after the statements were sent
         # has an unknown outcome (503 outcome_unknown): the reply may be all that was lost.
         async with pg_errors("ingest"), self._pool.acquire() as conn, pg_write_errors("ingest"):
-            if keyed or any(i.collapse_key is not None for i in items):
+            if keyed or any(i.collapse_key is not None or i.topic is not None for i in items):
                 async with conn.transaction():
                     claim = await sql.claim_idempotency_keys(conn, keyed, self._s.idempotency_window_s)
                     fresh = [i for i in items if self._is_fresh(i, primary, claim)]
                     await sql.insert_notifications(conn, fresh, self._s.retention_days * 86400)
                     # In the insert's transaction, after it (store/collapse.py says why not inside it).
                     replaced = await collapse.apply_collapse(conn, collapse.keyed_rows(fresh))
+                    await topics_sql.insert_sends(conn, fresh)  # a topic item's cutoff: before its 202
                 metrics.REPLACED.inc(replaced)
             else:
                 # One statement is its own transaction: no BEGIN/COMMIT round trips around it.
@@ -239,6 +245,8 @@ class IngestService:
         return 202, response
 
     def _entry_count(self, item: NewNotification) -> int:
+        if item.topic is not None:
+            return 1
         chunks = -(-len(item.user_ids) // self._s.fanout_chunk)
         return chunks * (2 if item.webhook_url else 1)
 

@@ -46,8 +46,9 @@ class IngestLimiter:
         await self._batcher.close(min(grace_s, CHECK_DEADLINE_S))
 
     async def admit_items(self, identity: str, items: Sequence[NewNotification]) -> None:
-        """Charge ``identity`` for the deliveries that ``items`` ask for (see ``admit``)."""
-        await self.admit(identity, sum(len(item.user_ids) for item in items))
+        """Charge ``identity`` for the deliveries that ``items`` ask for (see ``admit``); a topic notification
+        counts one (its subscribers are known only as it is expanded, after the 202)."""
+        await self.admit(identity, sum(len(item.user_ids) or 1 for item in items))
 
     async def admit(self, identity: str, cost: int) -> None:
         """Take ``cost`` tokens (deliveries) of ``identity``'s bucket; raises ApiError (413) when ``cost`` is

@@ -11,6 +11,8 @@ Each round (under a PostgreSQL advisory lock, so any number of retry workers may
    is not passed, and one that expired meanwhile is expired); work found or put back before (retries,
    re-enqueues, replays) carries a due time, which an index follows until the delivery is handed off.
 4. Expiry. (Aged idempotency keys go with their day partitions: service/retention.py, migration 013.)
+Between 2 and 3, topic expansions without a stream entry (outbox, or no progress for the stuck age) go back on
+the stream, and unsubscription tombstones that no expansion needs are purged (service/expansion.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from notiflow.models import Channel, DeliveryStatus, StreamEntry
 from notiflow.roles import WorkerSettings
 from notiflow.service.ports import Record, WorkLog
 from notiflow.store import reconcile as sql
+from notiflow.store import topics as topics_sql
 from notiflow.store.ingest import mark_enqueued
 from notiflow.store.pool import pg_errors
 from notiflow.streams.work import retry_member
@@ -40,6 +43,10 @@ FRESH_PAGE_MAX = 20_000
 #: Time a round's fresh sweep may take before the round commits, seconds (it goes on in the next round). It
 #: keeps the reconciler's transaction short while it follows a backlog of any size.
 FRESH_ROUND_S = 1.0
+
+#: How long an unsubscription is kept as a tombstone at least, s: far longer than any ingest transaction that
+#: drew an earlier cutoff can stay open (a send committed after the purge would otherwise miss its subscriber).
+TOMBSTONE_KEEP_S = 3600.0
 
 Page = Callable[[tuple[uuid.UUID, str] | None], Awaitable[list[dict[str, Any]]]]
 
@@ -56,7 +63,7 @@ class Reconciler:
         self.behind = False
 
     async def run_once(self) -> dict[str, int]:
-        done = {"rebuilt": 0, "outbox": 0, "stuck": 0, "expired": 0}
+        done = {"rebuilt": 0, "outbox": 0, "stuck": 0, "expired": 0, "topics": 0}
         async with pg_errors("reconcile"), self._pool.acquire() as conn, conn.transaction():
             if not await sql.try_lock(conn):
                 return done
@@ -78,6 +85,7 @@ class Reconciler:
                     )
                 await mark_enqueued(self._pool, outbox)
             stale_s = self._s.stuck_after_s
+            done["topics"] = await self._topic_sends(conn, outbox, stale_s)
             done["stuck"] = await self._requeue(
                 conn, lambda after: sql.stale_work(conn, after=after, stale_s=stale_s, limit=PAGE), touch=True
             )
@@ -85,6 +93,14 @@ class Reconciler:
             done["stuck"] += fresh
             done["expired"] = late_expired + await sql.expire_due(conn, PAGE)
         return done
+
+    async def _topic_sends(self, conn: Any, outbox: list[uuid.UUID], stale_s: float) -> int:
+        """Topic expansions whose stream entry is missing (never added: the outbox; or lost: no progress for
+        ``stale_s``) go back on the stream; tombstones no expansion needs any more go."""
+        sends = await topics_sql.stale_sends(conn, stale_s, PAGE, outbox)
+        await self._work.add([StreamEntry(nid, (topic,), Channel.TOPIC) for nid, topic in sends])
+        await topics_sql.purge(conn, TOMBSTONE_KEEP_S, PAGE)
+        return len(sends)
 
     async def _requeue(self, conn: Any, page: Page, *, touch: bool, only: set[int] | None = None) -> int:
         """Put back every page of open work that ``page`` (a keyset reader) finds; with ``only``, the work of

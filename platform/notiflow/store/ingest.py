@@ -87,6 +87,9 @@ def scoped_key(item: NewNotification) -> ScopedKey:
 
 def accepted_body(item: NewNotification) -> dict[str, Any]:
     """The 202 body; stored with the idempotency key so that a replay answers the same."""
+    if item.topic is not None:
+        # Its subscribers are counted as the expansion reaches them (GET /notifications/{id} once expanded).
+        return {"id": str(item.id), "status": "accepted", "recipients": None, "topic": item.topic}
     return {"id": str(item.id), "status": "accepted", "recipients": len(item.user_ids)}
 
 
@@ -153,7 +156,7 @@ async def insert_notifications(conn: Any, items: list[NewNotification], retentio
     for user in uids:
         count[user] = count.get(user, 0) + 1
     following = {r["user_id"]: r["last_seq"] - count[r["user_id"]] + 1 for r in rows}
-    created_at = rows[0]["created_at"]
+    created_at = rows[0]["created_at"] if rows else None  # no rows: topic items only (no deliveries yet)
     for item in items:
         item.created_at = created_at
         seqs = []

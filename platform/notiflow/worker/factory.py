@@ -12,6 +12,7 @@ from notiflow.lifecycle import RELEASE_S
 from notiflow.service.auth import KeyService
 from notiflow.service.clock import Clock, RecordClock, SystemClock
 from notiflow.service.delivery import DeliveryService
+from notiflow.service.expansion import Expander
 from notiflow.service.ports import Record, Wrappers
 from notiflow.service.queries import QueryService
 from notiflow.service.receipts import ReceiptSender
@@ -83,7 +84,7 @@ async def stream_worker(
             telemetry = Telemetry(settings=worker, work=work, pool=record, board=StatsBoard(redis, settings),
                                   role="stream-worker", read_stores=False)
             yield StreamWorker(settings=worker, deliveries=deliveries, work=work, telemetry=telemetry, clock=clock,
-                               health=health)
+                               health=health, topics=Expander(settings=worker, pool=record, work=work))
         finally:
             await webhooks.aclose()
 

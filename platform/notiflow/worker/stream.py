@@ -18,6 +18,7 @@ from notiflow.models import Channel, Outcome, StreamEntry
 from notiflow.roles import WorkerSettings
 from notiflow.service.clock import RecordClock
 from notiflow.service.delivery import DeliveryService
+from notiflow.service.expansion import Expander
 from notiflow.service.ports import WorkLog
 from notiflow.service.telemetry import Telemetry
 from notiflow.streams import bundle
@@ -27,12 +28,15 @@ log = logging.getLogger(__name__)
 Raw = tuple[str, dict[str, str]]
 Parsed = tuple[str, StreamEntry]
 Process = Callable[[list[StreamEntry]], Awaitable[list[Outcome]]]
+#: Topic expansions one worker runs at once (each a page at a time; a topic's sends wait for each other anyway).
+TOPIC_EXPANSIONS = 4
 
 
 class StreamWorker:
     def __init__(
         self, *, settings: WorkerSettings, deliveries: DeliveryService, work: WorkLog,
         telemetry: Telemetry | None = None, clock: RecordClock | None = None, health: Health | None = None,
+        topics: Expander | None = None,
     ) -> None:
         self._s = settings
         self._health = health or Health()  # what /healthz reads (metrics.serve)
@@ -45,6 +49,8 @@ class StreamWorker:
         # Bounds webhook *entries* in flight (each may name up to fanout_chunk recipients), so the read loop
         # stops taking work while they run; DeliveryService separately bounds the HTTP calls themselves.
         self._hook_entries = asyncio.Semaphore(settings.webhook_concurrency)
+        self._topics = topics
+        self._expansions = asyncio.Semaphore(TOPIC_EXPANSIONS)
         self._stop = asyncio.Event()
         self.processed = 0
         self.held_through_outage = 0  # batches processed again in place after a store outage
@@ -114,7 +120,13 @@ class StreamWorker:
                 if reclaimed and entry.carried is not None:
                     # Someone had it before and may have recorded an outcome: read the rows, not the entry.
                     entry = dataclasses.replace(entry, carried=None)
-                if entry.channel is Channel.WEBHOOK:
+                if entry.channel is Channel.TOPIC and self._topics is not None:
+                    # An expansion takes seconds (pages of subscribers): beside the loop, like webhook calls.
+                    await self._expansions.acquire()
+                    task = asyncio.create_task(self._expand(entry_id, entry, self._topics))
+                    self._hooks.add(task)
+                    task.add_done_callback(self._hooks.discard)
+                elif entry.channel is Channel.WEBHOOK:
                     # Webhook calls may take seconds: they run beside the loop, bounded in number.
                     await self._hook_entries.acquire()
                     task = asyncio.create_task(self._hook((entry_id, entry)))
@@ -143,6 +155,22 @@ class StreamWorker:
             self._hook_entries.release()
             # The read loop may be waiting for this slot (backpressure): a call that ended is progress, and
             # each is bounded by NOTIFLOW_WEBHOOK_TIMEOUT_S, far below health.STALE_AFTER_S.
+            self._health.beat()
+
+    async def _expand(self, entry_id: str, entry: StreamEntry, topics: Expander) -> None:
+        """Expand a topic notification to the end (held in place through store outages), then acknowledge its
+        entry, kept claimed meanwhile. Anything else leaves it pending: it is reclaimed, resumes where the last
+        page left it, and counts towards the poison bound."""
+        keeper = asyncio.create_task(self._keep([entry_id]), name="keep-expansion")
+        try:
+            if await topics.expand_held(entry.notification_id, self._stop):
+                await self._ack([entry_id])
+                self.processed += 1
+        except Exception:
+            log.exception("topic expansion failed; left pending", extra={"entry_id": entry_id})
+        finally:
+            keeper.cancel()
+            self._expansions.release()
             self._health.beat()
 
     async def _process(self, items: list[Parsed], process: Process) -> None:

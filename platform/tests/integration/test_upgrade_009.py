@@ -121,6 +121,6 @@ async def test_an_old_database_upgrades_in_place(old_database: str) -> None:
             assert await dlq_sql.take_for_replay(conn, entries[stale]) == dlq_sql.EXPIRED
         assert await conn.fetchval("SELECT status FROM deliveries WHERE notification_id = $1", dead) == "pending"
         # Migrating again changes nothing.
-        assert await apply_migrations(old_database) == []
+        assert await apply_migrations(old_database, upto="009") == []
     finally:
         await conn.close()

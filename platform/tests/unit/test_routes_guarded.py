@@ -9,7 +9,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, APIWebSocketRoute
 
 from notiflow.config import Settings
-from notiflow.gateway import auth, dashboard, http, keys, presence, sse, ws
+from notiflow.gateway import auth, dashboard, http, keys, presence, sse, topics, ws
 from notiflow.gateway.app import GatewayApp, create_app
 
 OPEN = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
@@ -26,7 +26,7 @@ def _routes() -> list[object]:
     # The routers' own routes (an app's include_router wraps them in a private type) and the app's.
     app = create_app(Settings(_env_file=None))  # type: ignore[call-arg]
     return [*http.router.routes, *keys.router.routes, *dashboard.router.routes, *presence.router.routes,
-            *sse.router.routes, *app.routes]
+            *sse.router.routes, *topics.router.routes, *app.routes]
 
 
 def test_every_route_but_probes_needs_credentials() -> None:
@@ -37,7 +37,7 @@ def test_every_route_but_probes_needs_credentials() -> None:
             (guarded if auth.principal in calls or auth.page_principal in calls else open_).append(route.path)
     assert set(open_) <= OPEN, f"routes without credentials: {sorted(set(open_) - OPEN)}"
     assert {"/notifications", "/dlq", "/notifications/offline/{user_id}", "/keys", "/dashboard", "/presence/{user_id}",
-            "/sse/{user_id}"} <= set(guarded)
+            "/sse/{user_id}", "/topics/{topic}/subscribers", "/topics/{topic}/subscribers/{user_id}"} <= set(guarded)
 
 
 def test_only_the_dashboard_page_takes_its_key_from_the_address() -> None:
