@@ -239,6 +239,7 @@ export class Producer {
       await this._sleep(waitMs);
     }
     const message = `gave up after ${tried} attempts: ${why}`;
-    throw maybeStored ? new OutcomeUnknown(message, key) : new Unavailable(message);
+    // Only a POST can leave something behind to resend with its key: a PUT, DELETE or GET may simply be retried.
+    throw maybeStored && method === "POST" ? new OutcomeUnknown(message, key) : new Unavailable(message);
   }
 }

@@ -154,6 +154,13 @@ test("subscribers pages through nextAfter", async () => {
   assert.deepEqual(one, { topic: "t", subscribers: ["d", "e"], nextAfter: null });
 });
 
+test("topic calls that give up are Unavailable, a send that may exist OutcomeUnknown", async () => {
+  const s = script(reset(), reset(), reset(), reset());
+  const p = s.producer({ maxAttempts: 2 });
+  await assert.rejects(p.unsubscribe("t", "a"), (err) => err instanceof Unavailable && !(err instanceof OutcomeUnknown));
+  await assert.rejects(p.sendTopic("t", "e"), OutcomeUnknown);
+});
+
 test("a bad topic throws typed at once", async () => {
   for (const call of [(p) => p.subscribe("bad", "a"), (p) => p.unsubscribe("bad", "a"), (p) => p.subscribersPage("bad"),
     (p) => p.sendTopic("bad", "e")]) {

@@ -257,4 +257,6 @@ class Producer:
                 break
             await self._sleep(wait_s)
         message = f"gave up after {tried} attempts: {why}"
-        raise OutcomeUnknown(message, key) if maybe_stored else Unavailable(message)
+        # Only a POST can leave something behind that a caller must resend with its key: a PUT, DELETE or GET
+        # that may have been done is done again by the caller's retry without harm.
+        raise OutcomeUnknown(message, key) if maybe_stored and method == "POST" else Unavailable(message)

@@ -223,6 +223,16 @@ async def test_subscribers_pages_through_next_after() -> None:
     assert [r.url.params["after"] for r in script.requests] == ["", "b", "b", "d"]
 
 
+async def test_topic_calls_that_give_up_are_unavailable_never_outcome_unknown() -> None:
+    script = Script(*[httpx.ReadTimeout("lost")] * 4)
+    async with script.producer(retry=RetryPolicy(max_attempts=2)) as p:
+        with pytest.raises(Unavailable) as raised:
+            await p.subscribe("t", "a")
+        assert not isinstance(raised.value, OutcomeUnknown)
+        with pytest.raises(OutcomeUnknown):  # a send that may exist still says so
+            await p.send_topic("t", "e")
+
+
 @pytest.mark.parametrize("call", ["subscribe", "unsubscribe", "subscribers_page", "send_topic"])
 async def test_a_bad_topic_raises_typed_at_once(call: str) -> None:
     script = Script(error(422, "invalid_topic", None))
