@@ -131,13 +131,22 @@ export interface Accepted {
   status: "accepted";
   /** null for a notification to a topic: its subscribers are counted as it is expanded, after the 202. */
   recipients: number | null;
-  /** The topic, for a notification sent to one (sendMany with {topic: "..."} items). */
+  /** The topic, for a notification sent to one (sendTopic, or sendMany with topicNotification() items). */
   topic?: string;
+}
+
+/** One page of a topic's subscribers: pass nextAfter as `after` for the next (null: this is the last). */
+export interface SubscribersPage {
+  topic: string;
+  subscribers: string[];
+  nextAfter: string | null;
 }
 
 export interface SendOptions {
   ttlSeconds?: number;
   webhookUrl?: string;
+  /** Delivery receipts (delivery.delivered, .dead, .expired, .replaced) are POSTed there (contract §4a). */
+  statusUrl?: string;
   /** 1-128 printable characters: replaces the user's older unacknowledged notification with the same key. */
   collapseKey?: string;
   /** Default: a random UUID per notification, kept across its retries. */
@@ -149,6 +158,11 @@ export type NotificationBody = Record<string, unknown>;
 
 export declare function notification(
   userIds: string | string[], event: string, payload?: Record<string, unknown>, options?: SendOptions,
+): NotificationBody;
+
+/** One notification to a topic's subscribers as sendMany takes it. */
+export declare function topicNotification(
+  topic: string, event: string, payload?: Record<string, unknown>, options?: SendOptions,
 ): NotificationBody;
 
 export interface ProducerOptions {
@@ -176,5 +190,14 @@ export declare class Producer {
   /** Requests sent, retries included. */
   attempts: number;
   send(userIds: string | string[], event: string, payload?: Record<string, unknown>, options?: SendOptions): Promise<Accepted>;
+  /** To the topic's subscribers at acceptance; the 202 has recipients null and the topic. */
+  sendTopic(topic: string, event: string, payload?: Record<string, unknown>, options?: SendOptions): Promise<Accepted>;
   sendMany(notifications: Iterable<NotificationBody>): Promise<Array<Accepted | RequestRejected>>;
+  /** Idempotent: done also when already subscribed. */
+  subscribe(topic: string, userId: string): Promise<void>;
+  /** Idempotent: done also when not subscribed. */
+  unsubscribe(topic: string, userId: string): Promise<void>;
+  subscribersPage(topic: string, options?: { after?: string | null; limit?: number }): Promise<SubscribersPage>;
+  /** Every subscriber, by user id, a page of `pageSize` (default 100) per request. */
+  subscribers(topic: string, options?: { pageSize?: number }): AsyncIterableIterator<string>;
 }

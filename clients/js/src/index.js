@@ -23,7 +23,7 @@ import { NotiflowError, backoffMs, timeoutSignal } from "./common.js";
 export { Collapser, NotiflowError, backoffMs };
 export {
   IdempotencyKeyReused, InvalidNotification, NotAllowed, OutcomeUnknown, Producer, RequestRejected, Unavailable,
-  notification,
+  notification, topicNotification,
 } from "./producer.js";
 
 const CLOSE_GIVE_UP = new Map([

@@ -7,6 +7,9 @@
 //   errors and 5xx move on to the next URL. Other 4xx throw a RequestRejected subclass at once.
 // - sendMany posts /notifications/batch chunks of at most `batchSize` (1,000) notifications; a chunk refused as
 //   over_ingest_burst is split in halves.
+// - Topics: sendTopic (or topicNotification() items for sendMany) sends to a topic's subscribers; subscribe,
+//   unsubscribe (idempotent PUT/DELETE) and subscribers (GET, page by page) change and read them, under the
+//   same retry rules.
 // - Every request has a deadline (`requestTimeoutMs`, reading the answer included).
 
 import { NotiflowError, backoffMs, timeoutSignal } from "./common.js";
@@ -52,16 +55,35 @@ function rejected(status, error) {
   return err;
 }
 
-/** One notification as sendMany takes it (the body of POST /notifications, plus its key). */
-export function notification(userIds, event, payload = {}, { ttlSeconds, webhookUrl, idempotencyKey, collapseKey } = {}) {
-  const body = typeof userIds === "string" ? { user_id: userIds } : { user_ids: [...userIds] };
-  Object.assign(body, { event, payload });
-  if (ttlSeconds !== undefined) body.ttl_seconds = ttlSeconds;
-  if (webhookUrl !== undefined) body.webhook_url = webhookUrl;
-  if (collapseKey !== undefined) body.collapse_key = collapseKey;
-  if (idempotencyKey !== undefined) body.idempotency_key = idempotencyKey;
-  return body;
+function body(to, event, payload, { ttlSeconds, webhookUrl, statusUrl, collapseKey, idempotencyKey } = {}) {
+  const out = { ...to, event, payload };
+  if (ttlSeconds !== undefined) out.ttl_seconds = ttlSeconds;
+  if (webhookUrl !== undefined) out.webhook_url = webhookUrl;
+  if (statusUrl !== undefined) out.status_url = statusUrl;
+  if (collapseKey !== undefined) out.collapse_key = collapseKey;
+  if (idempotencyKey !== undefined) out.idempotency_key = idempotencyKey;
+  return out;
 }
+
+/** One notification to users as sendMany takes it (the body of POST /notifications, plus its key). */
+export function notification(userIds, event, payload = {}, options = {}) {
+  return body(typeof userIds === "string" ? { user_id: userIds } : { user_ids: [...userIds] }, event, payload, options);
+}
+
+/** One notification to a topic's subscribers as sendMany takes it. */
+export function topicNotification(topic, event, payload = {}, options = {}) {
+  return body({ topic }, event, payload, options);
+}
+
+/** The 202 answer of one notification: {id, status, recipients} (recipients null for a topic), plus topic. */
+function acceptedAnswer(r) {
+  const out = { id: r.id, status: r.status, recipients: r.recipients };
+  if (r.topic !== undefined) out.topic = r.topic;
+  return out;
+}
+
+const subscriberPath = (topic, userId) =>
+  `/topics/${encodeURIComponent(topic)}/subscribers/${encodeURIComponent(userId)}`;
 
 const newKey = () => `auto-${globalThis.crypto.randomUUID()}`;
 
@@ -92,10 +114,47 @@ export class Producer {
   }
 
   /** Send one notification; its 202 answer {id, status, recipients}. */
-  async send(userIds, event, payload = {}, { ttlSeconds, webhookUrl, idempotencyKey, collapseKey } = {}) {
-    const body = notification(userIds, event, payload, { ttlSeconds, webhookUrl, collapseKey });
-    const answer = await this._post("/notifications", body, idempotencyKey ?? newKey());
-    return { id: answer.id, status: answer.status, recipients: answer.recipients };
+  async send(userIds, event, payload = {}, { idempotencyKey, ...options } = {}) {
+    const answer = await this._request("POST", "/notifications", notification(userIds, event, payload, options),
+      idempotencyKey ?? newKey());
+    return acceptedAnswer(answer);
+  }
+
+  /** Send one notification to the topic's subscribers at acceptance; its 202 answer {id, status, recipients:
+   * null, topic}. The same errors as send. */
+  async sendTopic(topic, event, payload = {}, { idempotencyKey, ...options } = {}) {
+    const answer = await this._request("POST", "/notifications", topicNotification(topic, event, payload, options),
+      idempotencyKey ?? newKey());
+    return acceptedAnswer(answer);
+  }
+
+  /** Subscribe userId to topic (done also when it already was). */
+  async subscribe(topic, userId) {
+    await this._request("PUT", subscriberPath(topic, userId));
+  }
+
+  /** Unsubscribe userId from topic (done also when it was not subscribed). */
+  async unsubscribe(topic, userId) {
+    await this._request("DELETE", subscriberPath(topic, userId));
+  }
+
+  /** One page of the topic's subscribers after `after` (by user id), at most `limit` (1-1000):
+   * {topic, subscribers, nextAfter}; pass nextAfter as `after` for the next page (null: the last). */
+  async subscribersPage(topic, { after = null, limit = 100 } = {}) {
+    const query = new URLSearchParams({ after: after ?? "", limit: String(limit) });
+    const page = await this._request("GET", `/topics/${encodeURIComponent(topic)}/subscribers?${query}`);
+    return { topic: page.topic, subscribers: page.subscribers, nextAfter: page.next_after };
+  }
+
+  /** Every subscriber of the topic, by user id, a page of `pageSize` per request: `for await (const u of ...)`. */
+  async *subscribers(topic, { pageSize = 100 } = {}) {
+    let after = null;
+    for (;;) {
+      const page = await this.subscribersPage(topic, { after, limit: pageSize });
+      yield* page.subscribers;
+      if (page.nextAfter === null) return;
+      after = page.nextAfter;
+    }
   }
 
   /** Send many (objects as notification() builds them) in batches; one result per notification, in order: its
@@ -123,23 +182,23 @@ export class Producer {
   async _sendChunk(chunk) {
     let answer;
     try {
-      answer = await this._post("/notifications/batch", { notifications: chunk }, null);
+      answer = await this._request("POST", "/notifications/batch", { notifications: chunk });
     } catch (err) {
       if (!(err instanceof InvalidNotification) || err.errorCode !== "over_ingest_burst" || chunk.length === 1) throw err;
       const half = chunk.length >> 1; // too many deliveries in one request: nothing was stored, split it
       return [...await this._sendChunk(chunk.slice(0, half)), ...await this._sendChunk(chunk.slice(half))];
     }
-    return answer.results.map((r) => (r.error ? rejected(422, r.error)
-      : { id: r.id, status: r.status, recipients: r.recipients }));
+    return answer.results.map((r) => (r.error ? rejected(422, r.error) : acceptedAnswer(r)));
   }
 
   async _tokenNow() {
     return typeof this._token === "function" ? this._token() : this._token;
   }
 
-  /** POST until a 2xx (its JSON), a 4xx (thrown typed) or the retries run out. */
-  async _post(path, body, key) {
-    const content = JSON.stringify(body);
+  /** Request until a 2xx (its JSON, {} for a 204), a 4xx (thrown typed) or the retries run out. Only
+   * idempotent requests come here: a POST with its idempotency key, a PUT, DELETE or GET. */
+  async _request(method, path, body = null, key = null) {
+    const content = body === null ? undefined : JSON.stringify(body);
     const started = Date.now();
     let maybeStored = false;
     let why = "no attempt";
@@ -147,7 +206,8 @@ export class Producer {
     for (let attempt = 0; attempt < this._maxAttempts; attempt++) {
       tried++;
       const url = this._urls[this._at % this._urls.length];
-      const headers = { "content-type": "application/json", accept: "application/json" };
+      const headers = { accept: "application/json" };
+      if (content !== undefined) headers["content-type"] = "application/json";
       if (key !== null) headers["idempotency-key"] = key;
       const token = await this._tokenNow();
       if (token) headers.authorization = `Bearer ${token}`;
@@ -155,8 +215,11 @@ export class Producer {
       let waitMs = 0;
       const signal = timeoutSignal(this._timeoutMs);
       try {
-        const resp = await this._fetch(url + path, { method: "POST", headers, body: content, signal });
-        if (resp.ok) return await resp.json();
+        const resp = await this._fetch(url + path, { method, headers, body: content, signal });
+        if (resp.ok) {
+          const text = await resp.text();
+          return text ? JSON.parse(text) : {};
+        }
         const error = await errorBody(resp);
         if (resp.status < 500 && resp.status !== 429) throw rejected(resp.status, error);
         if (resp.status >= 500) {
@@ -176,6 +239,7 @@ export class Producer {
       await this._sleep(waitMs);
     }
     const message = `gave up after ${tried} attempts: ${why}`;
-    throw maybeStored ? new OutcomeUnknown(message, key) : new Unavailable(message);
+    // Only a POST can leave something behind to resend with its key: a PUT, DELETE or GET may simply be retried.
+    throw maybeStored && method === "POST" ? new OutcomeUnknown(message, key) : new Unavailable(message);
   }
 }

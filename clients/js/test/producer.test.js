@@ -7,6 +7,7 @@ import { after, before, test } from "node:test";
 
 import {
   IdempotencyKeyReused, InvalidNotification, NotAllowed, OutcomeUnknown, Producer, Unavailable, notification,
+  topicNotification,
 } from "../src/index.js";
 import { startStack, uniqueUser } from "./stack.js";
 
@@ -21,7 +22,7 @@ const reset = () => Object.assign(new TypeError("fetch failed"), { cause: { code
 function script(...answers) {
   const s = { requests: [], slept: [] };
   s.fetch = async (url, init) => {
-    s.requests.push({ url, init, body: JSON.parse(init.body) });
+    s.requests.push({ url, init, body: init.body === undefined ? null : JSON.parse(init.body) });
     let answer = answers.length ? answers.shift() : json(202, OK);
     if (typeof answer === "function") answer = answer(init);
     if (answer instanceof Error) throw answer;
@@ -104,6 +105,71 @@ test("sendMany chunks to the batch limit, keys every item and splits over_ingest
     (err) => err instanceof InvalidNotification && err.details[0].index === 13 && err.accepted.length === 10);
 });
 
+const TOPIC_OK = { ...OK, recipients: null, topic: "news" };
+
+test("sendTopic and statusUrl: the body has exactly one recipient form, the answer keeps the topic", async () => {
+  const s = script(error(429, "rate_limited", "2"), json(202, TOPIC_OK), json(202, OK));
+  const p = s.producer();
+  assert.deepEqual(await p.sendTopic("news", "e", { n: 1 }, { statusUrl: "https://r.example/s", collapseKey: "k" }),
+    TOPIC_OK);
+  assert.equal((await p.send("alice", "e", {}, { statusUrl: "https://r.example/s" })).recipients, 1);
+  assert.deepEqual(s.requests[0].body,
+    { topic: "news", event: "e", payload: { n: 1 }, status_url: "https://r.example/s", collapse_key: "k" });
+  assert.deepEqual(s.requests[1].body, s.requests[0].body);
+  assert.equal(s.keys()[0], s.keys()[1]);
+  assert.ok(s.slept[0] >= 2000);
+  assert.deepEqual(s.requests[2].body, { user_id: "alice", event: "e", payload: {}, status_url: "https://r.example/s" });
+  assert.deepEqual(topicNotification("t", "e", {}, { idempotencyKey: "k" }),
+    { topic: "t", event: "e", payload: {}, idempotency_key: "k" });
+});
+
+test("subscribe and unsubscribe are retried like sends, with the path escaped", async () => {
+  const s = script(refused(), error(503, "unavailable", "1"), new Response(null, { status: 204 }),
+    error(429, "rate_limited", "3"), new Response(null, { status: 204 }));
+  const p = s.producer({ urls: ["http://a", "http://b"] });
+  assert.equal(await p.subscribe("sports news#1?", "al ice"), undefined);
+  assert.equal(await p.unsubscribe("sports news#1?", "al ice"), undefined);
+  assert.deepEqual(s.requests.map((r) => r.init.method), ["PUT", "PUT", "PUT", "DELETE", "DELETE"]);
+  assert.deepEqual(s.requests.map((r) => new URL(r.url).host), ["a", "b", "a", "a", "a"]);
+  assert.equal(new URL(s.requests[0].url).pathname, "/topics/sports%20news%231%3F/subscribers/al%20ice");
+  assert.ok(s.requests.every((r) => r.body === null && r.init.headers["idempotency-key"] === undefined));
+  assert.ok(s.slept[1] >= 1000 && s.slept[2] >= 3000);
+});
+
+test("subscribers pages through nextAfter", async () => {
+  const page = (init, url) => {
+    const params = new URL(url).searchParams;
+    assert.equal(init.method, "GET");
+    const rest = ["a", "b", "c", "d", "e"].filter((u) => u > params.get("after")).slice(0, Number(params.get("limit")));
+    return json(200, { topic: "t", subscribers: rest, next_after: rest.at(-1) === "e" ? null : rest.at(-1) });
+  };
+  const urls = [];
+  const s = script();
+  const p = s.producer({ fetch: async (url, init) => { urls.push(url); return urls.length === 2 ? error(503, "store_busy", "0") : page(init, url); } });
+  const seen = [];
+  for await (const u of p.subscribers("t", { pageSize: 2 })) seen.push(u);
+  assert.deepEqual(seen, ["a", "b", "c", "d", "e"]);
+  assert.deepEqual(urls.map((u) => new URL(u).searchParams.get("after")), ["", "b", "b", "d"]);
+  const one = await s.producer({ fetch: async (url, init) => page(init, url) }).subscribersPage("t", { after: "c", limit: 5 });
+  assert.deepEqual(one, { topic: "t", subscribers: ["d", "e"], nextAfter: null });
+});
+
+test("topic calls that give up are Unavailable, a send that may exist OutcomeUnknown", async () => {
+  const s = script(reset(), reset(), reset(), reset());
+  const p = s.producer({ maxAttempts: 2 });
+  await assert.rejects(p.unsubscribe("t", "a"), (err) => err instanceof Unavailable && !(err instanceof OutcomeUnknown));
+  await assert.rejects(p.sendTopic("t", "e"), OutcomeUnknown);
+});
+
+test("a bad topic throws typed at once", async () => {
+  for (const call of [(p) => p.subscribe("bad", "a"), (p) => p.unsubscribe("bad", "a"), (p) => p.subscribersPage("bad"),
+    (p) => p.sendTopic("bad", "e")]) {
+    const s = script(error(422, "invalid_topic"));
+    await assert.rejects(call(s.producer()), (err) => err instanceof InvalidNotification && err.errorCode === "invalid_topic");
+    assert.equal(s.requests.length, 1);
+  }
+});
+
 // --- against a live stack ------------------------------------------------------------------------------
 
 let stack;
@@ -158,6 +224,58 @@ async function answerEater(upstream) {
   state.close = () => new Promise((resolve) => server.close(resolve));
   return state;
 }
+
+/** Whether notification `id` reaches `user`'s offline queue within `timeoutMs`. */
+async function queued(base, user, id, timeoutMs = 30000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const page = await (await fetch(`${base}/notifications/offline/${encodeURIComponent(user)}?limit=1000`)).json();
+    if (page.notifications.some((n) => n.id === id)) return true;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return false;
+}
+
+test("topics: subscribe, list, send to the topic, unsubscribe; typed errors", { timeout: 60000 }, async () => {
+  const base = stack.urls[1];
+  const p = new Producer({ urls: base });
+  const topic = `${uniqueUser("js news #")}?`; // escaped in the path
+  const people = Array.from({ length: 5 }, (_, i) => uniqueUser(`topic${i}`)).sort();
+  for (const u of [...people, people[0]]) await p.subscribe(topic, u); // twice changes nothing
+  const listed = [];
+  for await (const u of p.subscribers(topic, { pageSize: 2 })) listed.push(u);
+  assert.deepEqual(listed, people);
+  assert.deepEqual(await p.subscribersPage(topic, { after: people[1], limit: 2 }),
+    { topic, subscribers: people.slice(2, 4), nextAfter: people[3] });
+  const gone = people[4];
+  await p.unsubscribe(topic, gone);
+  await p.unsubscribe(topic, gone);
+  const left = [];
+  for await (const u of p.subscribers(topic)) left.push(u);
+  assert.deepEqual(left, people.slice(0, 4));
+
+  const sent = await p.sendTopic(topic, "js.topic", { n: 1 });
+  assert.equal(sent.recipients, null);
+  assert.equal(sent.topic, topic);
+  const [batched] = await p.sendMany([topicNotification(topic, "js.topic", { n: 2 })]);
+  assert.equal(batched.topic, topic);
+  for (const id of [sent.id, batched.id]) {
+    for (const u of people.slice(0, 4)) assert.ok(await queued(base, u, id), `${u} never got ${id}`);
+  }
+  // One page expanded each send whole: the unsubscribed user has nothing.
+  assert.deepEqual((await (await fetch(`${base}/notifications/offline/${encodeURIComponent(gone)}`)).json()).notifications, []);
+
+  // statusUrl reaches the gateway: this stack allows no receipt host, so it is refused by name.
+  await assert.rejects(p.sendTopic(topic, "js.topic", {}, { statusUrl: "https://receipts.example/s" }),
+    (err) => err instanceof InvalidNotification && err.errorCode === "status_host_not_allowed");
+  await assert.rejects(p.send(people[0], "js.topic", {}, { statusUrl: "https://receipts.example/s" }),
+    (err) => err instanceof InvalidNotification && err.errorCode === "status_host_not_allowed");
+  const before = p.attempts;
+  await assert.rejects(p.subscribe("bad\u0001topic", "alice"),
+    (err) => err instanceof InvalidNotification && err.status === 422 && err.errorCode === "invalid_topic");
+  await assert.rejects(p.subscribersPage("bad\u0001topic"), (err) => err.errorCode === "invalid_topic");
+  assert.equal(p.attempts, before + 2); // refused at once, not retried
+});
 
 test("answers lost after their commit are retried into no duplicate", { timeout: 60000 }, async () => {
   const survivor = stack.urls[1];

@@ -4,8 +4,9 @@ Each notification reaches the consumer once, across reconnects and gateway death
 send with ``Producer`` (asyncio) or ``SyncProducer``: each notification accepted once (producer.py).
 """
 
+from notiflow.client.bodies import Accepted, SubscribersPage, notification, topic_notification
 from notiflow.client.core import NotiflowClient
-from notiflow.client.producer import Accepted, Producer, RetryPolicy, notification
+from notiflow.client.producer import Producer, RetryPolicy
 from notiflow.client.sync import SyncProducer
 from notiflow.client.tracker import SeenTracker
 from notiflow.client.types import (
@@ -37,8 +38,10 @@ __all__ = [
     "RequestRejected",
     "RetryPolicy",
     "SeenTracker",
+    "SubscribersPage",
     "SyncProducer",
     "Token",
     "Unavailable",
     "notification",
+    "topic_notification",
 ]

@@ -2,30 +2,41 @@
 
 ``async with Producer(urls, token=key) as p: await p.send("alice", "order.shipped", {"order": 42})``
 
-- Every request carries an idempotency key (the caller's, or one generated per notification), so a retry
-  after any failure creates nothing new (SPEC §2, I5).
+- Every notification carries an idempotency key (the caller's, or one generated per notification), so a retry
+  after any failure creates nothing new (SPEC §2, I5); the topic calls are idempotent by themselves.
 - 429 and 5xx answers (``outcome_unknown`` included) and connection errors are retried with full-jitter
   backoff (notiflow.backoff), never sooner than ``Retry-After``, within ``RetryPolicy``'s attempts and
   deadline; connection errors and 5xx move on to the next gateway URL. Other 4xx raise a ``RequestRejected``
   subclass at once.
 - ``send_many`` sends ``POST /notifications/batch`` chunks of at most ``batch_size`` notifications; a chunk
   refused as ``over_ingest_burst`` is split in halves.
+- Topics: ``send_topic`` (or ``topic_notification()`` items for ``send_many``) sends to a topic's subscribers;
+  ``subscribe``, ``unsubscribe`` (idempotent PUT/DELETE) and ``subscribers`` (GET, page by page) change and read
+  them, under the same retry policy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
+from urllib.parse import quote, urlencode
 
 import httpx
 import orjson
 
 from notiflow.backoff import compute_backoff_ms
 from notiflow.client.auth import Auth
+from notiflow.client.bodies import (
+    Accepted,
+    SubscribersPage,
+    accepted_answer,
+    new_key,
+    notification,
+    topic_notification,
+)
 from notiflow.client.types import (
     AuthFailed,
     IdempotencyKeyReused,
@@ -43,14 +54,6 @@ MAX_BATCH = 1000
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-class Accepted(TypedDict):
-    """The 202 answer for one notification."""
-
-    id: str
-    status: str
-    recipients: int | None  # None: a topic notification (a send_many item with "topic"), counted once expanded
-
-
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How long one send keeps trying: ``max_attempts`` requests, waiting full-jitter backoff between them
@@ -61,11 +64,6 @@ class RetryPolicy:
     base_ms: int = 100
     cap_ms: int = 10_000
     deadline_s: float = 60.0
-
-
-def new_key() -> str:
-    """A fresh idempotency key for a notification the caller gave none."""
-    return f"auto-{uuid.uuid4()}"
 
 
 def rejected(status: int, error: Mapping[str, Any]) -> RequestRejected:
@@ -99,23 +97,9 @@ def _retry_after_s(resp: httpx.Response) -> float:
         return 0.0  # an HTTP date or garbage: the backoff alone decides
 
 
-def notification(
-    user_ids: str | Sequence[str], event: str, payload: Mapping[str, Any] | None = None, *,
-    ttl_seconds: int | None = None, webhook_url: str | None = None, idempotency_key: str | None = None,
-    collapse_key: str | None = None,
-) -> dict[str, Any]:
-    """One notification as ``send_many`` takes it (the body of POST /notifications, plus its key)."""
-    body: dict[str, Any] = {"user_id": user_ids} if isinstance(user_ids, str) else {"user_ids": list(user_ids)}
-    body.update(event=event, payload=dict(payload or {}))
-    if ttl_seconds is not None:
-        body["ttl_seconds"] = ttl_seconds
-    if webhook_url is not None:
-        body["webhook_url"] = webhook_url
-    if collapse_key is not None:
-        body["collapse_key"] = collapse_key
-    if idempotency_key is not None:
-        body["idempotency_key"] = idempotency_key
-    return body
+def _segment(name: str) -> str:
+    """A topic or user id as one path segment (every reserved character escaped; the gateway refuses ``/``)."""
+    return quote(name, safe="")
 
 
 class Producer:
@@ -150,17 +134,52 @@ class Producer:
 
     async def send(
         self, user_ids: str | Sequence[str], event: str, payload: Mapping[str, Any] | None = None, *,
-        ttl_seconds: int | None = None, webhook_url: str | None = None, idempotency_key: str | None = None,
-        collapse_key: str | None = None,
+        ttl_seconds: int | None = None, webhook_url: str | None = None, status_url: str | None = None,
+        idempotency_key: str | None = None, collapse_key: str | None = None,
     ) -> Accepted:
         """Send one notification; its 202 answer. Raises ``RequestRejected`` (a 4xx), ``OutcomeUnknown``
         (retries ran out and it may exist) or ``Unavailable`` (retries ran out and it does not)."""
-        body = notification(
-            user_ids, event, payload, ttl_seconds=ttl_seconds, webhook_url=webhook_url, collapse_key=collapse_key
+        body = notification(user_ids, event, payload, ttl_seconds=ttl_seconds, webhook_url=webhook_url,
+                            status_url=status_url, collapse_key=collapse_key)
+        return accepted_answer(await self._call("POST", "/notifications", body, idempotency_key or new_key()))
+
+    async def send_topic(
+        self, topic: str, event: str, payload: Mapping[str, Any] | None = None, *,
+        ttl_seconds: int | None = None, webhook_url: str | None = None, status_url: str | None = None,
+        idempotency_key: str | None = None, collapse_key: str | None = None,
+    ) -> Accepted:
+        """Send one notification to the topic's subscribers at acceptance; its 202 answer (``recipients``
+        None). The same errors as ``send``."""
+        body = topic_notification(topic, event, payload, ttl_seconds=ttl_seconds, webhook_url=webhook_url,
+                                  status_url=status_url, collapse_key=collapse_key)
+        return accepted_answer(await self._call("POST", "/notifications", body, idempotency_key or new_key()))
+
+    async def subscribe(self, topic: str, user_id: str) -> None:
+        """Subscribe ``user_id`` to ``topic`` (done also when it already was)."""
+        await self._call("PUT", f"/topics/{_segment(topic)}/subscribers/{_segment(user_id)}")
+
+    async def unsubscribe(self, topic: str, user_id: str) -> None:
+        """Unsubscribe ``user_id`` from ``topic`` (done also when it was not subscribed)."""
+        await self._call("DELETE", f"/topics/{_segment(topic)}/subscribers/{_segment(user_id)}")
+
+    async def subscribers_page(self, topic: str, *, after: str | None = None, limit: int = 100) -> SubscribersPage:
+        """The topic's subscribers after ``after`` (by user id), at most ``limit`` (1-1,000)."""
+        query = urlencode({"after": after or "", "limit": limit})
+        answer = await self._call("GET", f"/topics/{_segment(topic)}/subscribers?{query}")
+        return SubscribersPage(
+            topic=answer["topic"], subscribers=list(answer["subscribers"]), next_after=answer["next_after"]
         )
-        key = idempotency_key or new_key()
-        answer = await self._post("/notifications", body, key)
-        return Accepted(id=answer["id"], status=answer["status"], recipients=answer["recipients"])
+
+    async def subscribers(self, topic: str, *, page_size: int = 100) -> AsyncIterator[str]:
+        """Every subscriber of the topic, by user id, a page of ``page_size`` per request."""
+        after: str | None = None
+        while True:
+            page = await self.subscribers_page(topic, after=after, limit=page_size)
+            for user_id in page["subscribers"]:
+                yield user_id
+            if page["next_after"] is None:
+                return
+            after = page["next_after"]
 
     async def send_many(self, notifications: Iterable[Mapping[str, Any]]) -> list[Accepted | RequestRejected]:
         """Send many (each as ``notification()`` builds it), in batches; one result per notification, in order:
@@ -184,27 +203,26 @@ class Producer:
 
     async def _send_chunk(self, chunk: list[dict[str, Any]]) -> list[Accepted | RequestRejected]:
         try:
-            answer = await self._post("/notifications/batch", {"notifications": chunk}, None)
+            answer = await self._call("POST", "/notifications/batch", {"notifications": chunk})
         except InvalidNotification as exc:
             if exc.code != "over_ingest_burst" or len(chunk) == 1:
                 raise
             half = len(chunk) // 2  # too many deliveries in one request: nothing was stored, split it
             return [*await self._send_chunk(chunk[:half]), *await self._send_chunk(chunk[half:])]
-        return [
-            rejected(422, r["error"]) if "error" in r
-            else Accepted(id=r["id"], status=r["status"], recipients=r["recipients"])
-            for r in answer["results"]
-        ]
+        return [rejected(422, r["error"]) if "error" in r else accepted_answer(r) for r in answer["results"]]
 
-    async def _post(self, path: str, body: Mapping[str, Any], key: str | None) -> dict[str, Any]:
-        """POST until a 2xx (its JSON body), a 4xx (raised typed) or the retry policy runs out."""
-        content = orjson.dumps(body)
+    async def _call(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, key: str | None = None
+    ) -> dict[str, Any]:
+        """Request until a 2xx (its JSON body, {} for a 204), a 4xx (raised typed) or the retry policy runs out.
+        Only idempotent requests come here: a POST with its idempotency key, a PUT, DELETE or GET."""
+        content = None if body is None else orjson.dumps(body)
         started = time.monotonic()
         maybe_stored = False  # some attempt may have been accepted: giving up is OutcomeUnknown
         why, tried = "no attempt", 0
         for attempt in range(self._retry.max_attempts):
             tried += 1
-            headers = {"content-type": "application/json"}
+            headers = {} if content is None else {"content-type": "application/json"}
             if key is not None:
                 headers["idempotency-key"] = key
             if token := await self._auth.token():
@@ -213,7 +231,7 @@ class Producer:
             self.attempts += 1
             wait_s = 0.0
             try:
-                resp = await self._http.post(url + path, content=content, headers=headers)
+                resp = await self._http.request(method, url + path, content=content, headers=headers)
             except httpx.TransportError as exc:
                 self._at += 1  # this gateway is unreachable or died: the next one
                 maybe_stored = maybe_stored or not isinstance(exc, _NOT_SENT)
@@ -221,7 +239,7 @@ class Producer:
             else:
                 if resp.status_code < 300:
                     self._auth.succeeded()
-                    answer: dict[str, Any] = resp.json()
+                    answer: dict[str, Any] = resp.json() if resp.content else {}
                     return answer
                 error = _error_body(resp)
                 if resp.status_code == 401 and self._auth.can_refresh(AuthFailed(401, str(error.get("message")))):
@@ -239,4 +257,6 @@ class Producer:
                 break
             await self._sleep(wait_s)
         message = f"gave up after {tried} attempts: {why}"
-        raise OutcomeUnknown(message, key) if maybe_stored else Unavailable(message)
+        # Only a POST can leave something behind that a caller must resend with its key: a PUT, DELETE or GET
+        # that may have been done is done again by the caller's retry without harm.
+        raise OutcomeUnknown(message, key) if maybe_stored and method == "POST" else Unavailable(message)

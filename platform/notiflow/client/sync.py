@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from notiflow.client.producer import Accepted, Producer
+from notiflow.client.bodies import Accepted, SubscribersPage
+from notiflow.client.producer import Producer
 from notiflow.client.types import RequestRejected
 
 T = TypeVar("T")
@@ -43,8 +44,31 @@ class SyncProducer:
              **options: Any) -> Accepted:
         return self._run(self._producer.send(user_ids, event, payload, **options))
 
+    def send_topic(self, topic: str, event: str, payload: Mapping[str, Any] | None = None,
+                   **options: Any) -> Accepted:
+        return self._run(self._producer.send_topic(topic, event, payload, **options))
+
     def send_many(self, notifications: Iterable[Mapping[str, Any]]) -> list[Accepted | RequestRejected]:
         return self._run(self._producer.send_many(list(notifications)))
+
+    def subscribe(self, topic: str, user_id: str) -> None:
+        self._run(self._producer.subscribe(topic, user_id))
+
+    def unsubscribe(self, topic: str, user_id: str) -> None:
+        self._run(self._producer.unsubscribe(topic, user_id))
+
+    def subscribers_page(self, topic: str, *, after: str | None = None, limit: int = 100) -> SubscribersPage:
+        return self._run(self._producer.subscribers_page(topic, after=after, limit=limit))
+
+    def subscribers(self, topic: str, *, page_size: int = 100) -> Iterator[str]:
+        """Every subscriber of the topic, a page of ``page_size`` per request (made as the iteration needs it)."""
+        after: str | None = None
+        while True:
+            page = self.subscribers_page(topic, after=after, limit=page_size)
+            yield from page["subscribers"]
+            if page["next_after"] is None:
+                return
+            after = page["next_after"]
 
     @property
     def attempts(self) -> int:

@@ -22,6 +22,7 @@ from notiflow.client import (
     SyncProducer,
     Unavailable,
     notification,
+    topic_notification,
 )
 
 pytestmark = pytest.mark.timeout(10)
@@ -167,3 +168,92 @@ def test_sync_producer_blocks_and_retries_the_same() -> None:
         assert p.send("alice", "e") == _OK
         assert p.attempts == 2
     assert script.keys()[0] == script.keys()[1]
+
+
+# --- topics and receipts ---------------------------------------------------------------------------------
+
+_TOPIC_OK = {"id": _OK["id"], "status": "accepted", "recipients": None, "topic": "news"}
+
+
+async def test_send_topic_and_status_url_reach_the_body_and_the_answer_keeps_the_topic() -> None:
+    script = Script(error(429, "rate_limited", "2"), httpx.Response(202, json=_TOPIC_OK),
+                    httpx.Response(202, json=_OK))
+    async with script.producer() as p:
+        answer = await p.send_topic("news", "e", {"n": 1}, status_url="https://r.example/s", collapse_key="k")
+        assert answer == _TOPIC_OK and answer["recipients"] is None
+        assert (await p.send("alice", "e", status_url="https://r.example/s"))["recipients"] == 1
+    bodies = [orjson.loads(r.content) for r in script.requests]
+    assert bodies[0] == {"topic": "news", "event": "e", "payload": {"n": 1}, "status_url": "https://r.example/s",
+                         "collapse_key": "k"}
+    assert bodies[0] == bodies[1] and script.keys()[0] == script.keys()[1] and script.slept[0] >= 2.0
+    assert bodies[2] == {"user_id": "alice", "event": "e", "payload": {}, "status_url": "https://r.example/s"}
+
+
+def test_builders_have_exactly_one_recipient_form() -> None:
+    assert topic_notification("news", "e", status_url="https://r", idempotency_key="k") == {
+        "topic": "news", "event": "e", "payload": {}, "status_url": "https://r", "idempotency_key": "k"}
+    assert notification(["a", "b"], "e", {"x": 1}, status_url="https://r") == {
+        "user_ids": ["a", "b"], "event": "e", "payload": {"x": 1}, "status_url": "https://r"}
+
+
+async def test_subscribe_and_unsubscribe_are_retried_like_sends() -> None:
+    script = Script(httpx.ConnectError("refused"), error(503, "unavailable", "1"), httpx.Response(204),
+                    error(429, "rate_limited", "3"), httpx.Response(204))
+    async with script.producer(["http://a", "http://b"]) as p:
+        assert await p.subscribe("sports news#1?", "al ice") is None
+        assert await p.unsubscribe("sports news#1?", "al ice") is None
+    assert [r.method for r in script.requests] == ["PUT", "PUT", "PUT", "DELETE", "DELETE"]
+    assert [r.url.host for r in script.requests] == ["a", "b", "a", "a", "a"]
+    assert script.requests[0].url.raw_path == b"/topics/sports%20news%231%3F/subscribers/al%20ice"
+    assert all(r.content == b"" and "idempotency-key" not in r.headers for r in script.requests)
+    assert script.slept[1] >= 1.0 and script.slept[2] >= 3.0
+
+
+async def test_subscribers_pages_through_next_after() -> None:
+    def page(request: httpx.Request) -> httpx.Response:
+        after = request.url.params["after"]
+        assert request.method == "GET" and request.url.params["limit"] == "2"
+        rest = [u for u in ["a", "b", "c", "d", "e"] if u > after][:2]
+        more = rest[-1] if rest and rest[-1] != "e" else None
+        return httpx.Response(200, json={"topic": "t", "subscribers": rest, "next_after": more})
+
+    script = Script(page, error(503, "store_busy", "0"), page, page)
+    async with script.producer() as p:
+        assert [u async for u in p.subscribers("t", page_size=2)] == ["a", "b", "c", "d", "e"]
+    assert [r.url.params["after"] for r in script.requests] == ["", "b", "b", "d"]
+
+
+async def test_topic_calls_that_give_up_are_unavailable_never_outcome_unknown() -> None:
+    script = Script(*[httpx.ReadTimeout("lost")] * 4)
+    async with script.producer(retry=RetryPolicy(max_attempts=2)) as p:
+        with pytest.raises(Unavailable) as raised:
+            await p.subscribe("t", "a")
+        assert not isinstance(raised.value, OutcomeUnknown)
+        with pytest.raises(OutcomeUnknown):  # a send that may exist still says so
+            await p.send_topic("t", "e")
+
+
+@pytest.mark.parametrize("call", ["subscribe", "unsubscribe", "subscribers_page", "send_topic"])
+async def test_a_bad_topic_raises_typed_at_once(call: str) -> None:
+    script = Script(error(422, "invalid_topic", None))
+    async with script.producer() as p:
+        with pytest.raises(InvalidNotification) as raised:
+            await getattr(p, call)("bad\x01", *(["e"] if call != "subscribers_page" else []))
+    assert raised.value.code == "invalid_topic" and len(script.requests) == 1
+
+
+def test_sync_producer_has_the_topic_calls() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            done = request.url.params["after"] == "a"
+            return httpx.Response(200, json={"topic": "t", "subscribers": ["b"] if done else ["a"],
+                                             "next_after": None if done else "a"})
+        return httpx.Response(204) if request.method != "POST" else httpx.Response(202, json=_TOPIC_OK)
+
+    script = Script(*[answer] * 5)
+    with SyncProducer("http://a", transport=httpx.MockTransport(script)) as p:
+        p.subscribe("t", "a")
+        assert list(p.subscribers("t", page_size=1)) == ["a", "b"]
+        assert p.send_topic("t", "e")["topic"] == "news"
+        p.unsubscribe("t", "a")
+    assert [r.method for r in script.requests] == ["PUT", "GET", "GET", "POST", "DELETE"]
