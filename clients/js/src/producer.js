@@ -152,7 +152,7 @@ export class Producer {
     for (;;) {
       const page = await this.subscribersPage(topic, { after, limit: pageSize });
       yield* page.subscribers;
-      if (page.nextAfter === null) return;
+      if (page.nextAfter === null || page.nextAfter === after) return; // no progress: never loop on one page
       after = page.nextAfter;
     }
   }

@@ -154,6 +154,15 @@ test("subscribers pages through nextAfter", async () => {
   assert.deepEqual(one, { topic: "t", subscribers: ["d", "e"], nextAfter: null });
 });
 
+test("subscribers stops when a page makes no progress", async () => {
+  const stuck = () => json(200, { topic: "t", subscribers: ["a"], next_after: "a" });
+  const s = script(stuck, stuck, stuck);
+  const seen = [];
+  for await (const u of s.producer().subscribers("t")) seen.push(u);
+  assert.deepEqual(seen, ["a", "a"]);
+  assert.equal(s.requests.length, 2);
+});
+
 test("topic calls that give up are Unavailable, a send that may exist OutcomeUnknown", async () => {
   const s = script(reset(), reset(), reset(), reset());
   const p = s.producer({ maxAttempts: 2 });

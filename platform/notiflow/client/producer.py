@@ -177,7 +177,7 @@ class Producer:
             page = await self.subscribers_page(topic, after=after, limit=page_size)
             for user_id in page["subscribers"]:
                 yield user_id
-            if page["next_after"] is None:
+            if page["next_after"] is None or page["next_after"] == after:  # no progress: never loop on one page
                 return
             after = page["next_after"]
 

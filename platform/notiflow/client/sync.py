@@ -66,7 +66,7 @@ class SyncProducer:
         while True:
             page = self.subscribers_page(topic, after=after, limit=page_size)
             yield from page["subscribers"]
-            if page["next_after"] is None:
+            if page["next_after"] is None or page["next_after"] == after:  # no progress: never loop on one page
                 return
             after = page["next_after"]
 

@@ -223,6 +223,16 @@ async def test_subscribers_pages_through_next_after() -> None:
     assert [r.url.params["after"] for r in script.requests] == ["", "b", "b", "d"]
 
 
+async def test_subscribers_stops_when_a_page_makes_no_progress() -> None:
+    """A server answering the same next_after as the after it was given (a bug, or a proxy replaying a cached
+    page) ends the iteration instead of asking for that page for ever."""
+    stuck = httpx.Response(200, json={"topic": "t", "subscribers": ["a"], "next_after": "a"})
+    script = Script(lambda _: stuck, lambda _: stuck, lambda _: stuck)
+    async with script.producer() as p:
+        assert [u async for u in p.subscribers("t")] == ["a", "a"]
+    assert len(script.requests) == 2
+
+
 async def test_topic_calls_that_give_up_are_unavailable_never_outcome_unknown() -> None:
     script = Script(*[httpx.ReadTimeout("lost")] * 4)
     async with script.producer(retry=RetryPolicy(max_attempts=2)) as p:
