@@ -147,13 +147,13 @@ CASES = [
         "socket ack 1 pair",
         1,
         lambda c, it: q.ack_pairs(c, [(i["user"], str(i["ids"][0])) for i in it]),
-        lambda it: (q._ACK_PAIRS, list(_pairs(it))),
+        lambda it: (q._ACK_PAIRS_CALL, [*_pairs(it), chr(31)]),  # the function (migration 014): its call only
     ),
     Case(
         "socket ack 50 pairs",
         1,
         lambda c, it: q.ack_pairs(c, [(i["user"], str(i["ids"][0])) for i in it]),
-        lambda it: (q._ACK_PAIRS, list(_pairs(it))),
+        lambda it: (q._ACK_PAIRS_CALL, [*_pairs(it), chr(31)]),
         users=50,
     ),
     Case(

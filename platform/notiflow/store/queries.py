@@ -98,7 +98,11 @@ WITH p AS (
 UPDATE deliveries d SET status = 'delivered', delivered_at = now(), updated_at = now(), next_attempt_at = NULL
 FROM locked l WHERE d.notification_id = l.notification_id AND d.user_id = l.user_id
 """
+# Before migration 014 (kept as the baseline of loadtests/plan_cost.py and receipts_ack_ab.py, not run here).
 _ACK_PAIRS = _with_receipts(_ACK_PAIRS_UPDATE)
+# What ack_pairs runs: migration 014's function, whose UPDATE walks the pairs in key order itself (no lock step:
+# 8.4 -> 5.8 us per fan-out socket ack, loadtests/pg_floor.py; docs/record.md).
+_ACK_PAIRS_CALL = "SELECT notiflow_ack_pairs($1, $2, $3)"
 
 # For a gateway resynchronising its sockets after its Pub/Sub subscription was lost: per user, the next page of
 # open deliveries past that user's cursor (keyset by seq, one index range per user on deliveries_user_seq).
@@ -149,7 +153,7 @@ async def ack_pairs(conn: Any, pairs: list[tuple[str, str]]) -> int:
     if not pairs:
         return 0
     users = USER_SEP.join([p[0] for p in pairs])
-    return int(await conn.fetchval(_ACK_PAIRS, users, ",".join([p[1] for p in pairs])))
+    return int(await conn.fetchval(_ACK_PAIRS_CALL, users, ",".join([p[1] for p in pairs]), USER_SEP))
 
 
 async def open_for_users(conn: Any, after_seq: dict[str, int], per_user: int) -> list[dict[str, Any]]:

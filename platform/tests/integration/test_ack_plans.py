@@ -54,3 +54,34 @@ async def test_the_ack_by_ids_acks_the_open_deliveries_it_names_on_any_day_and_n
             (old.id, "ann"): "delivered", (new.id, "ann"): "delivered", (acked.id, "ann"): "delivered",
             (theirs.id, "bob"): "pending", (spare.id, "ann"): "pending",
         }  # fmt: skip
+
+
+async def test_the_socket_ack_walks_its_pairs_in_key_order_through_the_primary_key(db: asyncpg.Pool) -> None:
+    """Migration 014: the socket ack updates without a lock step, so its plan must take the rows in the pairs' key
+    order (the order of every multi-row writer: no deadlock) and find each by its key, never by a scan. The
+    function's own statement, as stored, under its own settings and as a generic (cached) plan."""
+    async with db.acquire() as conn:
+        today = (await partitions.server_now(conn)).date()
+        await partitions.ensure(conn, today, behind=12)  # 16 day partitions, as small as a new database's
+        src, config = await conn.fetchrow("SELECT prosrc, proconfig FROM pg_proc WHERE proname = 'notiflow_ack_pairs'")
+        body = src[src.index("WITH p AS") : src.index("SELECT count(*) INTO n")]
+        for name, param in (("users", "$1::text"), ("ids", "$2::text"), ("sep", "$3::text")):
+            body = re.sub(rf"\b{name}\b", param, body)
+        async with conn.transaction():
+            for setting in config:  # the function's own SET clauses
+                name, _, value = setting.partition("=")
+                await conn.execute(f"SET LOCAL {name} = {value}")
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            await conn.execute(f"PREPARE ack_plan(text, text, text) AS {body} SELECT count(*) FROM acked")
+            plan = [r[0] for r in await conn.fetch("EXPLAIN (COSTS off) EXECUTE ack_plan('a', 'b', 'c')")]
+            await conn.execute("DEALLOCATE ack_plan")
+        text = "\n".join(plan)
+        assert "Hash Join" not in text and "Merge Join" not in text and "Seq Scan on deliveries" not in text, text
+        assert "Join Filter" not in text and "Materialize" not in text, text  # no scan of a whole partition
+        loop = next(i for i, line in enumerate(plan) if "Nested Loop" in line)
+        children = [" ".join(line.split()) for line in plan[loop + 1 :] if line.strip().startswith("->")]
+        assert children[0].startswith("-> CTE Scan on p"), text  # the outer side: the sorted pairs
+        assert "Index Scan using deliveries_p" in text or "Index Scan using deliveries_v7" in text, text
+        item = note(new_id(), ["ann", "bob"])
+        await ingest_sql.insert_notifications(conn, [item])
+        assert await q.ack_pairs(conn, [("ann", str(item.id)), ("bob", str(item.id)), ("cy", str(item.id))]) == 2
