@@ -142,3 +142,17 @@ async def test_the_live_module_fails_naming_the_dropped_frames_and_no_loss_does_
     sections = reported(out)
     assert sections.get("MISSED LIVE") == dropped, out[-5000:]
     assert "LOST" not in sections
+
+
+@pytest.mark.timeout(400)
+async def test_the_topic_and_collapse_key_modules_fail_behind_a_lossy_gateway(
+    proxies: Callable[..., list[FaultProxy]],
+) -> None:
+    """The checks added with topics and collapse keys fail too when the platform loses work: frames dropped on
+    the wire and queue entries hidden for the topic's subscribers and the collapse scenario's offline users."""
+    topics, collapse = "conformance/test_topics.py", "conformance/test_collapse_keys.py"
+    broken = proxies(drop_ws_every=3, hide_every=2, hide_users="-")  # every user of both modules has a "-"
+    outcomes, out = await run_suite([topics, collapse], [p.url for p in broken])
+    assert _union(broken, "hidden") or _union(broken, "dropped"), "the proxy broke nothing"
+    for module in (topics, collapse):
+        assert "FAILED" in outcomes.get(module, set()), f"{module} passed against a lossy gateway\n{out[-3000:]}"
