@@ -1,9 +1,9 @@
 """The gateway's fan-out path in one process, without the network: a Pub/Sub message -> Hub.deliver -> each
-socket's buffer -> the iteration's writes through the real DirectWriter (gateway/transport.py) into a transport
-that only counts bytes -> the send meter. Prints the thread CPU nanoseconds per delivery (best and median of the
-rounds): a shared machine's other load does not count, the kernel's socket writes are not in it. With --acks,
-the way back instead: each socket's ack frame (text, as the transport hands it over) -> ws._Reader -> the
-group commit (a Batcher whose flush does nothing) -> settled; nanoseconds per ack frame.
+socket's buffer -> each socket's sending task -> an ASGI send that only counts bytes (the server's frame
+encoding and socket write are not in it) -> the send meter. Prints the thread CPU nanoseconds per delivery (best
+and median of the rounds): a shared machine's other load does not count. With --acks, the way back instead:
+each socket's ack frame (text, as ASGI hands it over) -> ws._Reader -> the group commit (a Batcher whose flush
+does nothing) -> settled; nanoseconds per ack frame.
 
     .venv/bin/python loadtests/hub_fanout.py                  # 500 sockets, 10 notifications per message
     .venv/bin/python loadtests/hub_fanout.py --per-message 1  # one frame per socket per iteration
@@ -18,47 +18,35 @@ import gc
 import time
 import uuid
 from datetime import UTC, datetime
-from types import SimpleNamespace
-from typing import Any
 
 import orjson
 import uvloop
-from websockets.protocol import State
 
 from notiflow.batching import Batcher
 from notiflow.gateway.hub import Connection, Hub
-from notiflow.gateway.transport import DirectWriter
 from notiflow.gateway.ws import _Reader
 from notiflow.models import FrameTemplate, frame_template
 from notiflow.streams.pubsub import encode_batch
 
 
-class CountingTransport:
+class CountingSend:
+    """Stands in for a socket's ASGI sends (gateway/ws.py's ``_send``): counts the bytes of the frames."""
+
     def __init__(self) -> None:
         self.bytes = 0
 
-    def write(self, data: bytes) -> None:
-        self.bytes += len(data)
-
-    def is_closing(self) -> bool:
-        return False
-
-
-def _connection(user: str, transport: CountingTransport) -> Connection:
-    """A socket as the fast path holds it: a DirectWriter over a protocol that is open and writable."""
-    protocol: Any = SimpleNamespace(
-        close_sent=False, disconnected=False, transport=transport,
-        conn=SimpleNamespace(state=State.OPEN, extensions=[]), writable=SimpleNamespace(is_set=lambda: True),
-    )
-    return Connection(user, 10_000, lambda code: None, DirectWriter(protocol))
+    async def __call__(self, frames: list[str]) -> bool:
+        for frame in frames:
+            self.bytes += len(frame)
+        return True
 
 
 async def measure(sockets: int, per_message: int, rounds: int) -> dict[str, float]:
-    transport = CountingTransport()
+    transport = CountingSend()
     hub = Hub()
     users = [f"u{i}" for i in range(sockets)]
     for user in users:
-        hub.add(_connection(user, transport))
+        hub.add(Connection(user, 10_000, lambda code: None, transport))
     created = datetime.now(UTC)
     batch: dict[FrameTemplate, list[tuple[str, int]]] = {}
     for k in range(per_message):
@@ -70,7 +58,7 @@ async def measure(sockets: int, per_message: int, rounds: int) -> dict[str, floa
         gc.collect()
         start = time.thread_time_ns()
         hub.deliver(message)
-        await asyncio.sleep(0)  # the writes run once this iteration's callbacks have
+        await asyncio.sleep(0)  # the sending tasks run in the next iterations
         await asyncio.sleep(0)
         samples.append((time.thread_time_ns() - start) / (sockets * per_message))
     samples.sort()
@@ -84,7 +72,7 @@ async def measure_acks(sockets: int, ids: int, rounds: int) -> dict[str, float]:
 
     batcher: Batcher[tuple[str, list[str]], int] = Batcher(flush, max_batch=1_000_000, name="acks")
     batcher.start()
-    conns = [Connection(f"u{i}", 1000, lambda code: None) for i in range(sockets)]
+    conns = [Connection(f"u{i}", 1000, lambda code: None, CountingSend()) for i in range(sockets)]
     readers = [_Reader(c, lambda user, i: batcher.enqueue([(user, i)]), 1000, 1_000_000) for c in conns]
     texts = [orjson.dumps({"type": "ack", "ids": [str(uuid.uuid4()) for _ in range(ids)]}).decode() for _ in conns]
     samples = []

@@ -1,16 +1,15 @@
-"""A micro-measurement of the gateway's two socket paths (``NOTIFLOW_SERVER``, gateway/serving.py): idle memory
-per socket and server CPU per frame fanned out, with nothing else in the way (no stores, no stream worker).
+"""A micro-measurement of the gateway's socket side: idle memory per socket and server CPU per frame fanned out,
+with nothing else in the way (no stores, no stream worker).
 
-Each run starts a server process that serves the gateway's own socket side (hub.py's ``Connection`` with the
-FrameWriter when the server offers one, else ws.py's ASGI writer task; the same uvicorn options as the
-gateway, from ``server_options``), opens ``--sockets`` client sockets, reads the server's RSS before and after,
-then has it fan ``--notifications`` frames out to every socket (in rounds of ``--round``, one loop iteration
-each, as Pub/Sub batches arrive) while each client acks every ten frames it receives, and reads the server's
-CPU time until every frame has arrived. The servers alternate, ``--runs`` times each.
+Each run starts a server process that serves the gateway's own socket side (hub.py's ``Connection`` and ws.py's
+ASGI sends; under uvicorn the same options as the gateway, from ``server_options``), opens ``--sockets`` client
+sockets, reads the server's RSS before and after, then has it fan ``--notifications`` frames out to every socket
+(in rounds of ``--round``, one loop iteration each, as Pub/Sub batches arrive) while each client acks every ten
+frames it receives, and reads the server's CPU time until every frame has arrived. The servers alternate,
+``--runs`` times each.
 
-    python loadtests/socket_paths.py                          # 1,000 sockets, 100 notifications, 2 runs each
-    python loadtests/socket_paths.py --servers uvicorn --runs 1
-    python loadtests/socket_paths.py --servers uvicorn-fast,uvicorn,granian   # granian: pip install granian
+    python loadtests/socket_paths.py                          # uvicorn: 1,000 sockets, 100 notifications, 2 runs
+    python loadtests/socket_paths.py --servers uvicorn,granian --runs 1   # granian: pip install granian
 
 Loopback only. A micro-measurement: client and server share the machine, figures move with its load.
 """
@@ -41,7 +40,6 @@ def app() -> Any:
     from starlette.websockets import WebSocket
 
     from notiflow.gateway.hub import Connection, Hub
-    from notiflow.gateway.serving import frame_writer
     from notiflow.gateway.ws import _send, parse_client_frame
 
     hub = Hub()
@@ -73,9 +71,8 @@ def app() -> Any:
         ws = WebSocket(scope, receive, send)
         await ws.accept()
         user = scope["path"].rsplit("/", 1)[-1]
-        conn = Connection(user, 100_000, lambda _: None, frame_writer(scope), partial(_send, ws))
+        conn = Connection(user, 100_000, lambda _: None, partial(_send, ws))
         hub.add(conn)
-        conn.read_with(on_text)
         try:
             while (message := await ws.receive())["type"] != "websocket.disconnect":
                 on_text(message["text"])
@@ -86,13 +83,13 @@ def app() -> Any:
     return serve_socket
 
 
-def _serve(server: str, port: int) -> None:
+def _serve(port: int) -> None:
     import uvicorn
 
     from notiflow.config import Settings
     from notiflow.gateway.app import server_options
 
-    settings = Settings(server=server)
+    settings = Settings()
     options = {"http": "httptools", **server_options(settings)}  # the gateway's own options, as cli.py serves it
     config = uvicorn.Config(app(), host="127.0.0.1", port=port, loop="uvloop", log_config=None, backlog=4096,
                             **options)
@@ -100,11 +97,11 @@ def _serve(server: str, port: int) -> None:
 
 
 def _server_argv(server: str, port: int) -> list[str]:
-    if server == "granian":  # not a NOTIFLOW_SERVER value: measured for the evaluation (ASGI, 1 worker)
+    if server == "granian":  # measured for the evaluation (ASGI, 1 worker)
         return [str(Path(sys.executable).with_name("granian")), "--interface", "asgi", "--factory", "--host",
                 "127.0.0.1", "--port", str(port), "--workers", "1", "--loop", "uvloop", "--log-level", "warning",
                 "--working-dir", str(Path(__file__).parent), "socket_paths:app"]
-    return [sys.executable, __file__, "--serve", server, "--port", str(port)]
+    return [sys.executable, __file__, "--serve", "--port", str(port)]
 
 
 def _tree(pid: int) -> list[int]:
@@ -174,8 +171,7 @@ def _run(server: str, args: argparse.Namespace) -> dict[str, Any]:
     from notiflow.devstack import free_port
 
     port = free_port()
-    env = {**os.environ, "NOTIFLOW_SERVER": server}
-    proc = subprocess.Popen(_server_argv(server, port), env=env)
+    proc = subprocess.Popen(_server_argv(server, port))
     try:
         return {"server": server, **asyncio.run(_measure(proc, port, args))}
     finally:
@@ -185,16 +181,16 @@ def _run(server: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--servers", default="uvicorn-fast,uvicorn", help="NOTIFLOW_SERVER values, comma-separated")
+    p.add_argument("--servers", default="uvicorn", help="uvicorn (the gateway's) and/or granian, comma-separated")
     p.add_argument("--runs", type=int, default=2, help="runs of each server, alternating (default 2)")
     p.add_argument("--sockets", type=int, default=1000)
     p.add_argument("--notifications", type=int, default=100, help="frames per socket (default 100)")
     p.add_argument("--round", type=int, default=10, help="notifications fanned out per loop iteration")
-    p.add_argument("--serve", help=argparse.SUPPRESS)
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
-        _serve(args.serve, args.port)
+        _serve(args.port)
         return
     results = []
     for _ in range(args.runs):

@@ -215,13 +215,6 @@ class Settings(BaseSettings):
         1, ge=1, le=64, description="Processes one `notiflow gateway` runs, each a node of its own, sharing "
         "the port (SO_REUSEPORT). Default 1 (`notiflow dev` picks its own default, see the README).",
     )
-    server: Literal["uvicorn-fast", "uvicorn"] = Field(
-        "uvicorn-fast", description="What serves the gateway's HTTP API and sockets on its one port. "
-        "`uvicorn-fast`: uvicorn with notiflow's own socket protocol (gateway/transport.py: batched frame writes, "
-        "text frames read without a queue hop; it relies on uvicorn's and websockets' internals, pinned exactly). "
-        "`uvicorn`: uvicorn's `websockets-sansio` through public APIs only, the application sending and "
-        "receiving through ASGI. Default uvicorn-fast.",
-    )
     stream_worker_processes: int = Field(
         1, ge=1, le=64, description="Processes one `notiflow stream-worker` runs, each a consumer of its own. "
         "Default 1.",
@@ -273,12 +266,6 @@ class Settings(BaseSettings):
         "separated; `*` accepts any. NOTIFLOW_HOST is added when it is one address (not 0.0.0.0 or ::). Another "
         "Host gets 400 (`invalid_host`), a socket handshake 403: it defeats DNS rebinding. /healthz, /readyz and "
         "/metrics accept any Host (probes and scrapers use addresses). Default localhost,127.0.0.1,::1.",
-    )
-    http_header_timeout_s: float = Field(
-        10.0, gt=0, description="Longest time a client may take to send a request's line and headers, from the "
-        "connection's start or the request's first byte, seconds; then the connection is closed. Armed under "
-        "SERVER=uvicorn-fast only (uvicorn's public options offer no such deadline: under SERVER=uvicorn a proxy in "
-        "front provides it). Default 10.",
     )
     http_max_concurrency: int = Field(
         1000, ge=1, description="HTTP connections and requests in flight one gateway process serves besides its "

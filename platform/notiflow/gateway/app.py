@@ -35,7 +35,6 @@ from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
 from notiflow.gateway.openfiles import check_open_files, open_files_limit
 from notiflow.gateway.security import header_host, host_allowed, served_hosts
-from notiflow.gateway.serving import http_implementation, ws_implementation
 from notiflow.lifecycle import RELEASE_S, Deadline, cancel
 from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.dashboard import DashboardService
@@ -144,18 +143,17 @@ def stop_serving(app: FastAPI, server: uvicorn.Server) -> None:
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's options from the settings: the HTTP implementation (httptools with a deadline on request
-    heads), keep-alive and the concurrency bound, and for WebSockets the implementation, keepalive pings, the
-    frame size bound (enforced by the websockets parser on the frame header, before the payload is read: 1009)
-    and compression. Every way of serving the app uses these."""
+    """uvicorn's options from the settings, public ones only: the HTTP implementation, keep-alive and the
+    concurrency bound, and for WebSockets the implementation, keepalive pings, the frame size bound (enforced by
+    the websockets parser on the frame header, before the payload is read: 1009) and compression. Every way of
+    serving the app uses these. uvicorn arms no deadline on a request's line and headers (its keep-alive timer
+    stops at a request's first byte): the reverse proxy in front provides one (docs/security.md)."""
     return {
-        # NOTIFLOW_SERVER: httptools with a deadline on request heads, or uvicorn's own (serving.py).
-        "http": http_implementation(settings.server, settings.http_header_timeout_s),
+        "http": "httptools",
         "timeout_keep_alive": settings.http_keep_alive_s,
         # uvicorn counts open sockets as connections too: the HTTP bound comes on top of the sockets' own.
         "limit_concurrency": settings.ws_max_sockets + settings.http_max_concurrency,
-        # NOTIFLOW_SERVER: uvicorn's websockets-sansio, with batched frame writes or plain (serving.py).
-        "ws": ws_implementation(settings.server),
+        "ws": "websockets-sansio",
         "ws_ping_interval": settings.ws_ping_interval_s,
         "ws_ping_timeout": settings.ws_ping_timeout_s,
         "ws_max_size": settings.ws_max_frame_bytes,

@@ -3,63 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from notiflow import metrics
 from notiflow.gateway.protocol import CloseCode
-from notiflow.gateway.serving import FrameWriter
 from notiflow.models import frame_created_at
 from notiflow.streams.pubsub import route_frames
-
-log = logging.getLogger(__name__)
 
 _CREATED = '"created_at":"'  # a notification frame's last field (models.notification_frame)
 
 
 class Connection:
-    """One socket's send side. Frames wait in a bounded buffer that is emptied in one go (one write per
-    burst, not per frame); when it overflows, the socket is closed with SLOW_CONSUMER rather than
-    buffering without limit.
+    """One socket's send side. Frames wait in a bounded buffer; when it overflows, the socket is closed with
+    SLOW_CONSUMER rather than buffering without limit. ``send`` sends frames through ASGI, in order, from a task
+    that lives while there are frames to send (frames pushed meanwhile wait in the buffer and count towards its
+    bound): an idle socket keeps no task."""
 
-    With a FrameWriter (``NOTIFLOW_SERVER=uvicorn-fast``, gateway/serving.py) the buffer is written once per event
-    loop iteration, straight to the transport, and held while the transport reports backpressure: every socket
-    that got frames in an iteration is written by one loop callback (``FLUSHES``), not one each. Without
-    one (``uvicorn``), ``send`` sends them through ASGI, from a task that lives while there are frames to send:
-    an idle socket keeps no task (2.5 kB per socket)."""
-
-    __slots__ = (
-        "_close", "_frames", "_max", "_scheduled", "_send", "_sending", "_writer", "acks_in_flight", "closing",
-        "user_id",
-    )
+    __slots__ = ("_close", "_frames", "_max", "_send", "_sending", "acks_in_flight", "closing", "user_id")
 
     def __init__(
-        self, user_id: str, queue_max: int, close: Callable[[CloseCode], None], writer: FrameWriter | None = None,
-        send: Callable[[list[str]], Awaitable[bool]] | None = None,
+        self, user_id: str, queue_max: int, close: Callable[[CloseCode], None],
+        send: Callable[[list[str]], Awaitable[bool]],
     ) -> None:
         self.user_id = user_id
         self._frames: list[str] = []  # appended, then taken whole (a deque costs 760 bytes even when empty)
         self._max = queue_max
-        self._send = send  # without a FrameWriter: sends frames through ASGI, in order; False once gone
+        self._send: Callable[[list[str]], Awaitable[bool]] | None = send  # False once the socket is gone
         self._sending: asyncio.Task[None] | None = None
         self._close = close
-        self._writer = writer
-        self._scheduled = False
-        if writer is not None:
-            writer.on_writable = self._flush
         self.closing: CloseCode | None = None
         self.acks_in_flight = 0  # ids of this socket's acks not yet committed
-
-    def read_with(self, on_text: Callable[[str], None]) -> None:
-        """Have the transport hand each text frame received to ``on_text`` (only when ``direct``)."""
-        if self._writer is not None:
-            self._writer.on_text = on_text
-
-    @property
-    def direct(self) -> bool:
-        """True when frames go straight to the transport (no writer task needed)."""
-        return self._writer is not None
 
     def push(self, frame: str) -> None:
         if self.closing is not None:
@@ -68,35 +42,11 @@ class Connection:
             self.close(CloseCode.SLOW_CONSUMER)
             return
         self._frames.append(frame)
-        if self._writer is not None:
-            # Every frame pushed in this loop iteration (one Pub/Sub message names many) goes in one write.
-            if not self._scheduled:
-                self._scheduled = True
-                FLUSHES.add(self)
-        elif self._sending is None and self._send is not None:
+        if self._sending is None and self._send is not None:
             self._sending = asyncio.get_running_loop().create_task(self._drain())
 
-    def _flush(self) -> None:
-        """Write what is buffered (the transport's on_writable)."""
-        frames = self.write()
-        if frames:
-            sent(frames)
-
-    def write(self) -> list[str] | None:
-        """Write what is buffered, if the transport can take it; the frames written (for the SendMeter)."""
-        self._scheduled = False
-        writer = self._writer
-        if writer is None or not self._frames or self.closing is not None:
-            return None
-        if not writer.writable:
-            return None  # the transport calls on_writable once it has drained
-        frames, self._frames = self._frames, []
-        writer.write_texts(frames)
-        return frames
-
     async def _drain(self) -> None:
-        """Sends what is buffered through ASGI, oldest first, until nothing is; frames pushed meanwhile wait
-        in the buffer (and count towards its bound)."""
+        """Sends what is buffered, oldest first, until nothing is."""
         try:
             while self._frames and self._send is not None:
                 frames, self._frames = self._frames, []
@@ -181,38 +131,6 @@ METER = SendMeter()
 sent = METER.sent
 
 
-class Flushes:
-    """The sockets with frames to write once this loop iteration's callbacks have run: one callback writes
-    them all. A fan-out hands one frame to each of many sockets per iteration, and a callback per socket
-    cost about as much as building and writing its frame."""
-
-    __slots__ = ("_conns", "_loop")
-
-    def __init__(self) -> None:
-        self._conns: list[Connection] = []
-        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the pending callback runs in
-
-    def add(self, conn: Connection) -> None:
-        self._conns.append(conn)
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:  # once per iteration (and again if an earlier loop closed before it ran)
-            self._loop = loop
-            loop.call_soon(self.run)
-
-    def run(self) -> None:
-        conns, self._conns, self._loop = self._conns, [], None
-        for conn in conns:
-            try:
-                frames = conn.write()
-            except Exception:  # one socket's failure is its own (as with a callback each): the others are written
-                log.exception("socket write failed", extra={"user_id": conn.user_id})
-                continue
-            if frames:
-                METER.count(frames)
-        METER.schedule()
-
-
-FLUSHES = Flushes()
 
 
 class Hub:

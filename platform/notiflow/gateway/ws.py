@@ -29,7 +29,6 @@ from notiflow.gateway.protocol import (
     FrameError,
     origin_allowed,
 )
-from notiflow.gateway.serving import frame_writer
 from notiflow.models import user_id_problem
 
 log = logging.getLogger(__name__)
@@ -136,9 +135,7 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
     def close_soon(code: CloseCode) -> None:
         _spawn(_close(ws, code))
 
-    writer = frame_writer(ws.scope)
-    # ASGI sends only without a FrameWriter: a direct socket keeps no partial of its own (memory per socket).
-    conn = Connection(user_id, svc.settings.ws_queue_max, close_soon, writer, None if writer else partial(_send, ws))
+    conn = Connection(user_id, svc.settings.ws_queue_max, close_soon, partial(_send, ws))
     # In the hub before presence says so: a frame routed here the moment presence is written must find
     # the socket, not an empty hub.
     svc.hub.add(conn)
@@ -158,7 +155,6 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
             await ws.close(CloseCode.TOO_MANY_SOCKETS, f"at most {limits.ws_max_sockets_per_user} sockets per user")
             return
         reader = _Reader(conn, svc.queries.ack_from_socket, limits.ws_max_ack_ids, limits.ws_max_acks_in_flight)
-        conn.read_with(reader)
         await _receive(ws, conn, reader)
     except (WebSocketDisconnect, RuntimeError):
         pass  # RuntimeError: receive after our own close (slow consumer); either way the socket is gone
@@ -172,8 +168,8 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
 
 class _Reader:
     """What a socket's text frames do (SPEC §3): pings are answered, acks are submitted to the group commit,
-    anything else is answered with a bad_frame error. Synchronous: it runs as the transport's ``on_text``
-    callback (no queue hop or task per frame), or from the ASGI receive loop under other servers."""
+    anything else is answered with a bad_frame error. Synchronous: the ASGI receive loop calls it with each
+    text frame."""
 
     __slots__ = ("_conn", "_max_ack_ids", "_max_in_flight", "_submit")
 
@@ -248,9 +244,7 @@ class _Reader:
 
 
 async def _receive(ws: WebSocket, conn: Connection, reader: _Reader) -> None:
-    """The ASGI receive loop, until the peer goes away or this socket is closed. With a FrameWriter text
-    frames never come this way (they go to ``reader`` as they are parsed): only binary frames and the
-    disconnect do."""
+    """The ASGI receive loop, until the peer goes away or this socket is closed."""
     while conn.closing is None:
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
@@ -263,11 +257,11 @@ async def _receive(ws: WebSocket, conn: Connection, reader: _Reader) -> None:
 
 
 async def _send(ws: WebSocket, frames: list[str]) -> bool:
-    """Sends through ASGI, for a server that offers no FrameWriter (hub.py's Connection calls it); False
-    when the socket is gone."""
+    """Sends each frame as a text message through ASGI (hub.py's Connection calls it); False when the socket
+    is gone."""
     try:
         for frame in frames:
-            await ws.send_text(frame)
+            await ws.send({"type": "websocket.send", "text": frame})
     except (WebSocketDisconnect, RuntimeError, OSError):
         return False
     return True

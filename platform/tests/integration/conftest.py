@@ -13,7 +13,6 @@ from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from integration_support import Gateway, Gateways, Socket, SocketFactory, Workers, ws_base
@@ -23,39 +22,11 @@ from notiflow.config import Settings
 from notiflow.service.auth import KeyService
 from notiflow.store.pool import connect_pool
 
-#: Every value of NOTIFLOW_SERVER (gateway/serving.py): the WebSocket tests run on each.
-SERVERS = ("uvicorn-fast", "uvicorn")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "servers(*names): the NOTIFLOW_SERVER values a test's gateways run on (default: every value "
-        "for a test that opens sockets on in-process gateways, the session's setting for any other)",
-    )
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A test that opens sockets on in-process gateways runs once per server: uvicorn's own WebSocket
-    implementation (public APIs, ASGI sends and receives) and notiflow's protocol (gateway/transport.py)."""
-    if "gateways" not in metafunc.fixturenames:
-        return
-    marker = metafunc.definition.get_closest_marker("servers")
-    if marker is not None:
-        metafunc.parametrize("server", marker.args)
-    elif "socket" in metafunc.fixturenames:
-        metafunc.parametrize("server", SERVERS)
-
-
-@pytest.fixture
-def server(settings: Settings) -> str:
-    """The NOTIFLOW_SERVER of the test's gateways, when the test is not run once per server."""
-    return settings.server
-
 
 @pytest_asyncio.fixture
-async def gateways(settings: Settings, server: str) -> AsyncIterator[Gateways]:
+async def gateways(settings: Settings) -> AsyncIterator[Gateways]:
     """``await gateways.start(**setting_overrides)`` starts a gateway node; all stop after the test."""
-    nodes = Gateways(settings.model_copy(update={"server": server}))
+    nodes = Gateways(settings)
     try:
         yield nodes
     finally:

@@ -1,6 +1,7 @@
-"""Issue 25, findings 4-8, on real stores: sockets are end users' own (never an API key's), request heads
-have a deadline and requests a concurrency bound, ``?token=`` only where a browser needs it, security
-headers and the Host check on every answer, and the JWT audience and lifetime policy."""
+"""Issue 25, findings 4-8, on real stores: sockets are end users' own (never an API key's), requests have a
+concurrency bound (request heads' deadline is the reverse proxy's: docs/security.md), ``?token=`` only where a
+browser needs it, security headers and the Host check on every answer, and the JWT audience and lifetime
+policy."""
 
 from __future__ import annotations
 
@@ -82,49 +83,9 @@ async def test_an_api_key_cannot_open_a_socket_nor_fill_the_users_cap(
 # --- finding 5: request heads have a deadline, requests a bound ---------------------------------------
 
 
-async def _closed_by_server(reader: asyncio.StreamReader, within_s: float) -> bool:
-    """True when the server closes the connection (EOF) within ``within_s``; False if it is still open."""
-    try:
-        async with asyncio.timeout(within_s):
-            while await reader.read(4096):
-                pass
-    except TimeoutError:
-        return False
-    return True
-
-
-async def test_a_request_head_that_does_not_complete_in_time_is_closed(gateways: Gateways) -> None:
-    """Before: an incomplete request stayed open for as long as the client liked (90 s seen)."""
-    gw = await gateways.start(http_header_timeout_s=1)
-    port = gw.settings.port
-    silent_r, silent_w = await asyncio.open_connection("127.0.0.1", port)  # sends nothing at all
-    partial_r, partial_w = await asyncio.open_connection("127.0.0.1", port)
-    partial_w.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never the blank line
-    trickle_r, trickle_w = await asyncio.open_connection("127.0.0.1", port)
-
-    async def trickle() -> None:  # slowloris: a header byte every 200 ms keeps bytes coming
-        trickle_w.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-        while not trickle_w.is_closing():
-            trickle_w.write(b"a")
-            await asyncio.sleep(0.2)
-
-    dripping = asyncio.create_task(trickle())
-    try:
-        # 1 s is the bound; 30 s is a generous wait on a loaded machine, not a timing claim.
-        results = await asyncio.gather(*(_closed_by_server(r, 30) for r in (silent_r, partial_r, trickle_r)))
-        assert results == [True, True, True], f"(silent, partial, trickle) closed by the server: {results}"
-    finally:
-        dripping.cancel()
-        for w in (silent_w, partial_w, trickle_w):
-            w.close()
-    # A complete request on a fresh connection is served as before.
-    async with httpx.AsyncClient(trust_env=False) as client:
-        assert (await client.get(f"{gw.url}/healthz")).status_code == 200
-
-
 async def test_requests_over_the_concurrency_bound_get_503(gateways: Gateways) -> None:
     """Before: no limit_concurrency was set; any number of connections and requests was taken on."""
-    gw = await gateways.start(ws_max_sockets=1, http_max_concurrency=2, http_header_timeout_s=60)
+    gw = await gateways.start(ws_max_sockets=1, http_max_concurrency=2)
     async with AsyncExitStack() as held:
         for _ in range(3):  # idle connections count: with them the bound (1 + 2) is reached
             _, writer = await asyncio.open_connection("127.0.0.1", gw.settings.port)

@@ -177,7 +177,6 @@ async def test_fan_out_over_partitions_reaches_live_sockets_through_sharded_pubs
     assert done == {**dict.fromkeys(live, "dispatched"), **dict.fromkeys(offline, "offline")}
 
 
-@pytest.mark.servers("uvicorn-fast")
 async def test_a_gateway_resubscribes_after_its_channels_master_fails_over(
     gateways: Gateways, workers: Workers, socket: SocketFactory, http: httpx.AsyncClient,
     redis_cluster: EmbeddedRedisCluster, settings: Settings,

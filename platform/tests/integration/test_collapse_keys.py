@@ -31,7 +31,6 @@ async def _batch(http: httpx.AsyncClient, base: str, items: list[dict[str, objec
     return await http.post(f"{base}/notifications/batch", json={"notifications": items})
 
 
-@pytest.mark.servers("uvicorn-fast")
 async def test_newer_replaces_older_in_the_queue(gateways: Gateways, http: httpx.AsyncClient, db: asyncpg.Pool) -> None:
     gw = await gateways.start()
     alice, bob = users(2)
@@ -65,7 +64,6 @@ async def test_newer_replaces_older_in_the_queue(gateways: Gateways, http: httpx
     assert await offline_ids(http, gw.url, alice) == [other, newest]
 
 
-@pytest.mark.servers("uvicorn-fast")
 async def test_within_one_batch_the_later_item_wins(
     gateways: Gateways, http: httpx.AsyncClient, db: asyncpg.Pool
 ) -> None:
@@ -81,7 +79,6 @@ async def test_within_one_batch_the_later_item_wins(
     assert metrics.REGISTRY.get_sample_value("notiflow_deliveries_replaced_total") == before + 2
 
 
-@pytest.mark.servers("uvicorn-fast")
 async def test_concurrent_senders_leave_exactly_the_newest(
     gateways: Gateways, http: httpx.AsyncClient, db: asyncpg.Pool
 ) -> None:
@@ -101,7 +98,6 @@ async def test_concurrent_senders_leave_exactly_the_newest(
 
 
 @pytest.mark.parametrize("bad", ["", "k" * 129, "a\nb", "tab\there", "\u200bzero", 7, ["k"]])
-@pytest.mark.servers("uvicorn-fast")
 async def test_bad_keys_are_422(gateways: Gateways, http: httpx.AsyncClient, db: asyncpg.Pool, bad: object) -> None:
     gw = await gateways.start()
     [erin] = users(1)

@@ -16,7 +16,7 @@ from notiflow.credentials import Scope
 from notiflow.service.auth import KeyService
 from notiflow.streams.keys import Keyspace
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.servers("uvicorn")]
+pytestmark = pytest.mark.timeout(60)
 
 
 async def presence(http: httpx.AsyncClient, url: str, user: str, **kwargs: object) -> dict[str, object]:

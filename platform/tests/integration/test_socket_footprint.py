@@ -1,5 +1,5 @@
-"""What an open socket keeps on its gateway (the idle memory per connection of issue 8): not the handshake's
-request and response, and not FastAPI's middleware stack and router. The socket is served ahead of them
+"""What an open socket keeps on its gateway (the idle memory per connection of issue 8): not FastAPI's
+middleware stack and router, and no task of its own while idle. The socket is served ahead of them
 (gateway/app.py: GatewayApp), so these tests also pin which paths reach it.
 
 Memory itself is measured by the benchmark (``loadtests/bench.py``: kB per idle connection), not here."""
@@ -10,32 +10,11 @@ import asyncio
 
 import pytest
 from helpers import wait_for
-from integration_support import Gateway, Gateways, SocketFactory
+from integration_support import Gateways, SocketFactory
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from notiflow.gateway.transport import FrameProtocol
-
 pytestmark = pytest.mark.timeout(60)
-
-
-def _protocols(gateway: Gateway) -> list[FrameProtocol]:
-    return [p for p in gateway.server.server_state.connections if isinstance(p, FrameProtocol)]
-
-
-@pytest.mark.servers("uvicorn-fast")  # what transport.py's protocol lets go; uvicorn's own keeps it
-async def test_an_open_socket_keeps_nothing_of_its_handshake(gateways: Gateways, socket: SocketFactory) -> None:
-    gateway = await gateways.start()
-    sock = await socket(gateway, "footprint-1", additional_headers={"x-padding": "p" * 2000})
-    [proto] = _protocols(gateway)
-    assert proto.request is None and proto.response is None
-    # websockets' parser keeps the request as a local of its generator for the socket's life: its headers
-    # must have been emptied, or the 2 kB header above stays with the socket.
-    request = proto.conn.parser.gi_frame.f_locals["request"]
-    assert dict(request.headers) == {}
-    # The socket still works after its handshake was let go, both ways.
-    await sock.sync()
-    assert gateway.services.hub.size == 1
 
 
 async def test_only_the_socket_path_reaches_the_endpoint(gateways: Gateways, socket: SocketFactory) -> None:
@@ -48,16 +27,6 @@ async def test_only_the_socket_path_reaches_the_endpoint(gateways: Gateways, soc
         assert refused.value.response.status_code == 403, path
     await socket(gateway, "footprint-2")
     assert gateway.services.hub.size == 1
-
-
-async def test_the_server_setting_picks_the_socket_path(gateways: Gateways, socket: SocketFactory, server: str) -> None:
-    """uvicorn-fast: frames go to the FrameWriter of transport.py's protocol; uvicorn: through ASGI, no
-    protocol of transport.py on the node (each test that opens sockets here runs on both)."""
-    gateway = await gateways.start()
-    await socket(gateway, "footprint-3")
-    [conn] = gateway.services.hub.connections()
-    assert conn.direct is (server == "uvicorn-fast")
-    assert len(_protocols(gateway)) == (1 if server == "uvicorn-fast" else 0)
 
 
 def _socket_tasks() -> list[str]:

@@ -1,5 +1,5 @@
-"""How a gateway reads what clients send on a socket, byte by byte (gateway/transport.py): complete text frames
-are read without ``websockets``' parser when it stands at a frame boundary, everything else by the parser.
+"""How a gateway reads what clients send on a socket, byte by byte: whole frames, frames split anywhere,
+fragmented messages and control frames between them all come through as the messages the client sent.
 
 The client here is raw: the test writes every byte, in the splits it chooses, and reads the gateway's frames
 with ``websockets``' own client protocol. Each probe is an ack naming an id that is no notification id, which
@@ -25,8 +25,7 @@ from websockets.utils import apply_mask
 
 from notiflow.gateway.protocol import PONG
 
-# The byte-level reads hold on either server: uvicorn's own parser, or transport.py's direct path first.
-pytestmark = [pytest.mark.timeout(60), pytest.mark.servers("uvicorn-fast", "uvicorn")]
+pytestmark = pytest.mark.timeout(60)
 
 
 def client_frame(opcode: Opcode, data: bytes, *, fin: bool = True, mask: bytes | None = None) -> bytes:

@@ -17,7 +17,7 @@ from test_auth import auth_on, bearer, error_code, new_key, token
 from notiflow.credentials import Scope
 from notiflow.service.auth import KeyService
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.servers("uvicorn-fast", "uvicorn")]
+pytestmark = pytest.mark.timeout(60)
 
 
 async def test_live_notifications_reach_the_stream_with_their_seq_as_id(

@@ -30,7 +30,7 @@ async def test_a_failed_ack_is_answered_with_its_ref_or_else_with_its_ids() -> N
     async def commit_fails(user_id: str, ids: list[str]) -> None:
         raise StoreUnavailable("PostgreSQL is away")
 
-    conn = Connection("ann", 10, lambda code: None, None, send)
+    conn = Connection("ann", 10, lambda code: None, send)
     reader = _Reader(conn, commit_fails, 100, 1000)
     plain, referenced = str(uuid.uuid4()), str(uuid.uuid4())
     reader(orjson.dumps({"type": "ack", "ids": [plain]}).decode())

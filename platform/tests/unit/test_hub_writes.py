@@ -1,20 +1,20 @@
 """How the gateway hands a fan-out to its sockets (gateway/hub.py): a Pub/Sub message's frames go to the sockets
-of the users this node holds, every socket that got frames in a loop iteration is written by one callback,
-once, with its frames in order, and the send meter takes each frame's own accept time."""
+of the users this node holds, each socket sends what it got in order (frames that arrive while a send waits go
+in the next one, within the socket's bound), and the send meter takes each frame's own accept time."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
+from helpers import wait_for
 
 from notiflow import metrics
 from notiflow.gateway.hub import Connection, Hub, sent
+from notiflow.gateway.protocol import CloseCode
 from notiflow.models import frame_template, notification_frame
 from notiflow.streams.pubsub import encode_batch, route_frames
 
@@ -22,38 +22,21 @@ pytestmark = pytest.mark.timeout(10)
 CREATED = datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
-class Writer:
-    """A FrameWriter that records each write (or fails it)."""
+class Sends:
+    """Stands in for a socket's ASGI sends (gateway/ws.py's ``_send``): records each call's frames; a failing one
+    reports the socket gone, and one that is held waits until released."""
 
     def __init__(self, log: list[tuple[str, list[str]]], name: str, fail: bool = False) -> None:
-        self.on_writable: Callable[[], None] | None = None
-        self.on_text: Callable[[str], None] | None = None
         self._log, self._name, self._fail = log, name, fail
+        self.release = asyncio.Event()
+        self.release.set()
 
-    @property
-    def open(self) -> bool:
-        return True
-
-    @property
-    def writable(self) -> bool:
-        return True
-
-    def write_texts(self, texts: list[str]) -> None:
+    async def __call__(self, frames: list[str]) -> bool:
         if self._fail:
-            raise OSError("the transport broke")
-        self._log.append((self._name, list(texts)))
-
-
-class CountingLoop(asyncio.SelectorEventLoop):
-    """An event loop that counts the callbacks scheduled with call_soon."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.soon = 0
-
-    def call_soon(self, callback: Callable[..., Any], *args: Any, context: Any = None) -> asyncio.Handle:
-        self.soon += 1
-        return super().call_soon(callback, *args, context=context)
+            return False
+        await self.release.wait()
+        self._log.append((self._name, list(frames)))
+        return True
 
 
 def test_route_frames_builds_frames_only_for_the_users_held_and_hands_back_what_they_map_to() -> None:
@@ -68,32 +51,42 @@ def test_route_frames_builds_frames_only_for_the_users_held_and_hands_back_what_
     assert list(route_frames(message, {})) == []
 
 
-def test_one_callback_writes_every_socket_of_an_iteration_once_with_its_frames_in_order() -> None:
-    loop = CountingLoop()
-    try:
-        loop.run_until_complete(_fan_out(loop))
-    finally:
-        loop.close()
-
-
-async def _fan_out(loop: CountingLoop) -> None:
+async def test_each_socket_sends_its_frames_in_order_and_a_gone_one_no_more() -> None:
     written: list[tuple[str, list[str]]] = []
     hub = Hub()
     for user in ("u1", "u2", "u3"):
-        hub.add(Connection(user, 100, lambda code: None, Writer(written, user, fail=user == "u2")))
+        hub.add(Connection(user, 100, lambda code: None, Sends(written, user, fail=user == "u2")))
     a = frame_template(uuid.uuid4(), "a.b", '{"x": 1}', CREATED)
     b = frame_template(uuid.uuid4(), "c.d", '{"y": 2}', CREATED)
-    soon0 = loop.soon
     hub.deliver(encode_batch({a: [("u1", 1), ("u2", 1), ("u3", 1), ("gone", 4)], b: [("u1", 2), ("u3", 2)]}))
     assert hub.frames_pushed == 5
-    assert written == [], "written before the iteration's callbacks ran"
-    await asyncio.sleep(0)
-    # u2's transport failed: its write is its own, u1's and u3's still went out, each in one write.
-    assert written == [("u1", [a.frame(1), b.frame(2)]), ("u3", [a.frame(1), b.frame(2)])]
-    assert loop.soon - soon0 <= 3  # the writes' one callback, the meter's and the sleep's: not one per socket
-    hub.deliver(encode_batch({b: [("u3", 3)]}))  # the next iteration's frames are written in the next one
-    await asyncio.sleep(0)
+    assert written == [], "sent before the sending tasks ran"
+    await wait_for(lambda: len(written) == 2, timeout_s=5, message=f"sent: {written}")
+    # u2's socket is gone: its send is its own, u1's and u3's frames went out, each socket's in one call, in order.
+    assert sorted(written) == [("u1", [a.frame(1), b.frame(2)]), ("u3", [a.frame(1), b.frame(2)])]
+    hub.deliver(encode_batch({b: [("u2", 3), ("u3", 3)]}))
+    await wait_for(lambda: len(written) == 3, timeout_s=5, message=f"sent: {written}")
     assert written[2:] == [("u3", [b.frame(3)])]
+    await wait_for(lambda: not asyncio.all_tasks() - {asyncio.current_task()}, timeout_s=5,
+                   message="a socket kept its sending task")
+
+
+async def test_frames_pushed_while_a_send_waits_go_next_in_order_and_count_towards_the_bound() -> None:
+    written: list[tuple[str, list[str]]] = []
+    closed: list[CloseCode] = []
+    sends = Sends(written, "u1")
+    conn = Connection("u1", 3, closed.append, sends)
+    sends.release.clear()  # the transport is over its high-water mark: the send waits
+    conn.push("f1")
+    await wait_for(lambda: conn.buffered == 0, timeout_s=5, message="the first frame was not taken")
+    for frame in ("f2", "f3", "f4"):
+        conn.push(frame)
+    assert conn.buffered == 3 and closed == []
+    conn.push("f5")  # over the bound of 3 waiting frames: the socket is closed, nothing more is buffered
+    assert closed == [CloseCode.SLOW_CONSUMER] and conn.buffered == 3
+    sends.release.set()
+    await wait_for(lambda: len(written) == 2, timeout_s=5, message=f"sent: {written}")
+    assert written == [("u1", ["f1"]), ("u1", ["f2", "f3", "f4"])]
 
 
 async def test_the_meter_takes_each_frames_own_accept_time_when_notifications_alternate() -> None:
