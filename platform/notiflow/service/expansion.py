@@ -9,7 +9,9 @@ anywhere resumes from the committed progress: a page committed but not known to 
 its rows (the worker skips what was handed off meanwhile); nothing is inserted twice, no seq is skipped.
 
 A topic's sends are expanded in cutoff order: a send waits while an earlier one of its topic is unfinished, so each
-subscriber's seqs follow the order in which the topic's notifications were accepted (I4 among them).
+subscriber's seqs follow the order in which the topic's notifications were accepted (I4 among them). A send whose
+expansion keeps failing (its entry parked as poison) ends where its last committed page left it (``park``): it
+would otherwise hold every later send of its topic, and the reconciler would put it back on the stream for ever.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from collections import defaultdict
 from enum import Enum
 from typing import Any
 
+import orjson
+
 from notiflow.errors import StoreUnavailable
 from notiflow.lifecycle import pause
 from notiflow.models import Carried, Channel, StreamEntry
 from notiflow.roles import WorkerSettings
 from notiflow.service.ingest import CARRY_PAYLOAD_MAX
 from notiflow.service.ports import Record, WorkLog
+from notiflow.store import deliveries as deliveries_sql
 from notiflow.store import topics as sql
 from notiflow.store.pool import pg_errors
 
@@ -68,6 +73,14 @@ class Expander:
                             extra={"notification_id": str(notification_id), "error": str(exc)})
             await pause(stop, delay_s)
             delay_s = min(delay_s * 2, 5.0)
+
+    async def park(self, entry_id: str, fields: dict[str, str], notification_id: uuid.UUID, reason: str) -> None:
+        """End a send whose expansion keeps failing, in one transaction: its stream entry (``fields``) goes to
+        the poison entries with ``reason``, and the send is finished with the recipients its committed pages
+        reached (they keep their deliveries); subscribers past them get none. Later sends of the topic go on."""
+        async with pg_errors("park topic send"), self._pool.acquire() as conn, conn.transaction():
+            await deliveries_sql.record_poison(conn, [(entry_id, orjson.dumps(fields).decode(), reason[:2000])])
+            await sql.finish(conn, notification_id)
 
     async def expand(self, notification_id: uuid.UUID) -> None:
         """Expand the send to the end (waiting for earlier sends of its topic). StoreUnavailable leaves it where

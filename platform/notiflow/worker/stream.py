@@ -256,7 +256,10 @@ class StreamWorker:
 
     async def _park(self, entry_id: str, fields: dict[str, str], entry: StreamEntry | None, reason: str) -> bool:
         try:
-            await self._d.park_poison(entry_id, fields, entry, reason)
+            if entry is not None and entry.channel is Channel.TOPIC and self._topics is not None:
+                await self._topics.park(entry_id, fields, entry.notification_id, reason)
+            else:
+                await self._d.park_poison(entry_id, fields, entry, reason)
         except Exception as exc:  # noqa: BLE001 - left pending: the next reclaim tries again
             log.warning("could not park poison entry", extra={"entry_id": entry_id, "error": str(exc)})
             return False

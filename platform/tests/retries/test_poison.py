@@ -12,7 +12,9 @@ from faults import Faulty
 from harness import Platform, PlatformFactory
 from helpers import wait_for
 
+from notiflow.models import Channel
 from notiflow.service.ports import Wrappers
+from notiflow.store import topics as topics_sql
 from notiflow.streams.work import GROUP, WorkStream
 
 pytestmark = pytest.mark.timeout(60)
@@ -235,3 +237,35 @@ async def test_a_bundle_whose_workers_keep_dying_is_parked_notification_by_notif
     parked = await plat.dlq()
     assert sorted((e["notification_id"], e["user_id"]) for e in parked) == sorted(zip(nids, who, strict=True))
     assert all(e["reason"] == "poison" and "claimed 3 times" in e["last_error"] for e in parked)
+
+
+async def test_a_topic_send_whose_routing_always_fails_is_parked_and_the_topics_later_sends_go_on(
+    platform: PlatformFactory,
+) -> None:
+    """Before: a topic entry parked as poison left its send unfinished, so every later send of the topic waited for
+    it for ever (sends are expanded in cutoff order), and the reconciler put it back on the stream every 120 s."""
+    plat = await platform(stream_workers=0)
+    topic, fans = f"poison-{secrets.token_hex(3)}", users(3)
+    for user in fans:
+        assert (await plat.http.put(f"/topics/{topic}/subscribers/{user}")).status_code == 204
+    first = await plat.notify(topic=topic)
+    second = await plat.notify(topic=topic)
+    work = Faulty()  # a bug in routing the first send's pages: every attempt fails the same way
+    work.fail("add", RuntimeError("injected bug: routing this send crashes"),
+              when=lambda entries: any(e.notification_id == first and e.channel is Channel.SOCKET for e in entries))
+    await plat.start_stream_worker(wrappers=Wrappers(work=work.around), poison_max_deliveries=2,
+                                   reclaim_idle_ms=200, reclaim_interval_s=0.2)
+
+    await wait_status(plat, [(second, u) for u in fans], "offline")  # the later send was not held
+    await wait_stream_drained(plat)
+    (row,) = await plat.db.fetch("SELECT fields::text AS fields, reason FROM poison_entries")
+    assert str(first) in row["fields"] and "claimed 2 times" in row["reason"], row
+    send = await plat.db.fetchrow("SELECT done, recipients FROM topic_sends WHERE notification_id = $1", first)
+    assert (send["done"], send["recipients"]) == (True, 3), "the parked send ends where its committed page left it"
+    async with plat.db.acquire() as conn:
+        assert first not in [n for n, _ in await topics_sql.stale_sends(conn, 0, 100)], "the reconciler re-adds it"
+    # Its committed page keeps its deliveries: listed in the subscribers' offline queues.
+    for user in fans:
+        listed = (await plat.http.get(f"/notifications/offline/{user}")).json()["notifications"]
+        assert [n["id"] for n in listed] == [str(first), str(second)]
+    assert not plat.crashed()
