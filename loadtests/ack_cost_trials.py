@@ -36,12 +36,11 @@ import os
 import uuid
 from typing import Any
 
-import asyncpg
 import pg_floor
-from stores import Stores
+from backend_cpu import backend_cpu_s
+from stores import fresh_database
 
 from notiflow.batching import Batcher
-from notiflow.devstack import migrate
 from notiflow.models import OPEN_STATUSES, USER_SEP, sql_list
 
 _OPEN = sql_list(OPEN_STATUSES)
@@ -119,9 +118,9 @@ async def ack(conn: Any, variant: str, todo: list[pg_floor.Delivery], batch: int
 
 
 async def cpu_us(conn: Any, pid: int, count: int, run: Any) -> float:
-    cpu0 = pg_floor.backend_cpu_s(pid)
+    cpu0 = backend_cpu_s(pid)
     await run
-    return round((pg_floor.backend_cpu_s(pid) - cpu0) / count * 1e6, 2)
+    return round((backend_cpu_s(pid) - cpu0) / count * 1e6, 2)
 
 
 def fan(rounds: int) -> list[list[Any]]:
@@ -136,18 +135,8 @@ def uni(rounds: int, start: int) -> list[list[Any]]:
 
 
 async def on_fresh_database(trial: Any, *args: Any) -> Any:
-    stores = Stores("trial")
-    stores.prepare()
-    assert stores.database_url is not None
-    try:
-        migrate(stores.database_url)
-        conn = await asyncpg.connect(stores.database_url)
-        try:
-            return await trial(conn, await conn.fetchval("SELECT pg_backend_pid()"), *args)
-        finally:
-            await conn.close()
-    finally:
-        stores.cleanup()
+    async with fresh_database("trial") as db:
+        return await trial(db.conn, db.meter.pid, *args)
 
 
 async def schema_trial(conn: Any, pid: int, chain: list[str], repeat: int) -> dict[str, Any]:
@@ -218,13 +207,13 @@ async def paced_trial(conn: Any, pid: int, gathers_ms: list[int], rates: list[in
             )
             batcher.start()
             loop = asyncio.get_running_loop()
-            cpu0, start = pg_floor.backend_cpu_s(pid), loop.time()
+            cpu0, start = backend_cpu_s(pid), loop.time()
             for i, (n, u, _) in enumerate(todo):
                 if (ahead := start + i / rate - loop.time()) > 0:
                     await asyncio.sleep(ahead)
                 batcher.enqueue([(u, str(n))])
             await batcher.close(30)
-            cpu = pg_floor.backend_cpu_s(pid) - cpu0
+            cpu = backend_cpu_s(pid) - cpu0
             print(
                 json.dumps(
                     {

@@ -17,11 +17,9 @@ import asyncio
 import json
 from typing import Any
 
-import asyncpg
-from pg_floor import Meter
-from stores import Stores
+from backend_cpu import Meter
+from stores import fresh_database
 
-from notiflow.devstack import migrate
 from notiflow.ids import new_id
 from notiflow.models import NewNotification
 from notiflow.store import collapse
@@ -82,22 +80,9 @@ async def run(m: Meter, args: argparse.Namespace) -> None:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    stores = Stores("collapsefloor")
-    if not stores.admin_db:
-        raise SystemExit("set NOTIFLOW_DATABASE_URL to a PostgreSQL server on this machine")
-    stores.prepare()
-    assert stores.database_url is not None
-    try:
-        migrate(stores.database_url)
-        conn = await asyncpg.connect(stores.database_url)
-        try:
-            m = Meter(conn, await conn.fetchval("SELECT pg_backend_pid()"))
-            await run(m, args)
-        finally:
-            await conn.close()
-    finally:
-        stores.cleanup()
-    return {"phases": m.results}
+    async with fresh_database("collapsefloor") as db:
+        await run(db.meter, args)
+    return {"phases": db.meter.results}
 
 
 def parse() -> argparse.Namespace:

@@ -19,9 +19,8 @@ import os
 import time
 
 import asyncpg
-from stores import Stores
+from stores import fresh_database
 
-from notiflow.devstack import migrate
 from notiflow.ids import new_id
 
 _OPEN = "('pending', 'dispatched', 'offline', 'retrying', 'dead')"
@@ -67,20 +66,8 @@ async def run(conn: asyncpg.Connection, args: argparse.Namespace) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    stores = Stores("collapselookup")
-    if not stores.admin_db:
-        raise SystemExit("set NOTIFLOW_DATABASE_URL to a PostgreSQL server on this machine")
-    stores.prepare()
-    assert stores.database_url is not None
-    try:
-        migrate(stores.database_url)
-        conn = await asyncpg.connect(stores.database_url)
-        try:
-            await run(conn, args)
-        finally:
-            await conn.close()
-    finally:
-        stores.cleanup()
+    async with fresh_database("collapselookup") as db:
+        await run(db.conn, args)
 
 
 if __name__ == "__main__":

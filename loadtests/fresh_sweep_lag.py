@@ -35,7 +35,6 @@ from typing import Any
 from stores import Stores
 
 from notiflow.config import Settings
-from notiflow.devstack import EmbeddedPostgres, EmbeddedRedis, migrate
 from notiflow.models import NewNotification
 from notiflow.store import deliveries as deliveries_sql
 from notiflow.store import ingest as ingest_sql
@@ -170,19 +169,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         try:
             stores.prepare()
-            url = stores.database_url
-            if url is None:
-                embedded = EmbeddedPostgres(Path(tmp) / "pg")
-                embedded.start()
-                stack.callback(embedded.stop)
-                url = embedded.url
-            redis_url = stores.redis_url
-            if redis_url is None:
-                embedded_redis = EmbeddedRedis(Path(tmp) / "redis")
-                embedded_redis.start()
-                stack.callback(embedded_redis.stop)
-                redis_url = embedded_redis.url
-            migrate(url)
+            url = stores.database(stack, Path(tmp) / "pg")
+            redis_url = stores.redis(stack, Path(tmp) / "redis")
             out = asyncio.run(run(args, url, redis_url, stores.prefix))
         finally:
             stores.cleanup()

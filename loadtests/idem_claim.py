@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -29,13 +30,11 @@ import time
 import uuid
 from typing import Any
 
-import asyncpg
-from pg_floor import backend_cpu_s
-from stores import Stores
+from backend_cpu import backend_cpu_s
+from stores import FreshDatabase, fresh_database
 
 from notiflow.models import NewNotification
 from notiflow.store import ingest as ingest_sql
-from notiflow.store.migrate import apply_migrations
 
 # main's claim before 013, verbatim.
 OLD_CLAIM = """
@@ -114,26 +113,19 @@ async def timed(conn: Any, pid: int, claim: Any, batches: list[list[NewNotificat
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    dbs = {"before": Stores("idembefore"), "after": Stores("idemafter")}
-    if not dbs["before"].admin_db:
-        raise SystemExit("set NOTIFLOW_DATABASE_URL to a PostgreSQL server on this machine")
-    conns: dict[str, Any] = {}
-    try:
-        for name, s in dbs.items():
-            s.prepare()
-            assert s.database_url is not None
-            await apply_migrations(s.database_url, upto="012" if name == "before" else None)
-            conns[name] = await asyncpg.connect(s.database_url)
-            await conns[name].execute(PRELOAD if name == "before" else PRELOAD_AFTER, args.preload)
-            await conns[name].execute("VACUUM ANALYZE")
-        pids = {n: await c.fetchval("SELECT pg_backend_pid()") for n, c in conns.items()}
+    async with contextlib.AsyncExitStack() as stack:
+        dbs: dict[str, FreshDatabase] = {}
+        for name, upto, preload in (("before", "012", PRELOAD), ("after", None, PRELOAD_AFTER)):
+            db = dbs[name] = await stack.enter_async_context(fresh_database(f"idem{name}", upto=upto))
+            await db.conn.execute(preload, args.preload)
+            await db.conn.execute("VACUUM ANALYZE")
         claims = {"before": old_claim, "after": new_claim}
         samples: dict[str, list[tuple[float, float]]] = {f"{n} {p}": [] for p in ("new", "repeat") for n in dbs}
         for _ in range(args.rounds):
-            for name in dbs:
+            for name, db in dbs.items():
                 batches = [batch(args.batch) for _ in range(args.batches)]
-                samples[f"{name} new"].append(await timed(conns[name], pids[name], claims[name], batches))
-                samples[f"{name} repeat"].append(await timed(conns[name], pids[name], claims[name], batches))
+                samples[f"{name} new"].append(await timed(db.conn, db.meter.pid, claims[name], batches))
+                samples[f"{name} repeat"].append(await timed(db.conn, db.meter.pid, claims[name], batches))
         result: dict[str, Any] = {"batch": args.batch, "preload": args.preload, "load1": os.getloadavg()[0]}
         for phase, xs in samples.items():
             cpu, wall = statistics.median(x[0] for x in xs), statistics.median(x[1] for x in xs)
@@ -141,11 +133,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{phase:<14} {cpu:7.2f} µs CPU {wall:7.2f} µs wall per key (median of {len(xs)} rounds)")
         print(f"batch {args.batch}, {args.preload} keys preloaded, load {os.getloadavg()}")
         return result
-    finally:
-        for c in conns.values():
-            await c.close()
-        for s in dbs.values():
-            s.cleanup()
 
 
 def parse() -> argparse.Namespace:

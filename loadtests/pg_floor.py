@@ -26,16 +26,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-import asyncpg
-from stores import Stores
+from backend_cpu import Meter
+from stores import fresh_database
 
-from notiflow.devstack import migrate
 from notiflow.ids import new_id
 from notiflow.models import DeliveryStatus, NewNotification
 from notiflow.service.dispatch_log import WRITE_CHUNK
@@ -43,34 +40,7 @@ from notiflow.store import deliveries as deliveries_sql
 from notiflow.store import ingest as ingest_sql
 from notiflow.store import queries as queries_sql
 
-_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 Delivery = tuple[uuid.UUID, str, int]  # (notification id, user id, seq)
-
-
-def backend_cpu_s(pid: int) -> float:
-    """utime + stime of a process, seconds."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * _TICK_S
-
-
-class Meter:
-    """CPU and wall time of one backend over the phases it runs; figures per delivery."""
-
-    def __init__(self, conn: Any, pid: int) -> None:
-        self.conn = conn
-        self.pid = pid
-        self.results: dict[str, dict[str, float]] = {}
-
-    async def phase(self, name: str, count: int, run: Callable[[], Awaitable[None]]) -> None:
-        cpu0, wall0 = backend_cpu_s(self.pid), time.perf_counter()
-        await run()
-        cpu, wall = backend_cpu_s(self.pid) - cpu0, time.perf_counter() - wall0
-        load = os.getloadavg()[0]
-        self.results[name] = {"us_cpu": round(cpu / count * 1e6, 2), "us_wall": round(wall / count * 1e6, 2),
-                              "deliveries": count, "load1": round(load, 2)}
-        print(f"{name:<28} {cpu / count * 1e6:7.2f} µs CPU  {wall / count * 1e6:7.2f} µs wall per delivery"
-              f"  ({count} deliveries, load {load:.2f})", flush=True)
 
 
 #: How notification ids are made: version 7 (``ids.new_id``, the gateway's since migration 009: the day
@@ -174,26 +144,10 @@ async def unicast(m: Meter, args: argparse.Namespace) -> None:
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     global make_id
     make_id = ID_MAKERS[args.ids]
-    stores = Stores("floor")
-    if not stores.admin_db:
-        raise SystemExit("set NOTIFLOW_DATABASE_URL to a PostgreSQL server on this machine")
-    stores.prepare()
-    assert stores.database_url is not None
-    try:
-        migrate(stores.database_url)
-        conn = await asyncpg.connect(stores.database_url)
-        try:
-            m = Meter(conn, await conn.fetchval("SELECT pg_backend_pid()"))
-            await fanout(m, args)
-            await unicast(m, args)
-        finally:
-            await conn.close()
-    finally:
-        if not args.keep:
-            stores.cleanup()
-        else:
-            print("kept", stores.database_url)
-    r = m.results
+    async with fresh_database("floor", keep=args.keep) as db:
+        await fanout(db.meter, args)
+        await unicast(db.meter, args)
+    r = db.meter.results
     summary = {
         "fanout_acked_us": round(r["fanout insert"]["us_cpu"] + r["fanout socket ack"]["us_cpu"], 2),
         "fanout_acked_with_handoff_us": round(r["fanout insert"]["us_cpu"] + r["fanout socket ack"]["us_cpu"]

@@ -37,10 +37,9 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
-from pg_floor import backend_cpu_s
-from stores import Stores
+from backend_cpu import backend_cpu_s
+from stores import fresh_database
 
-from notiflow.devstack import migrate
 from notiflow.ids import id_at, new_id
 from notiflow.models import NewNotification
 from notiflow.store import ingest as ingest_sql
@@ -261,21 +260,14 @@ async def explain(conn: Any, case: Case, runs: list[list[Item]]) -> tuple[float,
 
 
 async def one_database(days: int, args: argparse.Namespace) -> list[dict[str, Any]]:
-    stores = Stores("plancost")
-    stores.prepare()
-    assert stores.database_url is not None
     out: list[dict[str, Any]] = []
     cases = [c for c in CASES + SHAPES if not args.cases or any(w in c.name for w in args.cases)]
-    try:
-        migrate(stores.database_url)
-        conn = await asyncpg.connect(stores.database_url)
-        try:
-            await build(conn, days, args.users, args.per_day)
-        finally:
-            await conn.close()
+    async with fresh_database("plancost") as db:
+        await build(db.conn, days, args.users, args.per_day)
+        await db.conn.close()  # each mode measures on a connection of its own
         offset = 0
         for mode in args.modes:
-            conn = await asyncpg.connect(stores.database_url, server_settings={"plan_cache_mode": MODES[mode]})
+            conn = await asyncpg.connect(db.url, server_settings={"plan_cache_mode": MODES[mode]})
             try:
                 pid = await conn.fetchval("SELECT pg_backend_pid()")
                 for case in cases:
@@ -289,14 +281,10 @@ async def one_database(days: int, args: argparse.Namespace) -> list[dict[str, An
                     )
             finally:
                 await conn.close()
-    finally:
-        stores.cleanup()
     return out
 
 
 async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
-    if not os.environ.get("NOTIFLOW_DATABASE_URL"):
-        raise SystemExit("set NOTIFLOW_DATABASE_URL to a PostgreSQL server on this machine")
     out: list[dict[str, Any]] = []
     for days in args.days:
         out += await one_database(days, args)

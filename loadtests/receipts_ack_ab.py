@@ -17,11 +17,10 @@ import time
 import uuid
 from typing import Any
 
-import asyncpg
-from pg_floor import Delivery, backend_cpu_s, insert, notifications
-from stores import Stores
+from backend_cpu import backend_cpu_s
+from pg_floor import Delivery, insert, notifications
+from stores import fresh_database
 
-from notiflow.devstack import migrate
 from notiflow.models import USER_SEP
 from notiflow.store import queries
 
@@ -68,22 +67,10 @@ async def run(conn: Any, pid: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    stores = Stores("ackab")
-    if not stores.admin_db:
-        raise SystemExit("set NOTIFLOW_DATABASE_URL to a PostgreSQL server on this machine")
-    stores.prepare()
-    assert stores.database_url is not None
-    try:
-        migrate(stores.database_url)
-        conn = await asyncpg.connect(stores.database_url)
-        try:
-            started = time.perf_counter()
-            result = await run(conn, await conn.fetchval("SELECT pg_backend_pid()"), args)
-            result["seconds"] = round(time.perf_counter() - started, 1)
-        finally:
-            await conn.close()
-    finally:
-        stores.cleanup()
+    async with fresh_database("ackab") as db:
+        started = time.perf_counter()
+        result = await run(db.conn, db.meter.pid, args)
+        result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
 

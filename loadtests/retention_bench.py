@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
@@ -31,7 +32,6 @@ from typing import Any
 from stores import Stores
 
 from notiflow.config import Settings
-from notiflow.devstack import EmbeddedPostgres, migrate
 from notiflow.ids import new_id
 from notiflow.models import NewNotification
 from notiflow.service.retention import RetentionService
@@ -168,20 +168,11 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=20, help="notifications per ingest statement")
     args = p.parse_args()
     stores = Stores("retention")
-    with tempfile.TemporaryDirectory() as tmp:
-        embedded = None
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         try:
             stores.prepare()
-            url = stores.database_url
-            if url is None:
-                embedded = EmbeddedPostgres(Path(tmp))
-                embedded.start()
-                url = embedded.url
-            migrate(url)
-            out = asyncio.run(run(args, url))
+            out = asyncio.run(run(args, stores.database(stack, Path(tmp))))
         finally:
-            if embedded is not None:
-                embedded.stop()
             stores.cleanup()
     print(f"dropped {out['days']} days of {out['rows_per_day']:,} delivery rows each (x{out['recipients']} per "
           f"notification, one attempt row each), one per round: statement time of each day's DETACH CONCURRENTLY + "

@@ -35,9 +35,8 @@ import time
 from typing import Any
 
 import asyncpg
-from stores import Stores
+from stores import fresh_database
 
-from notiflow.devstack import migrate
 from notiflow.ids import new_id
 from notiflow.models import NewNotification
 from notiflow.store import ingest as ingest_sql
@@ -166,26 +165,16 @@ async def one_run(dsn: str, args: argparse.Namespace, rate: float, committers: i
 
 
 async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
-    stores = Stores("seqc")
-    if not stores.admin_db:
-        raise SystemExit("set NOTIFLOW_DATABASE_URL to a PostgreSQL server on this machine")
-    stores.prepare()
-    assert stores.database_url is not None
     results = []
-    try:
-        migrate(stores.database_url)
-        conn = await asyncpg.connect(stores.database_url)
-        try:  # every user has a seq row already: the steady state, not the first notification's inserts
-            users = [f"g{g}-u{i}" for g in range(args.groups) for i in range(args.users)]
-            await conn.execute("INSERT INTO user_seqs (user_id, last_seq) SELECT unnest($1::text[]), 0", users)
-        finally:
-            await conn.close()
+    async with fresh_database("seqc") as db:
+        # Every user has a seq row already: the steady state, not the first notification's inserts.
+        users = [f"g{g}-u{i}" for g in range(args.groups) for i in range(args.users)]
+        await db.conn.execute("INSERT INTO user_seqs (user_id, last_seq) SELECT unnest($1::text[]), 0", users)
+        await db.conn.close()  # the runs measure the committers' connections only
         for rate in args.rates:
             for committers in args.committers:
                 for mode in ("same", "disjoint"):
-                    results.append(await one_run(stores.database_url, args, rate, committers, mode))
-    finally:
-        stores.cleanup()
+                    results.append(await one_run(db.url, args, rate, committers, mode))
     return results
 
 

@@ -7,16 +7,13 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from notiflow.config import Settings
-from notiflow.devstack import psql
 from notiflow.ids import new_id
 from notiflow.models import NewNotification
 from notiflow.service.retention import RetentionService
@@ -157,16 +154,6 @@ async def test_a_live_key_of_yesterday_holds_and_an_aged_one_is_taken_over(db: a
         async with conn.transaction():
             again = await claim(conn, [keyed("k-aged")])
         assert again.won == set() and again.existing[("s", "k-aged")][0] != "old"
-
-
-@pytest.fixture
-def own_database(stores: Any) -> Iterator[str]:
-    name = f"notiflow_test_{secrets.token_hex(4)}"
-    psql(stores.database_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(stores.database_url)._replace(path=f"/{name}"))
-    finally:
-        psql(stores.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def test_retention_drops_key_partitions_once_every_key_in_them_is_past_the_window(own_database: str) -> None:

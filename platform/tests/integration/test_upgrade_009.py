@@ -4,17 +4,12 @@ gets an expiry, and new notifications land in the day partitions, listed after t
 
 from __future__ import annotations
 
-import secrets
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
-from notiflow.devstack import psql
 from notiflow.ids import new_id
 from notiflow.models import NewNotification
 from notiflow.store import dlq as dlq_sql
@@ -47,32 +42,22 @@ INSERT INTO dlq (notification_id, user_id, channel, reason, attempts) VALUES
 """
 
 
-@pytest.fixture
-def old_database(stores: Any) -> Iterator[str]:
-    name = f"notiflow_test_{secrets.token_hex(4)}"
-    psql(stores.database_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(stores.database_url)._replace(path=f"/{name}"))
-    finally:
-        psql(stores.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 async def _ids(conn: asyncpg.Connection, user: str) -> list[tuple[int, uuid.UUID]]:
     return [(r["seq"], r["id"]) for r in await query_sql.offline_page(conn, user, 0, 100)]
 
 
-async def test_an_old_database_upgrades_in_place(old_database: str) -> None:
-    applied = await apply_migrations(old_database, upto="008")
+async def test_an_own_database_upgrades_in_place(own_database: str) -> None:
+    applied = await apply_migrations(own_database, upto="008")
     assert applied[-1].startswith("008") and not any(v.startswith("009") for v in applied)
     acked, open_, ttl, dead, stale = (uuid.uuid4() for _ in range(5))
-    conn = await asyncpg.connect(old_database)
+    conn = await asyncpg.connect(own_database)
     try:
         script = OLD_SHAPE
         for i, nid in enumerate((acked, open_, ttl, dead, stale), 1):
             script = script.replace(f"${i}", f"'{nid}'::uuid")  # our own UUIDs: nothing to escape
         await conn.execute(script)
 
-        assert await apply_migrations(old_database, retention_days=30, upto="009") == [partitions.MIGRATION]
+        assert await apply_migrations(own_database, retention_days=30, upto="009") == [partitions.MIGRATION]
 
         # Every notification expires: the ones without a ttl a retention period after their creation.
         rows = await conn.fetch("SELECT id, created_at, expires_at FROM notifications")
@@ -86,7 +71,7 @@ async def test_an_old_database_upgrades_in_place(old_database: str) -> None:
         today = (await partitions.server_now(conn)).date()
         assert today in {p.day for p in await partitions.partitions(conn)}
         # The store of today reads and writes the later migrations' columns too: apply them, over the old data.
-        await apply_migrations(old_database)
+        await apply_migrations(own_database)
 
         # The offline queue: unacknowledged ones in seq order (dead included, SPEC §4), the acked one never;
         # the 40-day-old one has expired with the upgrade.
@@ -121,6 +106,6 @@ async def test_an_old_database_upgrades_in_place(old_database: str) -> None:
             assert await dlq_sql.take_for_replay(conn, entries[stale]) == dlq_sql.EXPIRED
         assert await conn.fetchval("SELECT status FROM deliveries WHERE notification_id = $1", dead) == "pending"
         # Migrating again changes nothing.
-        assert await apply_migrations(old_database, upto="009") == []
+        assert await apply_migrations(own_database, upto="009") == []
     finally:
         await conn.close()

@@ -4,17 +4,12 @@ be claimed again, and new keys land in today's partition."""
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from notiflow.config import Settings
-from notiflow.devstack import psql
 from notiflow.ids import new_id
 from notiflow.models import NewNotification
 from notiflow.service.retention import RetentionService
@@ -34,30 +29,20 @@ INSERT INTO idempotency_keys (scope, key, request_hash, notification_id, respons
 """
 
 
-@pytest.fixture
-def old_database(stores: Any) -> Iterator[str]:
-    name = f"notiflow_test_{secrets.token_hex(4)}"
-    psql(stores.database_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(stores.database_url)._replace(path=f"/{name}"))
-    finally:
-        psql(stores.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def keyed(scope: str, key: str) -> NewNotification:
     return NewNotification(
         new_id(), ["ann"], "e", "{}", None, None, idempotency_key=key, idempotency_scope=scope, request_hash="h-new"
     )
 
 
-async def test_old_keys_stay_honoured_within_their_window_after_the_upgrade(old_database: str) -> None:
-    await apply_migrations(old_database, upto="012")
-    conn = await asyncpg.connect(old_database)
+async def test_old_keys_stay_honoured_within_their_window_after_the_upgrade(own_database: str) -> None:
+    await apply_migrations(own_database, upto="012")
+    conn = await asyncpg.connect(own_database)
     try:
         assert await conn.fetchval("SELECT relkind::text FROM pg_class WHERE relname = 'idempotency_keys'") == "r"
         await conn.execute(OLD_KEYS)
 
-        assert "013_idempotency_partitions" in await apply_migrations(old_database)
+        assert "013_idempotency_partitions" in await apply_migrations(own_database)
 
         assert await conn.fetchval("SELECT relkind::text FROM pg_class WHERE relname = 'idempotency_keys'") == "p"
         where = {r[0] for r in await conn.fetch("SELECT DISTINCT tableoid::regclass::text FROM idempotency_keys")}
@@ -85,17 +70,17 @@ async def test_old_keys_stay_honoured_within_their_window_after_the_upgrade(old_
             f"idempotency_keys_p{tomorrow:%Y%m%d}",
         ]
         # The legacy partition goes a window after its newest key, not before.
-        p = await connect_pool(old_database, max_size=1)
+        p = await connect_pool(own_database, max_size=1)
         try:
-            assert (await RetentionService(Settings(database_url=old_database), p).run_once())[
+            assert (await RetentionService(Settings(database_url=own_database), p).run_once())[
                 "key_partitions_dropped"
             ] == 0
-            short = Settings(database_url=old_database, idempotency_window_s=1800)  # its newest key is 1 h old
+            short = Settings(database_url=own_database, idempotency_window_s=1800)  # its newest key is 1 h old
             await RetentionService(short, p).run_once()
         finally:
             await p.close()
         assert None is await conn.fetchval("SELECT to_regclass('idempotency_keys_legacy')")
         # Migrating again changes nothing.
-        assert await apply_migrations(old_database) == []
+        assert await apply_migrations(own_database) == []
     finally:
         await conn.close()

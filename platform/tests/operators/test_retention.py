@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import date, timedelta
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 import pytest_asyncio
 
 from notiflow.config import Settings
-from notiflow.devstack import psql
 from notiflow.ids import id_at
 from notiflow.service.retention import RetentionService
 from notiflow.store import partitions
@@ -31,17 +27,6 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         yield p
     finally:
         await p.close()
-
-
-@pytest.fixture
-def own_database(stores: Any) -> Iterator[str]:
-    """A database of this test's own (its legacy partition may be dropped), migrated to head by the test."""
-    name = f"notiflow_test_{secrets.token_hex(4)}"
-    psql(stores.database_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(stores.database_url)._replace(path=f"/{name}"))
-    finally:
-        psql(stores.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def day_partitions(conn: asyncpg.Connection) -> set[date]:
