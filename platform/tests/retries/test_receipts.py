@@ -44,6 +44,10 @@ async def received(sink: Sink, tag: str, count: int, timeout_s: float = 20) -> l
     return result
 
 
+def receipts_counted(result: str) -> float:
+    return metrics.REGISTRY.get_sample_value("notiflow_receipts_total", {"result": result}) or 0.0
+
+
 async def ack(plat: Platform, user: str, nid: uuid.UUID) -> None:
     resp = await plat.http.post(f"/notifications/offline/{user}/ack", json={"ids": [str(nid)]})
     assert resp.status_code == 200, resp.text
@@ -178,16 +182,39 @@ async def test_status_url_that_always_fails_is_dropped_and_never_touches_the_del
     tag, (user,) = f"never{kind}", users(1)
     nid = await plat.notify(user_id=user, status_url=sink.url(kind, tag))
     await wait_status(plat, nid, user, "offline")
-    before = metrics.RECEIPTS.labels("dropped")._value.get()
+    before = receipts_counted("dropped")
     await ack(plat, user, nid)
 
     assert await _outbox_drained(plat, nid)  # given up
     # /dead answers 500: the first attempt and MAX_RETRIES (3) retries; /reject 400: refused for good at once.
     assert len(sink.hits(tag)) == (4 if kind == "dead" else 1)
-    assert metrics.RECEIPTS.labels("dropped")._value.get() == before + 1
+    assert receipts_counted("dropped") == before + 1
     row = await plat.delivery(nid, user)
     assert row["status"] == "delivered" and row["delivered_at"] is not None
     assert not await plat.dlq(nid)
+
+
+async def test_retries_to_one_host_wait_within_its_budget_without_using_an_attempt(
+    platform: PlatformFactory, sink: Sink
+) -> None:
+    """Four status_urls on one host, each failing twice, with a budget of one retry per second to the host: the
+    retries over the budget are held (counted, no attempt used), and every receipt still arrives within
+    MAX_RETRIES = 2. A held batch that used an attempt would fail its second retry's turn and be dropped."""
+    plat = await platform(receipt_poll_ms=20, webhook_retry_rate_per_host=1, max_retries=2)
+    people = users(4)
+    tags = [f"budgetr{i}-{secrets.token_hex(2)}" for i in range(len(people))]
+    held, dropped = receipts_counted("held"), receipts_counted("dropped")
+    nids = [await plat.notify(user_id=u, status_url=sink.url("flaky", 2, t)) for u, t in zip(people, tags, strict=True)]
+    for nid, user in zip(nids, people, strict=True):
+        await wait_status(plat, nid, user, "offline")
+        await ack(plat, user, nid)
+
+    for tag in tags:
+        (event,) = await received(sink, tag, 1, timeout_s=40)
+        assert event["type"] == "delivery.delivered"
+        assert [h.status for h in sink.hits(tag)] == [500, 500, 200]  # two failures, then the retry that took
+    assert receipts_counted("held") > held, "four retries in one second to one host: some were over the budget"
+    assert receipts_counted("dropped") == dropped
 
 
 async def test_no_status_url_writes_no_outbox_row(platform: PlatformFactory, sink: Sink) -> None:
