@@ -105,6 +105,7 @@ class NotiflowClient:
         self._index = random.randrange(len(self.urls))
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: asyncio.Task[None] | None = None
+        self._leaving = False  # the block is being left: no reconnect
         self.connected = asyncio.Event()
         self.connects = 0
 
@@ -123,6 +124,10 @@ class NotiflowClient:
     ) -> None:
         if exc_type is None:
             self._took_previous()  # left the block normally: the last one was handled
+        self._leaving = True
+        if self._link is not None:  # a normal close (1000), not the 1011 a cancelled `async with` socket sends
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._link.ws.close(), timeout=5.0)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -199,6 +204,8 @@ class NotiflowClient:
             finally:
                 self._link = None
                 self.connected.clear()
+            if self._leaving:
+                return
             # A session that got as far as live mode resets the backoff: the next delay is uniform(0, base),
             # so that the users of a restarting node (1012) do not all land on the next one at once.
             failures = 1 if self._stable else failures + 1

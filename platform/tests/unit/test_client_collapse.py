@@ -71,6 +71,7 @@ class FakeGateway:
         self.queue = queue
         self.acked: list[str] = []
         self.sockets: list[ServerConnection] = []
+        self.closes: list[int | None] = []  # the close code each socket's client sent
         self.http = httpx.AsyncClient(transport=httpx.MockTransport(self._answer))
         self.url = ""
         self._server: Server | None = None
@@ -95,7 +96,7 @@ class FakeGateway:
 
     async def _socket(self, ws: ServerConnection) -> None:
         self.sockets.append(ws)
-        with contextlib.suppress(ConnectionClosed):  # the client leaving its block closes with 1011 (cancelled)
+        with contextlib.suppress(ConnectionClosed):
             async for raw in ws:
                 frame = orjson.loads(raw)
                 if frame["type"] == "ping":
@@ -104,6 +105,7 @@ class FakeGateway:
                     self.acked.extend(frame["ids"])
                     if "ref" in frame:
                         await ws.send(orjson.dumps({"type": "acked", "ref": frame["ref"]}).decode())
+        self.closes.append(ws.close_code)
 
     async def _answer(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -157,3 +159,15 @@ async def test_the_client_drops_an_older_one_arriving_after_the_newer_one() -> N
         assert _names(taken) == ["b", "p"]  # a: older than b, which was received
         await wait_for(lambda: len(gateway.acked) >= 2, timeout_s=5, message="a and b acknowledged")
         assert sorted(_names(gateway.acked)) == ["a", "b"]  # a on arrival, b once the consumer came back: any order
+
+
+@pytest.mark.timeout(10)
+async def test_a_client_leaving_its_block_closes_its_socket_normally() -> None:
+    """Before: leaving the block cancelled the socket's task inside its ``async with``, which closes with 1011
+    (internal error): every client's exit was logged by the gateway as an error."""
+    async with FakeGateway([_row("a", 1)]) as gateway:
+        async with NotiflowClient(gateway.url, "u", http=gateway.http) as client:
+            assert _names([(await anext(client))["id"]]) == ["a"]
+        await wait_for(lambda: gateway.closes, timeout_s=5, message="the socket closed")
+        assert gateway.closes == [1000]
+        assert _names(gateway.acked) == ["a"]  # the last one taken is acknowledged on the way out
