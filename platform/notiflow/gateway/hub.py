@@ -3,24 +3,63 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from notiflow import metrics
 from notiflow.gateway.protocol import CloseCode
 from notiflow.models import frame_created_at
 from notiflow.streams.pubsub import route_frames
 
+log = logging.getLogger(__name__)
+
 _CREATED = '"created_at":"'  # a notification frame's last field (models.notification_frame)
+
+
+def start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    """Run ``coro`` now, up to its first wait: None when it finished without one, else a task that finishes it.
+    A socket's ASGI sends complete without waiting unless the transport is over its high-water mark, so a burst
+    of frames costs no task (nor loop iteration) in the common case; Python 3.12's eager tasks do the same."""
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return None
+    except BaseException:
+        coro.close()
+        raise
+    return asyncio.get_running_loop().create_task(_finish(coro, waiting))
+
+
+async def _finish(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """The rest of an eagerly started coroutine, stepped as a task steps it: wait for what it waits on (an asyncio
+    future, or None for a bare yield), resume it, until it returns. Cancelled, it is closed (its ``finally`` runs)."""
+    try:
+        while True:
+            if isinstance(waiting, asyncio.Future):
+                await asyncio.wait((waiting,))
+            else:
+                await asyncio.sleep(0)
+            try:
+                waiting = coro.send(None)  # it reads the future's result (or exception) itself
+            except StopIteration:
+                return
+    except BaseException:
+        coro.close()
+        raise
 
 
 class Connection:
     """One socket's send side. Frames wait in a bounded buffer; when it overflows, the socket is closed with
-    SLOW_CONSUMER rather than buffering without limit. ``send`` sends frames through ASGI, in order, from a task
-    that lives while there are frames to send (frames pushed meanwhile wait in the buffer and count towards its
-    bound): an idle socket keeps no task."""
+    SLOW_CONSUMER rather than buffering without limit. Every socket that got frames in a loop iteration is
+    flushed by one callback (``FLUSHES``): ``send`` sends its frames through ASGI, in order, started eagerly
+    (``start_eagerly``); only a send that must wait for the transport leaves a task, which sends what arrives
+    meanwhile (within the bound) after it. An idle socket keeps no task."""
 
-    __slots__ = ("_close", "_frames", "_max", "_send", "_sending", "acks_in_flight", "closing", "user_id")
+    __slots__ = (
+        "_close", "_frames", "_max", "_scheduled", "_send", "_sending", "acks_in_flight", "closing", "user_id",
+    )
 
     def __init__(
         self, user_id: str, queue_max: int, close: Callable[[CloseCode], None],
@@ -31,6 +70,7 @@ class Connection:
         self._max = queue_max
         self._send: Callable[[list[str]], Awaitable[bool]] | None = send  # False once the socket is gone
         self._sending: asyncio.Task[None] | None = None
+        self._scheduled = False
         self._close = close
         self.closing: CloseCode | None = None
         self.acks_in_flight = 0  # ids of this socket's acks not yet committed
@@ -42,8 +82,15 @@ class Connection:
             self.close(CloseCode.SLOW_CONSUMER)
             return
         self._frames.append(frame)
-        if self._sending is None and self._send is not None:
-            self._sending = asyncio.get_running_loop().create_task(self._drain())
+        if not self._scheduled and self._sending is None:
+            self._scheduled = True
+            FLUSHES.add(self)
+
+    def flush(self) -> None:
+        """Send what is buffered, unless a send is waiting already (it sends the rest after it)."""
+        self._scheduled = False
+        if self._sending is None and self._frames and self._send is not None:
+            self._sending = start_eagerly(self._drain())
 
     async def _drain(self) -> None:
         """Sends what is buffered, oldest first, until nothing is."""
@@ -59,6 +106,7 @@ class Connection:
 
     def stop(self) -> None:
         """The socket is gone: nothing more is sent."""
+        self._send = None
         if self._sending is not None:
             self._sending.cancel()
 
@@ -129,6 +177,36 @@ class SendMeter:
 
 METER = SendMeter()
 sent = METER.sent
+
+
+class Flushes:
+    """The sockets with frames to send once this loop iteration's callbacks have run: one callback flushes them
+    all. A fan-out hands one frame to each of many sockets per iteration, and a task (or callback) per socket
+    cost more than the frame's own send."""
+
+    __slots__ = ("_conns", "_loop")
+
+    def __init__(self) -> None:
+        self._conns: list[Connection] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the pending callback runs in
+
+    def add(self, conn: Connection) -> None:
+        self._conns.append(conn)
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # once per iteration (and again if an earlier loop closed before it ran)
+            self._loop = loop
+            loop.call_soon(self.run)
+
+    def run(self) -> None:
+        conns, self._conns, self._loop = self._conns, [], None
+        for conn in conns:
+            try:
+                conn.flush()
+            except Exception:  # one socket's failure is its own: the others are sent
+                log.exception("socket send failed", extra={"user_id": conn.user_id})
+
+
+FLUSHES = Flushes()
 
 
 

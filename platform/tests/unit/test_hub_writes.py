@@ -109,3 +109,20 @@ async def test_the_meter_takes_each_frames_own_accept_time_when_notifications_al
     accepted = 2 * CREATED.timestamp() + 2 * later.timestamp() + 2 * whole.timestamp()
     observed = value("notiflow_delivery_latency_seconds_sum") - sum0
     assert 6 * before - accepted - 1e-3 <= observed <= 6 * after - accepted + 1e-3
+
+
+async def test_a_socket_stopped_while_its_send_waits_sends_nothing_more_and_keeps_no_task() -> None:
+    written: list[tuple[str, list[str]]] = []
+    sends = Sends(written, "u1")
+    conn = Connection("u1", 10, lambda code: None, sends)
+    sends.release.clear()
+    conn.push("f1")
+    await wait_for(lambda: conn.buffered == 0, timeout_s=5, message="the first frame was not taken")
+    conn.push("f2")
+    conn.stop()  # the socket is gone while its send waits for the transport
+    await wait_for(lambda: not asyncio.all_tasks() - {asyncio.current_task()}, timeout_s=5,
+                   message="the waiting send's task is still there")
+    sends.release.set()
+    conn.push("f3")
+    await asyncio.sleep(0)  # one iteration: a flush would run now
+    assert written == [] and conn.buffered == 2
