@@ -111,7 +111,7 @@ class Strace:
     async def stop(self) -> str:
         self._proc.send_signal(signal.SIGINT)
         _, err = await self._proc.communicate()
-        return err.decode()
+        return "\n".join(line for line in err.decode().splitlines() if not line.startswith("strace:"))
 
 
 class Load:
