@@ -26,7 +26,7 @@ from stores import Stores
 
 # About 140 bytes a row at fillfactor 50, deliveries-like: ~3,800 rows a MiB with the index.
 _MAKE = """
-CREATE TABLE {t} WITH (fillfactor = 50, autovacuum_enabled = false) AS
+CREATE TABLE {t} WITH (fillfactor = 50, autovacuum_enabled = false){space} AS
 SELECT g AS id, 'user-' || (g % 1000) AS user_id, md5(g::text) AS a, md5((g + 1)::text) AS b, now() AS at
 FROM generate_series(1, $1::bigint) AS g
 """
@@ -38,11 +38,11 @@ def schedstat(pid: int) -> tuple[float, float]:
     return int(run) / 1e9, int(wait) / 1e9
 
 
-async def one(conn: Any, state: str, mib: int, indexes_first: bool, strace: bool) -> dict[str, Any]:
-    t = f"drop_cost_{state}"
+async def one(conn: Any, state: str, args: argparse.Namespace) -> dict[str, Any]:
+    t, space = f"drop_cost_{state}", f" TABLESPACE {args.tablespace}" if args.tablespace else ""
     await conn.execute(f"DROP TABLE IF EXISTS {t}")
-    await conn.execute(_MAKE.format(t=t), mib * 3800, timeout=3600)
-    await conn.execute(f"CREATE INDEX {t}_idx ON {t} (user_id, id)", timeout=3600)
+    await conn.execute(_MAKE.format(t=t, space=space), args.mib * 3800, timeout=3600)
+    await conn.execute(f"CREATE INDEX {t}_idx ON {t} (user_id, id){space}", timeout=3600)
     files = await page_cache.relation_files(conn, [t])
     if state == "clean":
         await conn.execute("CHECKPOINT", timeout=3600)
@@ -53,12 +53,12 @@ async def one(conn: Any, state: str, mib: int, indexes_first: bool, strace: bool
     dirty = page_cache.dirty_mib()
     pid = await conn.fetchval("SELECT pg_backend_pid()")
     tracer = None
-    if strace:
+    if args.strace:
         tracer = await asyncio.create_subprocess_exec(
             "strace", "-c", "-w", "-e", "trace=truncate,ftruncate,unlink,fsync,fdatasync", "-p", str(pid),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         await asyncio.sleep(0.5)
-    statements = [f"DROP INDEX {t}_idx", f"DROP TABLE {t}"] if indexes_first else [f"DROP TABLE {t}"]
+    statements = [f"DROP INDEX {t}_idx", f"DROP TABLE {t}"] if args.indexes_first else [f"DROP TABLE {t}"]
     run0, wait0 = schedstat(pid)
     timed = []
     for statement in statements:
@@ -81,8 +81,7 @@ async def one(conn: Any, state: str, mib: int, indexes_first: bool, strace: bool
 async def run(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     conn = await asyncpg.connect(url)
     try:
-        return [await one(conn, state, args.mib, args.indexes_first, args.strace)
-                for _ in range(args.repeat) for state in args.states.split(",")]
+        return [await one(conn, state, args) for _ in range(args.repeat) for state in args.states.split(",")]
     finally:
         await conn.close()
 
@@ -94,6 +93,7 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--indexes-first", action="store_true", help="DROP INDEX, then DROP TABLE")
     p.add_argument("--strace", action="store_true", help="strace -c -w the backend's file calls")
+    p.add_argument("--tablespace", help="create the table (and index) in this existing tablespace")
     args = p.parse_args()
     stores = Stores("dropcost")
     if not stores.admin_db:

@@ -217,6 +217,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="connections running ingest + ack back to back")
     p.add_argument("--batch", type=int, default=20, help="notifications per ingest statement")
     p.add_argument("--no-attempts", action="store_true", help="fill no delivery_attempts rows")
+    p.add_argument("--tablespace", help="create the database in this existing tablespace (another filesystem)")
     p.add_argument("--cold", action="store_true",
                    help="after filling: CHECKPOINT, sync and drop the OS page cache (root, same machine as the "
                         "server), so the dropped partitions are not cached, as a retention period old one is not")
@@ -227,7 +228,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         embedded = None
         try:
-            stores.prepare()
+            stores.prepare(args.tablespace)
             url = stores.database_url
             if url is None:
                 embedded = EmbeddedPostgres(Path(tmp))
