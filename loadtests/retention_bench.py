@@ -23,12 +23,14 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import page_cache
 from stores import Stores
 
 from notiflow.config import Settings
@@ -38,6 +40,7 @@ from notiflow.service.retention import RetentionService
 from notiflow.store import ingest as ingest_sql
 from notiflow.store import partitions
 from notiflow.store import queries as query_sql
+from notiflow.store.partitions import TABLES
 from notiflow.store.pool import connect_pool
 
 # Version 7 ids made at $1 (Unix ms) + g ms: what ids.py makes, built in SQL for speed.
@@ -59,10 +62,14 @@ INSERT INTO delivery_attempts (notification_id, user_id, channel, attempt, outco
                                era)
 SELECT d.notification_id, d.user_id, 'socket', 1, 'failed', 'bench', d.updated_at, d.updated_at, 1 FROM d
 """
+# --no-attempts: the same without the attempt rows (a data-modifying CTE runs whether or not it is read).
+_FILL_NO_ATTEMPTS = _FILL.split("INSERT INTO delivery_attempts")[0] + "SELECT count(*) FROM d\n"
 
 
-async def fill(pool: Any, rows: int, recipients: int, days_back: int, chunk: int = 20_000) -> tuple[float, str]:
-    """``rows`` delivery rows in the day ``days_back`` days back; (seconds, the day's deliveries partition)."""
+async def fill(pool: Any, rows: int, recipients: int, days_back: int, attempts: bool = True,
+               chunk: int = 20_000) -> tuple[float, str]:
+    """``rows`` delivery rows (and an attempt row each, unless not ``attempts``) in the day ``days_back`` days
+    back; (seconds, the day's deliveries partition)."""
     started = time.perf_counter()
     async with pool.acquire() as conn:
         day = (await partitions.server_now(conn)).date() - timedelta(days=days_back)
@@ -71,9 +78,40 @@ async def fill(pool: Any, rows: int, recipients: int, days_back: int, chunk: int
         notifications = rows // recipients
         per = max(1, chunk // recipients)
         for first in range(0, notifications, per):
-            await conn.execute(_FILL, base_ms, first, recipients, min(per, notifications - first), timeout=600)
+            sql = _FILL if attempts else _FILL_NO_ATTEMPTS
+            await conn.execute(sql, base_ms, first, recipients, min(per, notifications - first), timeout=600)
         await conn.execute("ANALYZE", timeout=3600)
     return time.perf_counter() - started, f"deliveries_p{day:%Y%m%d}"
+
+
+def day_tables(deliveries_part: str) -> list[str]:
+    """The day's partitions of every table, from its deliveries partition's name."""
+    return [deliveries_part.replace("deliveries", table, 1) for table in TABLES]
+
+
+class Strace:
+    """``strace -c`` (wall time per call) of every backend of the bench's database, file and sync calls only."""
+
+    _CALLS = "ftruncate,truncate,unlink,unlinkat,fsync,fdatasync,pwrite64,pread64"
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+
+    @classmethod
+    async def start(cls, pool: Any) -> Strace:
+        async with pool.acquire() as conn:
+            pids = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+        args = [a for r in pids for a in ("-p", str(r["pid"]))]
+        proc = await asyncio.create_subprocess_exec(
+            "strace", "-c", "-w", "-f", "--seccomp-bpf", "-e", f"trace={cls._CALLS}", *args,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        await asyncio.sleep(0.5)  # attached
+        return cls(proc)
+
+    async def stop(self) -> str:
+        self._proc.send_signal(signal.SIGINT)
+        _, err = await self._proc.communicate()
+        return "\n".join(line for line in err.decode().splitlines() if not line.startswith("strace:"))
 
 
 class Load:
@@ -111,15 +149,19 @@ def percentiles(ops: list[tuple[str, float, float]], kind: str, window: tuple[fl
 
 async def run(args: argparse.Namespace, database_url: str) -> dict[str, Any]:
     pool = await connect_pool(database_url, max_size=args.workers + 2)
-    alone, during, drops, windows, done_all = [], [], [], [], []
+    alone, during, drops, windows, done_all, cache, traces = [], [], [], [], [], [], []
+    evicted = None
     try:
         fill_s, parts = 0.0, []
         for k in range(args.days):  # days 40, 41, ... back; the oldest goes first
-            took, part = await fill(pool, args.rows, args.recipients, 40 + k)
+            took, part = await fill(pool, args.rows, args.recipients, 40 + k, not args.no_attempts)
             fill_s += took
             parts.append(part)
         async with pool.acquire() as conn:
             filled = await conn.fetchval(f"SELECT count(*) FROM {parts[0]}")
+            files = {part: await page_cache.relation_files(conn, day_tables(part)) for part in parts}
+            if args.cold:
+                evicted = await page_cache.evict(conn, [f for fs in files.values() for f in fs])
         for k in reversed(range(args.days)):
             # A retention period that makes only the oldest filled day due: one day dropped per round.
             retention = RetentionService(Settings(database_url=database_url, retention_days=40 + k - 1.5), pool)
@@ -127,11 +169,18 @@ async def run(args: argparse.Namespace, database_url: str) -> dict[str, Any]:
             await quiet.run(args.seconds)
             loud = Load(pool, args.workers, args.batch, args.recipients)
 
-            async def round_later(service: RetentionService = retention) -> tuple[float, float, dict[str, int]]:
+            async def round_later(service: RetentionService = retention,
+                                  paths: list[Path] = files[parts[k]]) -> tuple[float, float, dict[str, int]]:
                 await asyncio.sleep(1.0)
+                cache.append({"cached_size_mib": await asyncio.to_thread(page_cache.cached_mib, paths),
+                              "dirty_mib": page_cache.dirty_mib()})
+                tracer = await Strace.start(pool) if args.strace else None
                 t0 = time.perf_counter()
                 done = await service.run_once()
-                return t0, time.perf_counter(), done
+                t1 = time.perf_counter()
+                if tracer is not None:
+                    traces.append(await tracer.stop())
+                return t0, t1, done
 
             _, (r0, r1, done) = await asyncio.gather(loud.run(args.seconds), round_later())
             alone += quiet.ops
@@ -146,6 +195,7 @@ async def run(args: argparse.Namespace, database_url: str) -> dict[str, Any]:
     overlapping = [op for op in during if any(op[2] >= w0 and op[1] <= w1 for w0, w1 in windows)]
     return {
         "rows_per_day": filled, "days": args.days, "recipients": args.recipients, "fill_s": round(fill_s, 1),
+        "attempt_rows": not args.no_attempts, "cold": evicted, "before_round": cache, "strace": traces,
         "rounds": done_all, "round_s": [round(w1 - w0, 3) for w0, w1 in windows],
         "drop_statement_s": [round(sum(t for _, t in drop), 3) for drop in drops],
         "statements_ms": [[(what, round(1000 * t, 1)) for what, t in drop] for drop in drops],
@@ -166,22 +216,34 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=6.0, help="length of each load phase")
     p.add_argument("--workers", type=int, default=2, help="connections running ingest + ack back to back")
     p.add_argument("--batch", type=int, default=20, help="notifications per ingest statement")
+    p.add_argument("--no-attempts", action="store_true", help="fill no delivery_attempts rows")
+    p.add_argument("--tablespace", help="create the database in this existing tablespace (another filesystem)")
+    p.add_argument("--cold", action="store_true",
+                   help="after filling: CHECKPOINT, sync and drop the OS page cache (root, same machine as the "
+                        "server), so the dropped partitions are not cached, as a retention period old one is not")
+    p.add_argument("--strace", action="store_true",
+                   help="strace -c the database's backends during each round (file and sync calls, wall time)")
     args = p.parse_args()
     stores = Stores("retention")
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         try:
-            stores.prepare()
+            stores.prepare(args.tablespace)
             out = asyncio.run(run(args, stores.database(stack, Path(tmp))))
         finally:
             stores.cleanup()
+    attempts = "one attempt row each" if out["attempt_rows"] else "no attempt rows"
     print(f"dropped {out['days']} days of {out['rows_per_day']:,} delivery rows each (x{out['recipients']} per "
-          f"notification, one attempt row each), one per round: statement time of each day's DETACH CONCURRENTLY + "
+          f"notification, {attempts}), one per round: statement time of each day's DETACH CONCURRENTLY + "
           f"DROP {out['drop_statement_s']} s, rounds {out['round_s']} s; the first day's statements:")
     for what, ms in out["statements_ms"][0] if out["statements_ms"] else []:
         print(f"  {ms:8.1f} ms  {what}")
     for kind in ("ingest", "ack"):
         print(f"{kind} statement ms: alone {out['alone'][kind]}; phase with the round {out['with_round'][kind]}; "
               f"overlapping the round {out['overlapping_round'][kind]}")
+    print(f"page cache: {out['cold'] or 'as the fill left it (warm)'}; before each round, the day's files cached / "
+          f"size MiB and the machine's dirty MiB: {out['before_round']}")
+    for trace in out["strace"]:
+        print(trace)
     print(f"load average {out['load_average']}")
     print(json.dumps(out))
     return 0 if out["ok"] else 1

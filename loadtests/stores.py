@@ -34,10 +34,12 @@ class Stores:
         self.name = name
         self.prefix = f"nf{name}{secrets.token_hex(4)}"
 
-    def prepare(self) -> None:
+    def prepare(self, tablespace: str | None = None) -> None:
+        """Create the database (in ``tablespace``, an existing one, when given: where its files go)."""
         if self.admin_db:
             self.db_name = f"notiflow_{self.name}_{secrets.token_hex(4)}"
-            psql(self.admin_db, f'CREATE DATABASE "{self.db_name}"')
+            where = f' TABLESPACE "{tablespace}"' if tablespace else ""
+            psql(self.admin_db, f'CREATE DATABASE "{self.db_name}"{where}')
             parts = urlsplit(self.admin_db)
             self.database_url = urlunsplit((parts.scheme, parts.netloc, f"/{self.db_name}", parts.query, ""))
 
