@@ -83,7 +83,7 @@ def app() -> Any:
     return serve_socket
 
 
-def _serve(port: int) -> None:
+def _serve(port: int, ws: str | None) -> None:
     import uvicorn
 
     from notiflow.config import Settings
@@ -91,6 +91,8 @@ def _serve(port: int) -> None:
 
     settings = Settings()
     options = {"http": "httptools", **server_options(settings)}  # the gateway's own options, as cli.py serves it
+    if ws:
+        options["ws"] = ws  # another of uvicorn's WebSocket implementations, for comparison
     config = uvicorn.Config(app(), host="127.0.0.1", port=port, loop="uvloop", log_config=None, backlog=4096,
                             **options)
     uvicorn.Server(config).run()
@@ -101,6 +103,8 @@ def _server_argv(server: str, port: int) -> list[str]:
         return [str(Path(sys.executable).with_name("granian")), "--interface", "asgi", "--factory", "--host",
                 "127.0.0.1", "--port", str(port), "--workers", "1", "--loop", "uvloop", "--log-level", "warning",
                 "--working-dir", str(Path(__file__).parent), "socket_paths:app"]
+    if ":" in server:  # uvicorn:<ws implementation>
+        return [sys.executable, __file__, "--serve", "--port", str(port), "--ws", server.split(":", 1)[1]]
     return [sys.executable, __file__, "--serve", "--port", str(port)]
 
 
@@ -150,7 +154,7 @@ async def _measure(proc: subprocess.Popen[bytes], port: int, args: argparse.Name
             frame = json.loads(await ws.recv())
             got += 1
             ids.append(frame["id"])
-            if len(ids) == 10:
+            if len(ids) == args.ack_every:
                 await ws.send(json.dumps({"type": "ack", "ids": ids}))
                 ids = []
 
@@ -181,16 +185,19 @@ def _run(server: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--servers", default="uvicorn", help="uvicorn (the gateway's) and/or granian, comma-separated")
+    p.add_argument("--servers", default="uvicorn", help="uvicorn (the gateway's options), uvicorn:<ws implementation> "
+                   "(websockets, wsproto: uvicorn's others) and/or granian, comma-separated")
+    p.add_argument("--ack-every", type=int, default=10, help="each client acks every N frames it receives (default 10)")
     p.add_argument("--runs", type=int, default=2, help="runs of each server, alternating (default 2)")
     p.add_argument("--sockets", type=int, default=1000)
     p.add_argument("--notifications", type=int, default=100, help="frames per socket (default 100)")
     p.add_argument("--round", type=int, default=10, help="notifications fanned out per loop iteration")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--ws", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
-        _serve(args.port)
+        _serve(args.port, args.ws)
         return
     results = []
     for _ in range(args.runs):
