@@ -8,7 +8,8 @@ import contextlib
 import dataclasses
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from notiflow import metrics
 from notiflow.errors import StoreUnavailable
@@ -123,19 +124,21 @@ class StreamWorker:
                 if entry.channel is Channel.TOPIC and self._topics is not None:
                     # An expansion takes seconds (pages of subscribers): beside the loop, like webhook calls.
                     await self._expansions.acquire()
-                    task = asyncio.create_task(self._expand(entry_id, entry, self._topics))
-                    self._hooks.add(task)
-                    task.add_done_callback(self._hooks.discard)
+                    self._beside(self._expand(entry_id, entry, self._topics))
                 elif entry.channel is Channel.WEBHOOK:
                     # Webhook calls may take seconds: they run beside the loop, bounded in number.
                     await self._hook_entries.acquire()
-                    task = asyncio.create_task(self._hook((entry_id, entry)))
-                    self._hooks.add(task)
-                    task.add_done_callback(self._hooks.discard)
+                    self._beside(self._hook((entry_id, entry)))
                 else:
                     sockets.append((entry_id, entry))
         if sockets:
             await self._process(sockets, self._d.deliver_socket)
+
+    def _beside(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the read loop (its slot already taken), kept until done; the stop drains them."""
+        task = asyncio.create_task(work)
+        self._hooks.add(task)
+        task.add_done_callback(self._hooks.discard)
 
     async def _unpack(self, entry_id: str, entries: list[StreamEntry]) -> None:
         """A reclaimed bundle goes back as one entry per notification, read from the rows: should one of them

@@ -11,6 +11,7 @@ import uuid
 import asyncpg
 import httpx
 import pytest
+from helpers import wait_for
 from integration_support import Gateway, Gateways, Workers, offline_page, users
 
 from notiflow.client import InvalidNotification, Producer, SyncProducer, topic_notification
@@ -20,16 +21,14 @@ pytestmark = pytest.mark.timeout(90)
 STATUS_URL = "http://127.0.0.1:9/receipts"  # never called here: only its flag on the deliveries is checked
 
 
-async def _queued(http: httpx.AsyncClient, gw: Gateway, user: str, nid: str, timeout_s: float = 30.0) -> bool:
-    """Whether ``nid`` reaches ``user``'s offline queue within ``timeout_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
+async def _queued(http: httpx.AsyncClient, gw: Gateway, user: str, nid: str, timeout_s: float = 30.0) -> None:
+    """Wait until ``nid`` is in ``user``'s offline queue."""
+
+    async def listed() -> bool:
         page = await offline_page(http, gw.url, user, limit=1000)
-        if any(n["id"] == nid for n in page["notifications"]):
-            return True
-        await asyncio.sleep(0.05)
-    return False
+        return any(n["id"] == nid for n in page["notifications"])
+
+    await wait_for(listed, timeout_s, interval_s=0.05, message=f"{nid} in {user}'s offline queue")
 
 
 async def _receipt_flags(db: asyncpg.Pool, nid: str) -> dict[str, bool | None]:
@@ -63,7 +62,7 @@ async def test_subscribe_list_send_to_the_topic_and_unsubscribe(
 
     for nid in (sent["id"], batched["id"]):
         for u in people[:4]:
-            assert await _queued(http, gw, u, nid), (u, nid)
+            await _queued(http, gw, u, nid)
     assert (await offline_page(http, gw.url, gone))["notifications"] == []  # expanded whole: one page
     assert await _receipt_flags(db, sent["id"]) == dict.fromkeys(people[:4], True)
     assert await _receipt_flags(db, batched["id"]) == dict.fromkeys(people[:4], None)  # asked for none

@@ -4,7 +4,6 @@ acceptance, a topic's notifications in order, and an expansion that crashes betw
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
@@ -12,6 +11,7 @@ import asyncpg
 import httpx
 import pytest
 from faults import Faulty
+from helpers import wait_for
 from integration_support import Gateway, Gateways, SocketFactory, Workers, offline_page, post, users
 from pydantic import SecretStr
 
@@ -43,14 +43,13 @@ async def _send(http: httpx.AsyncClient, gw: Gateway, topic: str, n: int = 0) ->
 
 async def _expanded(db: asyncpg.Pool, nid: str, timeout_s: float = 30.0) -> int:
     """Wait until the send is done; its recipients."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
+
+    async def done() -> asyncpg.Record | None:
         row = await db.fetchrow("SELECT done, recipients FROM topic_sends WHERE notification_id = $1", uuid.UUID(nid))
-        if row is not None and row["done"]:
-            return int(row["recipients"])
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"topic notification {nid} never finished expanding")
+        return row if row is not None and row["done"] else None
+
+    row = await wait_for(done, timeout_s, interval_s=0.05, message=f"topic notification {nid} finished expanding")
+    return int(row["recipients"])
 
 
 async def _queue(http: httpx.AsyncClient, gw: Gateway, user: str) -> list[dict[str, Any]]:
@@ -215,15 +214,12 @@ async def test_expansion_that_crashes_between_pages_resumes_without_loss_or_dupl
 
 
 async def _settled_offline(db: asyncpg.Pool, nid: str, user: str, timeout_s: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
+    async def offline() -> bool:
         status = await db.fetchval("SELECT status FROM deliveries WHERE notification_id = $1 AND user_id = $2",
                                    uuid.UUID(nid), user)
-        if status == "offline":
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{user}'s delivery of {nid} never settled offline")
+        return bool(status == "offline")
+
+    await wait_for(offline, timeout_s, interval_s=0.05, message=f"{user}'s delivery of {nid} settled offline")
 
 
 async def test_a_topic_send_whose_stream_entry_was_never_written_is_expanded_by_the_reconciler(
