@@ -207,6 +207,11 @@ def _lit(v: Any) -> str:
     return "'" + str(v).replace("'", "''") + "'"
 
 
+#: Executions of a statement that EXPLAIN runs per case; the medians read the last six (7-12: the plan cache
+#: has decided by then), so ``--count`` may not be below it.
+EXPLAINED = 12
+
+
 class _Rollback(Exception):
     pass
 
@@ -245,7 +250,7 @@ async def explain(conn: Any, case: Case, runs: list[list[Item]]) -> tuple[float,
     try:
         async with conn.transaction():
             await conn.execute(f"PREPARE plan_cost AS {sql}")
-            for n, it in enumerate(runs[:12]):
+            for n, it in enumerate(runs[:EXPLAINED]):
                 args = ", ".join(_lit(a) for a in case.sql(it)[1])
                 out = await conn.fetchval(f"EXPLAIN (ANALYZE, SUMMARY, FORMAT JSON) EXECUTE plan_cost({args})")
                 doc = (json.loads(out) if isinstance(out, str) else out)[0]
@@ -291,13 +296,32 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``low``, else a usage error naming the bound."""
+
+    def check(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    check.__name__ = "integer"  # argparse names the type in its error for a non-number
+    return check
+
+
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--days", type=int, nargs="+", default=[5, 35], help="day partitions (at least 5)")
     p.add_argument("--modes", nargs="+", choices=sorted(MODES), default=["auto", "generic"])
     p.add_argument("--users", type=int, default=2000, help="users with history")
     p.add_argument("--per-day", type=int, default=3, help="fan-outs to every user per past day")
-    p.add_argument("--count", type=int, default=200, help="statements measured per case (users: count x users)")
+    p.add_argument(
+        "--count",
+        type=at_least(EXPLAINED),
+        default=200,
+        help=f"statements measured per case (users: count x users); at least {EXPLAINED}, the"
+        " executions the plan-time median reads",
+    )
     p.add_argument("--cases", nargs="*", default=[], help="only the statements whose name contains one of these")
     args = p.parse_args()
     if min(args.days) < partitions.AHEAD_DAYS + 2:
