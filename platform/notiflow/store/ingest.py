@@ -35,8 +35,10 @@ ScopedKey = tuple[str, str]
 
 # One statement (one round trip, one implicit transaction) inserts the notifications (each expiring after its
 # ttl, else after the retention period $10, s; in the era and day partition its id names, migration 009),
-# bumps each user's seq counter by the number of new deliveries (rows locked in user order: no deadlocks
-# between batches), and inserts the deliveries numbered in batch order below the new counter value.
+# bumps each user's seq counter by the number of new deliveries ($13/$14: each user once, with its count; rows
+# locked in user order: no deadlocks between batches), and inserts the deliveries numbered in batch order below
+# the new counter value: a delivery's $9 is its offset from it (0 for the user's last in the batch, -1 for the
+# one before...), computed by the caller, which knows the batch (no sort or window over the deliveries here).
 _INSERT_BATCH = """
 WITH n AS (
     INSERT INTO notifications (id, event, payload, webhook_url, expires_at, recipients, era, status_url)
@@ -44,22 +46,18 @@ WITH n AS (
            notiflow_era(id), status
     FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[], $6::int[], $11::text[])
         AS t(id, event, payload, hook, ttl, cnt, status)
-), d AS (
-    SELECT nid, uid, hook, {key_column} ord
-    FROM unnest($7::uuid[], $8::text[], $9::text[]{key_array}) WITH ORDINALITY AS t(nid, uid, hook, {key_column} ord)
-), per_user AS (
-    SELECT uid, count(*) AS cnt FROM d GROUP BY uid
 ), bump AS (
     INSERT INTO user_seqs AS s (user_id, last_seq)
-    SELECT uid, cnt FROM per_user ORDER BY uid
+    SELECT uid, cnt FROM unnest($13::text[], $14::int[]) AS t(uid, cnt) ORDER BY uid
     ON CONFLICT (user_id) DO UPDATE SET last_seq = s.last_seq + EXCLUDED.last_seq
     RETURNING user_id, last_seq
 ), ins AS (
     -- receipt: true for the notifications of $12 (those with a status_url, usually none), else NULL (012).
     INSERT INTO deliveries (notification_id, user_id, seq, webhook_status, era, receipt{key_insert})
-    SELECT d.nid, d.uid, b.last_seq - p.cnt + row_number() OVER (PARTITION BY d.uid ORDER BY d.ord), d.hook,
-           notiflow_era(d.nid), CASE WHEN d.nid = ANY($12::uuid[]) THEN true END{key_select}
-    FROM d JOIN per_user p ON p.uid = d.uid JOIN bump b ON b.user_id = d.uid
+    SELECT d.nid, d.uid, b.last_seq + d.off, d.hook, notiflow_era(d.nid),
+           CASE WHEN d.nid = ANY($12::uuid[]) THEN true END{key_select}
+    FROM unnest($7::uuid[], $8::text[], $9::int[], $15::text[]{key_array}) AS d(nid, uid, off, hook{key_column})
+    JOIN bump b ON b.user_id = d.uid
 )
 -- Each user's new counter value (and the commit's timestamp, the notifications' created_at): enough for
 -- the caller to know every delivery's seq without reading the rows back.
@@ -69,8 +67,9 @@ SELECT user_id, last_seq, now() AS created_at FROM bump
 # column to fill); one with keys names each delivery's key (NULL for its items without one).
 _INSERT_PLAIN = _INSERT_BATCH.format(key_column="", key_array="", key_insert="", key_select="")
 _INSERT_KEYED = _INSERT_BATCH.format(
-    key_column="ckey,", key_array=", $13::text[]", key_insert=", collapse_key", key_select=", d.ckey"
+    key_column=", ckey", key_array=", $16::text[]", key_insert=", collapse_key", key_select=", d.ckey"
 )
+
 
 @dataclass(slots=True)
 class KeyClaim:
@@ -122,16 +121,26 @@ async def insert_notifications(conn: Any, items: list[NewNotification], retentio
     ``retention_s``."""
     if not items:
         return
+    count: dict[str, int] = {}
+    for item in items:
+        for user in item.user_ids:
+            count[user] = count.get(user, 0) + 1
+    # A delivery's offset below its user's new counter value: the user's deliveries of this batch take
+    # last_seq - count + 1 ... last_seq, in batch order.
+    left = count.copy()
     nids: list[uuid.UUID] = []
     uids: list[str] = []
+    offsets: list[int] = []
     hooks: list[str | None] = []
     keyed = any(i.collapse_key is not None for i in items)
     keys: list[str | None] = []
     for item in items:
         hook = "pending" if item.webhook_url else None
         for user in item.user_ids:
+            left[user] -= 1
             nids.append(item.id)
             uids.append(user)
+            offsets.append(-left[user])
             hooks.append(hook)
         if keyed:
             keys.extend([item.collapse_key] * len(item.user_ids))
@@ -145,25 +154,24 @@ async def insert_notifications(conn: Any, items: list[NewNotification], retentio
         [len(i.user_ids) for i in items],
         nids,
         uids,
-        hooks,
+        offsets,
         float(retention_s),
         [i.status_url for i in items],
         [i.id for i in items if i.status_url],
+        list(count),
+        list(count.values()),
+        hooks,
         *([keys] if keyed else []),
     )
-    # The SQL numbers a user's new deliveries last_seq - count + 1 ... last_seq in batch order: so here.
-    count: dict[str, int] = {}
-    for user in uids:
-        count[user] = count.get(user, 0) + 1
-    following = {r["user_id"]: r["last_seq"] - count[r["user_id"]] + 1 for r in rows}
+    last = {r["user_id"]: r["last_seq"] for r in rows}
     created_at = rows[0]["created_at"] if rows else None  # no rows: topic items only (no deliveries yet)
+    at = 0
     for item in items:
         item.created_at = created_at
-        seqs = []
-        for user in item.user_ids:
-            seqs.append(following[user])
-            following[user] += 1
-        item.seqs = seqs
+        item.seqs = [
+            last[user] + off for user, off in zip(item.user_ids, offsets[at : at + len(item.user_ids)], strict=True)
+        ]
+        at += len(item.user_ids)
 
 
 async def mark_enqueued(pool: Any, notification_ids: list[uuid.UUID]) -> None:

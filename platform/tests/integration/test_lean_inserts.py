@@ -49,3 +49,28 @@ async def test_seq_counters_are_bumped_in_place(db: asyncpg.Pool) -> None:
         total, hot = after[0] - before[0], after[1] - before[1]
         # At fillfactor 100 no page had room: 0 of 1,500 were HOT.
         assert total == len(USERS) and hot >= 0.95 * total, (total, hot)
+
+
+async def test_a_batch_numbers_each_users_deliveries_in_batch_order_below_its_counter(db: asyncpg.Pool) -> None:
+    """The caller computes each delivery's offset below its user's new counter (no window in the SQL): users
+    that recur across a batch's notifications get consecutive seqs in batch order, as stored and as returned."""
+    ann, bob, cat = (f"order-{uuid.uuid4().hex[:8]}-{n}" for n in ("ann", "bob", "cat"))
+    async with db.acquire() as conn:
+        first = NewNotification(uuid.uuid4(), [ann], "e", "{}", None, None)
+        await ingest_sql.insert_notifications(conn, [first])  # ann's counter is 1 before the batch
+        batch = [
+            NewNotification(uuid.uuid4(), [ann, bob], "e", "{}", None, None),
+            NewNotification(uuid.uuid4(), [cat], "e", "{}", None, None),
+            NewNotification(uuid.uuid4(), [bob, cat, ann], "e", "{}", None, None),
+            NewNotification(uuid.uuid4(), [ann], "e", "{}", None, None),
+        ]
+        await ingest_sql.insert_notifications(conn, batch)
+        rows = await conn.fetch(
+            "SELECT notification_id, user_id, seq FROM deliveries WHERE notification_id = ANY($1::uuid[])",
+            [i.id for i in batch],
+        )
+    assert first.seqs == [1]
+    assert [i.seqs for i in batch] == [[2, 1], [1], [2, 2, 3], [4]]
+    stored = {(r["notification_id"], r["user_id"]): r["seq"] for r in rows}
+    returned = {(i.id, u): s for i in batch for u, s in zip(i.user_ids, i.seqs or [], strict=True)}
+    assert stored == returned
