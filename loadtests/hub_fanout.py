@@ -23,9 +23,9 @@ import orjson
 import uvloop
 
 from notiflow.batching import Batcher
+from notiflow.frames import FrameTemplate, frame_template
 from notiflow.gateway.hub import Connection, Hub
 from notiflow.gateway.ws import _Reader
-from notiflow.models import FrameTemplate, frame_template
 from notiflow.streams.pubsub import encode_batch
 
 

@@ -22,7 +22,8 @@ from typing import Any
 
 from notiflow.config import Settings
 from notiflow.devstack.cluster import EmbeddedRedisCluster
-from notiflow.models import Carried, Channel, FrameTemplate, StreamEntry
+from notiflow.frames import FrameTemplate
+from notiflow.models import Carried, Channel, StreamEntry
 from notiflow.streams import bundle
 from notiflow.streams.client import close_redis, connect_redis
 from notiflow.streams.keys import partition_slots

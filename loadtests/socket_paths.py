@@ -90,7 +90,7 @@ def _serve(port: int, ws: str | None) -> None:
     from notiflow.gateway.app import server_options
 
     settings = Settings()
-    options = {"http": "httptools", **server_options(settings)}  # the gateway's own options, as cli.py serves it
+    options = {"http": "httptools", **server_options(settings)}  # the gateway's own options, as cli_run.py serves it
     if ws:
         options["ws"] = ws  # another of uvicorn's WebSocket implementations, for comparison
     config = uvicorn.Config(app(), host="127.0.0.1", port=port, loop="uvloop", log_config=None, backlog=4096,

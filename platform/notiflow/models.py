@@ -1,4 +1,6 @@
-"""Data of the delivery domain: states, rows and stream entries. No I/O here."""
+"""Data of the delivery domain: states, rows and stream entries. No I/O here.
+
+A notification's frame to its recipients is encoded in frames.py."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
+
+from notiflow.frames import FrameTemplate, compact_payload, frame_template
 
 USER_ID_MAX = 255
 EVENT_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -212,75 +216,8 @@ class DeliveryWork:
             fields["collapse_key"] = self.collapse_key
         head = orjson.dumps(fields)[:-1].decode()
         created = orjson.dumps(self.created_at).decode()
-        return f'{head},"payload":{_compact(self.payload_json)},"created_at":{created}}}'.encode()
+        return f'{head},"payload":{compact_payload(self.payload_json)},"created_at":{created}}}'.encode()
 
-
-@dataclass(slots=True, frozen=True)
-class FrameTemplate:
-    """A notification's frame with its ``seq`` left out: encoded once per notification, however many
-    recipients it has (only ``seq`` differs between them). Neither part contains a tab or a newline."""
-
-    head: str  # '{"type":"notification","id":"...","seq":'
-    tail: str  # ',"event":...,"payload":...,"created_at":...}'
-
-    def frame(self, seq: int) -> str:
-        return f"{self.head}{seq}{self.tail}"
-
-
-def frame_template(
-    nid: uuid.UUID, event: str, payload_json: str, created_at: datetime, collapse_key: str | None = None
-) -> FrameTemplate:
-    """The template of ``{"type": "notification", "id", "seq", "event", ["collapse_key",] "payload",
-    "created_at"}`` (``collapse_key`` only when the notification has one); the payload is spliced in as
-    stored, never decoded and re-encoded on the hot path. ``created_at`` stays last (frame_created_at)."""
-    head = f'{{"type":"notification","id":"{nid}","seq":'
-    event_json = orjson.dumps(event).decode()
-    key = "" if collapse_key is None else f',"collapse_key":{orjson.dumps(collapse_key).decode()}'
-    created = orjson.dumps(created_at).decode()
-    return FrameTemplate(
-        head, f',"event":{event_json}{key},"payload":{_compact(payload_json)},"created_at":{created}}}'
-    )
-
-
-def notification_frame(
-    nid: uuid.UUID, seq: int, event: str, payload_json: str, created_at: datetime, collapse_key: str | None = None
-) -> str:
-    """One recipient's frame (see frame_template)."""
-    return frame_template(nid, event, payload_json, created_at, collapse_key).frame(seq)
-
-
-_CREATED = '"created_at":"'
-#: Parsed created_at texts: a fan-out sends one notification's timestamp to every recipient, so it is parsed
-#: once, not per frame. Bounded (cleared when full).
-_CREATED_PARSED: dict[str, float] = {}
-_CREATED_PARSED_MAX = 4096
-
-
-def frame_created_at(frame: str) -> float | None:
-    """The accept time (epoch seconds) of a notification frame built by ``notification_frame``, found
-    without decoding the payload: created_at is the frame's last field. None for any other frame."""
-    if not frame.startswith('{"type":"notification"'):
-        return None
-    at = frame.rfind(_CREATED)
-    if at < 0:
-        return None
-    start = at + len(_CREATED)
-    text = frame[start : frame.find('"', start)]
-    parsed = _CREATED_PARSED.get(text)
-    if parsed is None:
-        try:
-            parsed = datetime.fromisoformat(text).timestamp()
-        except ValueError:
-            return None
-        if len(_CREATED_PARSED) >= _CREATED_PARSED_MAX:
-            _CREATED_PARSED.clear()
-        _CREATED_PARSED[text] = parsed
-    return parsed
-
-
-def _compact(payload_json: str) -> str:
-    # jsonb text may contain newlines inside nothing but whitespace; frames must be single-line.
-    return payload_json if "\n" not in payload_json else orjson.dumps(orjson.loads(payload_json)).decode()
 
 
 @dataclass(slots=True)

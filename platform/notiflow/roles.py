@@ -3,8 +3,9 @@
 ``Settings`` (config.py) stays the one object parsed from the environment, with the flat ``NOTIFLOW_*``
 names, their units and defaults. A view is a frozen dataclass whose fields are named as the ``Settings``
 fields they copy, each listed once, here; ``view(Cls, settings)`` builds it. To give a component another
-setting: add the field to ``Settings`` (documented there), then its name and type to the view(s) of the
-components that read it (test_roles.py checks that each view field is a ``Settings`` field of the same type).
+setting: add the field to its group of ``Settings`` (config.py, config_gateway.py or config_workers.py;
+documented there), then its name and type to the view(s) of the components that read it (test_roles.py
+checks that each view field is a ``Settings`` field of the same type).
 Process-level settings (store URLs, pool sizes, ports of the process itself) stay with the wiring, which
 reads ``Settings`` directly; the services and workers it builds get only their view.
 """

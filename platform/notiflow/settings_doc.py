@@ -1,4 +1,5 @@
-"""The settings table of docs/contract.md, generated from ``Settings`` so that it cannot drift from config.py.
+"""The settings table of docs/contract.md, generated from ``Settings`` so that it cannot drift from the code
+(config.py and the groups of fields it composes: config_gateway.py, config_workers.py).
 
     python -m notiflow.settings_doc --write docs/contract.md   # rewrite the table in place
     python -m notiflow.settings_doc --check docs/contract.md   # exit 1 if it is out of date

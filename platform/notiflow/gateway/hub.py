@@ -9,13 +9,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from notiflow import metrics
+from notiflow.frames import frame_created_at
 from notiflow.gateway.protocol import CloseCode
-from notiflow.models import frame_created_at
 from notiflow.streams.pubsub import route_frames
 
 log = logging.getLogger(__name__)
 
-_CREATED = '"created_at":"'  # a notification frame's last field (models.notification_frame)
+_CREATED = '"created_at":"'  # a notification frame's last field (frames.notification_frame)
 
 
 def start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:

@@ -11,7 +11,8 @@ import uuid
 from collections import defaultdict
 from collections.abc import Mapping
 
-from notiflow.models import DeliveryStatus, DeliveryWork, FrameTemplate, StreamEntry, frame_template
+from notiflow.frames import FrameTemplate, frame_template
+from notiflow.models import DeliveryStatus, DeliveryWork, StreamEntry
 from notiflow.service.dispatch_log import Handoff
 from notiflow.streams.pubsub import NodeBatch
 

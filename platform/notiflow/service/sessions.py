@@ -11,8 +11,8 @@ import logging
 from typing import Any, Protocol
 
 from notiflow.errors import StoreUnavailable
+from notiflow.frames import notification_frame
 from notiflow.lifecycle import Deadline, cancel
-from notiflow.models import notification_frame
 from notiflow.roles import GatewaySettings
 from notiflow.service.ports import Presence
 from notiflow.service.queries import QueryService

@@ -3,7 +3,7 @@ Redis Cluster the channels are sharded (SPUBLISH/SSUBSCRIBE): each lives on the 
 and a publish goes to that shard alone rather than to every node of the cluster.
 
 A message is a batch of frames, one line each. A fan-out sends each notification's frame once: a line
-``\x02 head \t tail`` sets the current template (a frame without its seq, see models.FrameTemplate), then
+``\x02 head \t tail`` sets the current template (a frame without its seq, see frames.FrameTemplate), then
 each recipient is a line ``user_id \t seq``. A line ``user_id \t {...}`` carries a whole frame. User ids
 cannot contain control characters, and frames are compact JSON, so no separator occurs inside a field.
 """
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from notiflow.config import Settings
-from notiflow.models import FrameTemplate
+from notiflow.frames import FrameTemplate
 from notiflow.streams.client import Redis, is_cluster, redis_errors
 
 log = logging.getLogger(__name__)

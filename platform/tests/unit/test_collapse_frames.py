@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 import orjson
 
-from notiflow.models import DeliveryWork, NewNotification, frame_created_at, notification_frame
+from notiflow.frames import frame_created_at, notification_frame
+from notiflow.models import DeliveryWork, NewNotification
 from notiflow.service.ingest import stream_entries
 
 _AT = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""Every long-running command runs with the collector tuned (cli.GC_THRESHOLDS): the defaults cost a gateway
+"""Every long-running command runs with the collector tuned (cli_run.GC_THRESHOLDS): the defaults cost a gateway
 about 40 % of its time in collections under the paced fan-out, and their full collections stall every socket."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from notiflow import cli
+from notiflow import cli_run
 
 
 @pytest.fixture
@@ -28,8 +28,8 @@ def test_commands_run_with_the_tuned_collector(restored_gc: None) -> None:
         seen["thresholds"] = gc.get_threshold()
         seen["frozen"] = gc.get_freeze_count()
 
-    assert cli._run_async(main) == 0
-    assert seen["thresholds"] == cli.GC_THRESHOLDS
+    assert cli_run._run_async(main) == 0
+    assert seen["thresholds"] == cli_run.GC_THRESHOLDS
     assert isinstance(seen["frozen"], int) and seen["frozen"] > 0
     # A first generation far above the default, or the tuning does nothing.
-    assert cli.GC_THRESHOLDS[0] >= 10_000
+    assert cli_run.GC_THRESHOLDS[0] >= 10_000

@@ -13,9 +13,9 @@ import pytest
 from helpers import wait_for
 
 from notiflow import metrics
+from notiflow.frames import frame_template, notification_frame
 from notiflow.gateway.hub import Connection, Hub, sent
 from notiflow.gateway.protocol import CloseCode
-from notiflow.models import frame_template, notification_frame
 from notiflow.streams.pubsub import encode_batch, route_frames
 
 pytestmark = pytest.mark.timeout(10)

@@ -3,7 +3,7 @@ NOTIFLOW_METRICS_PORT for all of them), and the flags the parent passes on canno
 
 from __future__ import annotations
 
-from notiflow.cli import _without
+from notiflow.cli_run import _without
 from notiflow.processes import copy_env
 
 

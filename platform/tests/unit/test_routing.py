@@ -6,7 +6,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from notiflow.models import Carried, DeliveryWork, StreamEntry, notification_frame
+from notiflow.frames import notification_frame
+from notiflow.models import Carried, DeliveryWork, StreamEntry
 from notiflow.service.routing import frames_per_node, handoffs
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)

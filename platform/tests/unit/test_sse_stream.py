@@ -15,10 +15,10 @@ import pytest
 
 from notiflow.config import Settings
 from notiflow.errors import ApiError
+from notiflow.frames import notification_frame
 from notiflow.gateway.deps import Services
 from notiflow.gateway.protocol import CloseCode
 from notiflow.gateway.sse import Stream, last_event_id
-from notiflow.models import notification_frame
 
 pytestmark = pytest.mark.timeout(10)
 
