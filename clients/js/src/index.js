@@ -1,6 +1,6 @@
 // notiflow JavaScript client (ESM, no build step, no runtime dependencies in browsers; in Node without a
 // global WebSocket the `ws` package is loaded). The same behaviour as the Python client
-// (platform/notiflow/client/core.py):
+// (platform/notiflow/client/core.py, with its reconnect loop in connection.py):
 //
 // - On every (re)connect: open the socket, send a ping and wait for the pong (the gateway answers only once
 //   the socket is registered in presence), then read every page of the offline queue after the watermark

@@ -1,8 +1,9 @@
 """Embedded Redis and PostgreSQL, a process supervisor, and the DevStack behind `notiflow dev` and the tests."""
 
 from notiflow.devstack._proc import DevStackError, free_port, free_port_range
+from notiflow.devstack.dev import run_dev
 from notiflow.devstack.embedded import EmbeddedPostgres, EmbeddedRedis, psql
-from notiflow.devstack.stack import DevStack, migrate, run_dev, settings_env
+from notiflow.devstack.stack import DevStack, migrate, settings_env
 from notiflow.devstack.supervisor import ProcessSpec, Supervisor
 
 __all__ = [
