@@ -1,7 +1,7 @@
 """The reconciler's fresh sweep under sustained ingest: how far behind does its cursor stay? (issue 24, window 6)
 
 Ingest commits notifications through the store's own SQL (``store.ingest.insert_notifications``, in batches
-as the gateway's group commit makes them, then ``mark_enqueued`` as after the XADD; the stream itself is left
+as the gateway's group commit makes them, then ``clear_outbox`` as after the XADD; the stream itself is left
 out) at a target rate from a few connections; by default each batch's
 deliveries are then handed off (``record_handoffs``, as the stream worker's dispatch log does), so the sweep
 finds what it finds in production: nothing pending. Meanwhile a retry worker (the production one, built by
@@ -87,11 +87,11 @@ async def ingest(pool: Any, args: argparse.Namespace, until: float, counts: list
             await asyncio.sleep(ahead_s)
         items = batch(args.batch, args.recipients, run, sent)
         async with pool.acquire() as conn:
-            await ingest_sql.insert_notifications(conn, items)
+            outbox_id = await ingest_sql.insert_notifications(conn, items)
             if args.handoff:
                 await deliveries_sql.record_handoffs(conn, [(i.id, u, "offline") for i in items for u in i.user_ids])
         # As the gateway does once its XADD answered (the stream itself is left out: nothing reads it here).
-        await ingest_sql.mark_enqueued(pool, [i.id for i in items])
+        await ingest_sql.clear_outbox(pool, [outbox_id] if outbox_id else [])
         sent += len(items)
         counts[lane] += len(items)
 

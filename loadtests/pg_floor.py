@@ -9,6 +9,9 @@ It prints µs of backend CPU (and of wall time) per delivery for:
   statement) and unicast (``--unicast-batch`` one-recipient notifications per statement);
 - the hand-off (dispatched/offline) recording, ``WRITE_CHUNK`` per statement, before any ack (every row
   moves) and after the acks (what the dispatch log writes when clients acked first);
+- what the gateway writes once a commit's notifications are on the stream: the deletion of its outbox row
+  (``store.ingest.clear_outbox``, one statement per XADD pipeline; until migration 015, an update of every
+  notification's flag);
 - the socket ack statement (``--ack-batch`` (user, id) pairs per statement, as the gateway's ack batcher
   sends them), the HTTP ack by ids (one request per user: its ids of one round) and by ``up_to_seq``.
 
@@ -25,9 +28,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from backend_cpu import Meter
@@ -54,11 +58,27 @@ def notifications(users: list[list[str]]) -> list[NewNotification]:
             for u in users]
 
 
-async def insert(conn: Any, batches: list[list[NewNotification]]) -> list[Delivery]:
-    """Insert each batch in one statement (the gateway's group commit); the deliveries in insert order."""
+class OneConnection:
+    """The measured connection, as the pool ``clear_outbox`` takes (the gateway passes its pool)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        yield self.conn
+
+
+async def insert(
+    conn: Any, batches: list[list[NewNotification]], outbox: list[uuid.UUID] | None = None
+) -> list[Delivery]:
+    """Insert each batch in one statement (the gateway's group commit); the deliveries in insert order. The
+    commits' outbox rows are added to ``outbox`` when given."""
     out: list[Delivery] = []
     for batch in batches:
-        await ingest_sql.insert_notifications(conn, batch)
+        outbox_id = await ingest_sql.insert_notifications(conn, batch)
+        if outbox is not None and outbox_id is not None:
+            outbox.append(outbox_id)
         for item in batch:
             assert item.seqs is not None
             out += [(item.id, u, s) for u, s in zip(item.user_ids, item.seqs, strict=True)]
@@ -70,6 +90,12 @@ async def handoffs(conn: Any, deliveries: list[Delivery]) -> None:
     for i in range(0, len(deliveries), WRITE_CHUNK):
         chunk = deliveries[i : i + WRITE_CHUNK]
         await deliveries_sql.record_handoffs(conn, [(n, u, offline) for n, u, _ in chunk])
+
+
+async def outbox_cleared(conn: Any, outbox: list[uuid.UUID]) -> None:
+    """As the gateway's enqueue loop, once per XADD pipeline: each commit's row here (one commit per pipeline)."""
+    for outbox_id in outbox:
+        await ingest_sql.clear_outbox(OneConnection(conn), [outbox_id])
 
 
 async def socket_acks(conn: Any, deliveries: list[Delivery], batch: int) -> None:
@@ -103,12 +129,14 @@ async def fanout(m: Meter, args: argparse.Namespace) -> None:
     await insert(m.conn, batches())  # warm-up: counters exist, statistics
     await m.conn.execute("ANALYZE")
     todo: list[Delivery] = []
+    outbox: list[uuid.UUID] = []
 
     async def ins() -> None:
-        todo.extend(await insert(m.conn, batches()))
+        todo.extend(await insert(m.conn, batches(), outbox))
 
     n = args.rounds * per_stmt
     await m.phase("fanout insert", n, ins)
+    await m.phase("fanout outbox cleared", n, lambda: outbox_cleared(m.conn, outbox))
     await m.phase("fanout handoff (unacked)", n, lambda: handoffs(m.conn, todo))
     await m.phase("fanout socket ack", n, lambda: socket_acks(m.conn, todo, args.ack_batch))
     await m.phase("fanout handoff (after ack)", n, lambda: handoffs(m.conn, todo))
@@ -128,12 +156,14 @@ async def unicast(m: Meter, args: argparse.Namespace) -> None:
     await insert(m.conn, batches())
     await m.conn.execute("ANALYZE")
     todo: list[Delivery] = []
+    outbox: list[uuid.UUID] = []
 
     async def ins() -> None:
-        todo.extend(await insert(m.conn, batches()))
+        todo.extend(await insert(m.conn, batches(), outbox))
 
     n = args.unicast_rounds * args.unicast_batch
     await m.phase("unicast insert", n, ins)
+    await m.phase("unicast outbox cleared", n, lambda: outbox_cleared(m.conn, outbox))
     await m.phase("unicast handoff (unacked)", n, lambda: handoffs(m.conn, todo))
     await m.phase("unicast socket ack", n, lambda: socket_acks(m.conn, todo, args.ack_batch))
     await m.phase("unicast handoff (after ack)", n, lambda: handoffs(m.conn, todo))

@@ -29,7 +29,7 @@ from notiflow.errors import StoreUnavailable
 from notiflow.lifecycle import pause
 from notiflow.models import Carried, Channel, StreamEntry
 from notiflow.roles import WorkerSettings
-from notiflow.service.ingest import CARRY_PAYLOAD_MAX
+from notiflow.service.enqueue import CARRY_PAYLOAD_MAX
 from notiflow.service.ports import Record, WorkLog
 from notiflow.store import deliveries as deliveries_sql
 from notiflow.store import topics as sql

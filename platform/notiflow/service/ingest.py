@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import uuid
 from typing import Any
 
 import orjson
@@ -14,8 +15,9 @@ from notiflow import metrics
 from notiflow.batching import Batcher
 from notiflow.errors import ApiError, BackpressureError, IdempotencyConflict, StoreUnavailable
 from notiflow.lifecycle import Deadline
-from notiflow.models import Carried, Channel, NewNotification, StreamEntry
+from notiflow.models import NewNotification
 from notiflow.roles import GatewaySettings
+from notiflow.service.enqueue import OutboxLedger, stream_entries
 from notiflow.service.ports import Record, WorkLog
 from notiflow.store import collapse
 from notiflow.store import ingest as sql
@@ -29,43 +31,11 @@ Accepted = tuple[int, dict[str, Any]]  # (HTTP status, body)
 
 ENQUEUE_BATCH = 2000  # notifications per XADD pipeline
 ENQUEUE_QUEUE_MAX = 100_000  # committed notifications held for XADD before the outbox sweep takes over
-CARRY_PAYLOAD_MAX = 8 * 1024  # payload bytes (JSON) a socket stream entry carries; larger ones are loaded
 
 
 def request_hash(body: dict[str, Any]) -> str:
     """A stable digest of a validated request: the same request always hashes the same."""
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def stream_entries(items: list[NewNotification], chunk: int) -> list[StreamEntry]:
-    """Each notification's recipients in chunks: one entry per chunk and channel. A socket entry carries
-    the frame (payloads up to CARRY_PAYLOAD_MAX), so that its first processing reads nothing from
-    PostgreSQL; larger payloads are loaded by the worker rather than copied into Redis per chunk. A notification
-    with a collapse key is never carried: a newer one may replace it before its entry is processed, and only
-    its row says so (the worker loads it and skips a replaced delivery)."""
-    out: list[StreamEntry] = []
-    for item in items:
-        if item.topic is not None:
-            # One entry, whatever the topic's size: the worker expands it into deliveries (service/expansion.py).
-            out.append(StreamEntry(item.id, (item.topic,), Channel.TOPIC))
-            continue
-        carry = (
-            item.seqs is not None and item.created_at is not None and len(item.payload_json) <= CARRY_PAYLOAD_MAX
-            and item.collapse_key is None
-        )
-        expires_ms = None
-        if carry and item.ttl_seconds is not None and item.created_at is not None:
-            expires_ms = int(item.created_at.timestamp() * 1000) + item.ttl_seconds * 1000
-        for start in range(0, len(item.user_ids), chunk):
-            users = tuple(item.user_ids[start : start + chunk])
-            carried = None
-            if carry and item.seqs is not None and item.created_at is not None:
-                seqs = tuple(item.seqs[start : start + chunk])
-                carried = Carried(seqs, item.event, item.payload_json, item.created_at, expires_ms)
-            out.append(StreamEntry(item.id, users, Channel.SOCKET, carried))
-            if item.webhook_url:
-                out.append(StreamEntry(item.id, users, Channel.WEBHOOK))
-    return out
 
 
 class IngestService:
@@ -89,6 +59,7 @@ class IngestService:
         # Committed notifications waiting for their XADD, in commit order. Bounded: past the bound they
         # are left to the outbox sweep rather than held in memory while Redis is away.
         self._to_enqueue: list[NewNotification] = []
+        self._outbox = OutboxLedger()  # their commits' outbox rows, deleted once a commit is wholly XADDed
         self._enqueue_wake = asyncio.Event()
         self._enqueue_idle = asyncio.Event()
         self._enqueue_idle.set()  # nothing queued yet: shutting down now must not wait
@@ -122,7 +93,8 @@ class IngestService:
         longest = int(self._s.retention_days * 86400)
         if item.ttl_seconds is not None and item.ttl_seconds > longest:
             raise ApiError(
-                422, "ttl_too_long",
+                422,
+                "ttl_too_long",
                 f"ttl_seconds must be at most {longest} (the retention period, NOTIFLOW_RETENTION_DAYS)",
                 {"max_ttl_seconds": longest},
             )
@@ -204,7 +176,7 @@ class IngestService:
                 async with conn.transaction():
                     claim = await sql.claim_idempotency_keys(conn, keyed, self._s.idempotency_window_s)
                     fresh = [i for i in items if self._is_fresh(i, primary, claim)]
-                    await sql.insert_notifications(conn, fresh, self._s.retention_days * 86400)
+                    outbox_id = await sql.insert_notifications(conn, fresh, self._s.retention_days * 86400)
                     # In the insert's transaction, after it (store/collapse.py says why not inside it).
                     replaced = await collapse.apply_collapse(conn, collapse.keyed_rows(fresh))
                     await topics_sql.insert_sends(conn, fresh)  # a topic item's cutoff: before its 202
@@ -213,14 +185,12 @@ class IngestService:
                 # One statement is its own transaction: no BEGIN/COMMIT round trips around it.
                 claim = sql.KeyClaim(set(), {})
                 fresh = items
-                await sql.insert_notifications(conn, fresh, self._s.retention_days * 86400)
-        self._queue_for_stream(fresh)
+                outbox_id = await sql.insert_notifications(conn, fresh, self._s.retention_days * 86400)
+        self._queue_for_stream(fresh, outbox_id)
         return [self._result(item, primary, claim) for item in items]
 
     @staticmethod
-    def _is_fresh(
-        item: NewNotification, primary: dict[sql.ScopedKey, NewNotification], claim: sql.KeyClaim
-    ) -> bool:
+    def _is_fresh(item: NewNotification, primary: dict[sql.ScopedKey, NewNotification], claim: sql.KeyClaim) -> bool:
         """True when this request creates a notification (no key, or the first holder of a new key)."""
         if not item.idempotency_key:
             return True
@@ -250,10 +220,13 @@ class IngestService:
         chunks = -(-len(item.user_ids) // self._s.fanout_chunk)
         return chunks * (2 if item.webhook_url else 1)
 
-    def _queue_for_stream(self, fresh: list[NewNotification]) -> None:
+    def _queue_for_stream(self, fresh: list[NewNotification], outbox_id: uuid.UUID | None) -> None:
+        if outbox_id is None:
+            return  # nothing committed (every item a repeat of a key)
         if len(self._to_enqueue) >= ENQUEUE_QUEUE_MAX:
-            self.enqueue_dropped += len(fresh)
+            self.enqueue_dropped += len(fresh)  # their outbox row stays: the reconciler enqueues them
             return
+        self._outbox.committed(outbox_id, len(fresh))
         self._unstreamed += sum(self._entry_count(i) for i in fresh)
         self._to_enqueue.extend(fresh)
         self._enqueue_idle.clear()
@@ -263,16 +236,18 @@ class IngestService:
         await self._enqueue_idle.wait()
 
     async def _enqueue_loop(self) -> None:
-        """After the commit, off the request path: XADD, then clear the outbox flag. One task, so entries
-        reach the stream in commit order. A failure loses nothing: the reconciler finds the committed
-        notifications still flagged and enqueues them."""
+        """After the commit, off the request path: XADD, then delete the outbox rows of the commits now wholly on
+        the stream. One task: entries reach the stream in commit order. A failure loses nothing: the reconciler
+        enqueues the commits whose rows stay."""
         while True:
             await self._enqueue_wake.wait()
             self._enqueue_wake.clear()
             while self._to_enqueue:
                 self._enqueue_idle.clear()
                 batch, self._to_enqueue = self._to_enqueue[:ENQUEUE_BATCH], self._to_enqueue[ENQUEUE_BATCH:]
+                commits = self._outbox.take(len(batch))
                 entries = stream_entries(batch, self._s.fanout_chunk)
+                xadded = False  # a failure after the XADD (deleting the rows) taints nothing
                 try:
                     async with self._count_lock:
                         try:
@@ -283,8 +258,13 @@ class IngestService:
                             # these entries counted nowhere and a burst was admitted twice over the bound.
                             self._unstreamed -= len(entries)
                         self._xadded += len(entries)
-                    await sql.mark_enqueued(self._pool, [i.id for i in batch])
+                    xadded = True
+                    await sql.clear_outbox(self._pool, self._outbox.settled(commits, ok=True))
                 except Exception as exc:  # noqa: BLE001 - the outbox covers every failure after the commit
-                    log.warning("enqueue after commit failed; the reconciler will enqueue",
-                                extra={"error": str(exc), "notifications": len(batch)})
+                    if not xadded:
+                        self._outbox.settled(commits, ok=False)
+                    log.warning(
+                        "enqueue after commit failed; the reconciler will enqueue",
+                        extra={"error": str(exc), "notifications": len(batch)},
+                    )
             self._enqueue_idle.set()

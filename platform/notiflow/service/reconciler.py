@@ -3,7 +3,7 @@
 Each round (under a PostgreSQL advisory lock, so any number of retry workers may run it):
 1. Epoch: when Redis lost its data (restart without persistence, FLUSHALL) the epoch key is gone;
    the round that recreates it rebuilds the stream and the retry schedule from every open delivery.
-2. Outbox: notifications committed but never marked enqueued (a crash between commit and XADD).
+2. Outbox: commits whose notifications were not all XADDed (a crash or a Redis fault between the two).
 3. Stuck work: deliveries still pending or retrying long after they should have been processed
    (a lost ZADD, a replay whose XADD failed, a stream entry lost). No index follows the socket channel's
    state (acks and hand-offs must be HOT updates, migration 006): fresh pending work is looked at once, when
@@ -29,13 +29,15 @@ from notiflow.roles import WorkerSettings
 from notiflow.service.ports import Record, WorkLog
 from notiflow.store import reconcile as sql
 from notiflow.store import topics as topics_sql
-from notiflow.store.ingest import mark_enqueued
+from notiflow.store.ingest import clear_outbox
 from notiflow.store.pool import pg_errors
 from notiflow.streams.work import retry_member
 
 log = logging.getLogger(__name__)
 
 PAGE = 2000
+#: Outbox rows (ingest commits, each of up to an ingest batch of notifications) a round enqueues at most.
+OUTBOX_COMMITS = 200
 #: Notifications per page of the fresh sweep: the first page of a round, and the most a page grows to while
 #: every page comes back full (a backlog: ingest outran the sweep).
 FRESH_PAGE_MIN = 500
@@ -76,14 +78,14 @@ class Reconciler:
                 )
                 log.warning("redis had no epoch: rebuilt work from postgresql",
                             extra={"entries": done["rebuilt"], "partitions": lost})
-            outbox = await sql.outbox(conn, self._s.outbox_grace_s, PAGE)
-            if outbox:
-                # After a rebuild their open work is on the stream already; only the flag is left to clear.
+            rows, outbox = await sql.outbox(conn, self._s.outbox_grace_s, OUTBOX_COMMITS)
+            if rows:
+                # After a rebuild their open work is on the stream already; only the rows are left to delete.
                 if not done["rebuilt"]:
                     done["outbox"] = await self._requeue(
                         conn, lambda after: sql.work_of(conn, outbox, after=after, limit=PAGE), touch=False
                     )
-                await mark_enqueued(self._pool, outbox)
+                await clear_outbox(self._pool, rows)
             stale_s = self._s.stuck_after_s
             done["topics"] = await self._topic_sends(conn, outbox, stale_s)
             done["stuck"] = await self._requeue(

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from notiflow.ids import new_id
 from notiflow.models import NewNotification
 
 # Keys are claimed (locked) in a fixed order, and user_seqs rows in sorted order: two batches that share keys
@@ -34,7 +35,8 @@ ORDER BY k.scope, k.key, k.created_at DESC
 ScopedKey = tuple[str, str]
 
 # One statement (one round trip, one implicit transaction) inserts the notifications (each expiring after its
-# ttl, else after the retention period $10, s; in the era and day partition its id names, migration 009),
+# ttl, else after the retention period $10, s; in the era and day partition its id names, migration 009) and the
+# commit's outbox row $16 (migration 015),
 # bumps each user's seq counter by the number of new deliveries ($13/$14: each user once, with its count; rows
 # locked in user order: no deadlocks between batches), and inserts the deliveries numbered in batch order below
 # the new counter value: a delivery's $9 is its offset from it (0 for the user's last in the batch, -1 for the
@@ -51,6 +53,9 @@ WITH n AS (
     SELECT uid, cnt FROM unnest($13::text[], $14::int[]) AS t(uid, cnt) ORDER BY uid
     ON CONFLICT (user_id) DO UPDATE SET last_seq = s.last_seq + EXCLUDED.last_seq
     RETURNING user_id, last_seq
+), outbox AS (
+    -- The commit's outbox row (migration 015): every notification of the batch, until all are on the stream.
+    INSERT INTO ingest_outbox (id, notification_ids) VALUES ($16::uuid, $1::uuid[])
 ), ins AS (
     -- receipt: true for the notifications of $12 (those with a status_url, usually none), else NULL (012).
     INSERT INTO deliveries (notification_id, user_id, seq, webhook_status, era, receipt{key_insert})
@@ -67,7 +72,7 @@ SELECT user_id, last_seq, now() AS created_at FROM bump
 # column to fill); one with keys names each delivery's key (NULL for its items without one).
 _INSERT_PLAIN = _INSERT_BATCH.format(key_column="", key_array="", key_insert="", key_select="")
 _INSERT_KEYED = _INSERT_BATCH.format(
-    key_column=", ckey", key_array=", $16::text[]", key_insert=", collapse_key", key_select=", d.ckey"
+    key_column=", ckey", key_array=", $17::text[]", key_insert=", collapse_key", key_select=", d.ckey"
 )
 
 
@@ -115,12 +120,16 @@ async def claim_idempotency_keys(conn: Any, items: list[NewNotification], window
     return KeyClaim(won, existing)
 
 
-async def insert_notifications(conn: Any, items: list[NewNotification], retention_s: float = 30 * 86400) -> None:
-    """Insert the notifications and one delivery per recipient, with per-user seqs in batch order; sets
-    each item's ``created_at`` and ``seqs`` as stored. A notification without a ttl expires after
-    ``retention_s``."""
+async def insert_notifications(
+    conn: Any, items: list[NewNotification], retention_s: float = 30 * 86400
+) -> uuid.UUID | None:
+    """Insert the notifications, one delivery per recipient with per-user seqs in batch order, and the batch's
+    outbox row; sets each item's ``created_at`` and ``seqs`` as stored and returns the outbox row's id (None for
+    no items), for ``clear_outbox`` once every item is on the stream. A notification without a ttl expires
+    after ``retention_s``."""
     if not items:
-        return
+        return None
+    outbox_id = new_id()
     count: dict[str, int] = {}
     for item in items:
         for user in item.user_ids:
@@ -161,6 +170,7 @@ async def insert_notifications(conn: Any, items: list[NewNotification], retentio
         list(count),
         list(count.values()),
         hooks,
+        outbox_id,
         *([keys] if keyed else []),
     )
     last = {r["user_id"]: r["last_seq"] for r in rows}
@@ -172,19 +182,21 @@ async def insert_notifications(conn: Any, items: list[NewNotification], retentio
             last[user] + off for user, off in zip(item.user_ids, offsets[at : at + len(item.user_ids)], strict=True)
         ]
         at += len(item.user_ids)
+    return outbox_id
 
 
-async def mark_enqueued(pool: Any, notification_ids: list[uuid.UUID]) -> None:
-    """Clear the outbox flag after XADD. Losing this write only causes a harmless re-enqueue, so it does
-    not wait for fsync. The ids are our own UUIDs (their text form cannot carry SQL), inlined so that the
-    SET LOCAL and the UPDATE travel as one simple-protocol message: one round trip, one transaction."""
-    if not notification_ids:
+async def clear_outbox(pool: Any, outbox_ids: list[uuid.UUID]) -> None:
+    """Delete the outbox rows of commits whose notifications are all on the stream. Losing this write only
+    causes a harmless re-enqueue, so it does not wait for fsync. The ids are our own UUIDs (their text form
+    cannot carry SQL), inlined so that the SET LOCAL and the DELETE travel as one simple-protocol message: one
+    round trip, one transaction."""
+    if not outbox_ids:
         return
-    if not all(isinstance(i, uuid.UUID) for i in notification_ids):
-        raise TypeError("mark_enqueued takes uuid.UUID ids only (they are inlined into the statement)")
-    ids = ",".join([str(i) for i in notification_ids])
+    if not all(isinstance(i, uuid.UUID) for i in outbox_ids):
+        raise TypeError("clear_outbox takes uuid.UUID ids only (they are inlined into the statement)")
+    ids = ",".join([str(i) for i in outbox_ids])
     async with pool.acquire() as conn:
         await conn.execute(
             "SET LOCAL synchronous_commit TO off; "
-            f"UPDATE notifications SET enqueued = true WHERE id = ANY('{{{ids}}}'::uuid[]) AND NOT enqueued"
+            f"DELETE FROM ingest_outbox WHERE id = ANY('{{{ids}}}'::uuid[])"
         )

@@ -23,9 +23,10 @@ EXPIRY_SWEEPS: tuple[tuple[str, int], ...] = (("expiry", 2), ("expiry_late", 60)
 # work, per page, measured with loadtests/fresh_sweep_lag.py.)
 _TRY_LOCK = "SELECT pg_try_advisory_xact_lock(7349001), set_config('jit', 'off', true)"
 
-# Notifications committed but never marked as XADDed (a crash or a Redis fault between the two).
+# Commits whose notifications were not all XADDed (a crash or a Redis fault between the two): their outbox rows
+# (migration 015), oldest first.
 _OUTBOX = """
-SELECT id FROM notifications WHERE NOT enqueued AND created_at < now() - $1 * interval '1 second'
+SELECT id, notification_ids FROM ingest_outbox WHERE created_at < now() - $1 * interval '1 second'
 ORDER BY created_at LIMIT $2
 """
 
@@ -182,8 +183,10 @@ async def try_lock(conn: Any) -> bool:
     return bool(await conn.fetchval(_TRY_LOCK))
 
 
-async def outbox(conn: Any, grace_s: float, limit: int) -> list[uuid.UUID]:
-    return [r["id"] for r in await conn.fetch(_OUTBOX, grace_s, limit)]
+async def outbox(conn: Any, grace_s: float, limit: int) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """(outbox row ids, their notifications) of up to ``limit`` commits older than ``grace_s``."""
+    rows = await conn.fetch(_OUTBOX, grace_s, limit)
+    return [r["id"] for r in rows], [n for r in rows for n in r["notification_ids"]]
 
 
 async def all_work(conn: Any, *, after: tuple[uuid.UUID, str] | None, limit: int) -> list[dict[str, Any]]:

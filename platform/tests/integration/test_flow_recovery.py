@@ -36,17 +36,23 @@ pytestmark = pytest.mark.timeout(60)
 
 async def commit_without_xadd(db: asyncpg.Pool, user_ids: list[str], *, enqueued: bool = False) -> str:
     """What a gateway that dies right after its commit leaves behind: the notification and its deliveries
-    in PostgreSQL, nothing in Redis. With ``enqueued`` the outbox flag says it was XADDed (the entry was
-    then lost with Redis's data). Uses the store's own ingest SQL."""
+    in PostgreSQL, nothing in Redis. With ``enqueued`` its commit's outbox row is gone, as after its XADD (the
+    entry was then lost with Redis's data). Uses the store's own ingest SQL."""
     item = NewNotification(
         id=uuid.uuid4(), user_ids=user_ids, event="crash.window", payload_json='{"lost": false}',
         ttl_seconds=None, webhook_url=None,
     )  # fmt: skip
     async with db.acquire() as conn, conn.transaction():
-        await ingest_sql.insert_notifications(conn, [item])
+        outbox_id = await ingest_sql.insert_notifications(conn, [item])
         if enqueued:
-            await conn.execute("UPDATE notifications SET enqueued = true WHERE id = $1", item.id)
+            await conn.execute("DELETE FROM ingest_outbox WHERE id = $1", outbox_id)
     return str(item.id)
+
+
+async def outbox_cleared(db: asyncpg.Pool, nids: list[str]) -> bool:
+    """No outbox row names any of these notifications: their commits are wholly on the stream."""
+    query = "SELECT NOT EXISTS (SELECT 1 FROM ingest_outbox WHERE notification_ids && $1::uuid[])"
+    return bool(await db.fetchval(query, [uuid.UUID(n) for n in nids]))
 
 
 async def test_crash_between_commit_and_xadd_is_recovered_by_the_outbox(
@@ -64,15 +70,12 @@ async def test_crash_between_commit_and_xadd_is_recovered_by_the_outbox(
     assert await rds.xlen(settings.stream_key) == 0
     assert await status_of(db, nid, online) == "pending"
 
-    # After outbox_grace_s (1 s here) the reconciler enqueues it, and clears the outbox flag.
+    # After outbox_grace_s (1 s here) the reconciler enqueues it, and deletes its commit's outbox row.
     [frame] = await sock.wait_ids([nid], timeout_s=15)
     assert frame["payload"] == {"lost": False} and frame["seq"] == 1
     assert await settled(db, nid) == {online: "dispatched", away: "offline"}
 
-    async def flag_cleared() -> bool:
-        return bool(await db.fetchval("SELECT enqueued FROM notifications WHERE id = $1", uuid.UUID(nid)))
-
-    await wait_for(flag_cleared, timeout_s=5)
+    await wait_for(lambda: outbox_cleared(db, [nid]), timeout_s=5, message="outbox row deleted")
     assert await offline_ids(http, gw.url, away) == [nid]
     # Enqueued once: no duplicate frame follows.
     assert await sock.quiet(0.5) == []
@@ -90,11 +93,10 @@ async def test_stream_entries_lost_after_xadd_are_recovered_by_the_stuck_sweep(
     ids = [await notify(http, gw.url, [rosa], payload={"i": i}) for i in range(3)]
 
     async def enqueued() -> bool:
-        flagged = await db.fetchval("SELECT count(*) FROM notifications WHERE enqueued")
-        return flagged == 3 and await rds.xlen(settings.stream_key) == 3
+        return await outbox_cleared(db, ids) and await rds.xlen(settings.stream_key) == 3
 
     await wait_for(enqueued, timeout_s=5)
-    await rds.xtrim(settings.stream_key, maxlen=0)  # the entries vanish after the outbox flag was cleared
+    await rds.xtrim(settings.stream_key, maxlen=0)  # the entries vanish after the outbox rows were deleted
     await workers.stream()
 
     for nid in ids:

@@ -22,7 +22,7 @@ from helpers import wait_for
 from integration_support import Gateways, Workers, notify, offline_ids, status_of, users
 
 from notiflow.errors import StoreUnavailable
-from notiflow.service.ingest import CARRY_PAYLOAD_MAX
+from notiflow.service.enqueue import CARRY_PAYLOAD_MAX
 from notiflow.service.ports import Wrappers
 
 pytestmark = pytest.mark.timeout(90)

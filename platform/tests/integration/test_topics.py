@@ -233,7 +233,7 @@ async def test_a_topic_send_whose_stream_entry_was_never_written_is_expanded_by_
     for u in people:
         await _subscribe(http, gw, topic, u)
     await workers.stream()
-    nid = await _send(http, gw, topic)  # committed; its entry's XADD failed (the outbox flag stays set)
+    nid = await _send(http, gw, topic)  # committed; its entry's XADD failed (its outbox row stays)
     assert faulty.calls["add"] >= 1
     await workers.retry()  # its reconciler finds the send in the outbox and puts its entry on the stream
     assert await _expanded(db, nid) == len(people)

@@ -1,7 +1,7 @@
 """Duplicate stream entries for one delivery never call the downstream twice for one attempt (SPEC I6).
 
 At-least-once work produces duplicates: an outbox re-enqueue racing the gateway's own XADD (under load the
-outbox flag can be set later than ``OUTBOX_GRACE_S``), a stuck-work sweep, a reclaim after a crash. Found by
+outbox row can be deleted later than ``OUTBOX_GRACE_S``), a stuck-work sweep, a reclaim after a crash. Found by
 ``test_retry_budget.py`` on a loaded machine: 181-221 calls where 180 (60 deliveries x 3 attempts) were due,
 one attempt number recorded twice. Each call now first claims its attempt in PostgreSQL.
 """

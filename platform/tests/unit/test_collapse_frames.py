@@ -10,7 +10,7 @@ import orjson
 
 from notiflow.frames import frame_created_at, notification_frame
 from notiflow.models import DeliveryWork, NewNotification
-from notiflow.service.ingest import stream_entries
+from notiflow.service.enqueue import stream_entries
 
 _AT = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 
