@@ -25,7 +25,7 @@ from conformance.client import Api, Socket
 from conformance.history import History
 from notiflow.models import USER_SEP
 from notiflow.streams import bundle
-from notiflow.streams.work import GROUP
+from notiflow.streams.keys import GROUP
 
 
 class Nemesis:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -35,23 +36,9 @@ from notiflow.gateway.hub import Hub
 from notiflow.gateway.middleware import Guard
 from notiflow.gateway.openfiles import check_open_files, open_files_limit
 from notiflow.gateway.security import header_host, host_allowed, served_hosts
-from notiflow.lifecycle import RELEASE_S, Deadline, cancel
-from notiflow.service.auth import AuthService, KeyService
-from notiflow.service.dashboard import DashboardService
-from notiflow.service.ingest import IngestService
+from notiflow.lifecycle import Deadline, cancel
 from notiflow.service.ports import Wrappers
-from notiflow.service.queries import QueryService
-from notiflow.service.ratelimit import IngestLimiter
-from notiflow.service.sessions import SessionService
-from notiflow.service.telemetry import Telemetry
-from notiflow.service.topics import TopicService
-from notiflow.store.pool import close_pool, connect_pool, pg_limits
-from notiflow.streams.client import close_redis, connect_redis
-from notiflow.streams.presence import Presence
-from notiflow.streams.pubsub import Router
-from notiflow.streams.ratelimit import TokenBuckets
-from notiflow.streams.stats import StatsBoard
-from notiflow.streams.work import WorkStream
+from notiflow.service.wiring import gateway_services
 
 log = logging.getLogger(__name__)
 
@@ -67,71 +54,38 @@ async def _warn_while_auth_off(period_s: float) -> None:
 
 
 @asynccontextmanager
+async def _services(settings: Settings, wrap: Wrappers, hub: Hub) -> AsyncIterator[Services]:
+    """The gateway's services on its stores (service/wiring.py), not started yet; the stores are closed on the
+    way out. With authentication on and no key configured, the gateway refuses to start (stores closed)."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            services = await stack.enter_async_context(gateway_services(settings, wrap, hub))
+        except AuthNotConfigured as exc:
+            log.error("gateway refuses to start: %s", exc)
+            raise
+        yield Services.of(services, hub)
+
+
+@asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    wrap: Wrappers = app.state.wrappers
-    gateway = roles.gateway(settings)  # what the gateway's services get: their own part of the settings
-    pool = await connect_pool(settings.database_url_required, max_size=settings.pg_pool_max, **pg_limits(settings))
-    record = wrap.record(pool)
-    redis = connect_redis(
-        settings.redis_url_required, max_connections=settings.redis_pool_max,
-        wait_timeout_s=settings.redis_pool_timeout_s, cluster=settings.redis_cluster,
-    )
-    work = wrap.work(WorkStream(redis, settings))
-    hub = Hub()
-    queries = QueryService(settings=gateway, pool=record, work=work)
-    ingest = IngestService(settings=gateway, pool=record, work=work)
-    sessions = SessionService(
-        settings=gateway, redis=redis, channel=Router(redis, settings).channel(settings.node_id),
-        presence=wrap.presence(Presence(redis, settings)), queries=queries, sockets=hub,
-    )
-    try:
-        auth = AuthService(roles.auth(settings), record)
-        await auth.start()
-    except AuthNotConfigured as exc:
-        log.error("gateway refuses to start: %s", exc)
-        await close_redis(redis, RELEASE_S)
-        await close_pool(pool, RELEASE_S)
-        raise
-    warner = asyncio.create_task(_warn_while_auth_off(settings.auth_off_warning_s)) if auth.off else None
-    limiter = IngestLimiter(gateway, wrap.buckets(TokenBuckets(redis, settings)))
-    telemetry = Telemetry(settings=gateway, work=work, pool=record, board=StatsBoard(redis, settings), role="gateway",
-                          read_stores=True, sockets=hub)
-    dashboard_service = DashboardService(telemetry, queries)
-    topic_service = TopicService(pool=record)
-    app.state.services = Services(
-        settings=gateway, pool=record, redis=redis, ingest=ingest, queries=queries, sessions=sessions, hub=hub,
-        limiter=limiter, telemetry=telemetry, dashboard=dashboard_service, auth=auth, keys=KeyService(record),
-        topics=topic_service,
-    )
-    queries.start()
-    topic_service.start()
-    limiter.start()
-    await ingest.start()
-    await sessions.start()
-    telemetry.start()
-    check_open_files(open_files_limit(), settings.ws_max_sockets)
-    log.info("gateway ready", extra={"host": settings.host, "port": settings.port})
-    try:
-        yield
-    finally:
-        # Stop intake first (no new accepts), drain what is queued, then release the stores. Stage 1,
-        # uvicorn finishing the requests in flight, and these drains (stage 2) share one grace period, begun
-        # by stop_serving; the durable drains first: commits, then acks; telemetry's last round only if time
-        # is left.
-        deadline = app.state.stop_deadline or Deadline(settings.shutdown_grace_s)
-        await ingest.close(deadline.left())
-        await limiter.close(deadline.left())
-        await queries.close(deadline.left())
-        await topic_service.close(deadline.left())
-        await telemetry.close(deadline.left())
-        await sessions.close(deadline.left())
-        await auth.close(deadline.left())
-        if warner is not None:
-            await cancel([warner])
-        # Then the connections, within a bound of their own: a connection never given back is cut.
-        await close_redis(redis, RELEASE_S)
-        await close_pool(pool, RELEASE_S)
+    async with _services(settings, app.state.wrappers, Hub()) as services:
+        app.state.services = services
+        auth_off = services.auth.off
+        warner = asyncio.create_task(_warn_while_auth_off(settings.auth_off_warning_s)) if auth_off else None
+        await services.start()
+        check_open_files(open_files_limit(), settings.ws_max_sockets)
+        log.info("gateway ready", extra={"host": settings.host, "port": settings.port})
+        try:
+            yield
+        finally:
+            # Stop intake first (no new accepts), drain what is queued, then release the stores. Stage 1,
+            # uvicorn finishing the requests in flight, and these drains (stage 2) share one grace period, begun
+            # by stop_serving (the order of the drains: GatewayServices.close). The stores close on leaving
+            # _services, within a bound of their own: a connection never given back is cut.
+            await services.close(app.state.stop_deadline or Deadline(settings.shutdown_grace_s))
+            if warner is not None:
+                await cancel([warner])
 
 
 def stop_serving(app: FastAPI, server: uvicorn.Server) -> None:
@@ -185,21 +139,8 @@ handshake whose Host is not allowed (security.py) is refused here, for every pat
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings, *, wrappers: Wrappers | None = None) -> FastAPI:
-    """The gateway app; ``wrappers``: around the adapters its lifespan builds (service/ports.py), none by default."""
-    app = GatewayApp(title="notiflow", version="0.1.0", lifespan=lifespan,
-                     docs_url="/docs" if settings.api_docs else None, redoc_url=None)
-    app.state.settings = settings
-    app.state.wrappers = wrappers or Wrappers()
-    app.state.allowed_hosts = served_hosts(settings.allowed_hosts, settings.host)
-    app.state.stop_deadline = None  # set by stop_serving
-    app.include_router(http.router)
-    app.include_router(dashboard.router)
-    app.include_router(keys.router)
-    app.include_router(presence.router)
-    app.include_router(sse.router)
-    app.include_router(topics.router)
-    app.add_middleware(Guard, settings=roles.gateway(settings))
+def _handle_errors(app: FastAPI) -> None:
+    """Every error a route lets out answers as the API's error body (responses.py), with its status."""
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> Response:
@@ -251,6 +192,8 @@ def create_app(settings: Settings, *, wrappers: Wrappers | None = None) -> FastA
         log.exception("unhandled error")
         return http.error_response(500, "internal_error", "internal error")
 
+
+def _serve_metrics(app: FastAPI) -> None:
     @app.get("/metrics", responses=responses.METRICS, response_class=PlainTextResponse)
     async def metrics_endpoint() -> Response:
         hub = app.state.services.hub
@@ -258,5 +201,23 @@ def create_app(settings: Settings, *, wrappers: Wrappers | None = None) -> FastA
         metrics.USERS.set(len(hub.users()))
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+
+def create_app(settings: Settings, *, wrappers: Wrappers | None = None) -> FastAPI:
+    """The gateway app; ``wrappers``: around the adapters its lifespan builds (service/ports.py), none by default."""
+    app = GatewayApp(title="notiflow", version="0.1.0", lifespan=lifespan,
+                     docs_url="/docs" if settings.api_docs else None, redoc_url=None)
+    app.state.settings = settings
+    app.state.wrappers = wrappers or Wrappers()
+    app.state.allowed_hosts = served_hosts(settings.allowed_hosts, settings.host)
+    app.state.stop_deadline = None  # set by stop_serving
+    app.include_router(http.router)
+    app.include_router(dashboard.router)
+    app.include_router(keys.router)
+    app.include_router(presence.router)
+    app.include_router(sse.router)
+    app.include_router(topics.router)
+    app.add_middleware(Guard, settings=roles.gateway(settings))
+    _handle_errors(app)
+    _serve_metrics(app)
     openapi.document(app, auth_off=settings.auth == "off")
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -10,34 +11,18 @@ from starlette.requests import HTTPConnection
 
 from notiflow import ids
 from notiflow.gateway.hub import Hub
-from notiflow.roles import GatewaySettings
-from notiflow.service.auth import AuthService, KeyService
-from notiflow.service.dashboard import DashboardService
-from notiflow.service.ingest import IngestService
-from notiflow.service.ports import Record
-from notiflow.service.queries import QueryService
-from notiflow.service.ratelimit import IngestLimiter
-from notiflow.service.sessions import SessionService
-from notiflow.service.telemetry import Telemetry
-from notiflow.service.topics import TopicService
-from notiflow.streams.client import Redis
+from notiflow.service.wiring import GatewayServices
 
 
 @dataclass(slots=True, kw_only=True)
-class Services:
-    settings: GatewaySettings
-    pool: Record
-    redis: Redis
-    ingest: IngestService
-    queries: QueryService
-    sessions: SessionService
+class Services(GatewayServices):
+    """The gateway's services (service/wiring.py) and its hub of local sockets."""
+
     hub: Hub
-    limiter: IngestLimiter
-    telemetry: Telemetry
-    dashboard: DashboardService
-    auth: AuthService
-    keys: KeyService
-    topics: TopicService
+
+    @classmethod
+    def of(cls, services: GatewayServices, hub: Hub) -> Services:
+        return cls(hub=hub, **{f.name: getattr(services, f.name) for f in dataclasses.fields(services)})
 
     @staticmethod
     def new_id() -> uuid.UUID:

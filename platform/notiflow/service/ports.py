@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from notiflow.models import StreamEntry
+from notiflow.streams.pending import Pending
 from notiflow.streams.pubsub import NodeBatch
-from notiflow.streams.work import Pending
 
 __all__ = ["Buckets", "HostBudget", "NodeBatch", "Pending", "Presence", "Record", "Routes", "WorkLog", "Wrappers"]
 
@@ -31,7 +31,7 @@ class Record(Protocol):
 
 
 class WorkLog(Protocol):
-    """The work stream with its consumer group, and the retry schedule (streams/work.py)."""
+    """The work stream with its consumer group, and the retry schedule (streams/work.py, streams/pending.py)."""
 
     #: The work partitions (NOTIFLOW_STREAM_PARTITIONS): each has its own stream, group and schedule.
     partitions: range

@@ -9,7 +9,7 @@ up to ``BUNDLE_MAX_DELIVERIES`` recipients, into one entry whose field ``b`` hol
 
 The payload is last (it is compact JSON: it holds no raw newline, and a tab in it stays in the last field).
 A bundle is only ever fresh work: the worker acknowledges it once every line is settled, and a reclaimed
-bundle is unpacked into single entries (worker/stream.py), so that a crash counts towards the poison
+bundle is unpacked into single entries (worker/reclaim.py), so that a crash counts towards the poison
 bound of one notification, not of its neighbours.
 """
 

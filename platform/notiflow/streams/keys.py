@@ -6,22 +6,29 @@ consumer group, its retry schedule, its backlog counter, its epoch, the presence
 liveness of the nodes as its lookups see it. A Lua script is only ever given the keys of one partition.
 
 With one partition on a standalone Redis (the default) the keys keep the names they had before partitions.
+Entry ids are qualified with their partition (``"<p>/<id>"``) when there is more than one, so that acks and
+claims find their stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
+from typing import TypeVar
 
 from redis.crc import key_slot
 
 from notiflow.config import Settings
 from notiflow.models import StreamEntry
 
+T = TypeVar("T")
 #: Where the partition count is recorded at the first start (in partition 0's slot).
 PARTITIONS_RECORD = "partitions"
+#: The consumer group of every partition's stream.
+GROUP = "notiflow-workers"
 
 
 class Keyspace:
@@ -43,6 +50,10 @@ class Keyspace:
         for u in users:
             out[self.of(u)].append(u)
         return out
+
+    def qualify(self, p: int, entry_id: str) -> str:
+        """The id of an entry of partition ``p`` as the work log hands it out."""
+        return entry_id if self.count == 1 else f"{p}/{entry_id}"
 
     def _tagged(self, p: int, name: str) -> str:
         return self._s.key(f"{{p{p}}}", name)
@@ -75,6 +86,25 @@ class Keyspace:
 
     def record(self) -> str:
         return self._tagged(0, PARTITIONS_RECORD) if self.tagged else self._s.key(PARTITIONS_RECORD)
+
+
+def by_partition(entry_ids: list[str]) -> dict[int, list[int]]:
+    """Positions in ``entry_ids`` (qualified) per partition."""
+    out: dict[int, list[int]] = defaultdict(list)
+    for i, qualified in enumerate(entry_ids):
+        p, sep, _ = qualified.partition("/")
+        out[int(p) if sep else 0].append(i)
+    return out
+
+
+def bare(entry_id: str) -> str:
+    """A qualified entry id without its partition: the id in its stream."""
+    return entry_id.rpartition("/")[2]
+
+
+async def each(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Run one call per partition at once (the cluster client sends each to the node of its slot)."""
+    return list(await asyncio.gather(*calls))
 
 
 def split_entries(keys: Keyspace, entries: list[StreamEntry]) -> dict[int, list[StreamEntry]]:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -17,32 +14,15 @@ from notiflow.errors import PermanentError
 from notiflow.models import Channel, StreamEntry
 from notiflow.streams import bundle
 from notiflow.streams.client import Redis, is_nogroup, redis_errors
-from notiflow.streams.keys import Keyspace, split_entries
+from notiflow.streams.keys import GROUP, Keyspace, bare, by_partition, each, split_entries
+from notiflow.streams.pending import Pending, PendingEntries
 from notiflow.streams.work_scripts import ACK, MOVE_DUE, RAW, XADD_MANY
 from notiflow.streams.work_scripts import fields as _fields
 from notiflow.streams.work_scripts import text as _text
 
-T = TypeVar("T")
-GROUP = "notiflow-workers"
-
-
-@dataclass(slots=True, frozen=True)
-class Pending:
-    """A stream entry delivered to a consumer but not acknowledged."""
-
-    entry_id: str
-    consumer: str
-    idle_ms: int
-    deliveries: int
-
 
 class PartitionsChanged(PermanentError):
     """NOTIFLOW_STREAM_PARTITIONS differs from the count recorded in Redis (docs/cluster.md: changing it)."""
-
-
-async def _each(calls: Iterable[Awaitable[T]]) -> list[T]:
-    """Run one call per partition at once (the cluster client sends each to the node of its slot)."""
-    return list(await asyncio.gather(*calls))
 
 
 def retry_member(nid: uuid.UUID, user_id: str, channel: Channel) -> str:
@@ -52,8 +32,8 @@ def retry_member(nid: uuid.UUID, user_id: str, channel: Channel) -> str:
 
 
 class WorkStream:
-    """Commands on the partitions' streams and retry ZSETs (streams/keys.py). Entry ids are qualified with
-    their partition (``"<p>/<id>"``) when there is more than one, so that acks and claims find their stream."""
+    """Commands on the partitions' streams and retry ZSETs (streams/keys.py), entry ids qualified with their
+    partition (``Keyspace.qualify``); the commands on pending entries are streams/pending.py's."""
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._r = redis
@@ -64,26 +44,12 @@ class WorkStream:
         self._move_due = redis.register_script(MOVE_DUE)
         self._ack = redis.register_script(ACK)
         self._xadd_many = redis.register_script(XADD_MANY)  # EVALSHA; on NOSCRIPT, loaded and called again
+        self._pending = PendingEntries(redis, ks)
 
     # --- partition plumbing -------------------------------------------------------------------
 
     def partition_of(self, user_id: str) -> int:
         return self.keys.of(user_id)
-
-    def _qualify(self, p: int, entry_id: str) -> str:
-        return entry_id if self.keys.count == 1 else f"{p}/{entry_id}"
-
-    def _by_partition(self, entry_ids: list[str]) -> dict[int, list[int]]:
-        """Positions in ``entry_ids`` per partition."""
-        out: dict[int, list[int]] = defaultdict(list)
-        for i, qualified in enumerate(entry_ids):
-            p, sep, _ = qualified.partition("/")
-            out[int(p) if sep else 0].append(i)
-        return out
-
-    @staticmethod
-    def _bare(entry_id: str) -> str:
-        return entry_id.rpartition("/")[2]
 
     async def check_partitions(self) -> None:
         """Record the partition count at the first start; refuse to run with another one later."""
@@ -106,7 +72,7 @@ class WorkStream:
             return []
         parts = split_entries(self.keys, entries)
         async with redis_errors("xadd"):
-            ids = await _each(self._add(p, part) for p, part in parts.items())
+            ids = await each(self._add(p, part) for p, part in parts.items())
         return [i for part_ids in ids for i in part_ids]
 
     async def _add(self, p: int, entries: list[StreamEntry]) -> list[str]:
@@ -116,12 +82,12 @@ class WorkStream:
             args.append(str(len(fields)))
             args += fields
         ids = await self._xadd_many(keys=[self.keys.stream(p), self.keys.units(p)], args=args)
-        return [self._qualify(p, _text(i)) for i in ids]
+        return [self.keys.qualify(p, _text(i)) for i in ids]
 
     async def ensure_group(self) -> None:
         """Create each partition's consumer group (and stream) if missing; a no-op when they exist."""
         async with redis_errors("xgroup create"):
-            await _each(self._ensure_group(p) for p in self.partitions)
+            await each(self._ensure_group(p) for p in self.partitions)
 
     async def _ensure_group(self, p: int) -> None:
         stream, units = self.keys.stream(p), self.keys.units(p)
@@ -151,7 +117,7 @@ class WorkStream:
                 return []
         out: list[tuple[str, dict[str, str]]] = []
         for _stream, entries in resp or []:
-            out.extend((self._qualify(partition, _text(i)), _fields(f) or {}) for i, f in entries)
+            out.extend((self.keys.qualify(partition, _text(i)), _fields(f) or {}) for i, f in entries)
         return out
 
     async def ack(self, entry_ids: list[str], units: list[int] | None = None) -> None:
@@ -161,74 +127,29 @@ class WorkStream:
             return
         counts = units if units is not None else [1] * len(entry_ids)
         async with redis_errors("xack"):
-            await _each(
+            await each(
                 self._ack(keys=[self.keys.stream(p), self.keys.units(p)], args=[GROUP, *(
-                    x for i in at for x in (self._bare(entry_ids[i]), str(counts[i])))])
-                for p, at in self._by_partition(entry_ids).items()
+                    x for i in at for x in (bare(entry_ids[i]), str(counts[i])))])
+                for p, at in by_partition(entry_ids).items()
             )
+
+    # --- pending entries (streams/pending.py) ---------------------------------------------------
 
     async def idle(self, min_idle_ms: int, count: int) -> list[Pending]:
-        """Entries that some consumer has held unacknowledged for at least ``min_idle_ms``, up to ``count``
-        per partition."""
-        async with redis_errors("xpending"):
-            rows = await _each(self._idle(p, min_idle_ms, count) for p in self.partitions)
-        return [r for part in rows for r in part]
-
-    async def _idle(self, p: int, min_idle_ms: int, count: int) -> list[Pending]:
-        try:
-            rows = await self._r.xpending_range(
-                self.keys.stream(p), GROUP, min="-", max="+", count=count, idle=min_idle_ms
-            )
-        except Exception as exc:
-            if is_nogroup(exc):
-                return []
-            raise
-        return [
-            Pending(self._qualify(p, str(r["message_id"])), str(r["consumer"]), int(r["time_since_delivered"]),
-                    int(r["times_delivered"]))
-            for r in rows
-        ]
+        return await self._pending.idle(min_idle_ms, count)
 
     async def claim(
         self, consumer: str, min_idle_ms: int, entry_ids: list[str]
     ) -> list[tuple[str, dict[str, str] | None]]:
-        """Take over idle entries; an entry deleted meanwhile comes back with ``None`` fields."""
-        if not entry_ids:
-            return []
-        parts = self._by_partition(entry_ids)
-        async with redis_errors("xclaim"):
-            replies: list[Any] = await _each(
-                self._r.execute_command(  # type: ignore[no-untyped-call]
-                    "XCLAIM", self.keys.stream(p), GROUP, consumer, str(min_idle_ms),
-                    *(self._bare(entry_ids[i]) for i in at), **RAW,
-                )
-                for p, at in parts.items()
-            )
-        got: dict[str, dict[str, str] | None] = {
-            self._qualify(p, _text(i)): _fields(f) for p, rows in zip(parts, replies, strict=True)
-            for i, f in rows if i is not None
-        }
-        return [(i, got.get(i)) for i in entry_ids]
+        return await self._pending.claim(consumer, min_idle_ms, entry_ids)
 
     async def keep(self, consumer: str, entry_ids: list[str]) -> None:
-        """Reset the idle time of entries this consumer still works on (XCLAIM JUSTID, which leaves their
-        delivery counters alone), so that no other consumer reclaims them while a store is away: an entry
-        held through an outage was never the cause of a crash, and must not count towards poison."""
-        if not entry_ids:
-            return
-        async with redis_errors("xclaim justid"):
-            await _each(
-                self._r.execute_command(  # type: ignore[no-untyped-call]
-                    "XCLAIM", self.keys.stream(p), GROUP, consumer, "0",
-                    *(self._bare(entry_ids[i]) for i in at), "JUSTID",
-                )
-                for p, at in self._by_partition(entry_ids).items()
-            )
+        await self._pending.keep(consumer, entry_ids)
 
     async def backlog(self) -> int:
         """The backlog units of every partition (see ``units``): what ingestion's bound (I9) is compared with."""
         async with redis_errors("backlog units"):
-            values = await _each(self._r.get(self.keys.units(p)) for p in self.partitions)
+            values = await each(self._r.get(self.keys.units(p)) for p in self.partitions)
         return sum(int(v or 0) for v in values)
 
     # --- the retry schedule -----------------------------------------------------------------
@@ -241,13 +162,13 @@ class WorkStream:
         for member, due in items:
             parts[self.keys.of(orjson.loads(member)["u"]) if self.keys.count > 1 else 0][member] = due
         async with redis_errors("zadd"):
-            await _each(self._r.zadd(self.keys.retry(p), m) for p, m in parts.items())
+            await each(self._r.zadd(self.keys.retry(p), m) for p, m in parts.items())
 
     async def move_due(self, limit: int, now_ms: int | None = None) -> int:
         """Move up to ``limit`` due retries of each partition back into its stream; returns how many moved."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
         async with redis_errors("move due retries"):
-            moved = await _each(
+            moved = await each(
                 self._move_due(keys=[self.keys.retry(p), self.keys.stream(p), self.keys.units(p)], args=[now, limit])
                 for p in self.partitions
             )
@@ -255,7 +176,7 @@ class WorkStream:
 
     async def scheduled(self) -> int:
         async with redis_errors("zcard"):
-            return sum(await _each(self._r.zcard(self.keys.retry(p)) for p in self.partitions))
+            return sum(await each(self._r.zcard(self.keys.retry(p)) for p in self.partitions))
 
     # --- the epochs: tell whether Redis lost a partition's data -----------------------------------
 
@@ -264,14 +185,14 @@ class WorkStream:
         (a restart, or a failover to a replica that had not received them), and the caller must rebuild their
         streams and schedules from PostgreSQL."""
         async with redis_errors("epoch"):
-            made = await _each(self._r.set(self.keys.epoch(p), uuid.uuid4().hex, nx=True) for p in self.partitions)
+            made = await each(self._r.set(self.keys.epoch(p), uuid.uuid4().hex, nx=True) for p in self.partitions)
         return [p for p, m in zip(self.partitions, made, strict=True) if m]
 
     async def figures(self) -> dict[str, int]:
         """Streams' length, the groups' pending entries and lag, and the retry schedules' depth, summed over the
         partitions: one round trip per partition."""
         async with redis_errors("stream figures"):
-            rows = await _each(self._figures(p) for p in self.partitions)
+            rows = await each(self._figures(p) for p in self.partitions)
         return {k: sum(r[k] for r in rows) for k in rows[0]}
 
     async def _figures(self, p: int) -> dict[str, int]:
@@ -299,5 +220,5 @@ class WorkStream:
 
     async def info(self) -> dict[str, Any]:
         async with redis_errors("info"):
-            lengths = await _each(self._r.xlen(self.keys.stream(p)) for p in self.partitions)
+            lengths = await each(self._r.xlen(self.keys.stream(p)) for p in self.partitions)
         return {"stream_length": sum(map(int, lengths)), "retry_scheduled": await self.scheduled()}

@@ -1,4 +1,5 @@
-"""Wiring: build a worker or service with its adapters, and close them all afterwards."""
+"""Wiring: build a worker or service with its adapters, and close them all afterwards (the stores are opened
+by service/wiring.py's ``open_stores``, as the gateway's are)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from notiflow.service.receipts import ReceiptSender
 from notiflow.service.reconciler import Reconciler
 from notiflow.service.retention import RetentionService
 from notiflow.service.telemetry import Telemetry
-from notiflow.store.pool import Pool, close_pool, connect_pool, pg_limits
+from notiflow.service.wiring import open_stores
+from notiflow.store.pool import close_pool, connect_pool, pg_limits
 from notiflow.streams.budget import HostBudget
-from notiflow.streams.client import Redis, close_redis, connect_redis
 from notiflow.streams.presence import Presence
 from notiflow.streams.pubsub import Router
 from notiflow.streams.stats import StatsBoard
@@ -29,20 +30,6 @@ from notiflow.streams.work import WorkStream
 from notiflow.webhook import WebhookClient
 from notiflow.worker.retry import RetryWorker
 from notiflow.worker.stream import StreamWorker
-
-
-@asynccontextmanager
-async def _stores(settings: Settings, *, pg_max: int) -> AsyncIterator[tuple[Pool, Redis]]:
-    pool = await connect_pool(settings.database_url_required, max_size=pg_max, **pg_limits(settings))
-    redis = connect_redis(
-        settings.redis_url_required, max_connections=settings.redis_pool_max,
-        wait_timeout_s=settings.redis_pool_timeout_s, cluster=settings.redis_cluster,
-    )
-    try:
-        yield pool, redis
-    finally:
-        await close_redis(redis, RELEASE_S)
-        await close_pool(pool, RELEASE_S)
 
 
 @asynccontextmanager
@@ -70,7 +57,7 @@ async def stream_worker(
     machine's clock, which the worker corrects to PostgreSQL's (service/clock.py); the system's by default.
     ``wrappers``: around the adapters built here (service/ports.py), none by default."""
     wrap = wrappers or Wrappers()
-    async with _stores(settings, pg_max=settings.pg_pool_max) as (pool, redis):
+    async with open_stores(settings, pg_max=settings.pg_pool_max) as (pool, redis):
         webhooks = webhooks or WebhookClient(roles.webhooks(settings))
         worker = roles.worker(settings)  # what the worker and its services get: their own part of the settings
         record, work = wrap.record(pool), wrap.work(WorkStream(redis, settings))
@@ -99,7 +86,7 @@ async def retry_worker(
     delivery receipts are posted through (closed here whoever made it); by default one built from ``settings``."""
     wrap = wrappers or Wrappers()
     hooks = webhooks or WebhookClient(roles.webhooks(settings))
-    async with _closing(hooks), _stores(settings, pg_max=3) as (pool, redis):
+    async with _closing(hooks), open_stores(settings, pg_max=3) as (pool, redis):
         record, work = wrap.record(pool), wrap.work(WorkStream(redis, settings))
         worker = roles.worker(settings)  # what the worker and its services get: their own part of the settings
         telemetry = Telemetry(settings=worker, work=work, pool=record, board=StatsBoard(redis, settings),
@@ -115,7 +102,7 @@ async def retry_worker(
 
 @asynccontextmanager
 async def query_service(settings: Settings) -> AsyncIterator[QueryService]:
-    async with _stores(settings, pg_max=2) as (pool, redis):
+    async with open_stores(settings, pg_max=2) as (pool, redis):
         yield QueryService(settings=roles.gateway(settings), pool=pool, work=WorkStream(redis, settings))
 
 

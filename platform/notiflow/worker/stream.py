@@ -1,11 +1,13 @@
 """The stream worker: reads the notifications stream in batches and acknowledges only after the
-outcome of every entry in the batch is durable in PostgreSQL."""
+outcome of every entry in the batch is durable in PostgreSQL. Reclaiming idle entries and parking poison:
+worker/reclaim.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
@@ -23,10 +25,10 @@ from notiflow.service.expansion import Expander
 from notiflow.service.ports import WorkLog
 from notiflow.service.telemetry import Telemetry
 from notiflow.streams import bundle
+from notiflow.worker.reclaim import Raw, Reclaimer, ack
 
 log = logging.getLogger(__name__)
 
-Raw = tuple[str, dict[str, str]]
 Parsed = tuple[str, StreamEntry]
 Process = Callable[[list[StreamEntry]], Awaitable[list[Outcome]]]
 #: Topic expansions one worker runs at once (each a page at a time; a topic's sends wait for each other anyway).
@@ -53,6 +55,8 @@ class StreamWorker:
         self._topics = topics
         self._expansions = asyncio.Semaphore(TOPIC_EXPANSIONS)
         self._stop = asyncio.Event()
+        self._reclaimer = Reclaimer(settings=settings, deliveries=deliveries, work=work, topics=topics,
+                                    handle=functools.partial(self.handle, reclaimed=True))
         self.processed = 0
         self.held_through_outage = 0  # batches processed again in place after a store outage
 
@@ -61,7 +65,7 @@ class StreamWorker:
         await self._work.check_partitions()
         await self._work.ensure_group()
         self._d.dispatch_log.start()
-        reclaimer = asyncio.create_task(self._reclaim_loop(stop), name="reclaim")
+        reclaimer = asyncio.create_task(self._reclaimer.run(stop), name="reclaim")
         housekeeping = [reclaimer]
         if self._clock:
             housekeeping.append(asyncio.create_task(self._clock.run(stop), name="clock"))
@@ -112,10 +116,10 @@ class StreamWorker:
             try:
                 entries = bundle.parse(fields)
             except (KeyError, ValueError) as exc:
-                await self._poison(entry_id, fields, None, f"malformed entry: {exc}")
+                await self._reclaimer.poison(entry_id, fields, None, f"malformed entry: {exc}")
                 continue
             if reclaimed and bundle.is_bundle(fields):
-                await self._unpack(entry_id, entries)
+                await self._reclaimer.unpack(entry_id, entries)
                 continue
             for entry in entries:
                 if reclaimed and entry.carried is not None:
@@ -139,17 +143,6 @@ class StreamWorker:
         task = asyncio.create_task(work)
         self._hooks.add(task)
         task.add_done_callback(self._hooks.discard)
-
-    async def _unpack(self, entry_id: str, entries: list[StreamEntry]) -> None:
-        """A reclaimed bundle goes back as one entry per notification, read from the rows: should one of them
-        crash whoever processes it, it alone reaches the poison bound. Added before the bundle's ack."""
-        try:
-            await self._work.add([dataclasses.replace(e, carried=None) for e in entries])
-        except StoreUnavailable as exc:
-            log.warning("could not unpack a reclaimed bundle; left pending", extra={"entry_id": entry_id,
-                                                                                     "error": str(exc)})
-            return
-        await self._ack([entry_id], [len(entries)])
 
     async def _hook(self, item: Parsed) -> None:
         try:
@@ -205,7 +198,7 @@ class StreamWorker:
                 return first | await self._settle(items[half:], process, parked)
             entry_id, entry = items[0]
             log.exception("entry failed; parked as poison", extra={"entry_id": entry_id})
-            if not await self._park(entry_id, entry.fields(), entry, f"{type(exc).__name__}: {exc}"):
+            if not await self._reclaimer.park(entry_id, entry.fields(), entry, f"{type(exc).__name__}: {exc}"):
                 return {entry_id}
             parked.append(entry_id)
         return set()
@@ -250,63 +243,8 @@ class StreamWorker:
                 await self._work.keep(self._consumer, entry_ids)
 
     async def _ack(self, entry_ids: list[str], units: list[int] | None = None) -> None:
-        """Acknowledge (and delete) entries; ``units`` is what each counted towards the backlog (default 1)."""
-        try:
-            await self._work.ack(entry_ids, units)
-        except StoreUnavailable as exc:
-            # Outcomes are durable; a reclaimed entry finds its deliveries done and changes nothing.
-            log.warning("ack failed; entries will be reclaimed", extra={"error": str(exc)})
-
-    async def _park(self, entry_id: str, fields: dict[str, str], entry: StreamEntry | None, reason: str) -> bool:
-        try:
-            if entry is not None and entry.channel is Channel.TOPIC and self._topics is not None:
-                await self._topics.park(entry_id, fields, entry.notification_id, reason)
-            else:
-                await self._d.park_poison(entry_id, fields, entry, reason)
-        except Exception as exc:  # noqa: BLE001 - left pending: the next reclaim tries again
-            log.warning("could not park poison entry", extra={"entry_id": entry_id, "error": str(exc)})
-            return False
-        return True
-
-    async def _poison(self, entry_id: str, fields: dict[str, str], entry: StreamEntry | None, reason: str) -> None:
-        if await self._park(entry_id, fields, entry, reason):
-            await self._ack([entry_id], [bundle.units(fields)])
-
-    async def _reclaim_loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await pause(stop, self._s.reclaim_interval_s)
-            try:
-                await self.reclaim()
-            except StoreUnavailable as exc:
-                log.warning("reclaim failed", extra={"error": str(exc)})
-            except Exception:
-                log.exception("reclaim crashed")
+        await ack(self._work, entry_ids, units)
 
     async def reclaim(self) -> int:
-        """Take over entries another consumer (likely dead) left unacknowledged for too long. An entry
-        already claimed too often crashes whoever takes it: it is parked instead of processed."""
-        idle = await self._work.idle(self._s.reclaim_idle_ms, self._s.worker_batch)
-        if not idle:
-            return 0
-        times = {p.entry_id: p.deliveries for p in idle}
-        claimed = await self._work.claim(self._consumer, self._s.reclaim_idle_ms, list(times))
-        fresh: list[Raw] = []
-        for entry_id, fields in claimed:
-            if fields is None:
-                await self._ack([entry_id])  # deleted meanwhile: nothing left to do
-            elif times[entry_id] >= self._s.poison_max_deliveries:
-                reason = f"claimed {times[entry_id]} times without an outcome"
-                try:
-                    entries: list[StreamEntry | None] = list(bundle.parse(fields))
-                except (KeyError, ValueError):
-                    entries = [None]
-                # A bundle (one its unpacking never reached) is parked item by item, then acknowledged.
-                parked = [await self._park(entry_id, fields, e, reason) for e in entries]
-                if all(parked):
-                    await self._ack([entry_id], [bundle.units(fields)])
-            else:
-                fresh.append((entry_id, fields))
-        if fresh:
-            log.info("reclaimed idle entries", extra={"entries": len(fresh)})
-            await self.handle(fresh, reclaimed=True)
-        return len(claimed)
+        """Take over idle entries of other consumers (worker/reclaim.py); returns how many were claimed."""
+        return await self._reclaimer.reclaim()

@@ -18,7 +18,7 @@ from integration_support import SocketFactory, notify, offline_ids, settled, sta
 
 from notiflow.config import Settings
 from notiflow.devstack import DevStack
-from notiflow.streams.work import GROUP
+from notiflow.streams.keys import GROUP
 
 pytestmark = pytest.mark.timeout(90)
 

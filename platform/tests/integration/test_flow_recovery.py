@@ -29,7 +29,7 @@ from notiflow.config import Settings
 from notiflow.devstack import EmbeddedRedis
 from notiflow.models import NewNotification
 from notiflow.store import ingest as ingest_sql
-from notiflow.streams.work import GROUP
+from notiflow.streams.keys import GROUP
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,7 +15,8 @@ from helpers import wait_for
 from notiflow.models import Channel
 from notiflow.service.ports import Wrappers
 from notiflow.store import topics as topics_sql
-from notiflow.streams.work import GROUP, WorkStream
+from notiflow.streams.keys import GROUP
+from notiflow.streams.work import WorkStream
 
 pytestmark = pytest.mark.timeout(60)
 
