@@ -63,6 +63,11 @@ class Faulty:
         self.calls: Counter[str] = Counter()
         self.waiting: dict[str, asyncio.Event] = {}
         self._faults: dict[str, Callable[[], Any]] = {}
+        self._watched: dict[str, list[tuple[Any, ...]]] = {}
+
+    def watch(self, name: str) -> list[tuple[Any, ...]]:
+        """The positional arguments of every later call of ``name``, in call order (the list fills as they come)."""
+        return self._watched.setdefault(name, [])
 
     def around(self, inner: Any) -> Any:
         self.inner = inner
@@ -106,6 +111,8 @@ class Faulty:
 
         async def call(*args: Any, **kwargs: Any) -> Any:
             self.calls[name] += 1
+            if name in self._watched:
+                self._watched[name].append(args)
             fault = self._faults.get(name)
             if fault is not None:
                 await fault(*args, **kwargs) if inspect.iscoroutinefunction(fault) else fault(*args, **kwargs)
