@@ -13,12 +13,13 @@ import secrets
 import time
 import uuid
 from datetime import datetime
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 from faults import Faulty
-from harness import PlatformFactory
+from harness import Platform, PlatformFactory
 from helpers import wait_for
 from sinkserver import Sink, new_secret
 from standardwebhooks import Webhook
@@ -115,12 +116,6 @@ async def test_dead_sink_dead_letters_once_after_max_retries_plus_one_attempts_o
     nid = await plat.notify(user_ids=recipients, webhook_url=sink.url("dead", tag))
 
     await plat.wait_webhook(nid, recipients, "dead", timeout_s=30)
-    due_ms: dict[str, list[int]] = {u: [] for u in recipients}
-    for (items,) in schedules:
-        for member, due in items:
-            key = orjson.loads(member)
-            if key["n"] == str(nid) and key["c"] == "webhook":
-                due_ms[key["u"]].append(due)
     calls = sink.per_delivery(tag)
     ratios: list[float] = []
     for u in recipients:
@@ -129,13 +124,14 @@ async def test_dead_sink_dead_letters_once_after_max_retries_plus_one_attempts_o
         assert all(h.signature_ok for h in hits)
         rows = await plat.attempts(nid, u)
         assert [(r["attempt"], r["outcome"]) for r in rows] == [(k, "failed") for k in range(1, max_retries + 2)]
-        assert len(due_ms[u]) == max_retries, due_ms[u]  # one retry scheduled per failed attempt but the last
-        for k in range(1, max_retries + 1):  # the retry after the k-th failed attempt
-            delay_ms = due_ms[u][k - 1] - ms(rows[k - 1]["finished_at"])
+        delays = await scheduled_delays_ms(plat, schedules, nid, u)
+        assert len(delays) == max_retries, delays  # one retry scheduled per failed attempt but the last
+        for k, delay_ms in enumerate(delays, 1):  # the retry after the k-th failed attempt
             ceiling_ms = min(cap_ms, base_ms * 2 ** (k - 1))
             assert ceiling_ms == backoff_ceiling_ms(k - 1, base_ms=base_ms, cap_ms=cap_ms)
             assert 0 <= delay_ms <= ceiling_ms, f"retry {k} of {u}: scheduled {delay_ms} ms > {ceiling_ms} ms"
-            assert ms(rows[k]["started_at"]) >= due_ms[u][k - 1] - CLOCK_SLACK_MS, f"retry {k} of {u} ran early"
+            due_ms = ms(rows[k - 1]["finished_at"]) + delay_ms
+            assert ms(rows[k]["started_at"]) >= due_ms - CLOCK_SLACK_MS, f"retry {k} of {u} ran early"
             ratios.append(delay_ms / ceiling_ms)
     # Full jitter: the delays spread over [0, ceiling], they are neither all short nor all at the ceiling
     # (32 delays; either failing by chance has probability 2**-32).
@@ -159,6 +155,20 @@ def ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
 
 
+async def scheduled_delays_ms(
+    plat: Platform, schedules: list[tuple[Any, ...]], nid: uuid.UUID, user: str
+) -> list[int]:
+    """Each webhook retry of one delivery as the platform scheduled it, in order: the due time it put on the
+    retry schedule (``schedules``: the watched calls) less the finish of the failed attempt before it, both
+    from the platform's clock. A delay written down, not a wall-clock gap: no load stretches it."""
+    due = [
+        at for (items,) in schedules for member, at in items
+        if orjson.loads(member) == {"n": str(nid), "u": user, "c": "webhook"}
+    ]  # fmt: skip
+    failed = [r for r in await plat.attempts(nid, user) if r["outcome"] == "failed"]
+    return [at - ms(row["finished_at"]) for at, row in zip(due, failed, strict=False)]
+
+
 async def test_rejecting_sink_goes_to_the_dlq_at_once(platform: PlatformFactory, sink: Sink) -> None:
     plat = await platform()
     tag, recipients = "reject", users(2)
@@ -180,7 +190,12 @@ async def test_rejecting_sink_goes_to_the_dlq_at_once(platform: PlatformFactory,
 async def test_retry_after_is_a_floor_within_the_cap(platform: PlatformFactory, sink: Sink) -> None:
     # Jitter alone stays under 50 ms: a 1 s gap can only come from the header. A 60 s header is cut to
     # the 1.5 s cap.
-    plat = await platform(retry_base_ms=50, retry_cap_ms=1500)
+    # The delays are read as scheduled (the platform's record); the sink's gaps only bound them from below (a
+    # loaded machine makes them longer, never shorter).
+    plat = await platform(stream_workers=0, retry_base_ms=50, retry_cap_ms=1500)
+    work = Faulty()
+    schedules = work.watch("schedule")
+    await plat.start_stream_worker(wrappers=Wrappers(work=work.around))
     user = users(1)
     honoured = await plat.notify(user_ids=user, webhook_url=sink.url("throttle", 1, 1, "ra-1s"))
     capped = await plat.notify(user_ids=user, webhook_url=sink.url("throttle", 1, 60, "ra-60s"))
@@ -189,10 +204,14 @@ async def test_retry_after_is_a_floor_within_the_cap(platform: PlatformFactory, 
     await plat.wait_webhook(capped, user, "succeeded")
     first, second = sink.per_delivery("ra-1s")[webhook_id(honoured, user[0])]
     assert (first.status, second.status) == (429, 200)
-    assert 1.0 <= second.at_s - first.at_s <= 1.0 + SLACK_S
+    assert second.at_s - first.at_s >= 1.0
+    [delay_ms] = await scheduled_delays_ms(plat, schedules, honoured, user[0])
+    assert 1000 - 1 <= delay_ms < 1000 + 50, delay_ms  # the header's second, not more than jitter's 50 ms over
     first, second = sink.per_delivery("ra-60s")[webhook_id(capped, user[0])]
     assert (first.status, second.status) == (429, 200)
-    assert 1.5 <= second.at_s - first.at_s <= 1.5 + SLACK_S
+    assert second.at_s - first.at_s >= 1.5
+    [delay_ms] = await scheduled_delays_ms(plat, schedules, capped, user[0])
+    assert 1500 - 1 <= delay_ms <= 1500 + 1, delay_ms  # the cap (1 ms: the two times' rounding)
     (row,) = [r for r in await plat.attempts(capped, user[0]) if r["outcome"] == "failed"]
     assert "HTTP 429" in row["error"]
 
