@@ -23,10 +23,9 @@ import orjson
 import uvloop
 
 from notiflow.batching import Batcher
-from notiflow.frames import FrameTemplate, frame_template
+from notiflow.frames import FrameTemplate, encode_batch, frame_template
 from notiflow.gateway.hub import Connection, Hub
 from notiflow.gateway.ws import _Reader
-from notiflow.streams.pubsub import encode_batch
 
 
 class CountingSend:

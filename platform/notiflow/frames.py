@@ -4,13 +4,21 @@ read back from a frame. No I/O here.
 The frame is ``{"type": "notification", "id", "seq", "event", ["collapse_key",] "payload", "created_at"}``;
 only ``seq`` differs between recipients, so a ``FrameTemplate`` holds the rest once, and the payload is spliced
 in as stored. The other frames of the socket protocol, and its close codes, are in gateway/protocol.py.
+
+A node's batch of frames (what the stream worker publishes to a gateway node, streams/pubsub.py) is one line per
+frame. A fan-out sends each notification's frame once: a line ``\x02 head \t tail`` sets the current template (a
+frame without its seq), then each recipient is a line ``user_id \t seq``. A line ``user_id \t {...}`` carries a
+whole frame. User ids cannot contain control characters, and frames are compact JSON, so no separator occurs
+inside a field.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 import orjson
 
@@ -82,3 +90,51 @@ def compact_payload(payload_json: str) -> str:
     """``payload_json`` as it is, or re-encoded on one line when it has a newline."""
     # jsonb text may contain newlines inside nothing but whitespace; frames must be single-line.
     return payload_json if "\n" not in payload_json else orjson.dumps(orjson.loads(payload_json)).decode()
+
+
+_TEMPLATE = "\x02"
+
+T = TypeVar("T")
+
+#: One node's share of a batch: per notification's template, its recipients there and their seqs.
+NodeBatch = dict[FrameTemplate, list[tuple[str, int]]]
+
+
+def encode_batch(batch: NodeBatch) -> str:
+    """Each template once, then its recipients as (user, seq)."""
+    lines: list[str] = []
+    for template, recipients in batch.items():
+        lines.append(f"{_TEMPLATE}{template.head}\t{template.tail}")
+        lines.extend(f"{user}\t{seq}" for user, seq in recipients)
+    return "\n".join(lines)
+
+
+def decode_frames(message: str, wanted: Callable[[str], bool] | None = None) -> Iterator[tuple[str, str]]:
+    """(user, frame) of every line; with ``wanted``, frames are built only for the users it accepts."""
+    head = tail = ""
+    for line in message.split("\n"):
+        if line.startswith(_TEMPLATE):
+            head, _, tail = line[1:].partition("\t")
+            continue
+        user, sep, rest = line.partition("\t")
+        if not sep or (wanted is not None and not wanted(user)):
+            continue
+        yield user, (rest if rest.startswith("{") else f"{head}{rest}{tail}")
+
+
+def route_frames(message: str, targets: Mapping[str, T]) -> Iterator[tuple[T, str]]:
+    """(target, frame) of every line whose user ``targets`` holds (what it maps the user to), in order:
+    ``decode_frames`` for a node's own sockets, with one lookup per line. A generator: a list of every
+    frame of a fan-out message held its tuples alive, and their allocations ran the cyclic GC over them."""
+    head = tail = ""
+    get = targets.get
+    for line in message.split("\n"):
+        if line.startswith(_TEMPLATE):
+            head, _, tail = line[1:].partition("\t")
+            continue
+        user, sep, rest = line.partition("\t")
+        if not sep:
+            continue
+        target = get(user)
+        if target is not None:
+            yield target, (rest if rest.startswith("{") else f"{head}{rest}{tail}")

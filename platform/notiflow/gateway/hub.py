@@ -9,9 +9,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from notiflow import metrics
-from notiflow.frames import frame_created_at
+from notiflow.frames import frame_created_at, route_frames
 from notiflow.gateway.protocol import CloseCode
-from notiflow.streams.pubsub import route_frames
 
 log = logging.getLogger(__name__)
 

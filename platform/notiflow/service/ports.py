@@ -15,9 +15,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from notiflow.frames import NodeBatch
 from notiflow.models import StreamEntry
 from notiflow.streams.pending import Pending
-from notiflow.streams.pubsub import NodeBatch
 
 __all__ = ["Buckets", "HostBudget", "NodeBatch", "Pending", "Presence", "Record", "Routes", "WorkLog", "Wrappers"]
 

@@ -11,10 +11,9 @@ import uuid
 from collections import defaultdict
 from collections.abc import Mapping
 
-from notiflow.frames import FrameTemplate, frame_template
+from notiflow.frames import FrameTemplate, NodeBatch, frame_template
 from notiflow.models import DeliveryStatus, DeliveryWork, StreamEntry
 from notiflow.service.dispatch_log import Handoff
-from notiflow.streams.pubsub import NodeBatch
 
 #: User id -> the nodes holding a live socket of that user.
 Nodes = Mapping[str, list[str] | set[str] | tuple[str, ...]]

@@ -1,11 +1,7 @@
 """Routing to gateway nodes: one Pub/Sub channel per node, so a node hears only its own users' traffic. On a
 Redis Cluster the channels are sharded (SPUBLISH/SSUBSCRIBE): each lives on the shard that owns its slot,
-and a publish goes to that shard alone rather than to every node of the cluster.
-
-A message is a batch of frames, one line each. A fan-out sends each notification's frame once: a line
-``\x02 head \t tail`` sets the current template (a frame without its seq, see frames.FrameTemplate), then
-each recipient is a line ``user_id \t seq``. A line ``user_id \t {...}`` carries a whole frame. User ids
-cannot contain control characters, and frames are compact JSON, so no separator occurs inside a field.
+and a publish goes to that shard alone rather than to every node of the cluster. A message is a node's batch
+of frames, encoded as frames.encode_batch says.
 """
 
 from __future__ import annotations
@@ -13,62 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from notiflow.config import Settings
-from notiflow.frames import FrameTemplate
+from notiflow.frames import NodeBatch, encode_batch
 from notiflow.streams.client import Redis, is_cluster, redis_errors
 
 log = logging.getLogger(__name__)
-
-_TEMPLATE = "\x02"
-
-T = TypeVar("T")
-
-#: One node's share of a batch: per notification's template, its recipients there and their seqs.
-NodeBatch = dict[FrameTemplate, list[tuple[str, int]]]
-
-
-def encode_batch(batch: NodeBatch) -> str:
-    """Each template once, then its recipients as (user, seq)."""
-    lines: list[str] = []
-    for template, recipients in batch.items():
-        lines.append(f"{_TEMPLATE}{template.head}\t{template.tail}")
-        lines.extend(f"{user}\t{seq}" for user, seq in recipients)
-    return "\n".join(lines)
-
-
-def decode_frames(message: str, wanted: Callable[[str], bool] | None = None) -> Iterator[tuple[str, str]]:
-    """(user, frame) of every line; with ``wanted``, frames are built only for the users it accepts."""
-    head = tail = ""
-    for line in message.split("\n"):
-        if line.startswith(_TEMPLATE):
-            head, _, tail = line[1:].partition("\t")
-            continue
-        user, sep, rest = line.partition("\t")
-        if not sep or (wanted is not None and not wanted(user)):
-            continue
-        yield user, (rest if rest.startswith("{") else f"{head}{rest}{tail}")
-
-
-def route_frames(message: str, targets: Mapping[str, T]) -> Iterator[tuple[T, str]]:
-    """(target, frame) of every line whose user ``targets`` holds (what it maps the user to), in order:
-    ``decode_frames`` for a node's own sockets, with one lookup per line. A generator: a list of every
-    frame of a fan-out message held its tuples alive, and their allocations ran the cyclic GC over them."""
-    head = tail = ""
-    get = targets.get
-    for line in message.split("\n"):
-        if line.startswith(_TEMPLATE):
-            head, _, tail = line[1:].partition("\t")
-            continue
-        user, sep, rest = line.partition("\t")
-        if not sep:
-            continue
-        target = get(user)
-        if target is not None:
-            yield target, (rest if rest.startswith("{") else f"{head}{rest}{tail}")
-
 
 class Router:
     """Publishes batches of frames to nodes."""

@@ -16,12 +16,18 @@ from prometheus_client import CollectorRegistry
 
 from notiflow import metrics
 from notiflow.batching import Batcher
-from notiflow.frames import FrameTemplate, frame_created_at, frame_template, notification_frame
+from notiflow.frames import (
+    FrameTemplate,
+    decode_frames,
+    encode_batch,
+    frame_created_at,
+    frame_template,
+    notification_frame,
+)
 from notiflow.gateway.hub import sent
 from notiflow.gateway.ws import notification_id
 from notiflow.metrics import CountedHistogram
 from notiflow.models import Carried, Channel, StreamEntry, user_id_problem
-from notiflow.streams.pubsub import decode_frames, encode_batch
 
 users = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/"), min_size=1,
                 max_size=20).filter(lambda u: user_id_problem(u) is None)

@@ -13,10 +13,9 @@ import pytest
 from helpers import wait_for
 
 from notiflow import metrics
-from notiflow.frames import frame_template, notification_frame
+from notiflow.frames import encode_batch, frame_template, notification_frame, route_frames
 from notiflow.gateway.hub import Connection, Hub, sent
 from notiflow.gateway.protocol import CloseCode
-from notiflow.streams.pubsub import encode_batch, route_frames
 
 pytestmark = pytest.mark.timeout(10)
 CREATED = datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=UTC)
