@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -57,13 +56,12 @@ async def _warn_while_auth_off(period_s: float) -> None:
 async def _services(settings: Settings, wrap: Wrappers, hub: Hub) -> AsyncIterator[Services]:
     """The gateway's services on its stores (service/wiring.py), not started yet; the stores are closed on the
     way out. With authentication on and no key configured, the gateway refuses to start (stores closed)."""
-    async with contextlib.AsyncExitStack() as stack:
-        try:
-            services = await stack.enter_async_context(gateway_services(settings, wrap, hub))
-        except AuthNotConfigured as exc:
-            log.error("gateway refuses to start: %s", exc)
-            raise
-        yield Services.of(services, hub)
+    try:
+        async with gateway_services(settings, wrap, hub) as services:
+            yield Services.of(services, hub)
+    except AuthNotConfigured as exc:  # raised only on the way in (AuthService.start)
+        log.error("gateway refuses to start: %s", exc)
+        raise
 
 
 @asynccontextmanager

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import logging
 import uuid
+from collections import deque
 from typing import Any
 
 import orjson
@@ -17,7 +18,7 @@ from notiflow.errors import ApiError, BackpressureError, IdempotencyConflict, St
 from notiflow.lifecycle import Deadline
 from notiflow.models import NewNotification
 from notiflow.roles import GatewaySettings
-from notiflow.service.enqueue import OutboxLedger, stream_entries
+from notiflow.service.enqueue import stream_entries
 from notiflow.service.ports import Record, WorkLog
 from notiflow.store import collapse
 from notiflow.store import ingest as sql
@@ -29,7 +30,9 @@ log = logging.getLogger(__name__)
 
 Accepted = tuple[int, dict[str, Any]]  # (HTTP status, body)
 
-ENQUEUE_BATCH = 2000  # notifications per XADD pipeline
+#: Notifications per XADD pipeline, at least: whole commits are taken until it is reached (a commit is never split,
+#: so that the pipeline's answer settles its outbox row).
+ENQUEUE_BATCH = 2000
 ENQUEUE_QUEUE_MAX = 100_000  # committed notifications held for XADD before the outbox sweep takes over
 
 
@@ -58,8 +61,8 @@ class IngestService:
         self._refresher: asyncio.Task[None] | None = None
         # Committed notifications waiting for their XADD, in commit order. Bounded: past the bound they
         # are left to the outbox sweep rather than held in memory while Redis is away.
-        self._to_enqueue: list[NewNotification] = []
-        self._outbox = OutboxLedger()  # their commits' outbox rows, deleted once a commit is wholly XADDed
+        self._to_enqueue: deque[tuple[uuid.UUID, list[NewNotification]]] = deque()  # (outbox row, its notifications)
+        self._queued = 0  # notifications in _to_enqueue
         self._enqueue_wake = asyncio.Event()
         self._enqueue_idle = asyncio.Event()
         self._enqueue_idle.set()  # nothing queued yet: shutting down now must not wait
@@ -223,31 +226,40 @@ class IngestService:
     def _queue_for_stream(self, fresh: list[NewNotification], outbox_id: uuid.UUID | None) -> None:
         if outbox_id is None:
             return  # nothing committed (every item a repeat of a key)
-        if len(self._to_enqueue) >= ENQUEUE_QUEUE_MAX:
+        if self._queued >= ENQUEUE_QUEUE_MAX:
             self.enqueue_dropped += len(fresh)  # their outbox row stays: the reconciler enqueues them
             return
-        self._outbox.committed(outbox_id, len(fresh))
         self._unstreamed += sum(self._entry_count(i) for i in fresh)
-        self._to_enqueue.extend(fresh)
+        self._to_enqueue.append((outbox_id, fresh))
+        self._queued += len(fresh)
         self._enqueue_idle.clear()
         self._enqueue_wake.set()
+
+    def _take_commits(self) -> tuple[list[uuid.UUID], list[NewNotification]]:
+        """Whole commits off the queue, until ENQUEUE_BATCH notifications: their outbox rows and notifications."""
+        rows: list[uuid.UUID] = []
+        batch: list[NewNotification] = []
+        while self._to_enqueue and len(batch) < ENQUEUE_BATCH:
+            row, items = self._to_enqueue.popleft()
+            rows.append(row)
+            batch += items
+        self._queued -= len(batch)
+        return rows, batch
 
     async def _drained(self) -> None:
         await self._enqueue_idle.wait()
 
     async def _enqueue_loop(self) -> None:
-        """After the commit, off the request path: XADD, then delete the outbox rows of the commits now wholly on
-        the stream. One task: entries reach the stream in commit order. A failure loses nothing: the reconciler
-        enqueues the commits whose rows stay."""
+        """After the commit, off the request path: XADD whole commits, then delete their outbox rows. One task:
+        entries reach the stream in commit order. A failure loses nothing: the reconciler enqueues the commits
+        whose rows stay."""
         while True:
             await self._enqueue_wake.wait()
             self._enqueue_wake.clear()
             while self._to_enqueue:
                 self._enqueue_idle.clear()
-                batch, self._to_enqueue = self._to_enqueue[:ENQUEUE_BATCH], self._to_enqueue[ENQUEUE_BATCH:]
-                commits = self._outbox.take(len(batch))
+                rows, batch = self._take_commits()
                 entries = stream_entries(batch, self._s.fanout_chunk)
-                xadded = False  # a failure after the XADD (deleting the rows) taints nothing
                 try:
                     async with self._count_lock:
                         try:
@@ -258,11 +270,8 @@ class IngestService:
                             # these entries counted nowhere and a burst was admitted twice over the bound.
                             self._unstreamed -= len(entries)
                         self._xadded += len(entries)
-                    xadded = True
-                    await sql.clear_outbox(self._pool, self._outbox.settled(commits, ok=True))
+                    await sql.clear_outbox(self._pool, rows)
                 except Exception as exc:  # noqa: BLE001 - the outbox covers every failure after the commit
-                    if not xadded:
-                        self._outbox.settled(commits, ok=False)
                     log.warning(
                         "enqueue after commit failed; the reconciler will enqueue",
                         extra={"error": str(exc), "notifications": len(batch)},

@@ -36,11 +36,11 @@ ScopedKey = tuple[str, str]
 
 # One statement (one round trip, one implicit transaction) inserts the notifications (each expiring after its
 # ttl, else after the retention period $10, s; in the era and day partition its id names, migration 009) and the
-# commit's outbox row $16 (migration 015),
-# bumps each user's seq counter by the number of new deliveries ($13/$14: each user once, with its count; rows
-# locked in user order: no deadlocks between batches), and inserts the deliveries numbered in batch order below
-# the new counter value: a delivery's $9 is its offset from it (0 for the user's last in the batch, -1 for the
-# one before...), computed by the caller, which knows the batch (no sort or window over the deliveries here).
+# commit's outbox row $16 (migration 015); bumps each user's seq counter by the number of new deliveries
+# ($13/$14: each user once, with its count; rows locked in user order: no deadlocks between batches); and inserts
+# the deliveries numbered in batch order below the new counter value: a delivery's $9 is its offset from it (0 for
+# the user's last in the batch, -1 for the one before...), computed by the caller, which knows the batch (no sort
+# or window over the deliveries here).
 _INSERT_BATCH = """
 WITH n AS (
     INSERT INTO notifications (id, event, payload, webhook_url, expires_at, recipients, era, status_url)

@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from faults import Faulty
 from helpers import wait_for
 from integration_support import (
     Gateways,
@@ -28,6 +29,7 @@ from integration_support import (
 from notiflow.config import Settings
 from notiflow.devstack import EmbeddedRedis
 from notiflow.models import NewNotification
+from notiflow.service.ports import Wrappers
 from notiflow.store import ingest as ingest_sql
 from notiflow.streams.keys import GROUP
 
@@ -53,6 +55,25 @@ async def outbox_cleared(db: asyncpg.Pool, nids: list[str]) -> bool:
     """No outbox row names any of these notifications: their commits are wholly on the stream."""
     query = "SELECT NOT EXISTS (SELECT 1 FROM ingest_outbox WHERE notification_ids && $1::uuid[])"
     return bool(await db.fetchval(query, [uuid.UUID(n) for n in nids]))
+
+
+async def test_a_commit_whose_xadd_failed_keeps_its_outbox_row_and_one_that_succeeded_loses_it(
+    gateways: Gateways, http: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    """The gateway XADDs whole commits and deletes a commit's outbox row only once its XADD answered; no
+    reconciler runs here, so a row that stays is the gateway's doing."""
+    kept_user, gone_user = users(2)
+    work = Faulty()
+    work.fail("add", ConnectionError("injected: Redis away for this XADD"),
+              when=lambda entries: any(kept_user in e.user_ids for e in entries))
+    gw = await gateways.start(wrappers=Wrappers(work=work.around))
+    kept = await notify(http, gw.url, [kept_user])
+    # Its XADD has failed before the next commit is made: the two never share a pipeline.
+    await wait_for(lambda: work.calls["add"] >= 1, timeout_s=5, message="the failed XADD")
+    gone = await notify(http, gw.url, [gone_user])
+    await wait_for(lambda: outbox_cleared(db, [gone]), timeout_s=5, message="the XADDed commit's row deleted")
+    assert work.calls["add"] == 2
+    assert not await outbox_cleared(db, [kept])
 
 
 async def test_crash_between_commit_and_xadd_is_recovered_by_the_outbox(
