@@ -94,8 +94,9 @@ class StreamWorkerFields(BaseModel):
     )
     reclaim_interval_s: float = Field(5.0, gt=0, description="How often idle entries are reclaimed, s. Default 5.")
     dispatch_record_delay_ms: int = Field(
-        2000, ge=0, description="How long successful socket hand-offs (dispatched/offline) wait before they are "
-        "written, coalesced, ms; acknowledged meanwhile, they need no write. Default 2000.",
+        2000, ge=0, description="How long socket hand-offs wait before they are written, coalesced, ms: the "
+        "gateways' `dispatched` (frames pushed to a socket; acknowledged meanwhile, they need no write) and the "
+        "stream workers' `offline`. Give gateways and workers the same value. Default 2000.",
     )
 
 

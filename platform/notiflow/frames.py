@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import orjson
 
@@ -122,19 +122,54 @@ def decode_frames(message: str, wanted: Callable[[str], bool] | None = None) -> 
         yield user, (rest if rest.startswith("{") else f"{head}{rest}{tail}")
 
 
-def route_frames(message: str, targets: Mapping[str, T]) -> Iterator[tuple[T, str]]:
-    """(target, frame) of every line whose user ``targets`` holds (what it maps the user to), in order:
-    ``decode_frames`` for a node's own sockets, with one lookup per line. A generator: a list of every
-    frame of a fan-out message held its tuples alive, and their allocations ran the cyclic GC over them."""
+#: Where a notification frame's id sits (frame_template's head): read without decoding the frame.
+_NOTIFICATION_HEAD = '{"type":"notification","id":"'
+_ID_AT = len(_NOTIFICATION_HEAD)
+_ID_END = _ID_AT + 36  # a UUID's canonical text
+
+
+def frame_id(frame: str) -> str | None:
+    """The notification id of a frame built by ``notification_frame`` (or a template's head), as its text;
+    None for any other frame."""
+    return frame[_ID_AT:_ID_END] if frame.startswith(_NOTIFICATION_HEAD) else None
+
+
+class Handed(NamedTuple):
+    """What a node did with a batch's notification frames, as (user, notification id)."""
+
+    pushed: list[tuple[str, str]]  # to a socket of the user
+    missed: list[tuple[str, str]]  # the node no longer held the user
+
+
+def route_frames(
+    message: str, targets: Mapping[str, T], missed: list[tuple[str, str]] | None = None,
+) -> Iterator[tuple[T, str, tuple[str, str] | None]]:
+    """(target, frame, (user, notification id)) of every line whose user ``targets`` holds (what it maps the user
+    to), in order: ``decode_frames`` for a node's own sockets, with one lookup per line. ``missed`` gets
+    (user, notification id) of the notification frames of the users it does not hold; the key is None for
+    any other frame. A generator: a list
+    of every frame of a fan-out message held its tuples alive, and their allocations ran the cyclic GC over
+    them."""
     head = tail = ""
+    nid: str | None = None
     get = targets.get
     for line in message.split("\n"):
         if line.startswith(_TEMPLATE):
             head, _, tail = line[1:].partition("\t")
+            nid = frame_id(head)
             continue
         user, sep, rest = line.partition("\t")
         if not sep:
             continue
+        whole = rest.startswith("{")
         target = get(user)
-        if target is not None:
-            yield target, (rest if rest.startswith("{") else f"{head}{rest}{tail}")
+        if target is None:
+            line_id = frame_id(rest) if whole else nid
+            if missed is not None and line_id is not None:
+                missed.append((user, line_id))
+            continue
+        if whole:
+            line_id = frame_id(rest)
+            yield target, rest, (None if line_id is None else (user, line_id))
+        else:
+            yield target, f"{head}{rest}{tail}", (None if nid is None else (user, nid))

@@ -104,6 +104,18 @@ DELIVERY_LATENCY = CountedHistogram(
     "From accept (the frame's created_at) to the frame written to a socket", LATENCY_BUCKETS, REGISTRY,
 )
 
+HANDOFFS_WRITTEN = Counter(
+    "notiflow_handoffs_written_total",
+    "Socket hand-offs written to the record, by state: dispatched (by gateways, for the frames they pushed), "
+    "offline (by stream workers, for the deliveries no node heard; by gateways, for users they no longer held)",
+    ["status"], registry=REGISTRY,
+)
+HANDOFFS_SETTLED = Counter(
+    "notiflow_handoffs_settled_total",
+    "Socket hand-offs a gateway did not write because the delivery was acknowledged within "
+    "NOTIFLOW_DISPATCH_RECORD_DELAY_MS", registry=REGISTRY,
+)
+
 # --- stream worker ------------------------------------------------------------------------------
 ATTEMPTS = Counter(
     "notiflow_delivery_attempts_total",
@@ -196,6 +208,8 @@ for _channel, _outcomes in (("socket", ("dispatched", "offline", "failed", "expi
         ATTEMPTS.labels(_channel, _outcome)
 for _result in ("ok", "retry", "rejected"):
     WEBHOOK_SECONDS.labels(_result)
+for _status in ("dispatched", "offline"):
+    HANDOFFS_WRITTEN.labels(_status)
 
 
 def value(name: str, **labels: str) -> float:

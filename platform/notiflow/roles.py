@@ -56,6 +56,7 @@ class GatewaySettings:
     ws_max_ack_ids: int
     ws_max_acks_in_flight: int
     ws_ack_gather_ms: int
+    dispatch_record_delay_ms: int
     ws_max_sockets_per_user: int
     ws_max_sockets: int
     allowed_origins: list[str]

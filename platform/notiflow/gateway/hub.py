@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from notiflow import metrics
-from notiflow.frames import frame_created_at, route_frames
+from notiflow.frames import Handed, frame_created_at, route_frames
 from notiflow.gateway.protocol import CloseCode
 
 log = logging.getLogger(__name__)
@@ -247,11 +247,17 @@ class Hub:
             conn.push(frame)
             self.frames_pushed += 1
 
-    def deliver(self, message: str) -> None:
-        """A Pub/Sub message for this node: a batch of (user, frame)."""
+    def deliver(self, message: str) -> Handed:
+        """A Pub/Sub message for this node: a batch of (user, frame). Returns the (user, notification id)
+        of the notification frames pushed to a socket, and of those whose user this node no longer holds."""
         pushed = 0
-        for conns, frame in route_frames(message, self._users):
+        handed: list[tuple[str, str]] = []
+        missed: list[tuple[str, str]] = []
+        for conns, frame, key in route_frames(message, self._users, missed):
             for conn in tuple(conns):
                 conn.push(frame)
                 pushed += 1
+            if key is not None:
+                handed.append(key)
         self.frames_pushed += pushed
+        return Handed(handed, missed)

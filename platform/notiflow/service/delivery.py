@@ -152,8 +152,8 @@ class DeliveryService:
 
         Entries that carry their frame (fresh from ingest) are pushed without reading PostgreSQL, entry by
         entry (no object per recipient); the others (retries, reclaims, the reconciler's) load their rows.
-        Successful hand-offs go to the dispatch log, written after the entries' ack; failures and expiries
-        are recorded before it.
+        The deliveries no node heard go to the dispatch log as ``offline``, written after the entries' ack
+        (the gateway nodes record the ones they got); failures and expiries are recorded before it.
         """
         started = self._now()
         now_ms = self._clock.now_ms()
@@ -182,7 +182,7 @@ class DeliveryService:
             live = self._carried(fresh) + live
             outcomes += [self.failure(w, Channel.SOCKET, str(exc), started=started) for w in live]
         else:
-            self.dispatch_log.add(routing.handoffs(fresh, live, nodes, receivers))
+            self.dispatch_log.add(routing.unheard(fresh, live, nodes, receivers), DeliveryStatus.OFFLINE.value)
         await self.record(outcomes)
         return outcomes
 

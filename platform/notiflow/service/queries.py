@@ -14,6 +14,7 @@ from notiflow.batching import Batcher
 from notiflow.errors import ApiError, NotFound
 from notiflow.models import Channel, StreamEntry
 from notiflow.roles import GatewaySettings
+from notiflow.service.dispatch_log import DispatchLog
 from notiflow.service.ports import Record, WorkLog
 from notiflow.store import dlq as dlq_sql
 from notiflow.store import queries as sql
@@ -32,10 +33,15 @@ def _payload(row: dict[str, Any]) -> dict[str, Any]:
 class QueryService:
     """Use cases behind the read, ack and DLQ endpoints, and the socket ack path."""
 
-    def __init__(self, *, settings: GatewaySettings, pool: Record, work: WorkLog) -> None:
+    def __init__(
+        self, *, settings: GatewaySettings, pool: Record, work: WorkLog, handoffs: DispatchLog | None = None
+    ) -> None:
+        """``handoffs``: the node's log of the frames it pushed: a committed ack settles them (no hand-off
+        write)."""
         self._s = settings
         self._pool = pool
         self._work = work
+        self._handoffs = handoffs
         self._acks: Batcher[tuple[str, list[str]], int] = Batcher(
             self._flush_acks, max_batch=500, name="socket-acks", gather_s=settings.ws_ack_gather_ms / 1000
         )
@@ -76,6 +82,8 @@ class QueryService:
 
         n = await retry_conflicts(write)
         metrics.ACKS.labels("http").inc(n)
+        if ids is not None and self._handoffs is not None:
+            self._handoffs.settle((user_id, str(nid)) for nid in ids)
         return n
 
     def ack_from_socket(self, user_id: str, ids: list[str]) -> asyncio.Future[list[int | BaseException]]:
@@ -92,6 +100,8 @@ class QueryService:
                 return await sql.ack_pairs(conn, pairs)
 
         metrics.ACKS.labels("socket").inc(await retry_conflicts(write))
+        if self._handoffs is not None:
+            self._handoffs.settle(pairs)
         return [len(ids) for _, ids in frames]
 
     async def open_for_users(self, after_seq: dict[str, int], per_user: int) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Which gateway node gets which frame, and what a hand-off records: the socket channel's pure routing step.
+"""Which gateway node gets which frame, and which deliveries no node heard: the socket channel's pure routing step.
 
 A batch holds fresh entries, which carry their frame's parts (routed entry by entry: no object per
 recipient, the frame encoded once per notification), and loaded deliveries (retries, reclaims, the
@@ -12,8 +12,8 @@ from collections import defaultdict
 from collections.abc import Mapping
 
 from notiflow.frames import FrameTemplate, NodeBatch, frame_template
-from notiflow.models import DeliveryStatus, DeliveryWork, StreamEntry
-from notiflow.service.dispatch_log import Handoff
+from notiflow.models import DeliveryWork, StreamEntry
+from notiflow.service.dispatch_log import Key
 
 #: User id -> the nodes holding a live socket of that user.
 Nodes = Mapping[str, list[str] | set[str] | tuple[str, ...]]
@@ -52,17 +52,15 @@ def frames_per_node(fresh: list[StreamEntry], live: list[DeliveryWork], nodes: N
     return per_node
 
 
-def handoffs(
+def unheard(
     fresh: list[StreamEntry], live: list[DeliveryWork], nodes: Nodes, receivers: Mapping[str, int]
-) -> list[Handoff]:
-    """Each delivery's hand-off: dispatched when a node of its user heard the publish, offline otherwise.
-    Derived per user, not per delivery: a fan-out batch names each user once per notification."""
+) -> list[Key]:
+    """The deliveries whose user has no node that heard the publish: they are ``offline``. The others are
+    the gateway nodes' to record (``dispatched``, or ``offline`` for a user a node no longer holds), unless
+    acknowledged first. Derived per user, not per delivery: a fan-out batch names each user once per
+    notification."""
     heard = {n for n, count in receivers.items() if count > 0}
-    status_of = {
-        u: (DeliveryStatus.DISPATCHED if not heard.isdisjoint(at) else DeliveryStatus.OFFLINE).value
-        for u, at in nodes.items()
-    }
-    offline = DeliveryStatus.OFFLINE.value
-    out: list[Handoff] = [(e.notification_id, u, status_of.get(u, offline)) for e in fresh for u in e.user_ids]
-    out += [(w.notification_id, w.user_id, status_of.get(w.user_id, offline)) for w in live]
+    reached = {u for u, at in nodes.items() if not heard.isdisjoint(at)}
+    out: list[Key] = [(u, e.notification_id) for e in fresh for u in e.user_ids if u not in reached]
+    out += [(w.user_id, w.notification_id) for w in live if w.user_id not in reached]
     return out

@@ -11,15 +11,20 @@ import logging
 from typing import Any, Protocol
 
 from notiflow.errors import StoreUnavailable
-from notiflow.frames import notification_frame
+from notiflow.frames import Handed, notification_frame
 from notiflow.lifecycle import Deadline, cancel
+from notiflow.models import DeliveryStatus
 from notiflow.roles import GatewaySettings
+from notiflow.service.dispatch_log import DispatchLog
 from notiflow.service.ports import Presence
 from notiflow.service.queries import QueryService
 from notiflow.streams.client import Redis
 from notiflow.streams.pubsub import NodeListener
 
 log = logging.getLogger(__name__)
+
+_DISPATCHED = DeliveryStatus.DISPATCHED.value
+_OFFLINE = DeliveryStatus.OFFLINE.value
 
 RESYNC_USERS_PER_QUERY = 500
 #: Open notifications read per user and query: a resync pages through all of them, this many at a time.
@@ -32,26 +37,35 @@ class LocalSockets(Protocol):
     def counts(self) -> dict[str, int]: ...
     def users(self) -> list[str]: ...
     def push(self, user_id: str, frame: str) -> None: ...
-    def deliver(self, message: str) -> None: ...
+    def deliver(self, message: str) -> Handed: ...
 
 
 class SessionService:
     def __init__(
         self, *, settings: GatewaySettings, redis: Redis, channel: str, presence: Presence, queries: QueryService,
-        sockets: LocalSockets,
+        sockets: LocalSockets, handoffs: DispatchLog,
     ) -> None:
-        """``channel``: the Pub/Sub channel of this node's frames (streams/pubsub.py Router.channel)."""
+        """``channel``: the Pub/Sub channel of this node's frames (streams/pubsub.py Router.channel);
+        ``handoffs``: where the frames this node got are recorded (``dispatched``, or ``offline`` for a user it
+        no longer holds) unless their acknowledgement comes first (the socket acks settle them)."""
         self._s = settings
         self.node_id = settings.node_id
         self._presence = presence
         self._queries = queries
         self._sockets = sockets
-        self._listener = NodeListener(redis, channel, sockets.deliver, self.resync)
+        self._handoffs = handoffs
+        self._listener = NodeListener(redis, channel, self._deliver, self.resync)
         self._tasks: list[asyncio.Task[None]] = []
         self.resyncs = 0
 
+    def _deliver(self, message: str) -> None:
+        handed = self._sockets.deliver(message)
+        self._handoffs.add(handed.pushed, _DISPATCHED)
+        self._handoffs.add(handed.missed, _OFFLINE)
+
     async def start(self) -> None:
         await self._presence.heartbeat(self.node_id, {})
+        self._handoffs.start()
         self._tasks = [
             asyncio.create_task(self._listener.run(), name="pubsub"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
@@ -61,11 +75,12 @@ class SessionService:
 
     async def close(self, grace_s: float) -> None:
         """Stop the feed and the heartbeat (cancelled: they get RELEASE_S to let go of their connections),
-        then leave presence within ``grace_s``. A task that absorbs its cancellation (a Redis client may,
-        inside a read) is left behind rather than waited for; a leave that does not finish in time is given
-        up, and the entries expire with the node key."""
+        write the hand-offs held, then leave presence, all within ``grace_s``. A task that absorbs its
+        cancellation (a Redis client may, inside a read) is left behind rather than waited for; a leave that
+        does not finish in time is given up, and the entries expire with the node key."""
         deadline = Deadline(grace_s)
         await cancel(self._tasks)
+        await self._handoffs.close(deadline.left() / 2)  # no frame comes any more: what is held is written
         try:
             await asyncio.wait_for(self._presence.leave(self.node_id, self._sockets.users()), deadline.left())
         except (StoreUnavailable, TimeoutError) as exc:

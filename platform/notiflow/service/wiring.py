@@ -15,6 +15,7 @@ from notiflow.lifecycle import RELEASE_S, Deadline
 from notiflow.roles import GatewaySettings
 from notiflow.service.auth import AuthService, KeyService
 from notiflow.service.dashboard import DashboardService
+from notiflow.service.dispatch_log import DispatchLog
 from notiflow.service.ingest import IngestService
 from notiflow.service.ports import Record, Wrappers
 from notiflow.service.queries import QueryService
@@ -100,11 +101,12 @@ async def gateway_services(
     async with open_stores(settings, pg_max=settings.pg_pool_max) as (pool, redis):
         record = wrap.record(pool)
         work = wrap.work(WorkStream(redis, settings))
-        queries = QueryService(settings=gateway, pool=record, work=work)
+        handoffs = DispatchLog(record, gateway.dispatch_record_delay_ms / 1000)
+        queries = QueryService(settings=gateway, pool=record, work=work, handoffs=handoffs)
         ingest = IngestService(settings=gateway, pool=record, work=work)
         sessions = SessionService(
             settings=gateway, redis=redis, channel=Router(redis, settings).channel(settings.node_id),
-            presence=wrap.presence(Presence(redis, settings)), queries=queries, sockets=sockets,
+            presence=wrap.presence(Presence(redis, settings)), queries=queries, sockets=sockets, handoffs=handoffs,
         )
         auth = AuthService(roles.auth(settings), record)
         await auth.start()

@@ -185,8 +185,8 @@ async def record_outcomes(conn: Any, outcomes: list[Outcome], node_id: str) -> d
     return dict(row)
 
 
-async def record_handoffs(conn: Any, handoffs: list[tuple[uuid.UUID, str, str]]) -> None:
-    """(notification id, user id, dispatched | offline) of socket deliveries handed off successfully."""
+async def record_handoffs(conn: Any, handoffs: list[tuple[uuid.UUID | str, str, str]]) -> None:
+    """(notification id (a UUID or its text), user id, dispatched | offline) of socket deliveries handed off."""
     if handoffs:
         await conn.execute(
             _RECORD_HANDOFFS, [h[0] for h in handoffs], [h[1] for h in handoffs], [h[2] for h in handoffs]

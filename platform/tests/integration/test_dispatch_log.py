@@ -42,7 +42,8 @@ async def test_a_hand_off_is_written_once_it_is_the_delay_old_not_at_the_next_ro
         # Mid-period: under the old rule (write all every DELAY_S) "a" went out about 0.1 s after it came.
         await asyncio.sleep(DELAY_S * 0.75)
         added = time.monotonic()
-        log.add([(nid, "a", "dispatched"), (nid, "b", "offline")])
+        log.add([("a", nid)], "dispatched")
+        log.add([("b", nid)], "offline")
         await wait_for(lambda: log.written == 2, 5)
         assert time.monotonic() - added >= DELAY_S
         assert (await status(db, nid, "a"), await status(db, nid, "b")) == ("dispatched", "offline")
@@ -53,7 +54,7 @@ async def test_a_hand_off_is_written_once_it_is_the_delay_old_not_at_the_next_ro
 async def test_a_hand_off_acknowledged_within_the_delay_leaves_the_row_delivered(db: asyncpg.Pool) -> None:
     nid = await insert_pending(db, ["a"])
     log = DispatchLog(db, DELAY_S)
-    log.add([(nid, "a", "dispatched")])
+    log.add([("a", nid)], "dispatched")
     await log.flush(older_than_s=DELAY_S)
     assert log.written == 0  # too young for a round
     await db.execute("UPDATE deliveries SET status = 'delivered' WHERE notification_id = $1", nid)
@@ -67,8 +68,8 @@ async def test_hand_offs_a_failed_round_could_not_write_are_written_by_the_next(
     pool = FaultyRecord().around(db)
     pool.down = True  # PostgreSQL away
     log = DispatchLog(pool, 0.0)
-    log.add([(nid, "a", "dispatched")])
-    log.add([(nid, "b", "offline")])
+    log.add([("a", nid)], "dispatched")
+    log.add([("b", nid)], "offline")
     with pytest.raises(StoreUnavailable):
         await log.flush()
     assert log.written == 0
@@ -97,10 +98,21 @@ async def test_a_burst_of_hand_offs_is_written_in_statements_of_at_most_write_ch
     nid = await insert_pending(db, users)
     counting = _CountingPool(db)
     log = DispatchLog(counting, 0.0)  # type: ignore[arg-type]
-    log.add([(nid, u, "offline") for u in users])
+    log.add([(u, nid) for u in users], "offline")
     await log.flush()
     assert log.written == len(users)
     assert counting.statements == -(-len(users) // WRITE_CHUNK) >= 3, "a statement of more than 500 hand-offs"
     assert await db.fetchval(
         "SELECT count(*) FROM deliveries WHERE notification_id = $1 AND status = 'offline'", nid
     ) == len(users)
+
+
+async def test_a_settled_hand_off_is_not_written_and_the_others_are(db: asyncpg.Pool) -> None:
+    # A gateway settles what its clients acknowledged: that hand-off's write would find nothing to move.
+    nid = await insert_pending(db, ["a", "b"])
+    log = DispatchLog(db, 0.0)
+    log.add([("a", str(nid)), ("b", str(nid))], "dispatched")
+    log.settle([("a", str(nid)), ("z", str(nid))])  # "z": an ack of a frame the log never held
+    await log.flush()
+    assert log.written == 1
+    assert (await status(db, nid, "a"), await status(db, nid, "b")) == ("pending", "dispatched")

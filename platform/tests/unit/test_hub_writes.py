@@ -13,7 +13,7 @@ import pytest
 from helpers import wait_for
 
 from notiflow import metrics
-from notiflow.frames import encode_batch, frame_template, notification_frame, route_frames
+from notiflow.frames import encode_batch, frame_id, frame_template, notification_frame, route_frames
 from notiflow.gateway.hub import Connection, Hub, sent
 from notiflow.gateway.protocol import CloseCode
 
@@ -43,11 +43,26 @@ def test_route_frames_builds_frames_only_for_the_users_held_and_hands_back_what_
     b = frame_template(uuid.uuid4(), "c.d", '{"y": 2}', CREATED)
     message = encode_batch({a: [("u1", 5), ("u2", 9), ("u3", 1)], b: [("u2", 6)]})
     held = {"u2": "socket-of-u2", "u3": "socket-of-u3"}
-    assert list(route_frames(message, held)) == [
-        ("socket-of-u2", a.frame(9)), ("socket-of-u3", a.frame(1)), ("socket-of-u2", b.frame(6)),
+    missed: list[tuple[str, str]] = []
+    ida, idb = frame_id(a.head), frame_id(b.head)
+    assert list(route_frames(message, held, missed)) == [
+        ("socket-of-u2", a.frame(9), ("u2", ida)), ("socket-of-u3", a.frame(1), ("u3", ida)),
+        ("socket-of-u2", b.frame(6), ("u2", idb)),
     ]
-    assert list(route_frames('u3\t{"type":"notification"}', held)) == [("socket-of-u3", '{"type":"notification"}')]
+    assert missed == [("u1", ida)]
+    whole = a.frame(3)
+    assert list(route_frames(f"u3\t{whole}\nu9\t{whole}", held, missed)) == [("socket-of-u3", whole, ("u3", ida))]
+    assert missed == [("u1", ida), ("u9", ida)]
+    assert list(route_frames('u3\t{"type":"acked","ref":1}', held)) == [
+        ("socket-of-u3", '{"type":"acked","ref":1}', None)
+    ]
     assert list(route_frames(message, {})) == []
+
+
+def test_a_frames_id_is_the_notifications_id_as_text() -> None:
+    nid = uuid.uuid4()
+    assert frame_id(frame_template(nid, "a.b", "{}", CREATED).frame(4)) == str(nid)
+    assert frame_id('{"type":"acked","ref":1}') is None
 
 
 async def test_each_socket_sends_its_frames_in_order_and_a_gone_one_no_more() -> None:
@@ -57,8 +72,13 @@ async def test_each_socket_sends_its_frames_in_order_and_a_gone_one_no_more() ->
         hub.add(Connection(user, 100, lambda code: None, Sends(written, user, fail=user == "u2")))
     a = frame_template(uuid.uuid4(), "a.b", '{"x": 1}', CREATED)
     b = frame_template(uuid.uuid4(), "c.d", '{"y": 2}', CREATED)
-    hub.deliver(encode_batch({a: [("u1", 1), ("u2", 1), ("u3", 1), ("gone", 4)], b: [("u1", 2), ("u3", 2)]}))
+    handed = hub.deliver(
+        encode_batch({a: [("u1", 1), ("u2", 1), ("u3", 1), ("gone", 4)], b: [("u1", 2), ("u3", 2)]})
+    )
     assert hub.frames_pushed == 5
+    ida, idb = frame_id(a.head), frame_id(b.head)
+    assert handed.pushed == [("u1", ida), ("u2", ida), ("u3", ida), ("u1", idb), ("u3", idb)]
+    assert handed.missed == [("gone", ida)]
     assert written == [], "sent before the sending tasks ran"
     await wait_for(lambda: len(written) == 2, timeout_s=5, message=f"sent: {written}")
     # u2's socket is gone: its send is its own, u1's and u3's frames went out, each socket's in one call, in order.

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from notiflow.frames import notification_frame
 from notiflow.models import Carried, DeliveryWork, StreamEntry
-from notiflow.service.routing import frames_per_node, handoffs
+from notiflow.service.routing import frames_per_node, unheard
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 NID = uuid.UUID(int=7)
@@ -36,8 +36,10 @@ def test_no_live_user_no_frame() -> None:
     assert frames_per_node([_fresh(("cid",), (1,))], [_loaded("dee", 5)], {}) == {}
 
 
-def test_a_hand_off_is_dispatched_only_where_a_node_of_the_user_heard_the_publish() -> None:
-    nodes = {"ann": ["n1"], "bob": ["n2"]}
-    states = handoffs([_fresh(("ann", "bob", "cid"), (1, 1, 1))], [_loaded("ann", 0)], nodes, {"n1": 1, "n2": 0})
-    assert states == [(NID, "ann", "dispatched"), (NID, "bob", "offline"), (NID, "cid", "offline"),
-                      (NID, "ann", "dispatched")]
+def test_only_deliveries_whose_user_no_node_heard_are_the_workers_to_record_offline() -> None:
+    nodes = {"ann": ["n1"], "bob": ["n2"], "dee": ["n2", "n1"]}
+    keys = unheard(
+        [_fresh(("ann", "bob", "cid", "dee"), (1, 1, 1, 1))], [_loaded("ann", 0), _loaded("bob", 0)], nodes,
+        {"n1": 1, "n2": 0},
+    )
+    assert keys == [("bob", NID), ("cid", NID), ("bob", NID)]
