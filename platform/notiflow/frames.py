@@ -144,12 +144,11 @@ class Handed(NamedTuple):
 def route_frames(
     message: str, targets: Mapping[str, T], missed: list[tuple[str, str]] | None = None,
 ) -> Iterator[tuple[T, str, tuple[str, str] | None]]:
-    """(target, frame, (user, notification id)) of every line whose user ``targets`` holds (what it maps the user
-    to), in order: ``decode_frames`` for a node's own sockets, with one lookup per line. ``missed`` gets
-    (user, notification id) of the notification frames of the users it does not hold; the key is None for
-    any other frame. A generator: a list
-    of every frame of a fan-out message held its tuples alive, and their allocations ran the cyclic GC over
-    them."""
+    """(target, frame, (user, notification id)) of every line whose user ``targets`` holds (what it maps the
+    user to), in order: ``decode_frames`` for a node's own sockets, with one lookup per line; the key is None
+    for a frame that is no notification. ``missed`` gets the (user, notification id) of the notification
+    frames of the users ``targets`` does not hold. A generator: a list of every frame of a fan-out message
+    held its tuples alive, and their allocations ran the cyclic GC over them."""
     head = tail = ""
     nid: str | None = None
     get = targets.get
