@@ -15,7 +15,7 @@ inside a field.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple, TypeVar
@@ -109,19 +109,6 @@ def encode_batch(batch: NodeBatch) -> str:
     return "\n".join(lines)
 
 
-def decode_frames(message: str, wanted: Callable[[str], bool] | None = None) -> Iterator[tuple[str, str]]:
-    """(user, frame) of every line; with ``wanted``, frames are built only for the users it accepts."""
-    head = tail = ""
-    for line in message.split("\n"):
-        if line.startswith(_TEMPLATE):
-            head, _, tail = line[1:].partition("\t")
-            continue
-        user, sep, rest = line.partition("\t")
-        if not sep or (wanted is not None and not wanted(user)):
-            continue
-        yield user, (rest if rest.startswith("{") else f"{head}{rest}{tail}")
-
-
 #: Where a notification frame's id sits (frame_template's head): read without decoding the frame.
 _NOTIFICATION_HEAD = '{"type":"notification","id":"'
 _ID_AT = len(_NOTIFICATION_HEAD)
@@ -145,7 +132,7 @@ def route_frames(
     message: str, targets: Mapping[str, T], missed: list[tuple[str, str]] | None = None,
 ) -> Iterator[tuple[T, str, tuple[str, str] | None]]:
     """(target, frame, (user, notification id)) of every line whose user ``targets`` holds (what it maps the
-    user to), in order: ``decode_frames`` for a node's own sockets, with one lookup per line; the key is None
+    user to), in order, with one lookup per line; the frame built only for a user it holds; the key is None
     for a frame that is no notification. ``missed`` gets the (user, notification id) of the notification
     frames of the users ``targets`` does not hold. A generator: a list of every frame of a fan-out message
     held its tuples alive, and their allocations ran the cyclic GC over them."""

@@ -137,7 +137,9 @@ class SessionService:
                 cursors = self._push_page(rows)
 
     def _push_page(self, rows: list[dict[str, Any]]) -> dict[str, int]:
-        """Push one page of rows (ordered by user, then seq); the cursors of the users whose page was full."""
+        """Push one page of rows (ordered by user, then seq); the cursors of the users whose page was full.
+        The pushes are hand-offs like the feed's: a frame the gap lost was counted as heard by the PUBLISH, so
+        no worker records it, and only this push makes it ``dispatched`` (unless acknowledged first)."""
         taken: dict[str, int] = {}
         for r in rows:
             frame = notification_frame(
@@ -145,5 +147,6 @@ class SessionService:
             )
             self._sockets.push(r["user_id"], frame)
             taken[r["user_id"]] = taken.get(r["user_id"], 0) + 1
+        self._handoffs.add([(r["user_id"], str(r["id"])) for r in rows], _DISPATCHED)
         full = {u for u, n in taken.items() if n >= RESYNC_PAGE_PER_USER}
         return {r["user_id"]: r["seq"] for r in rows if r["user_id"] in full}

@@ -13,7 +13,17 @@ import asyncpg
 import httpx
 import pytest
 from helpers import wait_for
-from integration_support import Gateways, SocketFactory, Workers, notify, offline_ids, settled, users
+from integration_support import (
+    Gateways,
+    SocketFactory,
+    Workers,
+    insert_pending,
+    notify,
+    offline_ids,
+    settled,
+    status_of,
+    users,
+)
 
 from notiflow import metrics
 
@@ -54,3 +64,23 @@ async def test_the_gateway_writes_dispatched_only_for_frames_not_acknowledged_wi
     assert metrics.value("notiflow_handoffs_settled_total") - settled_before == len(ids)
     assert await offline_ids(http, gw.url, silent) == ids  # dispatched, unacknowledged: still listed
     assert await offline_ids(http, gw.url, acker) == []
+
+
+async def test_a_frame_a_subscription_gap_lost_is_dispatched_once_the_resync_pushes_it(
+    gateways: Gateways, socket: SocketFactory, db: asyncpg.Pool
+) -> None:
+    # A PUBLISH that Redis counted as heard, on a subscription cut before the node read it: no worker records
+    # the delivery (a node heard it), and the node never had it. The resync after the gap pushes it; that push
+    # is the node's hand-off. Regression: resync pushes were not recorded, and such a delivery stayed pending
+    # until the stuck-work sweep (test_resync_gap timed out waiting for its state, one run in four).
+    gw = await gateways.start()  # no stream worker: only the node can record anything here
+    [ada] = users(1)
+    sock = await socket(gw, ada)
+    nid = str(await insert_pending(db, [ada]))
+    await gw.services.sessions.resync()
+    await sock.wait_ids([nid])
+
+    async def dispatched() -> bool:
+        return await status_of(db, nid, ada) == "dispatched"
+
+    await wait_for(dispatched, timeout_s=10, message=f"{nid} recorded dispatched after the resync pushed it")

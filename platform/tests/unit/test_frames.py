@@ -18,11 +18,11 @@ from notiflow import metrics
 from notiflow.batching import Batcher
 from notiflow.frames import (
     FrameTemplate,
-    decode_frames,
     encode_batch,
     frame_created_at,
     frame_template,
     notification_frame,
+    route_frames,
 )
 from notiflow.gateway.hub import sent
 from notiflow.gateway.ws import notification_id
@@ -69,12 +69,14 @@ def test_a_pubsub_batch_carries_each_template_once_and_decodes_to_every_frame() 
     batch: dict[FrameTemplate, list[tuple[str, int]]] = {a: [("u1", 5), ("u2", 9)], b: [("u1", 6)]}
     message = encode_batch(batch)
     assert message.count('"x": 1') == 1
-    frames = list(decode_frames(message))
+    frames = [(user, frame) for user, frame, _ in route_frames(message, {"u1": "u1", "u2": "u2"})]
     assert frames == [("u1", a.frame(5)), ("u2", a.frame(9)), ("u1", b.frame(6))]
     # Only the users a node holds get a frame built.
-    assert list(decode_frames(message, {"u2"}.__contains__)) == [("u2", a.frame(9))]
+    assert [(user, frame) for user, frame, _ in route_frames(message, {"u2": "u2"})] == [("u2", a.frame(9))]
     # A whole frame on a line passes through as it is.
-    assert list(decode_frames('u3\t{"type":"notification"}')) == [("u3", '{"type":"notification"}')]
+    assert [(user, frame) for user, frame, _ in route_frames('u3\t{"type":"notification"}', {"u3": "u3"})] == [
+        ("u3", '{"type":"notification"}')
+    ]
 
 
 @pytest.mark.timeout(10)
