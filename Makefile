@@ -16,7 +16,7 @@ SYSTEM_REDIS_URL    ?= redis://127.0.0.1:6379/0
 SYSTEM_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
 # wildcard: git does not keep a folder that has no files yet.
-LINT_PATHS := $(wildcard platform conformance chaos loadtests clients)
+LINT_PATHS := $(wildcard platform conformance chaos loadtests clients conftest.py)
 
 # The extras each entry point needs (pyproject.toml). The suite has tests of the load tools themselves
 # (loadtests/test_teeth.py), hence `load` in test's.

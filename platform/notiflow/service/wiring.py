@@ -24,7 +24,7 @@ from notiflow.service.sessions import LocalSockets, SessionService
 from notiflow.service.telemetry import Sockets, Telemetry
 from notiflow.service.topics import TopicService
 from notiflow.store.pool import Pool, close_pool, connect_pool, pg_limits
-from notiflow.streams.client import Redis, close_redis, connect_redis
+from notiflow.streams.client import Redis, close_redis, connect_redis, connection_name
 from notiflow.streams.presence import Presence
 from notiflow.streams.pubsub import Router
 from notiflow.streams.ratelimit import TokenBuckets
@@ -33,13 +33,17 @@ from notiflow.streams.work import WorkStream
 
 
 @asynccontextmanager
-async def open_stores(settings: Settings, *, pg_max: int) -> AsyncIterator[tuple[Pool, Redis]]:
+async def open_stores(settings: Settings, *, pg_max: int, role: str) -> AsyncIterator[tuple[Pool, Redis]]:
     """PostgreSQL's pool (``pg_max`` connections) and the Redis client; closed afterwards, Redis first, each
-    within ``RELEASE_S``: a connection never given back is cut."""
-    pool = await connect_pool(settings.database_url_required, max_size=pg_max, **pg_limits(settings))
+    within ``RELEASE_S``: a connection never given back is cut. Every connection carries the name
+    ``notiflow:<role>:<node id>`` (Redis ``CLIENT LIST``, PostgreSQL ``pg_stat_activity.application_name``)."""
+    name = connection_name(role, settings.node_id)
+    pool = await connect_pool(
+        settings.database_url_required, max_size=pg_max, application_name=name, **pg_limits(settings)
+    )
     redis = connect_redis(
         settings.redis_url_required, max_connections=settings.redis_pool_max,
-        wait_timeout_s=settings.redis_pool_timeout_s, cluster=settings.redis_cluster,
+        wait_timeout_s=settings.redis_pool_timeout_s, cluster=settings.redis_cluster, client_name=name,
     )
     try:
         yield pool, redis
@@ -98,7 +102,7 @@ async def gateway_services(
     the adapters wrapped by ``wrap``; the stores are closed on the way out. Raises ``AuthNotConfigured``
     (the stores closed) when authentication is on and no key is configured."""
     gateway = roles.gateway(settings)  # what the gateway's services get: their own part of the settings
-    async with open_stores(settings, pg_max=settings.pg_pool_max) as (pool, redis):
+    async with open_stores(settings, pg_max=settings.pg_pool_max, role="gateway") as (pool, redis):
         record = wrap.record(pool)
         work = wrap.work(WorkStream(redis, settings))
         handoffs = DispatchLog(record, gateway.dispatch_record_delay_ms / 1000)

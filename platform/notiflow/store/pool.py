@@ -128,18 +128,22 @@ def pg_limits(settings: Settings) -> SessionLimits:
 
 
 async def connect_pool(
-    dsn: str, *, max_size: int, min_size: int = 1, lock_timeout_ms: int = 0, idle_in_transaction_timeout_ms: int = 0
+    dsn: str, *, max_size: int, min_size: int = 1, lock_timeout_ms: int = 0, idle_in_transaction_timeout_ms: int = 0,
+    application_name: str | None = None,
 ) -> Pool:
     """A pool whose connections fail fast: a dead server must surface as an error, not a hang.
 
     ``lock_timeout_ms`` bounds a statement's wait for a lock (it then fails with LockNotAvailable, raised as
     ``StoreBusy``), and ``idle_in_transaction_timeout_ms`` has PostgreSQL end a session of this pool that
     stalls inside a transaction, so that its locks go with it (0: no bound; both are set per session at
-    connect, no round trip)."""
+    connect, no round trip). ``application_name``: what its sessions show in ``pg_stat_activity`` (PostgreSQL
+    keeps the first 63 bytes)."""
     server_settings = {
         "lock_timeout": str(lock_timeout_ms),
         "idle_in_transaction_session_timeout": str(idle_in_transaction_timeout_ms),
     }
+    if application_name is not None:
+        server_settings["application_name"] = application_name
     async with pg_errors("connect"):
         pool = await asyncpg.create_pool(
             dsn,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import cast
@@ -23,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def connect_redis(
-    url: str, *, max_connections: int = 64, wait_timeout_s: float = 5.0, cluster: bool = False
+    url: str, *, max_connections: int = 64, wait_timeout_s: float = 5.0, cluster: bool = False,
+    client_name: str | None = None,
 ) -> Redis:
     """A client that retries nothing itself (retries are the caller's policy) on a blocking pool: a command
     that finds all ``max_connections`` busy waits up to ``wait_timeout_s`` for one to come free. The default
@@ -33,11 +35,14 @@ def connect_redis(
     ``cluster``: redis-py's cluster client with ``url`` as the seed node; ``max_connections`` then applies per
     node. It follows MOVED/ASK redirections and refreshes its slot map after a failover by itself. It answers
     the commands this package sends with the same types as the standalone client, hence the cast; the few
-    places that differ (sharded Pub/Sub) ask ``is_cluster``."""
+    places that differ (sharded Pub/Sub) ask ``is_cluster``.
+
+    ``client_name``: what each connection calls itself (CLIENT SETNAME as it connects, no extra round trip
+    after that), so that ``CLIENT LIST`` tells whose connection is whose; ``connection_name`` builds one."""
     if cluster:
         return cast(Redis, RedisCluster.from_url(
             url, max_connections=max_connections, decode_responses=True, socket_connect_timeout=5,
-            socket_timeout=15, health_check_interval=10,
+            socket_timeout=15, health_check_interval=10, client_name=client_name,
         ))
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
@@ -47,8 +52,16 @@ def connect_redis(
         socket_connect_timeout=5,
         socket_timeout=15,
         health_check_interval=10,
+        client_name=client_name,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+def connection_name(role: str, node_id: str) -> str:
+    """The name a process's Redis connections (and PostgreSQL sessions) carry: ``notiflow:<role>:<node_id>``.
+    Redis refuses a name with a space, a newline or another character outside ``!``..``~``: any such character
+    of a configured node id becomes ``_``."""
+    return re.sub(r"[^!-~]", "_", f"notiflow:{role}:{node_id}")
 
 
 def is_cluster(redis: Redis) -> bool:

@@ -57,7 +57,7 @@ async def stream_worker(
     machine's clock, which the worker corrects to PostgreSQL's (service/clock.py); the system's by default.
     ``wrappers``: around the adapters built here (service/ports.py), none by default."""
     wrap = wrappers or Wrappers()
-    async with open_stores(settings, pg_max=settings.pg_pool_max) as (pool, redis):
+    async with open_stores(settings, pg_max=settings.pg_pool_max, role="stream-worker") as (pool, redis):
         webhooks = webhooks or WebhookClient(roles.webhooks(settings))
         worker = roles.worker(settings)  # what the worker and its services get: their own part of the settings
         record, work = wrap.record(pool), wrap.work(WorkStream(redis, settings))
@@ -86,7 +86,7 @@ async def retry_worker(
     delivery receipts are posted through (closed here whoever made it); by default one built from ``settings``."""
     wrap = wrappers or Wrappers()
     hooks = webhooks or WebhookClient(roles.webhooks(settings))
-    async with _closing(hooks), open_stores(settings, pg_max=3) as (pool, redis):
+    async with _closing(hooks), open_stores(settings, pg_max=3, role="retry-worker") as (pool, redis):
         record, work = wrap.record(pool), wrap.work(WorkStream(redis, settings))
         worker = roles.worker(settings)  # what the worker and its services get: their own part of the settings
         telemetry = Telemetry(settings=worker, work=work, pool=record, board=StatsBoard(redis, settings),
@@ -102,7 +102,7 @@ async def retry_worker(
 
 @asynccontextmanager
 async def query_service(settings: Settings) -> AsyncIterator[QueryService]:
-    async with open_stores(settings, pg_max=2) as (pool, redis):
+    async with open_stores(settings, pg_max=2, role="cli") as (pool, redis):
         yield QueryService(settings=roles.gateway(settings), pool=pool, work=WorkStream(redis, settings))
 
 

@@ -9,38 +9,27 @@ import contextlib
 from typing import Any
 
 import httpx
-import psutil
 import redis.asyncio as aioredis
 from helpers import wait_for
 from integration_support import Gateways, SocketFactory, Workers, notify, users
+
+from notiflow.streams.client import connection_name
 
 # One more than the 200 oldest that resync used to resend.
 OPEN_BEFORE_GAP = 201
 
 
-async def _cut_subscriptions(rds: aioredis.Redis) -> None:
-    """Kill this process's Pub/Sub connections on the real Redis (CLIENT KILL), again each time the gateway
-    re-subscribes. The server may be shared with other test sessions: only connections whose client address
-    is a socket of this process (the in-process gateway's listener) are killed.
+async def _cut_subscriptions(rds: aioredis.Redis, name: str) -> None:
+    """Kill the Pub/Sub connections named ``name`` (one gateway's: streams/client.py connection_name) on the
+    real Redis (CLIENT KILL), again each time the gateway re-subscribes. The server may be shared with other
+    test sessions: the name is this test's node's alone.
 
-    Which addresses are this process's is looked up once per new Pub/Sub connection, in a thread: psutil reads
-    every TCP socket of the machine (/proc/net/tcp), thousands after the suite's connection storms, and doing
-    that every 5 ms on the event loop starved the gateway that runs on it (the test timed out in make test)."""
-    me = psutil.Process()
-    mine: set[str] = set()
-    others: set[str] = set()
-
-    def local_addresses() -> set[str]:
-        return {f"{c.laddr.ip}:{c.laddr.port}" for c in me.net_connections(kind="tcp") if c.raddr}
-
+    By name, not by the process's own socket addresses: reading those (psutil over /proc/net/tcp, the whole
+    machine's sockets, thousands after the suite's connection storms) held the interpreter long enough, once
+    per re-subscription, to starve the gateway and the test on the same event loop."""
     while True:
-        clients = await rds.client_list(_type="pubsub")
-        if any(c["addr"] not in mine and c["addr"] not in others for c in clients):
-            local = await asyncio.to_thread(local_addresses)
-            for client in clients:
-                (mine if client["addr"] in local else others).add(client["addr"])
-        for client in clients:
-            if client["addr"] in mine:
+        for client in await rds.client_list(_type="pubsub"):
+            if client["name"] == name:
                 with contextlib.suppress(aioredis.ResponseError):  # gone already
                     await rds.client_kill_filter(_id=client["id"])
         await asyncio.sleep(0.005)
@@ -69,7 +58,7 @@ async def test_a_subscription_gap_reaches_a_socket_with_more_than_200_open(
 
     # The gap: the subscription is cut while notifications are published. One published to the node while it
     # had no subscriber is recorded offline (PUBLISH found no receiver): that frame never reached the socket.
-    cutter = asyncio.create_task(_cut_subscriptions(rds))
+    cutter = asyncio.create_task(_cut_subscriptions(rds, connection_name("gateway", node.node_id)))
     published_in_gap: str | None = None
     try:
         for _ in range(30):
