@@ -26,15 +26,15 @@ import pytest
 CALL_SHARE = 0.8
 
 
-def _bound_s(item: pytest.Item) -> float:
-    """The test's pytest-timeout bound in seconds, as pytest-timeout reads it: its mark, else ``--timeout``,
-    else the ini value; 0 means none."""
-    mark = item.get_closest_marker("timeout")
-    if mark is not None:
-        value = mark.args[0] if mark.args else mark.kwargs.get("timeout", 0)
-    else:
-        value = item.config.getoption("timeout", None) or item.config.getini("timeout")
-    return float(value or 0)
+#: The test's pytest-timeout bound in seconds, as pytest-timeout itself worked it out (its mark, ``--timeout``,
+#: PYTEST_TIMEOUT or the ini value), kept when pytest-timeout sets its timer.
+_BOUND_S = pytest.StashKey[float]()
+
+
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
+    """pytest-timeout's hook, called with the test's settings before its setup: keep the bound, and return None
+    so that pytest-timeout's own implementation sets its timer as usual."""
+    item.stash[_BOUND_S] = float(settings.timeout)
 
 
 def _bounded(test: Callable[..., Coroutine[Any, Any, Any]], seconds: float) -> Callable[..., Any]:
@@ -55,7 +55,7 @@ def _bounded(test: Callable[..., Coroutine[Any, Any, Any]], seconds: float) -> C
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     test = getattr(item, "obj", None)
-    seconds = _bound_s(item) * CALL_SHARE
+    seconds = item.stash.get(_BOUND_S, 0.0) * CALL_SHARE
     if not isinstance(item, pytest.Function) or not inspect.iscoroutinefunction(test) or seconds <= 0:
         yield
         return
