@@ -28,6 +28,7 @@ from notiflow.devstack import (
     EmbeddedRedis,
     ProcessSpec,
     Supervisor,
+    ephemeral_ports,
     free_port,
     free_port_range,
     psql,
@@ -83,12 +84,17 @@ def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
     sup.stop_all(grace_s=1.0)
 
 
-def test_free_ports_are_free_and_consecutive() -> None:
+def test_free_ports_are_free_consecutive_and_never_ephemeral() -> None:
+    """Outside the kernel's ephemeral range: a port from it could be taken as an outgoing connection's local port
+    before the server that was given it binds (a conformance stack's gateway once failed with EADDRINUSE)."""
+    low, high = ephemeral_ports()
     first = free_port_range(3)
     for port in range(first, first + 3):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
-    assert 0 < free_port() < 65536
+        assert not low <= port <= high, (port, low, high)
+    for port in (free_port() for _ in range(50)):
+        assert 1024 < port < 65536 and not low <= port <= high, (port, low, high)
 
 
 def test_embedded_redis_answers_restarts_empty_and_leaves_nothing(tmp_path: Path) -> None:

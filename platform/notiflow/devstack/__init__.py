@@ -1,6 +1,6 @@
 """Embedded Redis and PostgreSQL, a process supervisor, and the DevStack behind `notiflow dev` and the tests."""
 
-from notiflow.devstack._proc import DevStackError, free_port, free_port_range
+from notiflow.devstack._proc import DevStackError, ephemeral_ports, free_port, free_port_range
 from notiflow.devstack.dev import run_dev
 from notiflow.devstack.embedded import EmbeddedPostgres, EmbeddedRedis, psql
 from notiflow.devstack.stack import DevStack, migrate, settings_env
@@ -13,6 +13,7 @@ __all__ = [
     "EmbeddedRedis",
     "ProcessSpec",
     "Supervisor",
+    "ephemeral_ports",
     "free_port",
     "free_port_range",
     "migrate",

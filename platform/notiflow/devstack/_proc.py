@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import importlib.util
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -70,12 +71,25 @@ def package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+#: Linux's default ephemeral range (net.ipv4.ip_local_port_range), for a system that does not say its own.
+_EPHEMERAL_DEFAULT = (32768, 60999)
+#: Ports below this are left to system services.
+_LOWEST = 10000
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range of ephemeral ports: where the local port of every outgoing connection, and of a bind to
+    port 0, is taken from."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return _EPHEMERAL_DEFAULT
+    return low, high
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_port_range(1)
 
 
 def port_is_free(port: int) -> bool:
@@ -87,11 +101,21 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def free_port_range(count: int, *, attempts: int = 50) -> int:
-    """The first of ``count`` consecutive free ports on 127.0.0.1 (gateways take consecutive ports)."""
+def free_port_range(count: int, *, attempts: int = 200) -> int:
+    """The first of ``count`` consecutive free ports on 127.0.0.1 (gateways take consecutive ports).
+
+    Chosen at random outside the kernel's ephemeral range. A port from that range (what a bind to port 0 gives)
+    could be taken, between this check and the server's own bind a second or two later, as the local port of any
+    outgoing connection on the machine, and the server then failed with "address already in use" (it happened to
+    a conformance stack's second gateway)."""
+    low, high = ephemeral_ports()
+    spans = [(_LOWEST, low - count), (high + 1, 65536 - count)]
+    spans = [(a, b) for a, b in spans if a <= b]
+    if not spans:
+        raise DevStackError(f"no {count} consecutive ports outside the ephemeral range {low}-{high}")
     for _ in range(attempts):
-        first = free_port()
-        if first + count <= 65535 and all(port_is_free(first + i) for i in range(count)):
+        first = random.randint(*max(spans, key=lambda span: span[1] - span[0]))
+        if all(port_is_free(first + i) for i in range(count)):
             return first
     raise DevStackError(f"found no {count} consecutive free ports on {_LOOPBACK}")
 
