@@ -42,6 +42,14 @@ ENTRIES = """ins AS (
 """
 INS = re.compile(r"ins AS \(\n.*?\n\)\n", re.S)
 
+# The cursors of the users whose acks continue them (c.moves) move to their highest acked seq (greatest:
+# never back).
+MOVE_CURSOR = """moved AS (
+    INSERT INTO ack_cursors AS k (user_id, upto)
+    SELECT uid, hi FROM c WHERE moves ORDER BY uid
+    ON CONFLICT (user_id) DO UPDATE SET upto = greatest(k.upto, EXCLUDED.upto)
+    RETURNING 1
+)"""
 # A user's acked seqs of one statement continue the cursor when the lowest is at most one past it and they
 # have no hole; those move it (greatest: never back), the others are kept apart.
 ACK_CURSOR = """
@@ -49,12 +57,7 @@ WITH p AS (SELECT DISTINCT uid, seq FROM unnest($1::text[], $2::bigint[]) AS p(u
 g AS (SELECT uid, min(seq) AS lo, max(seq) AS hi, count(*) AS n FROM p GROUP BY uid),
 c AS (SELECT g.*, (g.lo <= coalesce(k.upto, 0) + 1 AND g.hi - g.lo + 1 = g.n) AS moves
       FROM g LEFT JOIN ack_cursors k ON k.user_id = g.uid),
-moved AS (
-    INSERT INTO ack_cursors AS k (user_id, upto)
-    SELECT uid, hi FROM c WHERE moves ORDER BY uid
-    ON CONFLICT (user_id) DO UPDATE SET upto = greatest(k.upto, EXCLUDED.upto)
-    RETURNING 1
-), apart AS (
+""" + MOVE_CURSOR + """, apart AS (
     INSERT INTO acks_apart (user_id, seq)
     SELECT p.uid, p.seq FROM p JOIN c USING (uid) WHERE NOT c.moves ORDER BY 1, 2
     ON CONFLICT DO NOTHING
@@ -110,12 +113,7 @@ f AS (
 ),
 c AS (SELECT uid, seqs, seqs[cardinality(seqs)] AS hi,
              (seqs[1] <= upto + 1 AND seqs[cardinality(seqs)] - seqs[1] + 1 = cardinality(seqs)) AS moves FROM f),
-moved AS (
-    INSERT INTO ack_cursors AS k (user_id, upto)
-    SELECT uid, hi FROM c WHERE moves ORDER BY uid
-    ON CONFLICT (user_id) DO UPDATE SET upto = greatest(k.upto, EXCLUDED.upto)
-    RETURNING 1
-), apart AS (
+""" + MOVE_CURSOR + """, apart AS (
     INSERT INTO acks_apart (user_id, seq)
     SELECT uid, unnest(seqs) FROM c WHERE NOT moves ORDER BY 1, 2
     ON CONFLICT DO NOTHING
