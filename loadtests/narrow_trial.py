@@ -47,6 +47,8 @@ from stores import fresh_database
 
 from notiflow.store import queries as queries_sql
 
+READ_PASSES = 5  # each reader's page is read this many times: enough reads for the CPU clock's 10 ms ticks
+
 
 class NarrowConnection:
     """The measured connection, with the ingest statement's deliveries insert replaced by ``table``'s."""
@@ -106,8 +108,6 @@ async def one_round(m: Meter, args: argparse.Namespace, kind: str, shape: str, u
         readers = users[0][: args.read_users] * READ_PASSES
         await m.phase(f"offline page read, {kind}", len(readers), lambda: offline_reads(kind, m.conn, readers))
 
-
-READ_PASSES = 5  # each reader's page is read this many times: enough reads for the CPU clock's 10 ms ticks
 
 async def offline_reads(kind: str, conn: Any, users: list[str]) -> None:
     """One page (100) of each user's offline queue from its start, as a client reconnecting without a cursor."""
