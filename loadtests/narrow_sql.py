@@ -5,32 +5,28 @@ from __future__ import annotations
 
 import re
 
-SCHEMA = """
-CREATE TABLE entries (notification_id uuid NOT NULL, user_id text NOT NULL, seq bigint NOT NULL)
+
+def entry_table(name: str, *, key: str = "", index: str = "(user_id, seq)", brin: bool = False) -> str:
+    """A narrow entry table: insert-only, fillfactor 100, partitioned by id as ``deliveries`` (one partition)."""
+    return f"""
+CREATE TABLE {name} (notification_id uuid NOT NULL, user_id text NOT NULL, seq bigint NOT NULL{key})
     PARTITION BY RANGE (notification_id);
-CREATE TABLE entries_all PARTITION OF entries FOR VALUES FROM (MINVALUE) TO (MAXVALUE) WITH (fillfactor = 100);
-CREATE INDEX ON entries (user_id, seq);
-CREATE TABLE entries_keyed (notification_id uuid NOT NULL, user_id text NOT NULL, seq bigint NOT NULL,
-    PRIMARY KEY (notification_id, user_id)) PARTITION BY RANGE (notification_id);
-CREATE TABLE entries_keyed_all PARTITION OF entries_keyed FOR VALUES FROM (MINVALUE) TO (MAXVALUE)
-    WITH (fillfactor = 100);
-CREATE INDEX ON entries_keyed (user_id, seq);
-CREATE TABLE entries_byid (notification_id uuid NOT NULL, user_id text NOT NULL, seq bigint NOT NULL)
-    PARTITION BY RANGE (notification_id);
-CREATE TABLE entries_byid_all PARTITION OF entries_byid FOR VALUES FROM (MINVALUE) TO (MAXVALUE)
-    WITH (fillfactor = 100);
-CREATE INDEX ON entries_byid (user_id, seq) INCLUDE (notification_id);
-CREATE INDEX ON entries_byid USING brin (notification_id);
+CREATE TABLE {name}_all PARTITION OF {name} FOR VALUES FROM (MINVALUE) TO (MAXVALUE) WITH (fillfactor = 100);
+CREATE INDEX ON {name} {index};""" + (f"\nCREATE INDEX ON {name} USING brin (notification_id);" if brin else "")
+
+
+SCHEMA = "".join((
+    entry_table("entries"),
+    entry_table("entries_keyed", key=", PRIMARY KEY (notification_id, user_id)"),
+    entry_table("entries_byid", index="(user_id, seq) INCLUDE (notification_id)", brin=True),
+    entry_table("entries_holes"),
+    """
 CREATE TABLE ack_cursors (user_id text PRIMARY KEY, upto bigint NOT NULL) WITH (fillfactor = 50);
 CREATE TABLE acks_apart (user_id text NOT NULL, seq bigint NOT NULL, PRIMARY KEY (user_id, seq));
 CREATE TABLE ack_holes (user_id text NOT NULL, seq bigint NOT NULL, PRIMARY KEY (user_id, seq));
 CREATE TABLE holes_cursors (user_id text PRIMARY KEY, upto bigint NOT NULL) WITH (fillfactor = 50);
-CREATE TABLE entries_holes (notification_id uuid NOT NULL, user_id text NOT NULL, seq bigint NOT NULL)
-    PARTITION BY RANGE (notification_id);
-CREATE TABLE entries_holes_all PARTITION OF entries_holes FOR VALUES FROM (MINVALUE) TO (MAXVALUE)
-    WITH (fillfactor = 100);
-CREATE INDEX ON entries_holes (user_id, seq);
-"""
+""",
+))
 
 # The store's statement, its deliveries insert replaced (the other parameters stay typed by a CTE nobody reads).
 ENTRIES = """ins AS (
@@ -42,10 +38,10 @@ ENTRIES = """ins AS (
 """
 INS = re.compile(r"ins AS \(\n.*?\n\)\n", re.S)
 
-# The cursors of the users whose acks continue them (c.moves) move to their highest acked seq (greatest:
-# never back).
+# The cursors (in the table ``cursors``) of the users whose acks move them (c.moves) go to their highest acked
+# seq (greatest: never back).
 MOVE_CURSOR = """moved AS (
-    INSERT INTO ack_cursors AS k (user_id, upto)
+    INSERT INTO {cursors} AS k (user_id, upto)
     SELECT uid, hi FROM c WHERE moves ORDER BY uid
     ON CONFLICT (user_id) DO UPDATE SET upto = greatest(k.upto, EXCLUDED.upto)
     RETURNING 1
@@ -57,7 +53,7 @@ WITH p AS (SELECT DISTINCT uid, seq FROM unnest($1::text[], $2::bigint[]) AS p(u
 g AS (SELECT uid, min(seq) AS lo, max(seq) AS hi, count(*) AS n FROM p GROUP BY uid),
 c AS (SELECT g.*, (g.lo <= coalesce(k.upto, 0) + 1 AND g.hi - g.lo + 1 = g.n) AS moves
       FROM g LEFT JOIN ack_cursors k ON k.user_id = g.uid),
-""" + MOVE_CURSOR + """, apart AS (
+""" + MOVE_CURSOR.format(cursors="ack_cursors") + """, apart AS (
     INSERT INTO acks_apart (user_id, seq)
     SELECT p.uid, p.seq FROM p JOIN c USING (uid) WHERE NOT c.moves ORDER BY 1, 2
     ON CONFLICT DO NOTHING
@@ -113,7 +109,7 @@ f AS (
 ),
 c AS (SELECT uid, seqs, seqs[cardinality(seqs)] AS hi,
              (seqs[1] <= upto + 1 AND seqs[cardinality(seqs)] - seqs[1] + 1 = cardinality(seqs)) AS moves FROM f),
-""" + MOVE_CURSOR + """, apart AS (
+""" + MOVE_CURSOR.format(cursors="ack_cursors") + """, apart AS (
     INSERT INTO acks_apart (user_id, seq)
     SELECT uid, unnest(seqs) FROM c WHERE NOT moves ORDER BY 1, 2
     ON CONFLICT DO NOTHING
@@ -128,13 +124,9 @@ SELECT (SELECT count(*) FROM moved) + (SELECT count(*) FROM apart)
 ACK_HOLES = """
 WITH p AS (SELECT DISTINCT uid, seq FROM unnest($1::text[], $2::bigint[]) AS p(uid, seq)),
 g AS (SELECT uid, max(seq) AS hi, array_agg(seq) AS seqs FROM p GROUP BY uid),
-c AS (SELECT g.*, coalesce(k.upto, 0) AS upto FROM g LEFT JOIN holes_cursors k ON k.user_id = g.uid),
-moved AS (
-    INSERT INTO holes_cursors AS k (user_id, upto)
-    SELECT uid, hi FROM c WHERE hi > upto ORDER BY uid
-    ON CONFLICT (user_id) DO UPDATE SET upto = greatest(k.upto, EXCLUDED.upto)
-    RETURNING 1
-), opened AS (
+c AS (SELECT g.*, coalesce(k.upto, 0) AS upto, g.hi > coalesce(k.upto, 0) AS moves
+      FROM g LEFT JOIN holes_cursors k ON k.user_id = g.uid),
+""" + MOVE_CURSOR.format(cursors="holes_cursors") + """, opened AS (
     INSERT INTO ack_holes (user_id, seq)
     SELECT c.uid, s FROM c CROSS JOIN LATERAL generate_series(c.upto + 1, c.hi - 1) AS s
     WHERE c.hi > c.upto + 1 AND s <> ALL (c.seqs) ORDER BY 1, 2
@@ -151,10 +143,10 @@ SELECT (SELECT count(*) FROM moved) + (SELECT count(*) FROM opened) + (SELECT co
 OFFLINE_HOLES = """
 SELECT x.id, x.seq, n.event, n.payload::text AS payload, n.created_at FROM (
     (SELECT e.notification_id AS id, e.seq FROM ack_holes h
-     JOIN entries_holes e ON e.user_id = h.user_id AND e.seq = h.seq
+     JOIN {table} e ON e.user_id = h.user_id AND e.seq = h.seq
      WHERE h.user_id = $1 AND h.seq > $2 ORDER BY h.seq LIMIT $3)
     UNION ALL
-    (SELECT e.notification_id, e.seq FROM entries_holes e
+    (SELECT e.notification_id, e.seq FROM {table} e
      WHERE e.user_id = $1 AND e.seq > greatest($2, coalesce((SELECT upto FROM holes_cursors WHERE user_id = $1), 0))
      ORDER BY e.seq LIMIT $3)
 ) x JOIN notifications n ON n.id = x.id
