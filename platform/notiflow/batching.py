@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 #: A flush returns, per item and in order, its result or the exception that item failed with.
 Flush = Callable[[list[T]], Awaitable[list[R | BaseException]]]
+#: Told a group's outcome, in the flush's task, once the flush is over: the group's results, or the exception
+#: the whole flush failed with. What ``add`` takes instead of handing back a future (no future, no task, no
+#: callback scheduled per group: the socket ack path's groups are single ack frames, thousands per second).
+Done = Callable[[list[R | BaseException] | BaseException], None]
 
 
 class BatcherClosed(RuntimeError):
@@ -46,7 +50,7 @@ class Batcher(Generic[T, R]):
         self._hurry = asyncio.Event()  # a gathering flush goes now: max_batch items queued, or closing
         # Each submission is a group of items with one future for the group's results: a group is never
         # split between flushes, so a batch request commits in one transaction or not at all.
-        self._queue: list[tuple[list[T], asyncio.Future[list[R | BaseException]]]] = []
+        self._queue: list[tuple[list[T], asyncio.Future[list[R | BaseException]] | Done[R]]] = []
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -73,16 +77,26 @@ class Batcher(Generic[T, R]):
         if self._closing:
             raise BatcherClosed(f"{self._name} is shutting down")
         fut: asyncio.Future[list[R | BaseException]] = asyncio.get_running_loop().create_future()
+        self._put(items, fut)
+        return fut
+
+    def add(self, items: list[T], done: Done[R]) -> None:
+        """``enqueue`` with a callback instead of a future: ``done`` is called with the group's outcome (see
+        ``Done``); it must not raise. Raises BatcherClosed when shutting down, as ``enqueue`` does."""
+        if self._closing:
+            raise BatcherClosed(f"{self._name} is shutting down")
+        self._put(items, done)
+
+    def _put(self, items: list[T], waiter: asyncio.Future[list[R | BaseException]] | Done[R]) -> None:
         if not self._queue and self._gather_s > 0:
             self._since = asyncio.get_running_loop().time()
-        self._queue.append((items, fut))
+        self._queue.append((items, waiter))
         self._count += len(items)
         if self._count >= self._max:
             self._hurry.set()
         self._wake.set()
-        return fut
 
-    def _take(self) -> list[tuple[list[T], asyncio.Future[list[R | BaseException]]]]:
+    def _take(self) -> list[tuple[list[T], asyncio.Future[list[R | BaseException]] | Done[R]]]:
         """Whole groups, oldest first, up to ``max_batch`` items (always at least one group)."""
         n = count = 0
         for items, _ in self._queue:
@@ -123,12 +137,8 @@ class Batcher(Generic[T, R]):
             self.batches += 1
             self.items += len(items)
             start = 0
-            for group, fut in batch:
-                if not fut.done():
-                    if failed is not None:
-                        fut.set_exception(failed)
-                    else:
-                        fut.set_result(results[start : start + len(group)])
+            for group, waiter in batch:
+                _settle(waiter, failed if failed is not None else results[start : start + len(group)])
                 start += len(group)
 
     async def close(self, grace_s: float) -> None:
@@ -143,6 +153,22 @@ class Batcher(Generic[T, R]):
         except TimeoutError:
             self._task.cancel()
             log.warning("batcher cancelled with work queued", extra={"batcher": self._name})
-        for _, fut in self._queue:
-            if not fut.done():
-                fut.set_exception(BatcherClosed(f"{self._name} shut down"))
+        for _, waiter in self._queue:
+            _settle(waiter, BatcherClosed(f"{self._name} shut down"))
+
+
+def _settle(
+    waiter: asyncio.Future[list[R | BaseException]] | Done[R], outcome: list[R | BaseException] | BaseException
+) -> None:
+    """Hand a group its outcome: its future's result or exception, or its callback's argument."""
+    if not isinstance(waiter, asyncio.Future):
+        try:
+            waiter(outcome)
+        except Exception:
+            log.exception("batcher callback failed")
+    elif waiter.done():
+        return
+    elif isinstance(outcome, BaseException):
+        waiter.set_exception(outcome)
+    else:
+        waiter.set_result(outcome)

@@ -7,7 +7,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from functools import partial
 from typing import Any
@@ -174,7 +174,7 @@ class _Reader:
     __slots__ = ("_conn", "_max_ack_ids", "_max_in_flight", "_submit")
 
     def __init__(
-        self, conn: Connection, submit: Callable[[str, list[str]], Awaitable[Any]],
+        self, conn: Connection, submit: Callable[[str, list[str], Callable[[object], None]], None],
         max_ack_ids: int, max_acks_in_flight: int,
     ) -> None:
         self._conn = conn
@@ -209,32 +209,29 @@ class _Reader:
             conn.close(CloseCode.POLICY_VIOLATION)
             return
         conn.acks_in_flight += len(ids)
-        # Not awaited here: a slow commit must not stop this socket from reading pings. The group commit
-        # hands back a future (no task per ack frame); its callback settles the socket's count.
-        pending: asyncio.Future[Any]
-        try:
-            pending = asyncio.ensure_future(self._submit(conn.user_id, ids))
-        except Exception as exc:  # noqa: BLE001 - the group commit is shutting down: answered as a failed ack
-            pending = asyncio.get_running_loop().create_future()
-            pending.set_exception(exc)
+        # Not awaited: a slow commit must not stop this socket from reading pings. The group commit calls
+        # back once the statement is over (no future, no task, nothing scheduled per ack frame).
         ref = frame.ref
-        pending.add_done_callback(lambda done: self._settled(done, ids, ref))
+        try:
+            self._submit(conn.user_id, ids, partial(self._settled, ids, ref))
+        except Exception as exc:  # noqa: BLE001 - the group commit is shutting down: answered as a failed ack
+            self._settled(ids, ref, exc)
 
-    def _settled(self, done: asyncio.Future[Any], ids: list[str], ref: int | None) -> None:
-        """Settle an ack frame's commit (SPEC §3). A frame that carried ``ref`` is answered: ``acked`` after the
-        commit, so the client knows those notifications will never be listed or pushed as open again;
-        ``ack_failed`` with the ref when the commit failed. A frame without ``ref`` is answered only when its
-        commit failed, with ``ack_failed`` naming its ids (what clients before refs rely on). No answer reaches
-        a socket that is closing: the ack is then unconfirmed, it may or may not have been applied, and the
-        client sends it again (acks are idempotent)."""
+    def _settled(self, ids: list[str], ref: int | None, outcome: object) -> None:
+        """Settle an ack frame's commit (SPEC §3); ``outcome``: what the group commit reported, an exception
+        when the commit failed. A frame that carried ``ref`` is answered: ``acked`` after the commit, so the
+        client knows those notifications will never be listed or pushed as open again; ``ack_failed`` with
+        the ref when the commit failed. A frame without ``ref`` is answered only when its commit failed, with
+        ``ack_failed`` naming its ids (what clients before refs rely on). No answer reaches a socket that is
+        closing: the ack is then unconfirmed, it may or may not have been applied, and the client sends it
+        again (acks are idempotent)."""
         conn = self._conn
         conn.acks_in_flight -= len(ids)
-        error = "cancelled" if done.cancelled() else done.exception()
-        if error is None:
+        if not isinstance(outcome, BaseException):
             if ref is not None:
                 conn.push(f'{{"type":"acked","ref":{ref}}}')
             return
-        log.warning("socket ack failed", extra={"user_id": conn.user_id, "error": str(error)})
+        log.warning("socket ack failed", extra={"user_id": conn.user_id, "error": str(outcome)})
         # Nothing is lost (the notifications stay in the offline queue), but the client must know that its ack
         # may not have taken, or it would believe them delivered.
         which: dict[str, Any] = {"ref": ref} if ref is not None else {"ids": ids}

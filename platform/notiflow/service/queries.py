@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import orjson
 
 from notiflow import metrics
-from notiflow.batching import Batcher
+from notiflow.batching import Batcher, Done
 from notiflow.errors import ApiError, NotFound
 from notiflow.models import Channel, StreamEntry
 from notiflow.roles import GatewaySettings
@@ -86,11 +85,12 @@ class QueryService:
             self._handoffs.settle((user_id, str(nid)) for nid in ids)
         return n
 
-    def ack_from_socket(self, user_id: str, ids: list[str]) -> asyncio.Future[list[int | BaseException]]:
+    def ack_from_socket(self, user_id: str, ids: list[str], done: Done[int]) -> None:
         """Acks arriving over sockets (``ids``: UUIDs in text, checked by the transport) are batched across
-        sockets into one statement (group commit). The future completes after the commit, or fails with what
-        failed it; no task per ack."""
-        return self._acks.enqueue([(user_id, ids)])
+        sockets into one statement (group commit). ``done`` hears the outcome after the commit: a list (the
+        commit took it) or the exception that failed it; no future and no task per ack frame. Raises
+        BatcherClosed when the gateway is shutting down."""
+        self._acks.add([(user_id, ids)], done)
 
     async def _flush_acks(self, frames: list[tuple[str, list[str]]]) -> list[int | BaseException]:
         pairs = list(dict.fromkeys((user, nid) for user, ids in frames for nid in ids))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 import asyncpg
 import httpx
@@ -34,10 +35,16 @@ async def test_an_ack_flood_closes_the_socket_with_1008_and_acknowledges_nothing
     real = gw.services.queries.ack_from_socket
     held: list[list[str]] = []
 
-    async def slow_ack(user_id: str, ids: list[str]) -> None:
+    later: set[asyncio.Task[None]] = set()
+
+    def slow_ack(user_id: str, ids: list[str], done: Callable[[object], None]) -> None:
         held.append(ids)
-        await release.wait()
-        await real(user_id, ids)
+
+        async def commit() -> None:
+            await release.wait()
+            real(user_id, ids, done)
+
+        later.add(asyncio.create_task(commit()))
 
     gw.services.queries.ack_from_socket = slow_ack  # type: ignore[method-assign]
     (user,) = users(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -27,8 +28,9 @@ async def test_a_failed_ack_is_answered_with_its_ref_or_else_with_its_ids() -> N
             both.set()
         return True
 
-    async def commit_fails(user_id: str, ids: list[str]) -> None:
-        raise StoreUnavailable("PostgreSQL is away")
+    def commit_fails(user_id: str, ids: list[str], done: Callable[[object], None]) -> None:
+        # The group commit reports its outcome later, from its own task.
+        asyncio.get_running_loop().call_soon(done, StoreUnavailable("PostgreSQL is away"))
 
     conn = Connection("ann", 10, lambda code: None, send)
     reader = _Reader(conn, commit_fails, 100, 1000)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fakes import RecordingRecord, StubWorkLog
 
-from notiflow.batching import Batcher
+from notiflow.batching import Batcher, BatcherClosed
 from notiflow.config import Settings
 from notiflow.roles import gateway
 from notiflow.service.queries import QueryService
@@ -112,9 +112,71 @@ async def test_socket_acks_of_two_sockets_gather_in_one_statement(gather_ms: int
     record = _AckRecord()
     queries = QueryService(settings=gateway(settings), pool=record, work=StubWorkLog())  # type: ignore[arg-type]
     queries.start()
-    first = queries.ack_from_socket("alice", ["00000000-0000-0000-0000-000000000001"])
+    loop = asyncio.get_running_loop()
+    first: asyncio.Future[object] = loop.create_future()
+    second: asyncio.Future[object] = loop.create_future()
+    queries.ack_from_socket("alice", ["00000000-0000-0000-0000-000000000001"], first.set_result)
     await asyncio.sleep(0.05)  # the second socket's ack comes a little later
-    second = queries.ack_from_socket("bob", ["00000000-0000-0000-0000-000000000002"])
+    queries.ack_from_socket("bob", ["00000000-0000-0000-0000-000000000002"], second.set_result)
     assert await first == [1] and await second == [1]
     await queries.close(5)
     assert len(record.statements) == statements
+
+
+async def test_a_callback_hears_its_groups_results_or_the_exception_that_failed_the_flush() -> None:
+    fail = False
+
+    async def flush(items: list[int]) -> list[int | BaseException]:
+        if fail:
+            raise RuntimeError("commit failed")
+        return [i * 10 for i in items]
+
+    batcher: Batcher[int, int] = Batcher(flush, max_batch=100, name="callbacks", gather_s=60)
+    heard: list[object] = []
+    batcher.add([1, 2], heard.append)
+    batcher.add([3], heard.append)
+    batcher.start()
+    await batcher.close(5)  # closing flushes at once
+    assert heard == [[10, 20], [30]]
+
+    fail = True
+    failing: Batcher[int, int] = Batcher(flush, max_batch=100, name="failing")
+    failing.start()
+    failing.add([4], heard.append)
+    await failing.close(5)
+    assert isinstance(heard[-1], RuntimeError) and len(heard) == 3
+
+
+async def test_a_callback_that_raises_does_not_stop_later_flushes() -> None:
+    flushed, _, at_once = recording()
+    called = asyncio.Event()
+
+    def broken(outcome: object) -> None:
+        called.set()
+        raise ValueError("a bug in one caller")
+
+    at_once.start()
+    at_once.add([1], broken)
+    await asyncio.wait_for(called.wait(), timeout=5)
+    assert await at_once.enqueue([2]) == [2]  # the flush task survived the callback
+    await at_once.close(5)
+    assert flushed == [[1], [2]]
+
+
+async def test_groups_still_queued_when_a_slow_flush_is_cancelled_hear_that_the_batcher_closed() -> None:
+    stuck = asyncio.Event()
+
+    async def flush(items: list[int]) -> list[int | BaseException]:
+        await stuck.wait()  # a commit that never finishes
+        return items
+
+    batcher: Batcher[int, int] = Batcher(flush, max_batch=1, name="stuck")
+    heard: list[object] = []
+    batcher.start()
+    batcher.add([1], heard.append)
+    await asyncio.sleep(0)  # [1] is being flushed
+    batcher.add([2], heard.append)
+    await batcher.close(0.05)
+    assert len(heard) == 1 and isinstance(heard[0], BatcherClosed)
+    with pytest.raises(BatcherClosed):
+        batcher.add([3], heard.append)
