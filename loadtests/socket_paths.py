@@ -71,10 +71,10 @@ def app() -> Any:
         ws = WebSocket(scope, receive, send)
         await ws.accept()
         user = scope["path"].rsplit("/", 1)[-1]
-        conn = Connection(user, 100_000, lambda _: None, partial(_send, ws))
+        conn = Connection(user, 100_000, lambda _: None, partial(_send, send))
         hub.add(conn)
-        try:
-            while (message := await ws.receive())["type"] != "websocket.disconnect":
+        try:  # past the handshake, frames go through ASGI's receive and send themselves, as ws.py has them
+            while (message := await receive())["type"] != "websocket.disconnect":
                 on_text(message["text"])
         finally:
             conn.stop()

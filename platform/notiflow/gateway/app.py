@@ -132,7 +132,7 @@ handshake whose Host is not allowed (security.py) is refused here, for every pat
             user_id = ws.socket_user(path[len(root):] if root and path.startswith(root) else path)
             if user_id is not None:
                 scope["app"] = self
-                await ws.websocket_endpoint(WebSocket(scope, receive, send), user_id)
+                await ws.websocket_endpoint(scope, receive, send, user_id)
                 return
         await super().__call__(scope, receive, send)
 

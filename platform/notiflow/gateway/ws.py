@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from fastapi import WebSocket, WebSocketDisconnect
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
 from notiflow.errors import StoreUnavailable
@@ -108,7 +109,11 @@ def socket_user(path: str) -> str | None:
     return match.group("user_id") if match else None
 
 
-async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
+async def websocket_endpoint(scope: Scope, receive: Receive, send: Send, user_id: str) -> None:
+    """The socket's life (SPEC §3). The handshake, the checks and the closes go through Starlette's ``WebSocket``;
+    the frames both ways go through the ASGI ``receive`` and ``send`` themselves, without its state checks
+    (one frame each way per delivery of a fan-out)."""
+    ws = WebSocket(scope, receive, send)
     svc = services(ws)
     limits = svc.settings
     if not origin_allowed(ws.headers.get("origin"), limits.allowed_origins):
@@ -135,7 +140,7 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
     def close_soon(code: CloseCode) -> None:
         _spawn(_close(ws, code))
 
-    conn = Connection(user_id, svc.settings.ws_queue_max, close_soon, partial(_send, ws))
+    conn = Connection(user_id, svc.settings.ws_queue_max, close_soon, partial(_send, send))
     # In the hub before presence says so: a frame routed here the moment presence is written must find
     # the socket, not an empty hub.
     svc.hub.add(conn)
@@ -155,7 +160,7 @@ async def websocket_endpoint(ws: WebSocket, user_id: str) -> None:
             await ws.close(CloseCode.TOO_MANY_SOCKETS, f"at most {limits.ws_max_sockets_per_user} sockets per user")
             return
         reader = _Reader(conn, svc.queries.ack_from_socket, limits.ws_max_ack_ids, limits.ws_max_acks_in_flight)
-        await _receive(ws, conn, reader)
+        await _receive(receive, conn, reader)
     except (WebSocketDisconnect, RuntimeError):
         pass  # RuntimeError: receive after our own close (slow consumer); either way the socket is gone
     finally:
@@ -240,10 +245,10 @@ class _Reader:
         }).decode())
 
 
-async def _receive(ws: WebSocket, conn: Connection, reader: _Reader) -> None:
-    """The ASGI receive loop, until the peer goes away or this socket is closed."""
+async def _receive(receive: Receive, conn: Connection, reader: _Reader) -> None:
+    """The ASGI receive loop (after the handshake), until the peer goes away or this socket is closed."""
     while conn.closing is None:
-        message = await ws.receive()
+        message = await receive()
         if message["type"] == "websocket.disconnect":
             return
         text = message.get("text")
@@ -253,12 +258,12 @@ async def _receive(ws: WebSocket, conn: Connection, reader: _Reader) -> None:
         reader(text)
 
 
-async def _send(ws: WebSocket, frames: list[str]) -> bool:
+async def _send(send: Send, frames: list[str]) -> bool:
     """Sends each frame as a text message through ASGI (hub.py's Connection calls it); False when the socket
     is gone."""
     try:
         for frame in frames:
-            await ws.send({"type": "websocket.send", "text": frame})
+            await send({"type": "websocket.send", "text": frame})
     except (WebSocketDisconnect, RuntimeError, OSError):
         return False
     return True
