@@ -23,14 +23,21 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # KEYS[1]: the partition's node ZSET; KEYS[2..]: users' presence hashes. Live nodes of each user; prunes
-# entries of dead nodes on the way.
+# entries of dead nodes on the way. Each node's liveness is read once per call (a fan-out names many users of
+# few nodes: one ZSCORE per user was half of the script's commands).
 _LOOKUP = _NOW + """
 local out = {}
+local alive = {}
 for i = 2, #KEYS do
     local live = {}
     for _, node in ipairs(redis.call('HKEYS', KEYS[i])) do
-        local until_ms = tonumber(redis.call('ZSCORE', KEYS[1], node))
-        if until_ms and until_ms > now then
+        local ok = alive[node]
+        if ok == nil then
+            local until_ms = tonumber(redis.call('ZSCORE', KEYS[1], node))
+            ok = until_ms ~= nil and until_ms > now
+            alive[node] = ok
+        end
+        if ok then
             live[#live + 1] = node
         else
             redis.call('HDEL', KEYS[i], node)
