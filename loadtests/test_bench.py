@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from bench.cli import parse_args
-from bench.producers import Plan
-from bench.records import percentiles
+from bench.producers import Plan, _accepted
+from bench.records import Stats, percentiles
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,3 +54,15 @@ def test_a_plan_picks_online_recipients_that_are_open() -> None:
     users, live = plan.pick(random.Random(1), lambda u: u != "u3")
     assert len(users) == 4 and all(u.startswith("u") for u in users)
     assert set(live) == set(users) - {"u3"}
+
+
+def test_a_batch_answer_records_each_accepted_item_and_skips_the_refused() -> None:
+    stats = Stats()
+    stats.window = (0.0, 10.0)
+    picks = [(["u1"], ("u1",)), (["u2", "u3"], ("u2",)), (["u4"], ())]
+    results = [{"id": "a", "status": "accepted"}, {"error": {"code": "idempotency_conflict"}}, {"id": "c"}]
+    _accepted(stats, picks, results, 1.0, 1.5)
+    assert set(stats.accepted) == {"a", "c"} and stats.accepted["a"].online == ("u1",)
+    assert (stats.recipients_accepted, stats.accepted_in_window, stats.post_latency) == (2, 2, [0.5])
+    args = parse_args(["--batch", "100"])
+    assert args.batch == 100

@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--producers", type=int, default=32, help="concurrent closed-loop producers (default 32)")
     p.add_argument("--recipients", type=int, default=1, help="user_ids per notification (default 1)")
     p.add_argument("--fanout", type=int, default=0, help="fan-out mode: N user_ids per notification")
+    p.add_argument("--batch", type=int, default=1,
+                   help="notifications per request (POST /notifications/batch when over 1; default 1)")
     p.add_argument("--offline-share", type=float, default=0.0, help="share of recipients that never connect")
     p.add_argument("--offline-users", type=int, default=1000, help="size of the never-connected user pool")
     p.add_argument("--ingest-only", action="store_true", help="no sockets: raw ingest throughput")

@@ -39,6 +39,7 @@ class Plan:
     offline_users: list[str]
     recipients: int
     offline_share: float
+    batch: int = 1  # notifications per request: POST /notifications/batch when over 1
 
     def pick(self, rng: random.Random, is_open: Callable[[str], bool]) -> tuple[list[str], tuple[str, ...]]:
         """The recipients of one notification, and those of them with an open socket."""
@@ -65,7 +66,7 @@ async def producer(
     is_open: Callable[[str], bool],
 ) -> None:
     rng = random.Random(index * 7919 + 17)
-    target = f"{url}/notifications"
+    target = f"{url}/notifications" + ("/batch" if plan.batch > 1 else "")
     headers = {"content-type": "application/json"}
     interval = 1.0 / rate if rate else 0.0
     next_at = time.monotonic()
@@ -77,9 +78,11 @@ async def producer(
                 await asyncio.sleep(delay)
         if time.monotonic() >= end:
             return
-        users, live = plan.pick(rng, is_open)
+        picks = [plan.pick(rng, is_open) for _ in range(plan.batch)]
         t0 = time.monotonic()
-        body = orjson.dumps({"user_ids": users, "event": "bench.tick", "payload": {"t": t0, "p": index, "n": n}})
+        items = [{"user_ids": users, "event": "bench.tick", "payload": {"t": t0, "p": index, "n": n}}
+                 for users, _ in picks]
+        body = orjson.dumps(items[0] if plan.batch == 1 else {"notifications": items})
         try:
             resp = await client.post(target, content=body, headers=headers)
         except HttpError as exc:
@@ -88,19 +91,29 @@ async def producer(
         t1 = time.monotonic()
         stats.statuses[resp.status_code] += 1
         if resp.status_code == 202:
-            nid = orjson.loads(resp.content)["id"]
-            stats.accepted[nid] = Sent(t0, t1, live)
-            stats.recipients_accepted += len(users)
-            stats.post_latency.append(t1 - t0)
-            if t1 <= stats.window[1]:
-                stats.accepted_in_window += 1
-                stats.recipients_in_window += len(users)
+            answer = orjson.loads(resp.content)
+            _accepted(stats, picks, answer["results"] if plan.batch > 1 else [answer], t0, t1)
         elif resp.status_code in (429, 503):
             try:
                 wait = float(resp.headers.get("retry-after", "0.1"))
             except ValueError:
                 wait = 0.1
             await asyncio.sleep(min(max(wait, 0.01), _RETRY_AFTER_CAP_S))
+
+
+def _accepted(
+    stats: Stats, picks: list[tuple[list[str], tuple[str, ...]]], results: list[dict[str, Any]], t0: float, t1: float
+) -> None:
+    """Record a 202's accepted notifications (each item of a batch answers on its own)."""
+    stats.post_latency.append(t1 - t0)
+    for (users, live), result in zip(picks, results, strict=True):
+        if "id" not in result:
+            continue
+        stats.accepted[result["id"]] = Sent(t0, t1, live)
+        stats.recipients_accepted += len(users)
+        if t1 <= stats.window[1]:
+            stats.accepted_in_window += 1
+            stats.recipients_in_window += len(users)
 
 
 async def run_producers(

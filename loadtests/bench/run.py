@@ -157,6 +157,7 @@ def _config(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         "sockets": 0 if args.ingest_only else args.sockets,
         "producers": args.producers,
         "recipients": plan.recipients,
+        "batch": plan.batch,
         "offline_share": plan.offline_share,
         "rate_limit": args.rate,
         "client_procs": args.client_procs,
@@ -187,7 +188,7 @@ def _delivery_figures(stats: Stats, window: float) -> dict[str, Any]:
 async def run(args: argparse.Namespace, stack: DevStack, database_url: str) -> dict[str, Any]:
     n_sockets = 0 if args.ingest_only else args.sockets
     plan = Plan([f"u{i}" for i in range(n_sockets)], [f"off{i}" for i in range(args.offline_users)],
-                args.fanout or args.recipients, 1.0 if args.ingest_only else args.offline_share)
+                args.fanout or args.recipients, 1.0 if args.ingest_only else args.offline_share, args.batch)
     r = Run(args, stack, Stats(), CpuMeter(stack), plan)
     before, after, lost = await _drive(r)
     # Every received frame was acked: once the acks settle, nothing should be left `dispatched`.

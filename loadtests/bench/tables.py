@@ -17,6 +17,7 @@ def print_table(r: dict[str, Any]) -> None:
     rows = [
         ("mode", f"{c['mode']}: {c['gateways']} gw, {c['stream_workers']} sw, {c['retry_workers']} rw, "
                  f"{c['sockets']} sockets, {c['producers']} producers, {c['recipients']} recipients/notif, "
+                 f"{c.get('batch', 1)} notif/request, "
                  f"offline share {c['offline_share']}, {c['duration_s']}s, {c['stores']} stores, "
                  f"{c['client_procs']} client proc(s)"),
         ("accepted/s (202)", f"{r['accepted_per_s']}  ({r['accepted']} total, {r['recipients_per_s']} recipients/s)"),
