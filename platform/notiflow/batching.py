@@ -74,8 +74,6 @@ class Batcher(Generic[T, R]):
 
     def enqueue(self, items: list[T]) -> asyncio.Future[list[R | BaseException]]:
         """``submit_many`` without waiting: the future completes after the flush (no task per caller)."""
-        if self._closing:
-            raise BatcherClosed(f"{self._name} is shutting down")
         fut: asyncio.Future[list[R | BaseException]] = asyncio.get_running_loop().create_future()
         self._put(items, fut)
         return fut
@@ -83,11 +81,11 @@ class Batcher(Generic[T, R]):
     def add(self, items: list[T], done: Done[R]) -> None:
         """``enqueue`` with a callback instead of a future: ``done`` is called with the group's outcome (see
         ``Done``); it must not raise. Raises BatcherClosed when shutting down, as ``enqueue`` does."""
-        if self._closing:
-            raise BatcherClosed(f"{self._name} is shutting down")
         self._put(items, done)
 
     def _put(self, items: list[T], waiter: asyncio.Future[list[R | BaseException]] | Done[R]) -> None:
+        if self._closing:
+            raise BatcherClosed(f"{self._name} is shutting down")
         if not self._queue and self._gather_s > 0:
             self._since = asyncio.get_running_loop().time()
         self._queue.append((items, waiter))

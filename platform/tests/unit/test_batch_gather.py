@@ -174,8 +174,7 @@ async def test_groups_still_queued_when_a_slow_flush_is_cancelled_hear_that_the_
     heard: list[object] = []
     batcher.start()
     batcher.add([1], heard.append)
-    await asyncio.sleep(0)  # [1] is being flushed
-    batcher.add([2], heard.append)
+    batcher.add([2], heard.append)  # max_batch 1: [1] is flushed alone, [2] waits behind it
     await batcher.close(0.05)
     assert len(heard) == 1 and isinstance(heard[0], BatcherClosed)
     with pytest.raises(BatcherClosed):
